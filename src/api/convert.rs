@@ -1,0 +1,217 @@
+//! Conversions between proto messages and domain values that several adapters share:
+//! times, durations, paging.
+
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use crate::validation::{violation, Violations};
+
+/// Default page size of list RPCs.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest page size of list RPCs.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// A `Timestamp` for a time.
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    t.into()
+}
+
+/// A `Timestamp` for a time that may be unset.
+pub fn timestamp_opt(t: Option<SystemTime>) -> Option<prost_types::Timestamp> {
+    t.map(timestamp)
+}
+
+/// A proto `Duration` for a duration.
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+/// A duration from a proto `Duration`; negative ones become zero (below every minimum,
+/// so the field is reported as out of bounds).
+pub fn duration_from(d: Option<prost_types::Duration>) -> Option<Duration> {
+    d.map(|d| Duration::try_from(d).unwrap_or(Duration::ZERO))
+}
+
+/// A page request: how many, and after which key.
+pub struct Page {
+    /// At most this many.
+    pub size: usize,
+    /// Resume after this key.
+    pub after: Option<String>,
+}
+
+impl Page {
+    /// Reads `page_size` and `page_token`.
+    pub fn parse(page_size: i32, page_token: &str) -> Result<Self, Violations> {
+        let size = match page_size {
+            n if n < 0 => return Err(violation("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(page_token)
+                .map_err(|_| violation("page_token", "is not a token this service returned"))?;
+            Some(
+                String::from_utf8(bytes)
+                    .map_err(|_| violation("page_token", "is not a token this service returned"))?,
+            )
+        };
+        Ok(Self { size, after })
+    }
+
+    /// How many items to fetch: one more than the page, to learn whether more follow.
+    pub fn fetch(&self) -> usize {
+        self.size + 1
+    }
+
+    /// Cuts what was fetched to the page and makes its `next_page_token`: empty on the
+    /// last page.
+    pub fn finish<T>(&self, mut items: Vec<T>, key: impl Fn(&T) -> &str) -> (Vec<T>, String) {
+        if items.len() <= self.size {
+            return (items, String::new());
+        }
+        items.truncate(self.size);
+        let token = items
+            .last()
+            .map(|i| URL_SAFE_NO_PAD.encode(key(i)))
+            .unwrap_or_default();
+        (items, token)
+    }
+}
+
+mod settings {
+    use zeroize::Zeroizing;
+
+    use super::{duration, duration_from, timestamp};
+    use crate::proto::v1 as pb;
+    use crate::settings::{
+        Draft, Security, SmtpSettings, TlsDraft, DEFAULT_INVITATION, DEFAULT_RESET_PASSWORD,
+        DEFAULT_TIMEOUT,
+    };
+
+    /// The proto enum for a security mode.
+    pub fn security(s: Security) -> pb::ConnectionSecurity {
+        match s {
+            Security::None => pb::ConnectionSecurity::None,
+            Security::StartTls => pb::ConnectionSecurity::Starttls,
+            Security::StartTlsOpportunistic => pb::ConnectionSecurity::StarttlsOpportunistic,
+            Security::Ssl => pb::ConnectionSecurity::Ssl,
+        }
+    }
+
+    /// The security mode of a proto enum value; `None` for a value this version does not know.
+    pub fn security_from(value: i32) -> Option<Security> {
+        match pb::ConnectionSecurity::try_from(value).ok()? {
+            pb::ConnectionSecurity::Unspecified | pb::ConnectionSecurity::None => {
+                Some(Security::None)
+            }
+            pb::ConnectionSecurity::Starttls => Some(Security::StartTls),
+            pb::ConnectionSecurity::StarttlsOpportunistic => Some(Security::StartTlsOpportunistic),
+            pb::ConnectionSecurity::Ssl => Some(Security::Ssl),
+        }
+    }
+
+    impl From<pb::SmtpSettings> for Draft {
+        fn from(p: pb::SmtpSettings) -> Self {
+            let tls = p.tls.unwrap_or_default();
+            let expiration = p.token_expiration.unwrap_or_default();
+            Draft {
+                host: p.host,
+                port: p.port,
+                from: p.from,
+                security: security_from(p.security),
+                username: p.username,
+                password: Zeroizing::new(p.password),
+                tls: TlsDraft {
+                    ca_certificates_pem: tls.ca_certificates_pem,
+                    accept_invalid_certificates: tls.accept_invalid_certificates,
+                    server_name: tls.server_name,
+                    client_certificate_pem: tls.client_certificate_pem,
+                    client_key_pem: Zeroizing::new(tls.client_key_pem),
+                },
+                helo_name: p.helo_name,
+                timeout: duration_from(p.timeout),
+                reset_password_expiration: duration_from(expiration.reset_password),
+                invitation_expiration: duration_from(expiration.invitation),
+                etag: p.etag,
+            }
+        }
+    }
+
+    /// The settings as answered: secrets replaced by whether they are set; the defaults
+    /// with `configured = false` before the first update.
+    pub fn settings(s: Option<&SmtpSettings>) -> pb::SmtpSettings {
+        let Some(s) = s else {
+            return pb::SmtpSettings {
+                security: pb::ConnectionSecurity::None.into(),
+                tls: Some(pb::TlsSettings::default()),
+                timeout: Some(duration(DEFAULT_TIMEOUT)),
+                token_expiration: Some(pb::TokenExpiration {
+                    reset_password: Some(duration(DEFAULT_RESET_PASSWORD)),
+                    invitation: Some(duration(DEFAULT_INVITATION)),
+                }),
+                ..Default::default()
+            };
+        };
+        pb::SmtpSettings {
+            host: s.host.to_string(),
+            port: s.port.into(),
+            from: s.from.as_str().to_string(),
+            security: security(s.security).into(),
+            username: s.username.clone(),
+            password: String::new(),
+            password_set: s.password.is_some(),
+            tls: Some(pb::TlsSettings {
+                ca_certificates_pem: s.tls.ca_certificates_pem.clone(),
+                accept_invalid_certificates: s.tls.accept_invalid_certificates,
+                server_name: s.tls.server_name.clone(),
+                client_certificate_pem: s.tls.client_certificate_pem.clone(),
+                client_key_pem: String::new(),
+                client_key_set: s.tls.client_key.is_some(),
+            }),
+            helo_name: s.helo_name.clone(),
+            timeout: Some(duration(s.timeout)),
+            token_expiration: Some(pb::TokenExpiration {
+                reset_password: Some(duration(s.reset_password_expiration)),
+                invitation: Some(duration(s.invitation_expiration)),
+            }),
+            etag: s.etag(),
+            update_time: Some(timestamp(s.update_time)),
+            updated_by: s.updated_by.clone(),
+            configured: true,
+        }
+    }
+}
+
+mod keys {
+    use super::timestamp;
+    use crate::auth::ApiKey;
+    use crate::proto::v1 as pb;
+
+    impl From<ApiKey> for pb::ApiKey {
+        fn from(k: ApiKey) -> Self {
+            pb::ApiKey {
+                id: k.id,
+                name: k.name,
+                organisation: k.organisation,
+                permissions: k
+                    .permissions
+                    .iter()
+                    .map(|p| p.as_str().to_string())
+                    .collect(),
+                create_time: Some(timestamp(k.create_time)),
+                revoked: k.revoked,
+            }
+        }
+    }
+}
+
+pub use settings::{security, security_from, settings};

@@ -1,0 +1,12 @@
+//! The gRPC adapters: one per service. Each authorizes the caller, turns the request into
+//! domain values, calls the domain, and turns the answer (or error) back. No logic lives
+//! here; conversions are in `convert.rs`, error mapping in `status.rs`.
+
+pub mod api_keys;
+pub mod convert;
+pub mod directory;
+pub mod notifier;
+mod pending;
+pub mod smtp_admin;
+pub mod status;
+pub mod token;

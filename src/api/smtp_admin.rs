@@ -1,0 +1,71 @@
+//! `mailroom.v1.SmtpAdmin`: the SMTP settings (permission managePlatform).
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::status::invalid;
+use crate::auth::{Authenticator, Permission};
+use crate::proto::v1 as pb;
+use crate::proto::v1::smtp_admin_server::SmtpAdmin;
+use crate::settings::SettingsService;
+use crate::validation::violation;
+
+/// The SmtpAdmin service.
+pub struct SmtpAdminApi {
+    auth: Authenticator,
+    settings: SettingsService,
+}
+
+impl SmtpAdminApi {
+    /// The service over `settings`.
+    pub fn new(auth: Authenticator, settings: SettingsService) -> Self {
+        Self { auth, settings }
+    }
+}
+
+#[tonic::async_trait]
+impl SmtpAdmin for SmtpAdminApi {
+    async fn get_smtp_settings(
+        &self,
+        request: Request<pb::GetSmtpSettingsRequest>,
+    ) -> Result<Response<pb::SmtpSettings>, Status> {
+        self.auth
+            .authorize(request.metadata(), Permission::ManagePlatform)
+            .await?;
+        let settings = self.settings.get().await?;
+        Ok(Response::new(convert::settings(settings.as_ref())))
+    }
+
+    async fn update_smtp_settings(
+        &self,
+        request: Request<pb::UpdateSmtpSettingsRequest>,
+    ) -> Result<Response<pb::SmtpSettings>, Status> {
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManagePlatform)
+            .await?;
+        let request = request.into_inner();
+        let settings = request
+            .settings
+            .ok_or_else(|| invalid(&violation("settings", "is required")))?;
+        let mask = request.update_mask.map(|m| m.paths).unwrap_or_default();
+        let updated = self
+            .settings
+            .update(settings.into(), &mask, &caller.key_name)
+            .await?;
+        tracing::info!(etag = %updated.etag(), host = %updated.host, port = updated.port.get(), "SMTP settings updated");
+        Ok(Response::new(convert::settings(Some(&updated))))
+    }
+
+    async fn test_smtp_settings(
+        &self,
+        request: Request<pb::TestSmtpSettingsRequest>,
+    ) -> Result<Response<pb::TestSmtpSettingsResponse>, Status> {
+        self.auth
+            .authorize(request.metadata(), Permission::ManagePlatform)
+            .await?;
+        Err(Status::unimplemented(
+            "TestSmtpSettings is not implemented yet",
+        ))
+    }
+}

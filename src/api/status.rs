@@ -1,0 +1,68 @@
+//! The one place errors become gRPC statuses, each code chosen on purpose: a client's
+//! mistake is never `INTERNAL`, and internal details never reach a client.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::auth::AuthError;
+use crate::settings::SettingsError;
+use crate::store::StoreError;
+use crate::validation::Violations;
+
+/// The `ErrorInfo` domain of mailroom's errors.
+pub const ERROR_DOMAIN: &str = "mailroom";
+
+/// `INVALID_ARGUMENT` with one `BadRequest` field violation per bad field.
+pub fn invalid(violations: &Violations) -> Status {
+    let details: Vec<FieldViolation> = violations
+        .iter()
+        .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
+        .collect();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid request: {violations}"),
+        ErrorDetails::with_bad_request(details),
+    )
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        match e {
+            StoreError::Unavailable(_) => Status::unavailable("the store is unavailable; retry"),
+            StoreError::Corrupt { .. } => Status::internal("a stored record cannot be read"),
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(why) => Status::unauthenticated(why),
+            AuthError::PermissionDenied(why) => Status::permission_denied(why),
+            AuthError::Invalid(v) => invalid(&v),
+            AuthError::NotFound(_) => Status::not_found(e.to_string()),
+            AuthError::FailedPrecondition(why) => Status::failed_precondition(why),
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<SettingsError> for Status {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            SettingsError::Invalid(v) => invalid(&v),
+            SettingsError::Stale { .. } => Status::aborted(format!(
+                "{e}: read the settings again and retry with their etag"
+            )),
+            SettingsError::Crypto(e) => {
+                tracing::error!(error = %e, "stored SMTP secret unreadable");
+                Status::failed_precondition(
+                    "a stored SMTP secret cannot be decrypted with this master key: \
+                     set the password again, or start with the right master key",
+                )
+            }
+            SettingsError::Store(e) => e.into(),
+        }
+    }
+}

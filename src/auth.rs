@@ -1,0 +1,327 @@
+//! Callers: API keys, the three permissions, organisation scoping, and the check every
+//! RPC starts with ([`Authenticator::authorize`]).
+//!
+//! A caller sends `authorization: Bearer <secret>`. Secrets are `mrk_` and 256 random
+//! bits, shown once, and stored only as SHA-256. A key belongs to one organisation; keys
+//! of the `admin` organisation may act for any organisation, the others only for their own,
+//! and only `admin` keys may hold `managePlatform`.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataMap;
+use tracing::Span;
+use zeroize::Zeroizing;
+
+use crate::clock::Clock;
+use crate::crypto;
+use crate::store::{Store, StoreError};
+use crate::validation::{self, Violations};
+
+/// The organisation whose keys may act for every organisation.
+pub const ADMIN_ORGANISATION: &str = "admin";
+/// The name of the key created on first start.
+pub const BOOTSTRAP_KEY_NAME: &str = "bootstrap-admin";
+/// The file, in the data directory, that receives the bootstrap key's secret.
+pub const BOOTSTRAP_KEY_FILE: &str = "admin.key";
+const SECRET_PREFIX: &str = "mrk_";
+
+/// What a key may do, by TheHive's permission names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Permission {
+    /// SMTP settings and API keys.
+    #[serde(rename = "managePlatform")]
+    ManagePlatform,
+    /// Tokens, account notices, the directory.
+    #[serde(rename = "manageUser")]
+    ManageUser,
+    /// Notifications and the outbox.
+    #[serde(rename = "manageConfig")]
+    ManageConfig,
+}
+
+impl Permission {
+    /// Every permission.
+    pub const ALL: [Permission; 3] = [
+        Permission::ManagePlatform,
+        Permission::ManageUser,
+        Permission::ManageConfig,
+    ];
+
+    /// TheHive's name of it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::ManagePlatform => "managePlatform",
+            Permission::ManageUser => "manageUser",
+            Permission::ManageConfig => "manageConfig",
+        }
+    }
+}
+
+impl FromStr for Permission {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown permission {s:?}: managePlatform, manageUser or manageConfig")
+            })
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An API key as stored: everything but the secret, which is kept as its digest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Identifier (`key_…`), not secret.
+    pub id: String,
+    /// A name for humans.
+    pub name: String,
+    /// The organisation it acts for.
+    pub organisation: String,
+    /// What it may do.
+    pub permissions: Vec<Permission>,
+    /// When it was created.
+    pub create_time: SystemTime,
+    /// Whether it was revoked.
+    pub revoked: bool,
+    /// SHA-256 of the secret, hex.
+    pub secret_digest: String,
+}
+
+/// Errors of authentication and authorisation.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No bearer key, or one that is unknown or revoked.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The key lacks a permission, or acts for another organisation.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Bad input to a key operation.
+    #[error("invalid request: {0}")]
+    Invalid(Violations),
+    /// No such key.
+    #[error("API key {0:?} not found")]
+    NotFound(String),
+    /// The operation would lock the caller out.
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who is calling: the key that authenticated the request.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The key's id.
+    pub key_id: String,
+    /// The key's name.
+    pub key_name: String,
+    /// The key's organisation.
+    pub organisation: String,
+}
+
+impl Caller {
+    /// Whether the key belongs to the admin organisation.
+    pub fn is_admin(&self) -> bool {
+        self.organisation == ADMIN_ORGANISATION
+    }
+
+    /// The organisation a request acts for: the one named, which the key must be allowed
+    /// to act for, or the key's own when none is named.
+    pub fn act_for<'a>(&'a self, organisation: &'a str) -> Result<&'a str, AuthError> {
+        let target = if organisation.is_empty() {
+            self.organisation.as_str()
+        } else {
+            organisation
+        };
+        if target != self.organisation && !self.is_admin() {
+            return Err(AuthError::PermissionDenied(format!(
+                "this key belongs to organisation {:?} and cannot act for {target:?}",
+                self.organisation
+            )));
+        }
+        Span::current().record("organisation", target);
+        Ok(target)
+    }
+}
+
+/// A new key and its secret, shown once.
+pub struct NewKey {
+    /// The key.
+    pub key: ApiKey,
+    /// The secret (`mrk_…`).
+    pub secret: Zeroizing<String>,
+}
+
+/// Checks callers' keys and manages keys.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    clock: Clock,
+}
+
+impl Authenticator {
+    /// An authenticator over the keys in `store`.
+    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
+        Self { store, clock }
+    }
+
+    /// The caller of a request, who must hold `permission`. Records the key id and its
+    /// organisation on the RPC's span.
+    pub async fn authorize(
+        &self,
+        metadata: &MetadataMap,
+        permission: Permission,
+    ) -> Result<Caller, AuthError> {
+        let secret = bearer(metadata)?;
+        let key = self
+            .store
+            .api_key_by_digest(&crypto::digest(secret))
+            .await?
+            .filter(|k| !k.revoked)
+            .ok_or(AuthError::Unauthenticated("unknown or revoked API key"))?;
+        let span = Span::current();
+        span.record("key_id", key.id.as_str());
+        span.record("organisation", key.organisation.as_str());
+        if !key.permissions.contains(&permission) {
+            return Err(AuthError::PermissionDenied(format!(
+                "this key lacks the {permission} permission"
+            )));
+        }
+        Ok(Caller {
+            key_id: key.id,
+            key_name: key.name,
+            organisation: key.organisation,
+        })
+    }
+
+    /// Creates a key for `organisation` with `permissions`.
+    pub async fn create(
+        &self,
+        name: &str,
+        organisation: &str,
+        permissions: &[String],
+    ) -> Result<NewKey, AuthError> {
+        let mut v = Violations::new();
+        v.check("name", validation::text(name, true, 100));
+        v.check("organisation", validation::text(organisation, true, 100));
+        let mut granted = Vec::new();
+        if permissions.is_empty() {
+            v.add("permissions", "at least one permission is required");
+        }
+        for (i, p) in permissions.iter().enumerate() {
+            if let Some(p) = v.check(&format!("permissions[{i}]"), Permission::from_str(p)) {
+                if p == Permission::ManagePlatform && organisation != ADMIN_ORGANISATION {
+                    v.add(
+                        format!("permissions[{i}]"),
+                        "managePlatform can only be granted to keys of the admin organisation",
+                    );
+                }
+                granted.push(p);
+            }
+        }
+        v.into_result(()).map_err(AuthError::Invalid)?;
+        granted.sort();
+        granted.dedup();
+        let new = self.new_key(name, organisation, granted);
+        self.store.insert_api_key(&new.key, false).await?;
+        Ok(new)
+    }
+
+    fn new_key(&self, name: &str, organisation: &str, permissions: Vec<Permission>) -> NewKey {
+        let secret = crypto::random_secret(SECRET_PREFIX);
+        NewKey {
+            key: ApiKey {
+                id: crypto::random_id("key_"),
+                name: name.to_string(),
+                organisation: organisation.to_string(),
+                permissions,
+                create_time: self.clock.now(),
+                revoked: false,
+                secret_digest: crypto::digest(&secret),
+            },
+            secret,
+        }
+    }
+
+    /// Keys in id order after `after`.
+    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<ApiKey>, AuthError> {
+        Ok(self.store.list_api_keys(after, limit).await?)
+    }
+
+    /// Revokes key `id`; a caller cannot revoke the key it calls with.
+    pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<ApiKey, AuthError> {
+        if id.is_empty() {
+            return Err(AuthError::Invalid(validation::violation(
+                "id",
+                "is required",
+            )));
+        }
+        if id == caller.key_id {
+            return Err(AuthError::FailedPrecondition(
+                "a key cannot revoke itself: revoke it with another managePlatform key",
+            ));
+        }
+        self.store
+            .revoke_api_key(id)
+            .await?
+            .ok_or_else(|| AuthError::NotFound(id.to_string()))
+    }
+
+    /// On a store that never held a key, creates `bootstrap-admin` (admin organisation,
+    /// every permission) and writes its secret to `<data_dir>/admin.key`, mode 0600.
+    /// Returns the file's path when it did.
+    pub async fn bootstrap(&self, data_dir: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+        let new = self.new_key(
+            BOOTSTRAP_KEY_NAME,
+            ADMIN_ORGANISATION,
+            Permission::ALL.to_vec(),
+        );
+        let path = data_dir.join(BOOTSTRAP_KEY_FILE);
+        let staged = data_dir.join(format!("{BOOTSTRAP_KEY_FILE}.new"));
+        let _ = std::fs::remove_file(&staged);
+        // The secret reaches the disk before the key exists, so a crash in between never
+        // leaves a key nobody can use.
+        crypto::write_private_file(&staged, format!("{}\n", *new.secret).as_bytes())?;
+        if self.store.insert_api_key(&new.key, true).await? {
+            std::fs::rename(&staged, &path)?;
+            Ok(Some(path))
+        } else {
+            std::fs::remove_file(&staged)?;
+            Ok(None)
+        }
+    }
+}
+
+fn bearer(metadata: &MetadataMap) -> Result<&str, AuthError> {
+    let value = metadata
+        .get("authorization")
+        .ok_or(AuthError::Unauthenticated(
+            "missing `authorization: Bearer <API key>` metadata",
+        ))?
+        .to_str()
+        .map_err(|_| AuthError::Unauthenticated("malformed authorization metadata"))?;
+    let (scheme, secret) = value.split_once(' ').ok_or(AuthError::Unauthenticated(
+        "authorization must be `Bearer <API key>`",
+    ))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
+        return Err(AuthError::Unauthenticated(
+            "authorization must be `Bearer <API key>`",
+        ));
+    }
+    Ok(secret.trim())
+}

@@ -1,0 +1,93 @@
+//! The one configuration struct: every flag has a `MAILROOM_*` environment twin, and the
+//! doc comments below are `mailroom --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::clock::Clock;
+
+/// mailroom: the email control plane of a security-incident platform (SMTP settings,
+/// password-reset and invitation tokens, notification email) over gRPC.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "mailroom", version, about, long_about = None)]
+pub struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "MAILROOM_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store, the master key and the bootstrap key file.
+    #[arg(long, env = "MAILROOM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Which store holds the state.
+    #[arg(long, env = "MAILROOM_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    pub store: StoreKind,
+
+    /// File holding the 256-bit master key (64 hex digits) that encrypts stored secrets;
+    /// `<data-dir>/master.key`, created on first start, when unset.
+    #[arg(long, env = "MAILROOM_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Log line format.
+    #[arg(long, env = "MAILROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// How long shutdown waits for in-flight RPCs before it stops them.
+    #[arg(long, env = "MAILROOM_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// The clock the domain asks (tests set a manual one).
+    #[arg(skip)]
+    pub clock: Clock,
+}
+
+impl Args {
+    /// The defaults, as `mailroom` with no flags (and no environment) would run.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut args = Self::parse_from(["mailroom"]);
+        args.data_dir = data_dir.into();
+        args
+    }
+
+    /// Where the master key lives.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+}
+
+/// Which store holds the state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Embedded sled database in `--data-dir` (one process).
+    Sled,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `250ms`, `10s`, `5m`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration such as 500ms, 10s or 2m")),
+    }
+}

@@ -1,0 +1,32 @@
+//! mailroom: the email control plane of a security-incident platform, over gRPC.
+//!
+//! It holds the platform's SMTP server settings and tests them with a real email, issues
+//! and redeems expiring single-use tokens for password resets and invitations, and
+//! delivers notification email through that server. Callers are the platform's other
+//! services, operators with `grpcurl`, and health probes.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one clap [`config::Args`] struct (flags and `MAILROOM_*` variables).
+//! - [`server`]: [`run`]`(listener, shutdown, args)`: wiring, health, reflection, drain.
+//! - [`auth`]: API keys, permissions, organisation scoping, the per-RPC caller check.
+//! - [`api`]: one gRPC adapter per service (proto ⇄ domain, error ⇄ status); no logic.
+//! - [`settings`]: the SMTP settings, their rules and updates (domain: no tonic, no sled).
+//! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`).
+//! - [`crypto`]: random secrets, digests, and sealing secrets at rest.
+//! - [`validation`]: field violations, reported one per bad field.
+//! - [`clock`]: the time the domain asks, settable in tests.
+//! - [`proto`]: the generated contract (`proto/mailroom/v1`).
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod proto;
+pub mod server;
+pub mod settings;
+pub mod store;
+pub mod validation;
+
+pub use server::run;

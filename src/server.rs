@@ -1,0 +1,260 @@
+//! Wiring: opens the store and the master key, creates the bootstrap key, and serves every
+//! service with health and reflection until the shutdown future resolves.
+//!
+//! Shutdown: health goes `NOT_SERVING` first (so balancers drain this replica), the
+//! listener stops accepting, in-flight RPCs finish within `--shutdown-grace`, and the store
+//! is flushed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::Instrument;
+
+use crate::api::api_keys::ApiKeysApi;
+use crate::api::directory::DirectoryApi;
+use crate::api::notifier::NotifierApi;
+use crate::api::smtp_admin::SmtpAdminApi;
+use crate::api::token::TokenApi;
+use crate::auth::Authenticator;
+use crate::config::{Args, LogFormat, StoreKind};
+use crate::crypto::MasterKey;
+use crate::proto::v1::{
+    api_keys_server::ApiKeysServer, directory_server::DirectoryServer,
+    notifier_server::NotifierServer, smtp_admin_server::SmtpAdminServer, token_server::TokenServer,
+};
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::settings::SettingsService;
+use crate::store::sled::SledStore;
+use crate::store::Store;
+
+/// The services whose health is reported, besides the server as a whole (`""`).
+pub const SERVICES: [&str; 5] = [
+    <SmtpAdminServer<SmtpAdminApi> as NamedService>::NAME,
+    <TokenServer<TokenApi> as NamedService>::NAME,
+    <NotifierServer<NotifierApi> as NamedService>::NAME,
+    <DirectoryServer<DirectoryApi> as NamedService>::NAME,
+    <ApiKeysServer<ApiKeysApi> as NamedService>::NAME,
+];
+
+/// How often the health monitor asks the store whether it answers.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An opened mailroom: store, keys and services, ready to serve.
+pub struct Mailroom {
+    args: Args,
+    store: Arc<dyn Store>,
+    auth: Authenticator,
+    settings: SettingsService,
+}
+
+impl Mailroom {
+    /// Opens the data directory, the master key and the store, and creates the bootstrap
+    /// key on a store that never had one.
+    pub async fn open(args: Args) -> anyhow::Result<Self> {
+        create_private_dir(&args.data_dir)?;
+        let master_key = MasterKey::load_or_create(&args.master_key_path())?;
+        let store: Arc<dyn Store> = match args.store {
+            StoreKind::Sled => Arc::new(
+                SledStore::open(&args.data_dir)
+                    .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+            ),
+        };
+        let auth = Authenticator::new(store.clone(), args.clock.clone());
+        if let Some(file) = auth.bootstrap(&args.data_dir).await? {
+            tracing::info!(
+                file = %file.display(),
+                "created API key `bootstrap-admin` (admin organisation, every permission); its secret is in this file"
+            );
+        }
+        let settings =
+            SettingsService::new(store.clone(), Arc::new(master_key), args.clock.clone());
+        Ok(Self {
+            args,
+            store,
+            auth,
+            settings,
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains and flushes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+        let (stopping, stop_watch) = watch::channel(false);
+        let monitor = tokio::spawn(
+            monitor_store(self.store.clone(), health.clone(), stop_watch.clone())
+                .instrument(tracing::info_span!("health_monitor")),
+        );
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let addr = listener.local_addr()?;
+        let signal_health = health.clone();
+        let drained = async move {
+            shutdown.await;
+            tracing::info!("shutting down: NOT_SERVING, draining in-flight RPCs");
+            set_health(&signal_health, ServingStatus::NotServing).await;
+            let _ = stopping.send(true);
+        };
+        let server = Server::builder()
+            .trace_fn(|request| {
+                tracing::info_span!(
+                    "rpc",
+                    method = %request.uri().path(),
+                    key_id = tracing::field::Empty,
+                    organisation = tracing::field::Empty,
+                )
+            })
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(SmtpAdminServer::new(SmtpAdminApi::new(
+                self.auth.clone(),
+                self.settings.clone(),
+            )))
+            .add_service(TokenServer::new(TokenApi::new(self.auth.clone())))
+            .add_service(NotifierServer::new(NotifierApi::new(self.auth.clone())))
+            .add_service(DirectoryServer::new(DirectoryApi::new(self.auth.clone())))
+            .add_service(ApiKeysServer::new(ApiKeysApi::new(self.auth.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained);
+        tracing::info!(%addr, data_dir = %self.args.data_dir.display(), "serving gRPC");
+
+        tokio::pin!(server);
+        let mut stop = stop_watch;
+        let served = tokio::select! {
+            served = &mut server => served,
+            _ = stop.wait_for(|s| *s) => {
+                match tokio::time::timeout(self.args.shutdown_grace, &mut server).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        tracing::warn!(grace = ?self.args.shutdown_grace, "in-flight RPCs still running after the grace period; stopping them");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        monitor.abort();
+        self.store.flush().await.context("flushing the store")?;
+        served.context("serving gRPC")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Opens mailroom as `args` say and serves on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    args: Args,
+) -> anyhow::Result<()> {
+    Mailroom::open(args).await?.serve(listener, shutdown).await
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// Installs the global log subscriber (`RUST_LOG` filters; `info` by default).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for service in SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Reports `NOT_SERVING` while the store does not answer, `SERVING` again when it does.
+async fn monitor_store(
+    store: Arc<dyn Store>,
+    health: HealthReporter,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let ok = match tokio::time::timeout(HEALTH_INTERVAL, store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "store does not answer");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("store ping timed out");
+                false
+            }
+        };
+        if ok != healthy && !*stopping.borrow() {
+            healthy = ok;
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&health, status).await;
+        }
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))
+}

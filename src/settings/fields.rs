@@ -1,0 +1,224 @@
+//! The newtypes of the SMTP settings: each constructor is the only place its rule lives.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use lettre::message::Mailbox;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+/// An SMTP server's address: a DNS name or an IP literal, without scheme, port or spaces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Host(String);
+
+impl Host {
+    /// The name or address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Host {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        if value.is_empty() {
+            return Err("is required".into());
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain spaces or control characters".into());
+        }
+        if value.contains("://") {
+            return Err("must be a host name or IP address, without a scheme".into());
+        }
+        let bare = value
+            .strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .unwrap_or(&value);
+        if let Ok(ip) = IpAddr::from_str(bare) {
+            return Ok(Self(ip.to_string()));
+        }
+        if value.contains(':') {
+            return Err("must not contain a port: set `port` instead".into());
+        }
+        dns_name(&value)?;
+        Ok(Self(value.to_ascii_lowercase()))
+    }
+}
+
+impl From<Host> for String {
+    fn from(host: Host) -> String {
+        host.0
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks a DNS name: dot-separated labels of letters, digits, `-` and `_`.
+pub fn dns_name(value: &str) -> Result<(), String> {
+    if value.len() > 253 {
+        return Err("must be at most 253 characters".into());
+    }
+    let name = value.strip_suffix('.').unwrap_or(value);
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("must be a DNS name: labels of 1 to 63 characters between dots".into());
+        }
+        if !label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err("must be a DNS name or IP address: letters, digits, '-', '.'".into());
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("must be a DNS name: a label cannot start or end with '-'".into());
+        }
+    }
+    Ok(())
+}
+
+/// A TCP port, 1 to 65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Port(u16);
+
+impl Port {
+    /// The port number.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for Port {
+    type Error = String;
+
+    fn try_from(value: u32) -> Result<Self, String> {
+        match u16::try_from(value) {
+            Ok(port) if port > 0 => Ok(Self(port)),
+            _ if value == 0 => Err("is required (1 to 65535)".into()),
+            _ => Err(format!("must be between 1 and 65535, not {value}")),
+        }
+    }
+}
+
+impl From<Port> for u32 {
+    fn from(port: Port) -> u32 {
+        u32::from(port.0)
+    }
+}
+
+/// The sender of emails: `addr` or `Name <addr>`, as lettre parses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Sender(String);
+
+impl Sender {
+    /// The sender as parsed by lettre.
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox::from_str(&self.0).expect("a Sender is a valid mailbox by construction")
+    }
+
+    /// The sender as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Sender {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        if value.is_empty() {
+            return Err("is required: `addr` or `Name <addr>`".into());
+        }
+        if value.chars().any(char::is_control) {
+            return Err("must not contain control characters (CR, LF, ...)".into());
+        }
+        if value.chars().count() > 320 {
+            return Err("must be at most 320 characters".into());
+        }
+        Mailbox::from_str(&value).map_err(|e| format!("must be `addr` or `Name <addr>` ({e})"))?;
+        Ok(Self(value))
+    }
+}
+
+impl From<Sender> for String {
+    fn from(sender: Sender) -> String {
+        sender.0
+    }
+}
+
+/// How the connection to the SMTP server is secured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Security {
+    /// Plain SMTP.
+    #[default]
+    None,
+    /// STARTTLS, required.
+    StartTls,
+    /// STARTTLS when offered.
+    StartTlsOpportunistic,
+    /// Implicit TLS.
+    Ssl,
+}
+
+/// Checks PEM text holding one or more certificates.
+pub fn certificates_pem(pem: &str) -> Result<(), String> {
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        cert.map_err(|e| format!("is not valid PEM certificates ({e})"))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(())
+}
+
+/// Checks PEM text holding a private key.
+pub fn private_key_pem(pem: &str) -> Result<(), String> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map(drop)
+        .map_err(|_| "is not a PEM private key (PKCS#8, PKCS#1 or SEC1)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "smtp.example.com",
+            "localhost",
+            "10.0.0.1",
+            "::1",
+            "[::1]",
+            "MX1.Example.org.",
+        ] {
+            assert!(Host::try_from(ok.to_string()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "smtp://x", "x:25", "a b", "a\r\nb", "-x.com", "a..b", "a/b",
+        ] {
+            assert!(Host::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_and_senders() {
+        assert!(Port::try_from(0).is_err());
+        assert!(Port::try_from(70000).is_err());
+        assert_eq!(Port::try_from(587).unwrap().get(), 587);
+        assert!(Sender::try_from("Mail Room <mr@example.com>".to_string()).is_ok());
+        assert!(Sender::try_from("no-at-sign".to_string()).is_err());
+        assert!(Sender::try_from("a@b.c\r\nBcc: x@y.z".to_string()).is_err());
+    }
+}

@@ -1,0 +1,592 @@
+//! The platform's SMTP settings (TheHive's SMTP tab and more): what they hold, their
+//! defaults and rules, and how an update applies. Entry points: [`SettingsService::get`]
+//! and [`SettingsService::update`].
+//!
+//! Secrets (the password, the client key) are sealed with the master key before they
+//! reach the store and are never returned. Changing `host`, `port` or `username` while a
+//! password is stored requires the password again, so that a stolen admin key cannot
+//! point the stored password at a server of its choosing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::clock::Clock;
+use crate::crypto::{CryptoError, MasterKey, Sealed};
+use crate::store::{Store, StoreError};
+use crate::validation::{self, Violations};
+
+mod fields;
+
+pub use fields::{dns_name, Host, Port, Security, Sender};
+
+/// Default bound on an SMTP exchange.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Allowed SMTP timeouts.
+pub const TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(120));
+/// Default lifetime of a password-reset token (TheHive shows 10 minutes).
+pub const DEFAULT_RESET_PASSWORD: Duration = Duration::from_secs(10 * 60);
+/// Allowed password-reset lifetimes: 1 minute to 7 days.
+pub const RESET_PASSWORD_RANGE: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(7 * 86_400));
+/// Default lifetime of an invitation token (TheHive: 24 hours).
+pub const DEFAULT_INVITATION: Duration = Duration::from_secs(86_400);
+/// Allowed invitation lifetimes: 15 minutes to 30 days.
+pub const INVITATION_RANGE: (Duration, Duration) = (
+    Duration::from_secs(15 * 60),
+    Duration::from_secs(30 * 86_400),
+);
+
+const PASSWORD_PURPOSE: &str = "smtp.password";
+const CLIENT_KEY_PURPOSE: &str = "smtp.tls.client_key";
+
+/// Saved SMTP settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SmtpSettings {
+    /// The server.
+    pub host: Host,
+    /// Its port.
+    pub port: Port,
+    /// The default sender.
+    pub from: Sender,
+    /// Connection security.
+    pub security: Security,
+    /// SMTP AUTH user; empty for none.
+    pub username: String,
+    /// The sealed password, when one is stored.
+    pub password: Option<Sealed>,
+    /// TLS parameters.
+    pub tls: Tls,
+    /// The EHLO name; this host's name when empty.
+    pub helo_name: String,
+    /// Bound on an SMTP exchange.
+    pub timeout: Duration,
+    /// Password-reset token lifetime.
+    pub reset_password_expiration: Duration,
+    /// Invitation token lifetime.
+    pub invitation_expiration: Duration,
+    /// Incremented by every update; the etag.
+    pub revision: u64,
+    /// When last updated.
+    pub update_time: SystemTime,
+    /// The name of the key that last updated them.
+    pub updated_by: String,
+}
+
+/// TLS parameters of the SMTP connection.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Tls {
+    /// Extra trusted CAs (PEM).
+    pub ca_certificates_pem: String,
+    /// Accept any certificate.
+    pub accept_invalid_certificates: bool,
+    /// Name to verify instead of the host.
+    pub server_name: String,
+    /// Client certificate chain (PEM).
+    pub client_certificate_pem: String,
+    /// The sealed client key, when one is stored.
+    pub client_key: Option<Sealed>,
+}
+
+impl SmtpSettings {
+    /// The version clients send back to refuse a stale write.
+    pub fn etag(&self) -> String {
+        self.revision.to_string()
+    }
+
+    /// The stored password, opened.
+    pub fn password(&self, key: &MasterKey) -> Result<Option<Zeroizing<String>>, CryptoError> {
+        self.password
+            .as_ref()
+            .map(|s| key.open(PASSWORD_PURPOSE, s))
+            .transpose()
+    }
+
+    /// The stored client key (PEM), opened.
+    pub fn client_key_pem(
+        &self,
+        key: &MasterKey,
+    ) -> Result<Option<Zeroizing<String>>, CryptoError> {
+        self.tls
+            .client_key
+            .as_ref()
+            .map(|s| key.open(CLIENT_KEY_PURPOSE, s))
+            .transpose()
+    }
+}
+
+/// Settings as a caller sends them: raw values, checked by [`SettingsService::update`].
+/// Empty strings and `None` durations mean "not given".
+#[derive(Clone, Debug, Default)]
+pub struct Draft {
+    /// See [`SmtpSettings::host`].
+    pub host: String,
+    /// See [`SmtpSettings::port`].
+    pub port: u32,
+    /// See [`SmtpSettings::from`].
+    pub from: String,
+    /// `None` when the caller sent a value this version does not know.
+    pub security: Option<Security>,
+    /// See [`SmtpSettings::username`].
+    pub username: String,
+    /// The password in clear (input only).
+    pub password: Zeroizing<String>,
+    /// TLS parameters.
+    pub tls: TlsDraft,
+    /// See [`SmtpSettings::helo_name`].
+    pub helo_name: String,
+    /// See [`SmtpSettings::timeout`].
+    pub timeout: Option<Duration>,
+    /// See [`SmtpSettings::reset_password_expiration`].
+    pub reset_password_expiration: Option<Duration>,
+    /// See [`SmtpSettings::invitation_expiration`].
+    pub invitation_expiration: Option<Duration>,
+    /// The etag the caller last read; empty to skip the check.
+    pub etag: String,
+}
+
+/// TLS parameters as a caller sends them.
+#[derive(Clone, Debug, Default)]
+pub struct TlsDraft {
+    /// See [`Tls::ca_certificates_pem`].
+    pub ca_certificates_pem: String,
+    /// See [`Tls::accept_invalid_certificates`].
+    pub accept_invalid_certificates: bool,
+    /// See [`Tls::server_name`].
+    pub server_name: String,
+    /// See [`Tls::client_certificate_pem`].
+    pub client_certificate_pem: String,
+    /// The client key in clear (input only).
+    pub client_key_pem: Zeroizing<String>,
+}
+
+/// Errors of the settings service.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// Bad fields.
+    #[error("invalid settings: {0}")]
+    Invalid(Violations),
+    /// The caller's etag is not the stored one, or another update came first.
+    #[error("the settings changed since etag {given:?} was read (now {current:?})")]
+    Stale {
+        /// The etag sent.
+        given: String,
+        /// The stored etag.
+        current: String,
+    },
+    /// A stored secret cannot be opened with this master key.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The settings fields an update mask may name; a message name covers its fields.
+const FIELDS: &[&str] = &[
+    "host",
+    "port",
+    "from",
+    "security",
+    "username",
+    "password",
+    "tls.ca_certificates_pem",
+    "tls.accept_invalid_certificates",
+    "tls.server_name",
+    "tls.client_certificate_pem",
+    "tls.client_key_pem",
+    "helo_name",
+    "timeout",
+    "token_expiration.reset_password",
+    "token_expiration.invitation",
+];
+
+/// Fields that are output only: naming them in a mask is a mistake worth reporting.
+const OUTPUT_FIELDS: &[&str] = &[
+    "password_set",
+    "tls.client_key_set",
+    "etag",
+    "update_time",
+    "updated_by",
+    "configured",
+];
+
+/// Which fields an update changes: every field for an empty mask.
+struct Mask {
+    fields: BTreeSet<&'static str>,
+    explicit: bool,
+}
+
+impl Mask {
+    fn parse(paths: &[String], violations: &mut Violations) -> Self {
+        if paths.is_empty() {
+            return Self {
+                fields: FIELDS.iter().copied().collect(),
+                explicit: false,
+            };
+        }
+        let mut fields = BTreeSet::new();
+        for path in paths {
+            let covered: Vec<&'static str> = FIELDS
+                .iter()
+                .copied()
+                .filter(|f| {
+                    *f == path
+                        || f.strip_prefix(path.as_str())
+                            .is_some_and(|r| r.starts_with('.'))
+                })
+                .collect();
+            if covered.is_empty() {
+                let why = if OUTPUT_FIELDS.contains(&path.as_str()) {
+                    format!("`{path}` is output only")
+                } else {
+                    format!("`{path}` is not a field of SmtpSettings")
+                };
+                violations.add("update_mask", why);
+            }
+            fields.extend(covered);
+        }
+        Self {
+            fields,
+            explicit: true,
+        }
+    }
+
+    fn has(&self, field: &str) -> bool {
+        self.fields.contains(field)
+    }
+}
+
+/// What to do with a stored secret.
+enum SecretChange {
+    Keep,
+    Set(Zeroizing<String>),
+    Clear,
+}
+
+impl SecretChange {
+    /// An empty value keeps the stored secret on a full replace (secrets are never read
+    /// back, so a read-modify-write cannot carry them), and clears it when the mask names
+    /// the field.
+    fn decide(mask: &Mask, field: &str, given: Zeroizing<String>) -> Self {
+        match (mask.has(field), given.is_empty(), mask.explicit) {
+            (false, _, _) => Self::Keep,
+            (true, false, _) => Self::Set(given),
+            (true, true, true) => Self::Clear,
+            (true, true, false) => Self::Keep,
+        }
+    }
+
+    fn apply(self, key: &MasterKey, purpose: &str, stored: Option<Sealed>) -> Option<Sealed> {
+        match self {
+            Self::Keep => stored,
+            Self::Set(plain) => Some(key.seal(purpose, &plain)),
+            Self::Clear => None,
+        }
+    }
+}
+
+/// Reads and updates the SMTP settings.
+#[derive(Clone)]
+pub struct SettingsService {
+    store: Arc<dyn Store>,
+    master_key: Arc<MasterKey>,
+    clock: Clock,
+}
+
+impl SettingsService {
+    /// A service over `store`, sealing secrets with `master_key`.
+    pub fn new(store: Arc<dyn Store>, master_key: Arc<MasterKey>, clock: Clock) -> Self {
+        Self {
+            store,
+            master_key,
+            clock,
+        }
+    }
+
+    /// The master key that opens stored secrets.
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master_key
+    }
+
+    /// The saved settings; `None` before the first update.
+    pub async fn get(&self) -> Result<Option<SmtpSettings>, SettingsError> {
+        Ok(self.store.smtp_settings().await?)
+    }
+
+    /// Applies `draft` to the fields `mask` names (all for an empty mask) and saves the
+    /// result, recording `updated_by`.
+    pub async fn update(
+        &self,
+        draft: Draft,
+        mask: &[String],
+        updated_by: &str,
+    ) -> Result<SmtpSettings, SettingsError> {
+        let current = self.store.smtp_settings().await?;
+        let current_etag = current.as_ref().map(SmtpSettings::etag).unwrap_or_default();
+        if !draft.etag.is_empty() && draft.etag != current_etag {
+            return Err(SettingsError::Stale {
+                given: draft.etag,
+                current: current_etag,
+            });
+        }
+        let expected = current.as_ref().map_or(0, |c| c.revision);
+        let next = merge(
+            current.as_ref(),
+            draft,
+            mask,
+            &self.master_key,
+            self.clock.now(),
+            updated_by,
+        )
+        .map_err(SettingsError::Invalid)?;
+        if self.store.swap_smtp_settings(expected, &next).await? {
+            Ok(next)
+        } else {
+            Err(SettingsError::Stale {
+                given: current_etag,
+                current: "(changed concurrently)".into(),
+            })
+        }
+    }
+}
+
+/// The settings `draft` makes of `current`, or every violation found.
+fn merge(
+    current: Option<&SmtpSettings>,
+    draft: Draft,
+    mask: &[String],
+    key: &MasterKey,
+    now: SystemTime,
+    updated_by: &str,
+) -> Result<SmtpSettings, Violations> {
+    let mut v = Violations::new();
+    let mask = Mask::parse(mask, &mut v);
+    let pick = |field: &str, given: String, stored: Option<&str>| -> String {
+        if mask.has(field) {
+            given
+        } else {
+            stored.unwrap_or_default().to_string()
+        }
+    };
+    let host = pick("host", draft.host, current.map(|c| c.host.as_str()));
+    let port = if mask.has("port") {
+        draft.port
+    } else {
+        current.map_or(0, |c| u32::from(c.port))
+    };
+    let from = pick("from", draft.from, current.map(|c| c.from.as_str()));
+    let security = if mask.has("security") {
+        draft.security
+    } else {
+        Some(current.map(|c| c.security).unwrap_or_default())
+    };
+    let username = pick(
+        "username",
+        draft.username,
+        current.map(|c| c.username.as_str()),
+    );
+    let ct = current.map(|c| &c.tls);
+    let ca = pick(
+        "tls.ca_certificates_pem",
+        draft.tls.ca_certificates_pem,
+        ct.map(|t| t.ca_certificates_pem.as_str()),
+    );
+    let accept_invalid = if mask.has("tls.accept_invalid_certificates") {
+        draft.tls.accept_invalid_certificates
+    } else {
+        ct.is_some_and(|t| t.accept_invalid_certificates)
+    };
+    let server_name = pick(
+        "tls.server_name",
+        draft.tls.server_name,
+        ct.map(|t| t.server_name.as_str()),
+    );
+    let client_cert = pick(
+        "tls.client_certificate_pem",
+        draft.tls.client_certificate_pem,
+        ct.map(|t| t.client_certificate_pem.as_str()),
+    );
+    let helo_name = pick(
+        "helo_name",
+        draft.helo_name,
+        current.map(|c| c.helo_name.as_str()),
+    );
+    let duration = |field: &str, given: Option<Duration>, stored: Option<Duration>, default| {
+        if mask.has(field) {
+            given.unwrap_or(default)
+        } else {
+            stored.unwrap_or(default)
+        }
+    };
+    let timeout = duration(
+        "timeout",
+        draft.timeout,
+        current.map(|c| c.timeout),
+        DEFAULT_TIMEOUT,
+    );
+    let reset = duration(
+        "token_expiration.reset_password",
+        draft.reset_password_expiration,
+        current.map(|c| c.reset_password_expiration),
+        DEFAULT_RESET_PASSWORD,
+    );
+    let invitation = duration(
+        "token_expiration.invitation",
+        draft.invitation_expiration,
+        current.map(|c| c.invitation_expiration),
+        DEFAULT_INVITATION,
+    );
+    let password = SecretChange::decide(&mask, "password", draft.password);
+    let client_key = SecretChange::decide(&mask, "tls.client_key_pem", draft.tls.client_key_pem);
+
+    let host = v.check("settings.host", Host::try_from(host));
+    let port = v.check("settings.port", Port::try_from(port));
+    let from = v.check("settings.from", Sender::try_from(from));
+    if security.is_none() {
+        v.add(
+            "settings.security",
+            "is not a known ConnectionSecurity value",
+        );
+    }
+    v.check("settings.username", validation::text(&username, false, 256));
+    if let SecretChange::Set(p) = &password {
+        v.check("settings.password", validation::text(p, false, 1024));
+        if username.is_empty() {
+            v.add("settings.username", "is required when a password is set");
+        }
+    }
+    if !ca.is_empty() {
+        v.check(
+            "settings.tls.ca_certificates_pem",
+            fields::certificates_pem(&ca),
+        );
+    }
+    if !server_name.is_empty() {
+        v.check(
+            "settings.tls.server_name",
+            Host::try_from(server_name.clone()),
+        );
+    }
+    if !client_cert.is_empty() {
+        v.check(
+            "settings.tls.client_certificate_pem",
+            fields::certificates_pem(&client_cert),
+        );
+    }
+    if let SecretChange::Set(k) = &client_key {
+        v.check("settings.tls.client_key_pem", fields::private_key_pem(k));
+    }
+    let key_stored = ct.is_some_and(|t| t.client_key.is_some());
+    let has_key = match &client_key {
+        SecretChange::Keep => key_stored,
+        SecretChange::Set(_) => true,
+        SecretChange::Clear => false,
+    };
+    if !client_cert.is_empty() && !has_key {
+        v.add(
+            "settings.tls.client_key_pem",
+            "is required with a client certificate",
+        );
+    }
+    if client_cert.is_empty() && has_key {
+        v.add(
+            "settings.tls.client_certificate_pem",
+            "is required with a client key",
+        );
+    }
+    if !helo_name.is_empty() {
+        v.check("settings.helo_name", Host::try_from(helo_name.clone()));
+    }
+    v.check("settings.timeout", within(timeout, TIMEOUT_RANGE));
+    v.check(
+        "settings.token_expiration.reset_password",
+        within(reset, RESET_PASSWORD_RANGE),
+    );
+    v.check(
+        "settings.token_expiration.invitation",
+        within(invitation, INVITATION_RANGE),
+    );
+
+    let password_stored = current.is_some_and(|c| c.password.is_some());
+    if password_stored && matches!(password, SecretChange::Keep) && !username.is_empty() {
+        let moved = current.is_some_and(|c| {
+            Some(&c.host) != host.as_ref() || Some(c.port) != port || c.username != username
+        });
+        if moved {
+            v.add(
+                "settings.password",
+                "is required again: host, port or username changed, and the stored password \
+                 is never sent to a server it was not set for",
+            );
+        }
+    }
+
+    let (Some(host), Some(port), Some(from), Some(security)) = (host, port, from, security) else {
+        return Err(v);
+    };
+    let password = if username.is_empty() {
+        None
+    } else {
+        password.apply(
+            key,
+            PASSWORD_PURPOSE,
+            current.and_then(|c| c.password.clone()),
+        )
+    };
+    let client_key = client_key.apply(
+        key,
+        CLIENT_KEY_PURPOSE,
+        ct.and_then(|t| t.client_key.clone()),
+    );
+    v.into_result(SmtpSettings {
+        host,
+        port,
+        from,
+        security,
+        username,
+        password,
+        tls: Tls {
+            ca_certificates_pem: ca,
+            accept_invalid_certificates: accept_invalid,
+            server_name,
+            client_certificate_pem: client_cert,
+            client_key,
+        },
+        helo_name,
+        timeout,
+        reset_password_expiration: reset,
+        invitation_expiration: invitation,
+        revision: current.map_or(0, |c| c.revision) + 1,
+        update_time: now,
+        updated_by: updated_by.to_string(),
+    })
+}
+
+fn within(value: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
+    if value < min || value > max {
+        Err(format!(
+            "must be between {} and {}, not {}",
+            human(min),
+            human(max),
+            human(value)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A duration for a human: `90s`, `15m`, `7d`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}

@@ -1,0 +1,83 @@
+//! Persistence: the [`Store`] trait, one atomic operation per need of the domain, and its
+//! backends (`sled.rs`, the embedded default). Backends keep domain records as JSON;
+//! nothing backend-specific crosses this trait.
+//!
+//! Every write answers only once it is durable: a caller that got `Ok` never loses it to a
+//! crash of this process.
+
+use async_trait::async_trait;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::auth::ApiKey;
+use crate::settings::SmtpSettings;
+
+pub mod sled;
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed or cannot be reached; the operation may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record cannot be read back.
+    #[error("stored record {key} is corrupt: {reason}")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Result of a store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where paging resumes: the last key returned, exclusive.
+pub type After<'a> = Option<&'a str>;
+
+/// The persistence the domain needs. Each method is atomic.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the store is reachable (health).
+    async fn ping(&self) -> Result<()>;
+
+    /// Makes every earlier write durable (shutdown).
+    async fn flush(&self) -> Result<()>;
+
+    /// The SMTP settings, when ever saved.
+    async fn smtp_settings(&self) -> Result<Option<SmtpSettings>>;
+
+    /// Replaces the SMTP settings if their stored revision is still `expected_revision`
+    /// (0: never saved). `Ok(false)` when another write came first.
+    async fn swap_smtp_settings(
+        &self,
+        expected_revision: u64,
+        settings: &SmtpSettings,
+    ) -> Result<bool>;
+
+    /// Adds an API key. With `only_if_first`, adds it only to a store that never held a key
+    /// (the bootstrap key: several replicas may race to create it) and says whether it did.
+    async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool>;
+
+    /// The key whose secret has this SHA-256 digest (hex).
+    async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>>;
+
+    /// Keys in id order, after `after`, at most `limit`.
+    async fn list_api_keys(&self, after: After<'_>, limit: usize) -> Result<Vec<ApiKey>>;
+
+    /// Marks a key revoked; the key as it now is, `None` when unknown.
+    async fn revoke_api_key(&self, id: &str) -> Result<Option<ApiKey>>;
+}
+
+/// Encodes a record for storage.
+pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("domain records serialize to JSON")
+}
+
+/// Decodes a stored record; `key` names it in the error.
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
