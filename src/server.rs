@@ -142,7 +142,7 @@ impl Mailroom {
         let mut stop = stop_watch;
         let served = tokio::select! {
             served = &mut server => served,
-            _ = stop.wait_for(|s| *s) => {
+            () = stopped(&mut stop) => {
                 match tokio::time::timeout(self.args.shutdown_grace, &mut server).await {
                     Ok(served) => served,
                     Err(_) => {
@@ -221,7 +221,7 @@ async fn monitor_store(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            _ = stopping.wait_for(|s| *s) => return,
+            () = stopped(&mut stopping) => return,
         }
         let ok = match tokio::time::timeout(HEALTH_INTERVAL, store.ping()).await {
             Ok(Ok(())) => true,
@@ -234,7 +234,8 @@ async fn monitor_store(
                 false
             }
         };
-        if ok != healthy && !*stopping.borrow() {
+        let stopped = *stopping.borrow();
+        if ok != healthy && !stopped {
             healthy = ok;
             let status = if ok {
                 ServingStatus::Serving
@@ -244,6 +245,11 @@ async fn monitor_store(
             set_health(&health, status).await;
         }
     }
+}
+
+/// Resolves once shutdown has begun.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -1,0 +1,424 @@
+//! GetSmtpSettings and UpdateSmtpSettings over gRPC: round trip, defaults, every
+//! validation rule, update masks, etags, the password rule, and secrets at rest.
+
+mod support;
+
+use mailroom::proto::v1 as pb;
+use prost_types::FieldMask;
+use support::{all_bytes, contains, violated_fields, TestServer};
+use tonic::Code;
+
+const PASSWORD: &str = "correct-horse-battery-staple-42";
+
+fn valid() -> pb::SmtpSettings {
+    pb::SmtpSettings {
+        host: "smtp.example.com".into(),
+        port: 587,
+        from: "TheHive <thehive@example.com>".into(),
+        security: pb::ConnectionSecurity::Starttls.into(),
+        username: "relay-user".into(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    }
+}
+
+fn update(settings: pb::SmtpSettings, mask: &[&str]) -> pb::UpdateSmtpSettingsRequest {
+    pb::UpdateSmtpSettingsRequest {
+        settings: Some(settings),
+        update_mask: (!mask.is_empty()).then(|| FieldMask {
+            paths: mask.iter().map(|p| p.to_string()).collect(),
+        }),
+    }
+}
+
+fn secs(s: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: s, nanos: 0 })
+}
+
+#[tokio::test]
+async fn unconfigured_settings_show_the_defaults() {
+    let server = TestServer::start().await;
+    let got = server
+        .smtp(&server.admin_key)
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!got.configured);
+    assert_eq!(got.security(), pb::ConnectionSecurity::None);
+    assert_eq!(got.timeout, secs(10));
+    let exp = got.token_expiration.unwrap();
+    assert_eq!(exp.reset_password, secs(600));
+    assert_eq!(exp.invitation, secs(86_400));
+    assert!(got.etag.is_empty());
+}
+
+#[tokio::test]
+async fn settings_round_trip_without_the_password() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    let mut settings = valid();
+    settings.helo_name = "mailroom.example.com".into();
+    settings.timeout = secs(30);
+    settings.token_expiration = Some(pb::TokenExpiration {
+        reset_password: secs(900),
+        invitation: secs(2 * 86_400),
+    });
+    settings.tls = Some(pb::TlsSettings {
+        server_name: "relay.example.com".into(),
+        ..Default::default()
+    });
+    let saved = smtp
+        .update_smtp_settings(update(settings, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = smtp
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(saved, got);
+    assert!(got.configured);
+    assert_eq!(got.host, "smtp.example.com");
+    assert_eq!(got.port, 587);
+    assert_eq!(got.from, "TheHive <thehive@example.com>");
+    assert_eq!(got.security(), pb::ConnectionSecurity::Starttls);
+    assert_eq!(got.username, "relay-user");
+    assert!(got.password.is_empty());
+    assert!(got.password_set);
+    assert_eq!(got.helo_name, "mailroom.example.com");
+    assert_eq!(got.timeout, secs(30));
+    assert_eq!(got.token_expiration.unwrap().invitation, secs(172_800));
+    assert_eq!(got.tls.unwrap().server_name, "relay.example.com");
+    assert_eq!(got.updated_by, "bootstrap-admin");
+    assert!(got.update_time.is_some());
+    assert!(!got.etag.is_empty());
+}
+
+#[tokio::test]
+async fn every_rule_rejects_its_bad_value_naming_the_field() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    let cases: Vec<(&str, Box<dyn Fn(&mut pb::SmtpSettings)>)> = vec![
+        ("settings.port", Box::new(|s| s.port = 0)),
+        ("settings.port", Box::new(|s| s.port = 70_000)),
+        ("settings.host", Box::new(|s| s.host = String::new())),
+        ("settings.host", Box::new(|s| s.host = "smtp://smtp.example.com".into())),
+        ("settings.host", Box::new(|s| s.host = "smtp.example.com:25".into())),
+        ("settings.host", Box::new(|s| s.host = "smtp example.com".into())),
+        ("settings.host", Box::new(|s| s.host = "smtp.example.com\r\nX: y".into())),
+        ("settings.from", Box::new(|s| s.from = "no-at-sign".into())),
+        ("settings.from", Box::new(|s| s.from = String::new())),
+        ("settings.from", Box::new(|s| s.from = "a@example.com\r\nBcc: evil@example.org".into())),
+        ("settings.username", Box::new(|s| s.username = "user\nname".into())),
+        ("settings.security", Box::new(|s| s.security = 42)),
+        ("settings.timeout", Box::new(|s| s.timeout = secs(0))),
+        ("settings.timeout", Box::new(|s| s.timeout = secs(121))),
+        ("settings.timeout", Box::new(|s| s.timeout = secs(-5))),
+        (
+            "settings.token_expiration.reset_password",
+            Box::new(|s| {
+                s.token_expiration = Some(pb::TokenExpiration {
+                    reset_password: secs(59),
+                    invitation: None,
+                })
+            }),
+        ),
+        (
+            "settings.token_expiration.reset_password",
+            Box::new(|s| {
+                s.token_expiration = Some(pb::TokenExpiration {
+                    reset_password: secs(7 * 86_400 + 1),
+                    invitation: None,
+                })
+            }),
+        ),
+        (
+            "settings.token_expiration.invitation",
+            Box::new(|s| {
+                s.token_expiration = Some(pb::TokenExpiration {
+                    reset_password: None,
+                    invitation: secs(14 * 60),
+                })
+            }),
+        ),
+        (
+            "settings.token_expiration.invitation",
+            Box::new(|s| {
+                s.token_expiration = Some(pb::TokenExpiration {
+                    reset_password: None,
+                    invitation: secs(31 * 86_400),
+                })
+            }),
+        ),
+        ("settings.helo_name", Box::new(|s| s.helo_name = "bad name".into())),
+        (
+            "settings.tls.ca_certificates_pem",
+            Box::new(|s| {
+                s.tls = Some(pb::TlsSettings {
+                    ca_certificates_pem: "not a certificate".into(),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "settings.tls.client_key_pem",
+            Box::new(|s| {
+                s.tls = Some(pb::TlsSettings {
+                    client_certificate_pem: rcgen::generate_simple_self_signed(vec!["c".into()])
+                        .unwrap()
+                        .cert
+                        .pem(),
+                    ..Default::default()
+                })
+            }),
+        ),
+        ("settings.username", Box::new(|s| s.username = String::new())),
+    ];
+    for (field, spoil) in cases {
+        let mut settings = valid();
+        spoil(&mut settings);
+        let status = smtp
+            .update_smtp_settings(update(settings.clone(), &[]))
+            .await
+            .expect_err(field);
+        assert_eq!(
+            violated_fields(&status),
+            vec![field.to_string()],
+            "{settings:?}: {status:?}"
+        );
+    }
+    let got = smtp
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!got.configured, "nothing invalid was saved");
+}
+
+#[tokio::test]
+async fn several_bad_fields_are_each_reported() {
+    let server = TestServer::start().await;
+    let status = server
+        .smtp(&server.admin_key)
+        .update_smtp_settings(update(
+            pb::SmtpSettings {
+                host: "a b".into(),
+                port: 0,
+                from: "nobody".into(),
+                ..Default::default()
+            },
+            &[],
+        ))
+        .await
+        .unwrap_err();
+    let mut fields = violated_fields(&status);
+    fields.sort();
+    assert_eq!(fields, ["settings.from", "settings.host", "settings.port"]);
+    let missing = server
+        .smtp(&server.admin_key)
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&missing), ["settings"]);
+}
+
+#[tokio::test]
+async fn update_mask_changes_only_the_named_fields() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    smtp.update_smtp_settings(update(valid(), &[])).await.unwrap();
+    let changed = smtp
+        .update_smtp_settings(update(
+            pb::SmtpSettings {
+                from: "alerts@example.com".into(),
+                timeout: secs(5),
+                ..Default::default()
+            },
+            &["from", "timeout"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(changed.from, "alerts@example.com");
+    assert_eq!(changed.timeout, secs(5));
+    assert_eq!(changed.host, "smtp.example.com");
+    assert_eq!(changed.port, 587);
+    assert!(changed.password_set, "the password is kept");
+
+    let status = smtp
+        .update_smtp_settings(update(pb::SmtpSettings::default(), &["hots", "etag"]))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["update_mask", "update_mask"]);
+
+    let cleared = smtp
+        .update_smtp_settings(update(pb::SmtpSettings::default(), &["password"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!cleared.password_set, "naming an empty password clears it");
+}
+
+#[tokio::test]
+async fn a_stale_etag_is_aborted() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    let first = smtp
+        .update_smtp_settings(update(valid(), &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = valid();
+    next.etag = first.etag.clone();
+    next.port = 2525;
+    let second = smtp
+        .update_smtp_settings(update(next.clone(), &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(first.etag, second.etag);
+    next.port = 25;
+    let status = smtp
+        .update_smtp_settings(update(next, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    let now = smtp
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.port, 2525);
+}
+
+#[tokio::test]
+async fn moving_the_stored_password_needs_it_again() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    smtp.update_smtp_settings(update(valid(), &[])).await.unwrap();
+    for (field, change) in [
+        ("host", pb::SmtpSettings { host: "evil.example.org".into(), ..Default::default() }),
+        ("port", pb::SmtpSettings { port: 2525, ..Default::default() }),
+        ("username", pb::SmtpSettings { username: "other".into(), ..Default::default() }),
+    ] {
+        let status = smtp
+            .update_smtp_settings(update(change.clone(), &[field]))
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&status), ["settings.password"], "{field}");
+        let mut full = valid();
+        full.password.clear();
+        match field {
+            "host" => full.host = change.host,
+            "port" => full.port = change.port,
+            _ => full.username = change.username,
+        }
+        let status = smtp
+            .update_smtp_settings(update(full, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&status), ["settings.password"], "full {field}");
+    }
+    // Unchanged host, port and username keep the stored password without resending it.
+    let mut same = valid();
+    same.password.clear();
+    same.from = "other@example.com".into();
+    let kept = smtp
+        .update_smtp_settings(update(same, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(kept.password_set);
+    // With the password again, the host may move.
+    let moved = smtp
+        .update_smtp_settings(update(
+            pb::SmtpSettings {
+                host: "relay2.example.com".into(),
+                password: "new-password".into(),
+                ..Default::default()
+            },
+            &["host", "password"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.host, "relay2.example.com");
+}
+
+#[tokio::test]
+async fn secrets_never_leave_and_are_encrypted_at_rest() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    let client = rcgen::generate_simple_self_signed(vec!["mailroom.example.com".into()]).unwrap();
+    let key_pem = client.key_pair.serialize_pem();
+    let key_body: String = key_pem.lines().nth(1).unwrap().to_string();
+    let mut settings = valid();
+    settings.security = pb::ConnectionSecurity::Ssl.into();
+    settings.tls = Some(pb::TlsSettings {
+        client_certificate_pem: client.cert.pem(),
+        client_key_pem: key_pem.clone(),
+        ..Default::default()
+    });
+    let saved = smtp
+        .update_smtp_settings(update(settings, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = smtp
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for answer in [&saved, &got] {
+        let text = format!("{answer:?}");
+        assert!(!text.contains(PASSWORD));
+        assert!(!text.contains(&key_body));
+        assert!(answer.password_set);
+        assert!(answer.tls.as_ref().unwrap().client_key_set);
+    }
+    let mut server = server;
+    server.stop().await.unwrap();
+    let bytes = all_bytes(&server.data_dir);
+    assert!(contains(&bytes, "relay-user"), "the search does see the store's data");
+    assert!(!contains(&bytes, PASSWORD), "password in clear on disk");
+    assert!(!contains(&bytes, &key_body), "client key in clear on disk");
+}
+
+#[tokio::test]
+async fn settings_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = TestServer::start_in(dir.path()).await;
+    let saved = first
+        .smtp(&first.admin_key)
+        .update_smtp_settings(update(valid(), &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = first.create_key("acme", &["manageUser"]).await;
+    first.stop().await.unwrap();
+
+    let second = TestServer::start_in(dir.path()).await;
+    assert_eq!(second.admin_key, first.admin_key, "the bootstrap key is not recreated");
+    let got = second
+        .smtp(&second.admin_key)
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, saved);
+    let listed = second
+        .keys(&second.admin_key)
+        .list_api_keys(pb::ListApiKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.keys.len(), 2);
+    let status = second
+        .smtp(&key)
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "the key is still known: {status:?}");
+}

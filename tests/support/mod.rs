@@ -1,0 +1,184 @@
+//! Starts the real server on 127.0.0.1:0 with a temporary data directory, and gives
+//! generated clients that present an API key.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use mailroom::clock::Clock;
+use mailroom::config::Args;
+use mailroom::proto::v1 as pb;
+use mailroom::server::Mailroom;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// The bootstrap key's secret, read from `admin.key`.
+    pub admin_key: String,
+    pub data_dir: PathBuf,
+    pub clock: Clock,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server on a new temporary data directory, with a manual clock.
+    pub async fn start() -> Self {
+        let temp = tempfile::tempdir().expect("temporary directory");
+        let mut server = Self::start_in(temp.path()).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A server on `data_dir` (kept after it stops).
+    pub async fn start_in(data_dir: &Path) -> Self {
+        let mut args = Args::with_data_dir(data_dir);
+        args.clock = Clock::manual(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        Self::start_with(args).await
+    }
+
+    /// A server with these arguments (`listen` is ignored: 127.0.0.1:0).
+    pub async fn start_with(args: Args) -> Self {
+        let data_dir = args.data_dir.clone();
+        let clock = args.clock.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let mailroom = Mailroom::open(args).await.expect("open mailroom");
+        let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))
+            .expect("admin.key written on first start")
+            .trim()
+            .to_string();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(mailroom.serve(listener, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            admin_key,
+            data_dir,
+            clock,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _temp: None,
+        }
+    }
+
+    /// Shuts the server down and waits for it; what `run` returned.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take() {
+            Some(handle) => handle.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy()
+    }
+
+    pub fn smtp(&self, key: &str) -> SmtpClient {
+        pb::smtp_admin_client::SmtpAdminClient::with_interceptor(self.channel(), Bearer::new(key))
+    }
+
+    pub fn keys(&self, key: &str) -> KeysClient {
+        pb::api_keys_client::ApiKeysClient::with_interceptor(self.channel(), Bearer::new(key))
+    }
+
+    /// Creates a key and returns its secret.
+    pub async fn create_key(&self, organisation: &str, permissions: &[&str]) -> String {
+        self.keys(&self.admin_key)
+            .create_api_key(pb::CreateApiKeyRequest {
+                name: format!("{organisation}-{}", permissions.join("-")),
+                organisation: organisation.into(),
+                permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            })
+            .await
+            .expect("create key")
+            .into_inner()
+            .secret
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+    }
+}
+
+pub type SmtpClient =
+    pb::smtp_admin_client::SmtpAdminClient<InterceptedService<Channel, Bearer>>;
+pub type KeysClient = pb::api_keys_client::ApiKeysClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <key>` (nothing for an empty key).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(key: &str) -> Self {
+        Self((!key.is_empty()).then(|| format!("Bearer {key}").parse().expect("ascii key")))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The `BadRequest` fields named by an `INVALID_ARGUMENT` status.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Every byte of every file under `dir`.
+pub fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_bytes(&path));
+        } else {
+            out.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
