@@ -32,7 +32,10 @@ fn update(settings: pb::SmtpSettings, mask: &[&str]) -> pb::UpdateSmtpSettingsRe
 }
 
 fn secs(s: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration { seconds: s, nanos: 0 })
+    Some(prost_types::Duration {
+        seconds: s,
+        nanos: 0,
+    })
 }
 
 #[tokio::test]
@@ -104,14 +107,32 @@ async fn every_rule_rejects_its_bad_value_naming_the_field() {
         ("settings.port", Box::new(|s| s.port = 0)),
         ("settings.port", Box::new(|s| s.port = 70_000)),
         ("settings.host", Box::new(|s| s.host = String::new())),
-        ("settings.host", Box::new(|s| s.host = "smtp://smtp.example.com".into())),
-        ("settings.host", Box::new(|s| s.host = "smtp.example.com:25".into())),
-        ("settings.host", Box::new(|s| s.host = "smtp example.com".into())),
-        ("settings.host", Box::new(|s| s.host = "smtp.example.com\r\nX: y".into())),
+        (
+            "settings.host",
+            Box::new(|s| s.host = "smtp://smtp.example.com".into()),
+        ),
+        (
+            "settings.host",
+            Box::new(|s| s.host = "smtp.example.com:25".into()),
+        ),
+        (
+            "settings.host",
+            Box::new(|s| s.host = "smtp example.com".into()),
+        ),
+        (
+            "settings.host",
+            Box::new(|s| s.host = "smtp.example.com\r\nX: y".into()),
+        ),
         ("settings.from", Box::new(|s| s.from = "no-at-sign".into())),
         ("settings.from", Box::new(|s| s.from = String::new())),
-        ("settings.from", Box::new(|s| s.from = "a@example.com\r\nBcc: evil@example.org".into())),
-        ("settings.username", Box::new(|s| s.username = "user\nname".into())),
+        (
+            "settings.from",
+            Box::new(|s| s.from = "a@example.com\r\nBcc: evil@example.org".into()),
+        ),
+        (
+            "settings.username",
+            Box::new(|s| s.username = "user\nname".into()),
+        ),
         ("settings.security", Box::new(|s| s.security = 42)),
         ("settings.timeout", Box::new(|s| s.timeout = secs(0))),
         ("settings.timeout", Box::new(|s| s.timeout = secs(121))),
@@ -152,7 +173,10 @@ async fn every_rule_rejects_its_bad_value_naming_the_field() {
                 })
             }),
         ),
-        ("settings.helo_name", Box::new(|s| s.helo_name = "bad name".into())),
+        (
+            "settings.helo_name",
+            Box::new(|s| s.helo_name = "bad name".into()),
+        ),
         (
             "settings.tls.ca_certificates_pem",
             Box::new(|s| {
@@ -174,7 +198,10 @@ async fn every_rule_rejects_its_bad_value_naming_the_field() {
                 })
             }),
         ),
-        ("settings.username", Box::new(|s| s.username = String::new())),
+        (
+            "settings.username",
+            Box::new(|s| s.username = String::new()),
+        ),
     ];
     for (field, spoil) in cases {
         let mut settings = valid();
@@ -228,7 +255,9 @@ async fn several_bad_fields_are_each_reported() {
 async fn update_mask_changes_only_the_named_fields() {
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
-    smtp.update_smtp_settings(update(valid(), &[])).await.unwrap();
+    smtp.update_smtp_settings(update(valid(), &[]))
+        .await
+        .unwrap();
     let changed = smtp
         .update_smtp_settings(update(
             pb::SmtpSettings {
@@ -297,11 +326,31 @@ async fn a_stale_etag_is_aborted() {
 async fn moving_the_stored_password_needs_it_again() {
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
-    smtp.update_smtp_settings(update(valid(), &[])).await.unwrap();
+    smtp.update_smtp_settings(update(valid(), &[]))
+        .await
+        .unwrap();
     for (field, change) in [
-        ("host", pb::SmtpSettings { host: "evil.example.org".into(), ..Default::default() }),
-        ("port", pb::SmtpSettings { port: 2525, ..Default::default() }),
-        ("username", pb::SmtpSettings { username: "other".into(), ..Default::default() }),
+        (
+            "host",
+            pb::SmtpSettings {
+                host: "evil.example.org".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "port",
+            pb::SmtpSettings {
+                port: 2525,
+                ..Default::default()
+            },
+        ),
+        (
+            "username",
+            pb::SmtpSettings {
+                username: "other".into(),
+                ..Default::default()
+            },
+        ),
     ] {
         let status = smtp
             .update_smtp_settings(update(change.clone(), &[field]))
@@ -319,7 +368,11 @@ async fn moving_the_stored_password_needs_it_again() {
             .update_smtp_settings(update(full, &[]))
             .await
             .unwrap_err();
-        assert_eq!(violated_fields(&status), ["settings.password"], "full {field}");
+        assert_eq!(
+            violated_fields(&status),
+            ["settings.password"],
+            "full {field}"
+        );
     }
     // Unchanged host, port and username keep the stored password without resending it.
     let mut same = valid();
@@ -381,7 +434,10 @@ async fn secrets_never_leave_and_are_encrypted_at_rest() {
     let mut server = server;
     server.stop().await.unwrap();
     let bytes = all_bytes(&server.data_dir);
-    assert!(contains(&bytes, "relay-user"), "the search does see the store's data");
+    assert!(
+        contains(&bytes, "relay-user"),
+        "the search does see the store's data"
+    );
     assert!(!contains(&bytes, PASSWORD), "password in clear on disk");
     assert!(!contains(&bytes, &key_body), "client key in clear on disk");
 }
@@ -400,7 +456,10 @@ async fn settings_survive_a_restart() {
     first.stop().await.unwrap();
 
     let second = TestServer::start_in(dir.path()).await;
-    assert_eq!(second.admin_key, first.admin_key, "the bootstrap key is not recreated");
+    assert_eq!(
+        second.admin_key, first.admin_key,
+        "the bootstrap key is not recreated"
+    );
     let got = second
         .smtp(&second.admin_key)
         .get_smtp_settings(pb::GetSmtpSettingsRequest {})
@@ -420,5 +479,9 @@ async fn settings_survive_a_restart() {
         .get_smtp_settings(pb::GetSmtpSettingsRequest {})
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "the key is still known: {status:?}");
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "the key is still known: {status:?}"
+    );
 }

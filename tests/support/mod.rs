@@ -110,6 +110,15 @@ impl TestServer {
 
     /// Creates a key and returns its secret.
     pub async fn create_key(&self, organisation: &str, permissions: &[&str]) -> String {
+        self.create_key_full(organisation, permissions).await.secret
+    }
+
+    /// Creates a key: the key and its secret.
+    pub async fn create_key_full(
+        &self,
+        organisation: &str,
+        permissions: &[&str],
+    ) -> pb::CreateApiKeyResponse {
         self.keys(&self.admin_key)
             .create_api_key(pb::CreateApiKeyRequest {
                 name: format!("{organisation}-{}", permissions.join("-")),
@@ -119,7 +128,6 @@ impl TestServer {
             .await
             .expect("create key")
             .into_inner()
-            .secret
     }
 }
 
@@ -129,8 +137,7 @@ impl Drop for TestServer {
     }
 }
 
-pub type SmtpClient =
-    pb::smtp_admin_client::SmtpAdminClient<InterceptedService<Channel, Bearer>>;
+pub type SmtpClient = pb::smtp_admin_client::SmtpAdminClient<InterceptedService<Channel, Bearer>>;
 pub type KeysClient = pb::api_keys_client::ApiKeysClient<InterceptedService<Channel, Bearer>>;
 
 /// Adds `authorization: Bearer <key>` (nothing for an empty key).
@@ -146,7 +153,9 @@ impl Bearer {
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
