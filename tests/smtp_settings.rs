@@ -103,7 +103,8 @@ async fn settings_round_trip_without_the_password() {
 async fn every_rule_rejects_its_bad_value_naming_the_field() {
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::SmtpSettings)>)> = vec![
+    type Spoil = Box<dyn Fn(&mut pb::SmtpSettings)>;
+    let cases: Vec<(&str, Spoil)> = vec![
         ("settings.port", Box::new(|s| s.port = 0)),
         ("settings.port", Box::new(|s| s.port = 70_000)),
         ("settings.host", Box::new(|s| s.host = String::new())),
