@@ -12,6 +12,7 @@
 //! - [`auth`]: API keys, permissions, organisation scoping, the per-RPC caller check.
 //! - [`api`]: one gRPC adapter per service (proto ⇄ domain, error ⇄ status); no logic.
 //! - [`settings`]: the SMTP settings, their rules and updates (domain: no tonic, no sled).
+//! - [`mail`]: SMTP: the TLS policy, the pooled lettre transport, the staged test.
 //! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`).
 //! - [`crypto`]: random secrets, digests, and sealing secrets at rest.
 //! - [`validation`]: field violations, reported one per bad field.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod mail;
 pub mod proto;
 pub mod server;
 pub mod settings;

@@ -191,6 +191,49 @@ mod settings {
     }
 }
 
+mod probe {
+    use super::duration;
+    use crate::mail::probe::{Report, Stage, Step};
+    use crate::proto::v1 as pb;
+
+    impl From<Stage> for pb::TestStage {
+        fn from(stage: Stage) -> Self {
+            match stage {
+                Stage::Connect => pb::TestStage::Connect,
+                Stage::Tls => pb::TestStage::Tls,
+                Stage::Ehlo => pb::TestStage::Ehlo,
+                Stage::Auth => pb::TestStage::Auth,
+                Stage::MailFrom => pb::TestStage::MailFrom,
+                Stage::RcptTo => pb::TestStage::RcptTo,
+                Stage::Data => pb::TestStage::Data,
+            }
+        }
+    }
+
+    impl From<Step> for pb::TestStep {
+        fn from(step: Step) -> Self {
+            pb::TestStep {
+                stage: pb::TestStage::from(step.stage).into(),
+                ok: step.ok,
+                smtp_code: step.smtp_code.map_or(0, u32::from),
+                detail: step.detail,
+                elapsed: Some(duration(step.elapsed)),
+            }
+        }
+    }
+
+    impl From<Report> for pb::TestSmtpSettingsResponse {
+        fn from(report: Report) -> Self {
+            pb::TestSmtpSettingsResponse {
+                success: report.success,
+                steps: report.steps.into_iter().map(Into::into).collect(),
+                message_id: report.message_id,
+                summary: report.summary,
+            }
+        }
+    }
+}
+
 mod keys {
     use super::timestamp;
     use crate::auth::ApiKey;

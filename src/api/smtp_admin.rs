@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::invalid;
 use crate::auth::{Authenticator, Permission};
+use crate::mail::probe;
 use crate::proto::v1 as pb;
 use crate::proto::v1::smtp_admin_server::SmtpAdmin;
 use crate::settings::SettingsService;
@@ -64,8 +65,27 @@ impl SmtpAdmin for SmtpAdminApi {
         self.auth
             .authorize(request.metadata(), Permission::ManagePlatform)
             .await?;
-        Err(Status::unimplemented(
-            "TestSmtpSettings is not implemented yet",
-        ))
+        let request = request.into_inner();
+        let to = probe::recipient(&request.recipient)
+            .map_err(|why| invalid(&violation("recipient", why)))?;
+        let settings = self
+            .settings
+            .candidate(request.settings.map(Into::into))
+            .await?;
+        let report = probe::run(
+            &settings,
+            self.settings.master_key(),
+            &to,
+            self.settings.now(),
+        )
+        .await;
+        tracing::info!(
+            success = report.success,
+            host = %settings.host,
+            port = settings.port.get(),
+            summary = %report.summary,
+            "SMTP settings tested"
+        );
+        Ok(Response::new(report.into()))
     }
 }

@@ -55,6 +55,7 @@ impl From<SettingsError> for Status {
             SettingsError::Stale { .. } => Status::aborted(format!(
                 "{e}: read the settings again and retry with their etag"
             )),
+            SettingsError::NotConfigured => Status::failed_precondition(e.to_string()),
             SettingsError::Crypto(e) => {
                 tracing::error!(error = %e, "stored SMTP secret unreadable");
                 Status::failed_precondition(

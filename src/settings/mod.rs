@@ -177,6 +177,9 @@ pub enum SettingsError {
         /// The stored etag.
         current: String,
     },
+    /// SMTP was never configured.
+    #[error("SMTP is not configured: set it with UpdateSmtpSettings first")]
+    NotConfigured,
     /// A stored secret cannot be opened with this master key.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -315,6 +318,30 @@ impl SettingsService {
     /// The saved settings; `None` before the first update.
     pub async fn get(&self) -> Result<Option<SmtpSettings>, SettingsError> {
         Ok(self.store.smtp_settings().await?)
+    }
+
+    /// The settings a test uses: `draft` applied over the stored settings as a full update
+    /// would apply it, but not saved (so the stored password is used only when host, port
+    /// and username are unchanged); the stored settings when there is no draft.
+    pub async fn candidate(&self, draft: Option<Draft>) -> Result<SmtpSettings, SettingsError> {
+        let current = self.store.smtp_settings().await?;
+        match draft {
+            None => current.ok_or(SettingsError::NotConfigured),
+            Some(draft) => merge(
+                current.as_ref(),
+                draft,
+                &[],
+                &self.master_key,
+                self.clock.now(),
+                "(unsaved)",
+            )
+            .map_err(SettingsError::Invalid),
+        }
+    }
+
+    /// The current time of the service's clock.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
     }
 
     /// Applies `draft` to the fields `mask` names (all for an empty mask) and saves the

@@ -1,0 +1,32 @@
+//! Mail: everything that speaks SMTP. [`transport`] builds the pooled lettre transport from
+//! the settings; [`probe`] runs `TestSmtpSettings`, stage by stage; [`tls`] is the TLS policy
+//! both use.
+
+use std::time::SystemTime;
+
+use crate::crypto::CryptoError;
+
+pub mod probe;
+pub mod tls;
+pub mod transport;
+
+/// Errors of building a connection from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// A stored secret cannot be opened.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The TLS parameters cannot be built.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// A time as RFC 3339 in UTC, for humans reading an email.
+pub fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A new `Message-ID` header value: random, at the sender's domain.
+pub fn new_message_id(domain: &str) -> String {
+    format!("<{}@{}>", crate::crypto::random_id("mr"), domain)
+}

@@ -1,0 +1,492 @@
+//! TestSmtpSettings against a real SMTP server in the test process: success with each
+//! connection security, each failure at its stage with the server's code, the timeout, and
+//! the rules on unsaved settings and the stored password.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailroom::proto::v1 as pb;
+use support::smtp::{refused_port, silent_server, tls_terminator, Options, Pki, SmtpServer};
+use support::{violated_fields, TestServer};
+
+const PASSWORD: &str = "smtp-test-password-1234";
+const RECIPIENT: &str = "soc@example.com";
+
+fn settings(port: u16, security: pb::ConnectionSecurity) -> pb::SmtpSettings {
+    pb::SmtpSettings {
+        host: "127.0.0.1".into(),
+        port: port.into(),
+        from: "TheHive <thehive@example.com>".into(),
+        security: security.into(),
+        timeout: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+fn with_ca(mut s: pb::SmtpSettings, pki: &Pki) -> pb::SmtpSettings {
+    s.tls = Some(pb::TlsSettings {
+        ca_certificates_pem: pki.ca_pem.clone(),
+        ..Default::default()
+    });
+    s
+}
+
+fn with_auth(mut s: pb::SmtpSettings, password: &str) -> pb::SmtpSettings {
+    s.username = "relay".into();
+    s.password = password.into();
+    s
+}
+
+async fn test(
+    server: &TestServer,
+    settings: Option<pb::SmtpSettings>,
+    to: &str,
+) -> pb::TestSmtpSettingsResponse {
+    server
+        .smtp(&server.admin_key)
+        .test_smtp_settings(pb::TestSmtpSettingsRequest {
+            settings,
+            recipient: to.into(),
+        })
+        .await
+        .expect("the test RPC itself succeeds")
+        .into_inner()
+}
+
+fn stages(report: &pb::TestSmtpSettingsResponse) -> Vec<(pb::TestStage, bool)> {
+    report.steps.iter().map(|s| (s.stage(), s.ok)).collect()
+}
+
+/// The last step: where the test ended.
+fn last(report: &pb::TestSmtpSettingsResponse) -> &pb::TestStep {
+    report.steps.last().expect("at least one step")
+}
+
+fn assert_delivered(smtp: &SmtpServer, report: &pb::TestSmtpSettingsResponse) {
+    assert!(report.success, "{report:#?}");
+    assert!(report.steps.iter().all(|s| s.ok), "{report:#?}");
+    let seen = smtp.seen();
+    assert_eq!(seen.messages.len(), 1);
+    let message = &seen.messages[0];
+    assert_eq!(message.from, "thehive@example.com");
+    assert_eq!(message.to, [RECIPIENT]);
+    assert_eq!(
+        message.header("Subject").as_deref(),
+        Some("mailroom SMTP test")
+    );
+    assert_eq!(
+        message.header("From").as_deref(),
+        Some("TheHive <thehive@example.com>")
+    );
+    assert_eq!(message.header("To").as_deref(), Some(RECIPIENT));
+    assert_eq!(
+        message.header("Message-ID").as_deref(),
+        Some(report.message_id.as_str())
+    );
+    assert!(
+        message.data.contains("127.0.0.1:"),
+        "the body states the server"
+    );
+    assert!(
+        !message.data.contains(PASSWORD),
+        "the password is never in the email"
+    );
+    assert_eq!(last(report).stage(), pb::TestStage::Data);
+    assert_eq!(last(report).smtp_code, 250);
+}
+
+#[tokio::test]
+async fn plain_smtp_without_auth() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    let report = test(
+        &server,
+        Some(settings(smtp.addr.port(), pb::ConnectionSecurity::None)),
+        RECIPIENT,
+    )
+    .await;
+    assert_delivered(&smtp, &report);
+    use pb::TestStage::*;
+    assert_eq!(
+        stages(&report),
+        [
+            (Connect, true),
+            (Tls, true),
+            (Ehlo, true),
+            (Auth, true),
+            (MailFrom, true),
+            (RcptTo, true),
+            (Data, true)
+        ]
+    );
+    let data = &smtp.seen().messages[0].data;
+    assert!(data.contains("Security:   none"), "{data}");
+}
+
+#[tokio::test]
+async fn starttls_with_and_without_auth() {
+    let server = TestServer::start().await;
+    let pki = Arc::new(Pki::new());
+    let smtp = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        credentials: Some(("relay".into(), PASSWORD.into())),
+    });
+    let given = with_auth(
+        with_ca(
+            settings(smtp.addr.port(), pb::ConnectionSecurity::Starttls),
+            &pki,
+        ),
+        PASSWORD,
+    );
+    let report = test(&server, Some(given), RECIPIENT).await;
+    assert_delivered(&smtp, &report);
+    let auth = report
+        .steps
+        .iter()
+        .find(|s| s.stage() == pb::TestStage::Auth)
+        .unwrap();
+    assert_eq!(auth.smtp_code, 235);
+    assert_eq!(
+        smtp.seen().auth,
+        [("relay".to_string(), PASSWORD.to_string())]
+    );
+
+    let open = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        credentials: None,
+    });
+    let given = with_ca(
+        settings(open.addr.port(), pb::ConnectionSecurity::Starttls),
+        &pki,
+    );
+    let report = test(&server, Some(given), RECIPIENT).await;
+    assert_delivered(&open, &report);
+    assert!(report
+        .steps
+        .iter()
+        .any(|s| s.stage() == pb::TestStage::Tls && s.smtp_code == 220));
+}
+
+#[tokio::test]
+async fn implicit_tls_with_a_custom_ca() {
+    let server = TestServer::start().await;
+    let pki = Pki::new();
+    let smtp = SmtpServer::start(Options::default());
+    let smtps = tls_terminator(&pki, smtp.addr).await;
+    let report = test(
+        &server,
+        Some(with_ca(
+            settings(smtps.port(), pb::ConnectionSecurity::Ssl),
+            &pki,
+        )),
+        RECIPIENT,
+    )
+    .await;
+    assert_delivered(&smtp, &report);
+    assert_eq!(
+        report.steps[1].stage(),
+        pb::TestStage::Tls,
+        "TLS comes before EHLO"
+    );
+    assert!(
+        report.steps[1].detail.contains("127.0.0.1"),
+        "{:?}",
+        report.steps[1]
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_fails_at_connect() {
+    let server = TestServer::start().await;
+    let report = test(
+        &server,
+        Some(settings(refused_port(), pb::ConnectionSecurity::None)),
+        RECIPIENT,
+    )
+    .await;
+    assert!(!report.success);
+    assert_eq!(stages(&report), [(pb::TestStage::Connect, false)]);
+    assert!(report.summary.contains("CONNECT"), "{}", report.summary);
+}
+
+#[tokio::test]
+async fn a_silent_server_fails_within_the_timeout() {
+    let server = TestServer::start().await;
+    let silent = silent_server().await;
+    let mut given = settings(silent.port(), pb::ConnectionSecurity::None);
+    given.timeout = Some(prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    });
+    let started = Instant::now();
+    let report = test(&server, Some(given), RECIPIENT).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by timeout + 1 s"
+    );
+    assert!(!report.success);
+    let step = last(&report);
+    assert_eq!(step.stage(), pb::TestStage::Ehlo, "{report:#?}");
+    assert!(!step.ok);
+    assert!(
+        step.detail.contains("no answer within the 1s timeout"),
+        "{step:?}"
+    );
+}
+
+#[tokio::test]
+async fn required_starttls_not_offered_sends_nothing_in_clear() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    let given = with_auth(
+        settings(smtp.addr.port(), pb::ConnectionSecurity::Starttls),
+        PASSWORD,
+    );
+    let report = test(&server, Some(given), RECIPIENT).await;
+    assert!(!report.success);
+    let step = last(&report);
+    assert_eq!(
+        (step.stage(), step.ok),
+        (pb::TestStage::Tls, false),
+        "{report:#?}"
+    );
+    let seen = smtp.seen();
+    assert!(
+        seen.mail_from.is_empty(),
+        "no MAIL FROM after a refused STARTTLS"
+    );
+    assert!(seen.auth.is_empty(), "no credentials in clear");
+}
+
+#[tokio::test]
+async fn opportunistic_starttls_continues_in_clear_when_not_offered() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    let report = test(
+        &server,
+        Some(settings(
+            smtp.addr.port(),
+            pb::ConnectionSecurity::StarttlsOpportunistic,
+        )),
+        RECIPIENT,
+    )
+    .await;
+    assert_delivered(&smtp, &report);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_fails_at_tls() {
+    let server = TestServer::start().await;
+    let pki = Arc::new(Pki::new());
+    let smtp = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        credentials: None,
+    });
+    let report = test(
+        &server,
+        Some(settings(smtp.addr.port(), pb::ConnectionSecurity::Starttls)),
+        RECIPIENT,
+    )
+    .await;
+    assert!(!report.success);
+    let step = last(&report);
+    assert_eq!(
+        (step.stage(), step.ok),
+        (pb::TestStage::Tls, false),
+        "{report:#?}"
+    );
+    assert!(smtp.seen().mail_from.is_empty());
+
+    let smtps = tls_terminator(&pki, SmtpServer::start(Options::default()).addr).await;
+    let report = test(
+        &server,
+        Some(settings(smtps.port(), pb::ConnectionSecurity::Ssl)),
+        RECIPIENT,
+    )
+    .await;
+    let step = last(&report);
+    assert_eq!(
+        (step.stage(), step.ok),
+        (pb::TestStage::Tls, false),
+        "{report:#?}"
+    );
+    assert!(step.detail.contains("certificate"), "{step:?}");
+
+    // Explicitly accepting invalid certificates gets through.
+    let mut lax = settings(smtps.port(), pb::ConnectionSecurity::Ssl);
+    lax.tls = Some(pb::TlsSettings {
+        accept_invalid_certificates: true,
+        ..Default::default()
+    });
+    assert!(test(&server, Some(lax), RECIPIENT).await.success);
+}
+
+#[tokio::test]
+async fn a_wrong_password_fails_at_auth_with_535() {
+    let server = TestServer::start().await;
+    let pki = Arc::new(Pki::new());
+    let smtp = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        credentials: Some(("relay".into(), PASSWORD.into())),
+    });
+    let given = with_auth(
+        with_ca(
+            settings(smtp.addr.port(), pb::ConnectionSecurity::Starttls),
+            &pki,
+        ),
+        "wrong",
+    );
+    let report = test(&server, Some(given), RECIPIENT).await;
+    assert!(!report.success);
+    let step = last(&report);
+    assert_eq!(
+        (step.stage(), step.ok, step.smtp_code),
+        (pb::TestStage::Auth, false, 535),
+        "{report:#?}"
+    );
+    assert!(smtp.seen().mail_from.is_empty());
+}
+
+#[tokio::test]
+async fn a_rejected_recipient_fails_at_rcpt_to_with_the_code() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    let report = test(
+        &server,
+        Some(settings(smtp.addr.port(), pb::ConnectionSecurity::None)),
+        "rejected@example.com",
+    )
+    .await;
+    assert!(!report.success);
+    let step = last(&report);
+    assert_eq!(
+        (step.stage(), step.ok, step.smtp_code),
+        (pb::TestStage::RcptTo, false, 550),
+        "{report:#?}"
+    );
+    assert!(smtp.seen().messages.is_empty());
+}
+
+#[tokio::test]
+async fn unsaved_settings_are_tested_and_the_stored_ones_unchanged() {
+    let server = TestServer::start().await;
+    let mut admin = server.smtp(&server.admin_key);
+    let stored = admin
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(settings(refused_port(), pb::ConnectionSecurity::None)),
+            update_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The stored settings fail; the edited ones, not saved, succeed.
+    assert!(!test(&server, None, RECIPIENT).await.success);
+    let smtp = SmtpServer::start(Options::default());
+    let report = test(
+        &server,
+        Some(settings(smtp.addr.port(), pb::ConnectionSecurity::None)),
+        RECIPIENT,
+    )
+    .await;
+    assert_delivered(&smtp, &report);
+    let after = admin
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, stored, "testing saves nothing");
+}
+
+#[tokio::test]
+async fn the_stored_password_never_goes_to_a_changed_server() {
+    let server = TestServer::start().await;
+    let pki = Arc::new(Pki::new());
+    let trusted = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        credentials: Some(("relay".into(), PASSWORD.into())),
+    });
+    let stored = with_auth(
+        with_ca(
+            settings(trusted.addr.port(), pb::ConnectionSecurity::Starttls),
+            &pki,
+        ),
+        PASSWORD,
+    );
+    server
+        .smtp(&server.admin_key)
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(stored.clone()),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    // The stored settings, with their stored password, work.
+    assert!(test(&server, None, RECIPIENT).await.success);
+    // Same server without resending the password: the stored one is used.
+    let mut same = stored.clone();
+    same.password.clear();
+    assert!(test(&server, Some(same), RECIPIENT).await.success);
+
+    let attacker = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        credentials: Some(("relay".into(), "anything".into())),
+    });
+    let mut moved = stored.clone();
+    moved.port = attacker.addr.port().into();
+    moved.password.clear();
+    let status = server
+        .smtp(&server.admin_key)
+        .test_smtp_settings(pb::TestSmtpSettingsRequest {
+            settings: Some(moved),
+            recipient: RECIPIENT.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["settings.password"]);
+    assert!(
+        attacker.seen().auth.is_empty(),
+        "the changed server received no password"
+    );
+    assert!(attacker.seen().mail_from.is_empty());
+}
+
+#[tokio::test]
+async fn bad_requests_name_their_field() {
+    let server = TestServer::start().await;
+    let mut admin = server.smtp(&server.admin_key);
+    let status = admin
+        .test_smtp_settings(pb::TestSmtpSettingsRequest {
+            settings: Some(settings(25, pb::ConnectionSecurity::None)),
+            recipient: "not an address".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["recipient"]);
+    let mut bad = settings(25, pb::ConnectionSecurity::None);
+    bad.host = "smtp://x".into();
+    let status = admin
+        .test_smtp_settings(pb::TestSmtpSettingsRequest {
+            settings: Some(bad),
+            recipient: RECIPIENT.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["settings.host"]);
+    let status = admin
+        .test_smtp_settings(pb::TestSmtpSettingsRequest {
+            settings: None,
+            recipient: RECIPIENT.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::FailedPrecondition,
+        "nothing stored to test"
+    );
+}

@@ -1,0 +1,269 @@
+//! A real SMTP server in the test process: mailin-embedded (STARTTLS and AUTH when asked),
+//! with a tokio-rustls terminator in front for implicit TLS, and a silent server that
+//! accepts connections and never answers. Certificates come from a test CA made by rcgen.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
+use mailin_embedded::{response, AuthMechanism, Handler, Response, Server, SslConfig};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+/// What the server saw.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// Every MAIL FROM.
+    pub mail_from: Vec<String>,
+    /// Every AUTH attempt: (user, password).
+    pub auth: Vec<(String, String)>,
+    /// Every accepted message.
+    pub messages: Vec<Received>,
+}
+
+/// A message the server accepted.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+impl Received {
+    /// The value of the first header `name` (unfolded).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.data.split("\r\n\r\n").next()?;
+        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+        unfolded.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+    }
+}
+
+/// A test CA and a server certificate it signed for `localhost` and 127.0.0.1.
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mailroom test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        }
+    }
+}
+
+/// How the test server behaves.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Offer STARTTLS with these certificates.
+    pub starttls: Option<Arc<Pki>>,
+    /// Require AUTH (after STARTTLS) with this user and password.
+    pub credentials: Option<(String, String)>,
+}
+
+/// A running test SMTP server.
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    _files: Option<tempfile::TempDir>,
+}
+
+#[derive(Clone)]
+struct Recorder {
+    seen: Arc<Mutex<Seen>>,
+    credentials: Option<(String, String)>,
+    from: String,
+    to: Vec<String>,
+    data: Vec<u8>,
+}
+
+impl Recorder {
+    fn check(&mut self, user: &str, password: &str) -> Response {
+        self.seen
+            .lock()
+            .unwrap()
+            .auth
+            .push((user.to_string(), password.to_string()));
+        match &self.credentials {
+            Some((u, p)) if u == user && p == password => response::AUTH_OK,
+            _ => response::INVALID_CREDENTIALS,
+        }
+    }
+}
+
+impl Handler for Recorder {
+    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, from: &str) -> Response {
+        self.seen.lock().unwrap().mail_from.push(from.to_string());
+        self.from = from.to_string();
+        self.to.clear();
+        response::OK
+    }
+
+    fn rcpt(&mut self, to: &str) -> Response {
+        if to.starts_with("reject") {
+            return response::NO_MAILBOX;
+        }
+        self.to.push(to.to_string());
+        response::OK
+    }
+
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        _from: &str,
+        _is8bit: bool,
+        _to: &[String],
+    ) -> Response {
+        self.data.clear();
+        response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.data.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> Response {
+        let received = Received {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            data: String::from_utf8_lossy(&self.data).into_owned(),
+        };
+        self.seen.lock().unwrap().messages.push(received);
+        response::OK
+    }
+
+    fn auth_plain(&mut self, _authz: &str, user: &str, password: &str) -> Response {
+        self.check(user, password)
+    }
+
+    fn auth_login(&mut self, user: &str, password: &str) -> Response {
+        self.check(user, password)
+    }
+}
+
+/// rustls needs one process-wide crypto provider: the tests use ring, as mailroom does.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl SmtpServer {
+    /// Starts a server on 127.0.0.1:0 (its thread runs until the test process ends).
+    pub fn start(options: Options) -> Self {
+        install_crypto_provider();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = Recorder {
+            seen: seen.clone(),
+            credentials: options.credentials.clone(),
+            from: String::new(),
+            to: Vec::new(),
+            data: Vec::new(),
+        };
+        let mut server = Server::new(handler);
+        server.with_name("mx.test").with_tcp_listener(listener);
+        let mut files = None;
+        if let Some(pki) = &options.starttls {
+            let dir = tempfile::tempdir().unwrap();
+            let cert_path = dir.path().join("cert.pem");
+            let key_path = dir.path().join("key.pem");
+            std::fs::write(&cert_path, &pki.cert_pem).unwrap();
+            std::fs::write(&key_path, &pki.key_pem).unwrap();
+            server
+                .with_ssl(SslConfig::SelfSigned {
+                    cert_path: cert_path.display().to_string(),
+                    key_path: key_path.display().to_string(),
+                })
+                .unwrap();
+            files = Some(dir);
+        }
+        if options.credentials.is_some() {
+            server
+                .with_auth(AuthMechanism::Plain)
+                .with_auth(AuthMechanism::Login);
+        }
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        Self {
+            addr,
+            seen,
+            _files: files,
+        }
+    }
+
+    /// What the server saw so far.
+    pub fn seen(&self) -> Seen {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Implicit TLS (SMTPS) in front of a plain server: accepts TLS with `pki`'s certificate on
+/// 127.0.0.1:0 and relays the plaintext to `backend`.
+pub async fn tls_terminator(pki: &Pki, backend: SocketAddr) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    install_crypto_provider();
+    let chain = vec![CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A server that accepts connections and never says a word.
+pub async fn silent_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+/// A port on which nothing listens.
+pub fn refused_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
