@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use crate::crypto::CryptoError;
 
 pub mod probe;
+pub mod template;
 pub mod tls;
 pub mod transport;
 

@@ -1,0 +1,430 @@
+//! Notification templates: Handlebars, as TheHive's notifiers have them, with TheHive's
+//! helpers — `eq` (built in), `tlpLabel`, `papLabel`, `severityLabel` and `dateFormat`
+//! (Java-style patterns such as `EEEE dd MMMM yyyy HH:mm`, English and French names).
+//!
+//! [`Templates::compile`] parses every template of a request once, so that a broken one is
+//! reported before anything is queued, naming its field and position; rendering then runs
+//! once per recipient.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Locale, Utc};
+use handlebars::{
+    handlebars_helper, no_escape, Context, Handlebars, Helper, HelperResult, Output, RenderContext,
+    RenderError, RenderErrorReason, TemplateError,
+};
+use serde_json::Value;
+
+use crate::validation::Violations;
+
+/// How a body is rendered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// Plain text: values are inserted as they are.
+    #[default]
+    Text,
+    /// HTML: values are escaped; a text part is derived for the message.
+    Html,
+}
+
+/// One request's templates, by field name, ready to render.
+pub struct Templates {
+    headers: Handlebars<'static>,
+    body: Handlebars<'static>,
+}
+
+/// What a message's templates rendered to.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// Sender (empty: the settings' `from`).
+    pub from: String,
+    /// Recipient.
+    pub to: String,
+    /// Subject.
+    pub subject: String,
+    /// Body as rendered (HTML for [`BodyFormat::Html`]).
+    pub body: String,
+}
+
+impl Templates {
+    /// Compiles `fields` (name, template) — headers (`from`, `to…`, `subject`) without
+    /// escaping, `body` with HTML escaping for [`BodyFormat::Html`]. Every broken template
+    /// is a violation naming its field, line and column.
+    pub fn compile(fields: &[(&str, &str)], format: BodyFormat) -> Result<Self, Violations> {
+        let mut headers = registry();
+        headers.register_escape_fn(no_escape);
+        let mut body = registry();
+        if format == BodyFormat::Text {
+            body.register_escape_fn(no_escape);
+        }
+        let mut v = Violations::new();
+        for (name, template) in fields {
+            let target = if *name == "body" {
+                &mut body
+            } else {
+                &mut headers
+            };
+            if let Err(e) = target.register_template_string(name, template) {
+                v.add(*name, template_error(&e));
+            }
+        }
+        v.into_result(Self { headers, body })
+    }
+
+    /// Renders the template registered as `field` over `data`; the error names the field.
+    pub fn render(&self, field: &str, data: &Value) -> Result<String, Violations> {
+        let registry = if field == "body" {
+            &self.body
+        } else {
+            &self.headers
+        };
+        if !registry.has_template(field) {
+            return Ok(String::new());
+        }
+        registry
+            .render(field, data)
+            .map_err(|e| crate::validation::violation(field, render_error(&e)))
+    }
+}
+
+fn registry() -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    hb.register_helper("tlpLabel", Box::new(tlp_label));
+    hb.register_helper("papLabel", Box::new(pap_label));
+    hb.register_helper("severityLabel", Box::new(severity_label));
+    hb.register_helper("dateFormat", Box::new(date_format));
+    hb
+}
+
+fn template_error(e: &TemplateError) -> String {
+    match e.pos() {
+        Some((line, column)) => {
+            format!(
+                "template error at line {line}, column {column}: {}",
+                e.reason()
+            )
+        }
+        None => format!("template error: {}", e.reason()),
+    }
+}
+
+fn render_error(e: &RenderError) -> String {
+    match (e.line_no, e.column_no) {
+        (Some(line), Some(column)) => {
+            format!(
+                "rendering failed at line {line}, column {column}: {}",
+                e.reason()
+            )
+        }
+        _ => format!("rendering failed: {}", e.reason()),
+    }
+}
+
+/// TheHive's TLP numbering (0 is WHITE before TLP 2.0, CLEAR since).
+pub fn tlp(level: i64) -> &'static str {
+    match level {
+        0 => "CLEAR",
+        1 => "GREEN",
+        2 => "AMBER",
+        3 => "RED",
+        4 => "AMBER+STRICT",
+        _ => "UNKNOWN",
+    }
+}
+
+/// TheHive's PAP numbering.
+pub fn pap(level: i64) -> &'static str {
+    match level {
+        0 => "CLEAR",
+        1 => "GREEN",
+        2 => "AMBER",
+        3 => "RED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// TheHive's severities.
+pub fn severity(level: i64) -> &'static str {
+    match level {
+        1 => "LOW",
+        2 => "MEDIUM",
+        3 => "HIGH",
+        4 => "CRITICAL",
+        _ => "UNKNOWN",
+    }
+}
+
+handlebars_helper!(tlp_label: |level: i64| tlp(level));
+handlebars_helper!(pap_label: |level: i64| pap(level));
+handlebars_helper!(severity_label: |level: i64| severity(level));
+
+/// `{{dateFormat value "pattern" "locale"}}`: `value` in epoch milliseconds (TheHive's
+/// dates) or RFC 3339; the pattern in Java's SimpleDateFormat letters (default
+/// `yyyy-MM-dd HH:mm:ss`); the locale `en` (default), `fr` or a `ll_CC` name. UTC.
+fn date_format(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let value = h
+        .param(0)
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex("dateFormat", 0))?
+        .value();
+    let pattern = match h.param(1).map(|p| p.value()) {
+        None => "yyyy-MM-dd HH:mm:ss",
+        Some(Value::String(p)) => p.as_str(),
+        Some(_) => {
+            return Err(RenderErrorReason::InvalidParamType("dateFormat pattern: a string").into())
+        }
+    };
+    let locale = match h.param(2).map(|p| p.value()) {
+        None => "en",
+        Some(Value::String(l)) => l.as_str(),
+        Some(_) => {
+            return Err(RenderErrorReason::InvalidParamType("dateFormat locale: a string").into())
+        }
+    };
+    if value.is_null() {
+        return Ok(());
+    }
+    let formatted = format_date(value, pattern, locale).map_err(RenderErrorReason::Other)?;
+    out.write(&formatted)?;
+    Ok(())
+}
+
+/// Formats a date value with a Java-style pattern in a locale.
+pub fn format_date(value: &Value, pattern: &str, locale: &str) -> Result<String, String> {
+    let time = parse_time(value)?;
+    let locale = parse_locale(locale)?;
+    let strftime = java_to_strftime(pattern)?;
+    let mut out = String::new();
+    write!(out, "{}", time.format_localized(&strftime, locale))
+        .map_err(|_| format!("dateFormat: pattern {pattern:?} cannot be rendered"))?;
+    Ok(out)
+}
+
+fn parse_time(value: &Value) -> Result<DateTime<Utc>, String> {
+    let millis = match value {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => match s.trim().parse::<i64>() {
+            Ok(ms) => Some(ms),
+            Err(_) => {
+                return DateTime::parse_from_rfc3339(s.trim())
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| {
+                        format!("dateFormat: {s:?} is neither epoch milliseconds nor RFC 3339")
+                    })
+            }
+        },
+        other => return Err(format!("dateFormat: {other} is not a date")),
+    };
+    millis
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(|| format!("dateFormat: {value} is out of range"))
+}
+
+fn parse_locale(name: &str) -> Result<Locale, String> {
+    let full = match name {
+        "" | "en" => "en_US",
+        "fr" => "fr_FR",
+        "de" => "de_DE",
+        "es" => "es_ES",
+        "it" => "it_IT",
+        "pt" => "pt_PT",
+        "nl" => "nl_NL",
+        other => other,
+    };
+    Locale::try_from(full.replace('-', "_").as_str())
+        .map_err(|_| format!("dateFormat: unknown locale {name:?} (try en, fr or ll_CC)"))
+}
+
+/// Turns a Java SimpleDateFormat pattern into a chrono strftime string.
+fn java_to_strftime(pattern: &str) -> Result<String, String> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' {
+            // 'quoted text', with '' for a quote.
+            if chars.get(i + 1) == Some(&'\'') {
+                out.push('\'');
+                i += 2;
+                continue;
+            }
+            i += 1;
+            while i < chars.len() {
+                if chars[i] == '\'' {
+                    if chars.get(i + 1) == Some(&'\'') {
+                        out.push('\'');
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                push_literal(&mut out, chars[i]);
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if !c.is_ascii_alphabetic() {
+            push_literal(&mut out, c);
+            i += 1;
+            continue;
+        }
+        let run = chars[i..].iter().take_while(|&&d| d == c).count();
+        i += run;
+        let spec = match (c, run) {
+            ('G', _) => "AD",
+            ('y' | 'u' | 'Y', 2) => "%y",
+            ('y' | 'Y', _) => "%Y",
+            ('M' | 'L', 1) => "%-m",
+            ('M' | 'L', 2) => "%m",
+            ('M' | 'L', 3) => "%b",
+            ('M' | 'L', _) => "%B",
+            ('d', 1) => "%-d",
+            ('d', _) => "%d",
+            ('D', _) => "%j",
+            ('E', 1..=3) => "%a",
+            ('E', _) => "%A",
+            ('u', _) => "%u",
+            ('w', _) => "%V",
+            ('H' | 'k', 1) => "%-H",
+            ('H' | 'k', _) => "%H",
+            ('h' | 'K', 1) => "%-I",
+            ('h' | 'K', _) => "%I",
+            ('m', 1) => "%-M",
+            ('m', _) => "%M",
+            ('s', 1) => "%-S",
+            ('s', _) => "%S",
+            ('S', _) => "%3f",
+            ('a', _) => "%p",
+            ('z', _) => "%Z",
+            ('Z', _) => "%z",
+            ('X', _) => "%:z",
+            (other, _) => return Err(format!("dateFormat: unknown pattern letter {other:?}")),
+        };
+        out.push_str(spec);
+    }
+    Ok(out)
+}
+
+fn push_literal(out: &mut String, c: char) {
+    if c == '%' {
+        out.push_str("%%");
+    } else {
+        out.push(c);
+    }
+}
+
+/// The plain-text part of an HTML body.
+pub fn html_to_text(html: &str) -> String {
+    html2text::from_read(html.as_bytes(), 78).unwrap_or_else(|_| html.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(template: &str, data: Value, format: BodyFormat) -> String {
+        let t = Templates::compile(&[("body", template)], format).unwrap();
+        t.render("body", &data).unwrap()
+    }
+
+    #[test]
+    fn helpers_as_thehive_has_them() {
+        let data =
+            json!({"case": {"tlp": 2, "pap": 3, "severity": 4, "date": 1_764_057_600_000_i64}});
+        assert_eq!(
+            render("{{tlpLabel case.tlp}}", data.clone(), BodyFormat::Text),
+            "AMBER"
+        );
+        assert_eq!(
+            render(
+                "{{tlpLabel 0}} {{tlpLabel 4}}",
+                data.clone(),
+                BodyFormat::Text
+            ),
+            "CLEAR AMBER+STRICT"
+        );
+        assert_eq!(
+            render("{{papLabel case.pap}}", data.clone(), BodyFormat::Text),
+            "RED"
+        );
+        assert_eq!(
+            render(
+                "{{severityLabel case.severity}}",
+                data.clone(),
+                BodyFormat::Text
+            ),
+            "CRITICAL"
+        );
+        assert_eq!(
+            render(
+                "{{#if (eq case.severity 4)}}urgent{{else}}later{{/if}}",
+                data.clone(),
+                BodyFormat::Text
+            ),
+            "urgent"
+        );
+        assert_eq!(
+            render(
+                r#"{{dateFormat case.date "EEEE dd MMMM yyyy HH:mm"}}"#,
+                data.clone(),
+                BodyFormat::Text
+            ),
+            "Tuesday 25 November 2025 08:00"
+        );
+        assert_eq!(
+            render(
+                r#"{{dateFormat case.date "EEEEE dd MMMMM yyyy" "fr"}}"#,
+                data.clone(),
+                BodyFormat::Text
+            ),
+            "mardi 25 novembre 2025"
+        );
+        assert_eq!(
+            render(
+                r#"{{dateFormat "2025-11-25T08:00:00Z" "d/M/yy 'at' h:mm a"}}"#,
+                data,
+                BodyFormat::Text
+            ),
+            "25/11/25 at 8:00 AM"
+        );
+    }
+
+    #[test]
+    fn html_escapes_values_and_text_does_not() {
+        let data = json!({"title": "<b>x</b> & y"});
+        assert_eq!(
+            render("{{title}}", data.clone(), BodyFormat::Text),
+            "<b>x</b> & y"
+        );
+        assert_eq!(
+            render("{{title}}", data, BodyFormat::Html),
+            "&lt;b&gt;x&lt;/b&gt; &amp; y"
+        );
+    }
+
+    #[test]
+    fn broken_templates_name_field_and_position() {
+        let err = Templates::compile(
+            &[("subject", "ok"), ("body", "line\n{{#if x}}open")],
+            BodyFormat::Text,
+        )
+        .err()
+        .unwrap();
+        let v: Vec<_> = err.iter().collect();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].field, "body");
+        assert!(v[0].description.contains("line 2"), "{}", v[0].description);
+        let t = Templates::compile(&[("body", "{{dateFormat when \"QQ\"}}")], BodyFormat::Text)
+            .unwrap();
+        let err = t.render("body", &json!({"when": 0})).unwrap_err();
+        assert!(err.to_string().contains("unknown pattern letter"), "{err}");
+    }
+}
