@@ -140,6 +140,11 @@ impl Caller {
         self.organisation == ADMIN_ORGANISATION
     }
 
+    /// The organisation this caller is limited to: `None` for admin keys, which see all.
+    pub fn scope(&self) -> Option<&str> {
+        (!self.is_admin()).then_some(self.organisation.as_str())
+    }
+
     /// The organisation a request acts for: the one named, which the key must be allowed
     /// to act for, or the key's own when none is named.
     pub fn act_for<'a>(&'a self, organisation: &'a str) -> Result<&'a str, AuthError> {

@@ -39,6 +39,10 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How many messages are sent at once (and SMTP connections pooled).
+    #[arg(long, env = "MAILROOM_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
     /// The clock the domain asks (tests set a manual one).
     #[arg(skip)]
     pub clock: Clock,

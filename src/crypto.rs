@@ -77,10 +77,15 @@ impl MasterKey {
     /// Seals `plaintext`; `purpose` binds the result to its place (it cannot be moved to
     /// another field).
     pub fn seal(&self, purpose: &str, plaintext: &str) -> Sealed {
+        self.seal_bytes(purpose, plaintext.as_bytes())
+    }
+
+    /// Seals bytes, as [`MasterKey::seal`].
+    pub fn seal_bytes(&self, purpose: &str, plaintext: &[u8]) -> Sealed {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let payload = Payload {
-            msg: plaintext.as_bytes(),
+            msg: plaintext,
             aad: purpose.as_bytes(),
         };
         let ciphertext = self
@@ -94,6 +99,18 @@ impl MasterKey {
 
     /// Opens a value sealed for `purpose`.
     pub fn open(&self, purpose: &str, sealed: &Sealed) -> Result<Zeroizing<String>, CryptoError> {
+        let plain = self.open_bytes(purpose, sealed)?;
+        String::from_utf8(plain.to_vec())
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Open)
+    }
+
+    /// Opens bytes sealed for `purpose`.
+    pub fn open_bytes(
+        &self,
+        purpose: &str,
+        sealed: &Sealed,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let bytes = STANDARD.decode(&sealed.0).map_err(|_| CryptoError::Open)?;
         if bytes.len() < NONCE_LEN {
             return Err(CryptoError::Open);
@@ -103,11 +120,8 @@ impl MasterKey {
             msg: ciphertext,
             aad: purpose.as_bytes(),
         };
-        let plain = self
-            .0
+        self.0
             .decrypt(XNonce::from_slice(nonce), payload)
-            .map_err(|_| CryptoError::Open)?;
-        String::from_utf8(plain)
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Open)
     }
@@ -134,6 +148,15 @@ pub fn random_secret(prefix: &str) -> Zeroizing<String> {
 /// A short random identifier (not a secret): `prefix` then 64 random bits in hex.
 pub fn random_id(prefix: &str) -> String {
     format!("{prefix}{:016x}", rand::rngs::OsRng.next_u64())
+}
+
+/// An identifier ordered by creation time: `prefix`, 12 hex digits of milliseconds since
+/// the epoch, then 64 random bits.
+pub fn time_ordered_id(prefix: &str, now: std::time::SystemTime) -> String {
+    let millis = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{prefix}{millis:012x}{:016x}", rand::rngs::OsRng.next_u64())
 }
 
 /// The SHA-256 digest of a secret, in hex: what the store keeps instead of the secret.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::transport::Server;
@@ -27,6 +27,9 @@ use crate::api::token::TokenApi;
 use crate::auth::Authenticator;
 use crate::config::{Args, LogFormat, StoreKind};
 use crate::crypto::MasterKey;
+use crate::directory::DirectoryService;
+use crate::mail::delivery::Delivery;
+use crate::notify::NotifyService;
 use crate::proto::v1::{
     api_keys_server::ApiKeysServer, directory_server::DirectoryServer,
     notifier_server::NotifierServer, smtp_admin_server::SmtpAdminServer, token_server::TokenServer,
@@ -54,6 +57,9 @@ pub struct Mailroom {
     store: Arc<dyn Store>,
     auth: Authenticator,
     settings: SettingsService,
+    directory: DirectoryService,
+    notify: NotifyService,
+    wake: Arc<Notify>,
 }
 
 impl Mailroom {
@@ -77,12 +83,29 @@ impl Mailroom {
         }
         let settings =
             SettingsService::new(store.clone(), Arc::new(master_key), args.clock.clone());
+        let directory = DirectoryService::new(store.clone(), args.clock.clone());
+        let wake = Arc::new(Notify::new());
+        let notify = NotifyService::new(
+            store.clone(),
+            settings.clone(),
+            args.clock.clone(),
+            wake.clone(),
+        );
         Ok(Self {
             args,
             store,
             auth,
             settings,
+            directory,
+            notify,
+            wake,
         })
+    }
+
+    /// Wakes the delivery workers (as queuing mail does): tests that move a manual clock
+    /// past a retry time use it to say "look again".
+    pub fn delivery_waker(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains and flushes.
@@ -107,6 +130,18 @@ impl Mailroom {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
+        let delivery = Delivery::new(
+            self.store.clone(),
+            self.settings.clone(),
+            self.args.clock.clone(),
+            self.wake.clone(),
+            usize::from(self.args.workers),
+        );
+        let delivery = tokio::spawn(
+            delivery
+                .run(stop_watch.clone(), self.args.shutdown_grace)
+                .instrument(tracing::info_span!("delivery")),
+        );
         let addr = listener.local_addr()?;
         let signal_health = health.clone();
         let drained = async move {
@@ -132,8 +167,14 @@ impl Mailroom {
                 self.settings.clone(),
             )))
             .add_service(TokenServer::new(TokenApi::new(self.auth.clone())))
-            .add_service(NotifierServer::new(NotifierApi::new(self.auth.clone())))
-            .add_service(DirectoryServer::new(DirectoryApi::new(self.auth.clone())))
+            .add_service(NotifierServer::new(NotifierApi::new(
+                self.auth.clone(),
+                self.notify.clone(),
+            )))
+            .add_service(DirectoryServer::new(DirectoryApi::new(
+                self.auth.clone(),
+                self.directory.clone(),
+            )))
             .add_service(ApiKeysServer::new(ApiKeysApi::new(self.auth.clone())))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained);
         tracing::info!(%addr, data_dir = %self.args.data_dir.display(), "serving gRPC");
@@ -153,6 +194,12 @@ impl Mailroom {
             }
         };
         monitor.abort();
+        if tokio::time::timeout(self.args.shutdown_grace, delivery)
+            .await
+            .is_err()
+        {
+            tracing::warn!("delivery did not stop within the grace period");
+        }
         self.store.flush().await.context("flushing the store")?;
         served.context("serving gRPC")?;
         tracing::info!("stopped");

@@ -234,6 +234,124 @@ mod probe {
     }
 }
 
+mod notify {
+    use prost_types::value::Kind;
+    use serde_json::{Map, Number, Value};
+
+    use super::{timestamp, timestamp_opt};
+    use crate::directory::{User, UserDraft};
+    use crate::mail::template::BodyFormat;
+    use crate::notify::{MessageState, OutboxMessage};
+    use crate::proto::v1 as pb;
+
+    /// A `google.protobuf.Struct` as JSON, for the templates.
+    pub fn json_object(s: Option<prost_types::Struct>) -> Map<String, Value> {
+        s.map(|s| s.fields.into_iter().map(|(k, v)| (k, json(v))).collect())
+            .unwrap_or_default()
+    }
+
+    fn json(v: prost_types::Value) -> Value {
+        match v.kind {
+            None | Some(Kind::NullValue(_)) => Value::Null,
+            Some(Kind::BoolValue(b)) => Value::Bool(b),
+            Some(Kind::NumberValue(n)) => {
+                // Integers stay integers (epoch milliseconds, TLP levels, severities).
+                if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                    Value::Number(Number::from(n as i64))
+                } else {
+                    Number::from_f64(n).map_or(Value::Null, Value::Number)
+                }
+            }
+            Some(Kind::StringValue(s)) => Value::String(s),
+            Some(Kind::ListValue(l)) => Value::Array(l.values.into_iter().map(json).collect()),
+            Some(Kind::StructValue(s)) => Value::Object(json_object(Some(s))),
+        }
+    }
+
+    /// The body format of a proto enum value; `None` for an unknown value.
+    pub fn body_format(value: i32) -> Option<BodyFormat> {
+        match pb::BodyFormat::try_from(value).ok()? {
+            pb::BodyFormat::Unspecified | pb::BodyFormat::Text => Some(BodyFormat::Text),
+            pb::BodyFormat::Html => Some(BodyFormat::Html),
+        }
+    }
+
+    /// A state filter: `Ok(None)` for unspecified, `Err` for an unknown value.
+    pub fn state_filter(value: i32) -> Result<Option<MessageState>, ()> {
+        Ok(Some(
+            match pb::MessageState::try_from(value).map_err(drop)? {
+                pb::MessageState::Unspecified => return Ok(None),
+                pb::MessageState::Queued => MessageState::Queued,
+                pb::MessageState::Sending => MessageState::Sending,
+                pb::MessageState::Sent => MessageState::Sent,
+                pb::MessageState::Retrying => MessageState::Retrying,
+                pb::MessageState::Dead => MessageState::Dead,
+                pb::MessageState::Cancelled => MessageState::Cancelled,
+            },
+        ))
+    }
+
+    impl From<MessageState> for pb::MessageState {
+        fn from(s: MessageState) -> Self {
+            match s {
+                MessageState::Queued => pb::MessageState::Queued,
+                MessageState::Sending => pb::MessageState::Sending,
+                MessageState::Sent => pb::MessageState::Sent,
+                MessageState::Retrying => pb::MessageState::Retrying,
+                MessageState::Dead => pb::MessageState::Dead,
+                MessageState::Cancelled => pb::MessageState::Cancelled,
+            }
+        }
+    }
+
+    impl From<OutboxMessage> for pb::Message {
+        fn from(m: OutboxMessage) -> Self {
+            let pending = matches!(m.state, MessageState::Queued | MessageState::Retrying);
+            pb::Message {
+                id: m.id,
+                organisation: m.organisation,
+                from: m.from,
+                to: m.to,
+                subject: m.subject,
+                state: pb::MessageState::from(m.state).into(),
+                attempts: m.attempts,
+                last_error: m.last_error,
+                last_smtp_code: m.last_smtp_code.into(),
+                create_time: Some(timestamp(m.create_time)),
+                next_attempt_time: pending.then(|| timestamp(m.next_attempt_time)),
+                sent_time: timestamp_opt(m.sent_time),
+                message_id_header: m.message_id_header,
+            }
+        }
+    }
+
+    impl From<pb::User> for UserDraft {
+        fn from(u: pb::User) -> Self {
+            UserDraft {
+                login: u.login,
+                name: u.name,
+                email: u.email,
+                organisations: u.organisations,
+                locked: u.locked,
+            }
+        }
+    }
+
+    impl From<User> for pb::User {
+        fn from(u: User) -> Self {
+            pb::User {
+                login: u.login,
+                name: u.name,
+                email: u.email,
+                organisations: u.organisations,
+                locked: u.locked,
+                create_time: Some(timestamp(u.create_time)),
+                update_time: Some(timestamp(u.update_time)),
+            }
+        }
+    }
+}
+
 mod keys {
     use super::timestamp;
     use crate::auth::ApiKey;
@@ -257,4 +375,5 @@ mod keys {
     }
 }
 
+pub use notify::{body_format, json_object, state_filter};
 pub use settings::{security, security_from, settings};

@@ -1,23 +1,31 @@
-//! `mailroom.v1.Directory`: The users notifications go to (permission manageUser). Its RPCs check the caller and answer
-//! `UNIMPLEMENTED` until their issue lands.
+//! `mailroom.v1.Directory`: the users notifications go to (permission manageUser).
 
 use tonic::{Request, Response, Status};
 
-use super::pending::pending;
+use super::convert::Page;
+use super::status::invalid;
 use crate::auth::{Authenticator, Permission};
+use crate::directory::{check_login, DirectoryService};
 use crate::proto::v1 as pb;
 use crate::proto::v1::directory_server::Directory;
+use crate::validation::violation;
 
 /// The Directory service.
 pub struct DirectoryApi {
     auth: Authenticator,
+    directory: DirectoryService,
 }
 
 impl DirectoryApi {
-    /// The service, checking callers with `auth`.
-    pub fn new(auth: Authenticator) -> Self {
-        Self { auth }
+    /// The service over `directory`.
+    pub fn new(auth: Authenticator, directory: DirectoryService) -> Self {
+        Self { auth, directory }
     }
+}
+
+fn login(login: &str) -> Result<&str, Status> {
+    check_login(login).map_err(|why| invalid(&violation("login", why)))?;
+    Ok(login)
 }
 
 #[tonic::async_trait]
@@ -26,59 +34,66 @@ impl Directory for DirectoryApi {
         &self,
         request: Request<pb::UpsertUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageUser,
-            None,
-            "UpsertUser",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageUser)
+            .await?;
+        let user = request
+            .into_inner()
+            .user
+            .ok_or_else(|| invalid(&violation("user", "is required")))?;
+        let user = self.directory.upsert(user.into(), caller.scope()).await?;
+        Ok(Response::new(user.into()))
     }
 
     async fn get_user(
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageUser,
-            None,
-            "GetUser",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageUser)
+            .await?;
+        let user = self
+            .directory
+            .get(login(&request.get_ref().login)?, caller.scope())
+            .await?;
+        Ok(Response::new(user.into()))
     }
 
     async fn delete_user(
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageUser,
-            None,
-            "DeleteUser",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageUser)
+            .await?;
+        self.directory
+            .delete(login(&request.get_ref().login)?, caller.scope())
+            .await?;
+        Ok(Response::new(pb::DeleteUserResponse {}))
     }
 
     async fn list_users(
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageUser,
-            Some(&request.get_ref().organisation),
-            "ListUsers",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageUser)
+            .await?;
+        let request = request.into_inner();
+        let organisation = caller.act_for(&request.organisation)?;
+        let page = Page::parse(request.page_size, &request.page_token).map_err(|v| invalid(&v))?;
+        let users = self
+            .directory
+            .list(organisation, page.after.as_deref(), page.fetch())
+            .await?;
+        let (users, next_page_token) = page.finish(users, |u| u.login.as_str());
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 }

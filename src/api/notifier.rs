@@ -1,22 +1,50 @@
-//! `mailroom.v1.Notifier`: Notification email and the outbox (permission manageConfig; account notices manageUser). Its RPCs check the caller and answer
-//! `UNIMPLEMENTED` until their issue lands.
+//! `mailroom.v1.Notifier`: notification email and the outbox (permission manageConfig;
+//! account notices manageUser).
 
 use tonic::{Request, Response, Status};
 
+use super::convert::{self, Page};
 use super::pending::pending;
+use super::status::invalid;
 use crate::auth::{Authenticator, Permission};
+use crate::mail::template::BodyFormat;
+use crate::notify::{Notification, NotifyService, Queued};
 use crate::proto::v1 as pb;
 use crate::proto::v1::notifier_server::Notifier;
+use crate::validation::{violation, Violations};
 
 /// The Notifier service.
 pub struct NotifierApi {
     auth: Authenticator,
+    notify: NotifyService,
 }
 
 impl NotifierApi {
-    /// The service, checking callers with `auth`.
-    pub fn new(auth: Authenticator) -> Self {
-        Self { auth }
+    /// The service over `notify`.
+    pub fn new(auth: Authenticator, notify: NotifyService) -> Self {
+        Self { auth, notify }
+    }
+}
+
+fn format(value: i32) -> Result<BodyFormat, Status> {
+    convert::body_format(value)
+        .ok_or_else(|| invalid(&violation("format", "is not a known BodyFormat value")))
+}
+
+fn message_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() {
+        return Err(invalid(&violation("id", "is required")));
+    }
+    Ok(id)
+}
+
+impl From<Queued> for pb::SendResponse {
+    fn from(q: Queued) -> Self {
+        pb::SendResponse {
+            message_ids: q.message_ids,
+            recipients: q.recipients,
+            duplicate: q.duplicate,
+        }
     }
 }
 
@@ -26,30 +54,54 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::SendToAddressesRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageConfig,
-            Some(&request.get_ref().organisation),
-            "SendToAddresses",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageConfig)
+            .await?;
+        let r = request.into_inner();
+        let notification = Notification {
+            organisation: caller.act_for(&r.organisation)?.to_string(),
+            from: r.from,
+            subject: r.subject,
+            body: r.body,
+            format: format(r.format)?,
+            context: convert::json_object(r.context),
+            idempotency_key: r.idempotency_key,
+        };
+        let queued = self.notify.send_to_addresses(notification, r.to).await?;
+        tracing::info!(
+            recipients = queued.recipients,
+            duplicate = queued.duplicate,
+            "queued to addresses"
+        );
+        Ok(Response::new(queued.into()))
     }
 
     async fn send_to_users(
         &self,
         request: Request<pb::SendToUsersRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageConfig,
-            Some(&request.get_ref().organisation),
-            "SendToUsers",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageConfig)
+            .await?;
+        let r = request.into_inner();
+        let notification = Notification {
+            organisation: caller.act_for(&r.organisation)?.to_string(),
+            from: r.from,
+            subject: r.subject,
+            body: r.body,
+            format: format(r.format)?,
+            context: convert::json_object(r.context),
+            idempotency_key: r.idempotency_key,
+        };
+        let queued = self.notify.send_to_users(notification).await?;
+        tracing::info!(
+            recipients = queued.recipients,
+            duplicate = queued.duplicate,
+            "queued to users"
+        );
+        Ok(Response::new(queued.into()))
     }
 
     async fn send_account_notice(
@@ -57,11 +109,12 @@ impl Notifier for NotifierApi {
         request: Request<pb::SendAccountNoticeRequest>,
     ) -> Result<Response<pb::SendAccountNoticeResponse>, Status> {
         let metadata = request.metadata();
+        let organisation = Some(request.get_ref().organisation.as_str());
         Err(pending(
             &self.auth,
             metadata,
             Permission::ManageUser,
-            Some(&request.get_ref().organisation),
+            organisation,
             "SendAccountNotice",
         )
         .await)
@@ -71,59 +124,79 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageConfig,
-            None,
-            "GetMessage",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageConfig)
+            .await?;
+        let message = self
+            .notify
+            .get(message_id(&request.get_ref().id)?, caller.scope())
+            .await?;
+        Ok(Response::new(message.into()))
     }
 
     async fn list_messages(
         &self,
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageConfig,
-            Some(&request.get_ref().organisation),
-            "ListMessages",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageConfig)
+            .await?;
+        let r = request.into_inner();
+        let organisation = caller.act_for(&r.organisation)?;
+        let mut v = Violations::new();
+        let page = v.check(
+            "page",
+            Page::parse(r.page_size, &r.page_token).map_err(|e| e.to_string()),
+        );
+        let state = v.check(
+            "state",
+            convert::state_filter(r.state).map_err(|()| "is not a known MessageState value"),
+        );
+        let (Some(page), Some(state)) = (page, state) else {
+            return Err(invalid(&v));
+        };
+        let messages = self
+            .notify
+            .list(organisation, state, page.after.clone(), page.fetch())
+            .await?;
+        let (messages, next_page_token) = page.finish(messages, |m| m.id.as_str());
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: messages.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
     }
 
     async fn retry_message(
         &self,
         request: Request<pb::RetryMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageConfig,
-            None,
-            "RetryMessage",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageConfig)
+            .await?;
+        let message = self
+            .notify
+            .retry(message_id(&request.get_ref().id)?, caller.scope())
+            .await?;
+        tracing::info!(message = %message.id, "message requeued");
+        Ok(Response::new(message.into()))
     }
 
     async fn cancel_message(
         &self,
         request: Request<pb::CancelMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let metadata = request.metadata();
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageConfig,
-            None,
-            "CancelMessage",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageConfig)
+            .await?;
+        let message = self
+            .notify
+            .cancel(message_id(&request.get_ref().id)?, caller.scope())
+            .await?;
+        tracing::info!(message = %message.id, "message cancelled");
+        Ok(Response::new(message.into()))
     }
 }

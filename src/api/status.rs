@@ -5,6 +5,8 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::auth::AuthError;
+use crate::directory::DirectoryError;
+use crate::notify::NotifyError;
 use crate::settings::SettingsError;
 use crate::store::StoreError;
 use crate::validation::Violations;
@@ -64,6 +66,35 @@ impl From<SettingsError> for Status {
                 )
             }
             SettingsError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<DirectoryError> for Status {
+    fn from(e: DirectoryError) -> Self {
+        match e {
+            DirectoryError::Invalid(v) => invalid(&v),
+            DirectoryError::NotFound(_) => Status::not_found(e.to_string()),
+            DirectoryError::Forbidden(why) => Status::permission_denied(why),
+            DirectoryError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<NotifyError> for Status {
+    fn from(e: NotifyError) -> Self {
+        match e {
+            NotifyError::Invalid(v) => invalid(&v),
+            NotifyError::NotConfigured => Status::failed_precondition(e.to_string()),
+            NotifyError::NotFound(_) => Status::not_found(e.to_string()),
+            NotifyError::State(_) => Status::failed_precondition(e.to_string()),
+            NotifyError::Crypto(e) => {
+                tracing::error!(error = %e, "sealed value unreadable");
+                Status::failed_precondition(
+                    "a stored secret cannot be decrypted with this master key",
+                )
+            }
+            NotifyError::Store(e) => e.into(),
         }
     }
 }

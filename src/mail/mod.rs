@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use crate::crypto::CryptoError;
 
+pub mod delivery;
 pub mod probe;
 pub mod template;
 pub mod tls;
@@ -30,4 +31,33 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// A new `Message-ID` header value: random, at the sender's domain.
 pub fn new_message_id(domain: &str) -> String {
     format!("<{}@{}>", crate::crypto::random_id("mr"), domain)
+}
+
+/// Builds an RFC 5322 message: text only, or text and HTML alternatives.
+pub fn compose(
+    from: lettre::message::Mailbox,
+    to: lettre::message::Mailbox,
+    subject: &str,
+    text: &str,
+    html: Option<&str>,
+    message_id: &str,
+    date: SystemTime,
+) -> Result<Vec<u8>, lettre::error::Error> {
+    use lettre::message::{header::ContentType, MultiPart};
+    let builder = lettre::Message::builder()
+        .from(from)
+        .to(to)
+        .subject(subject)
+        .message_id(Some(message_id.to_string()))
+        .date(date);
+    let message = match html {
+        Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+            text.to_string(),
+            html.to_string(),
+        ))?,
+        None => builder
+            .header(ContentType::TEXT_PLAIN)
+            .body(text.to_string())?,
+    };
+    Ok(message.formatted())
 }

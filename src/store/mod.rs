@@ -5,10 +5,14 @@
 //! Every write answers only once it is durable: a caller that got `Ok` never loses it to a
 //! crash of this process.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::auth::ApiKey;
+use crate::directory::User;
+use crate::notify::{Idempotency, OutboxMessage};
 use crate::settings::SmtpSettings;
 
 pub mod sled;
@@ -67,6 +71,72 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks a key revoked; the key as it now is, `None` when unknown.
     async fn revoke_api_key(&self, id: &str) -> Result<Option<ApiKey>>;
+
+    /// Creates or replaces a user (and its organisation memberships).
+    async fn put_user(&self, user: &User) -> Result<()>;
+
+    /// One user.
+    async fn user(&self, login: &str) -> Result<Option<User>>;
+
+    /// Removes a user; the user as it was, `None` when unknown.
+    async fn delete_user(&self, login: &str) -> Result<Option<User>>;
+
+    /// Users of an organisation in login order, after `after`, at most `limit`.
+    async fn list_users(
+        &self,
+        organisation: &str,
+        after: After<'_>,
+        limit: usize,
+    ) -> Result<Vec<User>>;
+
+    /// Queues `messages` in one atomic, durable write, with `key` when given. When `key`
+    /// was used before, queues nothing and returns its first use.
+    async fn enqueue(
+        &self,
+        messages: &[OutboxMessage],
+        key: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>>;
+
+    /// The first use of an idempotency key.
+    async fn idempotency(&self, organisation: &str, key: &str) -> Result<Option<Idempotency>>;
+
+    /// One message.
+    async fn message(&self, id: &str) -> Result<Option<OutboxMessage>>;
+
+    /// Replaces a message if its stored version is still `expected_version`, keeping the
+    /// due index in step with [`OutboxMessage::due_at`]. `Ok(false)` when it changed.
+    /// With `durable`, answers once the write is on disk.
+    async fn swap_message(
+        &self,
+        expected_version: u64,
+        message: &OutboxMessage,
+        durable: bool,
+    ) -> Result<bool>;
+
+    /// Messages due at `now` (pending, or with an expired lease), earliest first.
+    async fn due_messages(&self, now: SystemTime, limit: usize) -> Result<Vec<OutboxMessage>>;
+
+    /// When the earliest pending message is due.
+    async fn next_due(&self) -> Result<Option<SystemTime>>;
+
+    /// Messages of an organisation in id order, after `after`, at most `limit`.
+    async fn list_messages(
+        &self,
+        organisation: &str,
+        after: After<'_>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>>;
+}
+
+/// Microseconds since the epoch, big-endian: time as a sortable key.
+pub(crate) fn time_key(t: SystemTime) -> [u8; 8] {
+    let micros = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    u64::try_from(micros).unwrap_or(u64::MAX).to_be_bytes()
+}
+
+/// The time of a [`time_key`].
+pub(crate) fn time_from_key(key: [u8; 8]) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_micros(u64::from_be_bytes(key))
 }
 
 /// Encodes a record for storage.

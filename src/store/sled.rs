@@ -6,18 +6,81 @@
 //! one flush for many writers is also what makes durable writes cheap.
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{decode, encode, After, Result, Store, StoreError};
+use super::{decode, encode, time_from_key, time_key, After, Result, Store, StoreError};
 use crate::auth::ApiKey;
+use crate::directory::User;
+use crate::notify::{Idempotency, OutboxMessage};
 use crate::settings::SmtpSettings;
 
 const SETTINGS_KEY: &[u8] = b"smtp_settings";
 const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
+
+// The outbox is one tree, so that a whole batch is one atomic `apply_batch`:
+/// `m<id>` → message.
+const MESSAGE: u8 = b'm';
+/// `q<due time><id>` → (): pending messages by due time.
+const DUE: u8 = b'q';
+/// `o<organisation>\0<id>` → (): messages by organisation.
+const BY_ORGANISATION: u8 = b'o';
+/// `i<organisation>\0<key>` → idempotency record.
+const IDEMPOTENCY: u8 = b'i';
+
+fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![prefix];
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(part);
+    }
+    k
+}
+
+fn message_key(id: &str) -> Vec<u8> {
+    key(MESSAGE, &[id.as_bytes()])
+}
+
+fn due_key(message: &OutboxMessage) -> Option<Vec<u8>> {
+    message.due_at().map(|due| {
+        let mut k = vec![DUE];
+        k.extend_from_slice(&time_key(due));
+        k.extend_from_slice(message.id.as_bytes());
+        k
+    })
+}
+
+fn organisation_key(organisation: &str, id: &str) -> Vec<u8> {
+    key(BY_ORGANISATION, &[organisation.as_bytes(), id.as_bytes()])
+}
+
+fn idempotency_key(organisation: &str, k: &str) -> Vec<u8> {
+    key(IDEMPOTENCY, &[organisation.as_bytes(), k.as_bytes()])
+}
+
+/// The keys after `prefix` + `after` (exclusive) that start with `prefix`.
+fn scan_after(tree: &sled::Tree, prefix: Vec<u8>, after: Option<&str>) -> sled::Iter {
+    match after {
+        Some(after) => {
+            let mut start = prefix.clone();
+            start.extend_from_slice(after.as_bytes());
+            let mut end = prefix;
+            let last = end.len() - 1;
+            end[last] += 1;
+            tree.range((
+                std::ops::Bound::Excluded(start),
+                std::ops::Bound::Excluded(end),
+            ))
+        }
+        None => tree.scan_prefix(prefix),
+    }
+}
 
 /// The sled store.
 pub struct SledStore {
@@ -25,6 +88,10 @@ pub struct SledStore {
     meta: sled::Tree,
     keys: sled::Tree,
     key_digests: sled::Tree,
+    users: sled::Tree,
+    user_organisations: sled::Tree,
+    outbox: sled::Tree,
+    enqueue_lock: tokio::sync::Mutex<()>,
     flusher: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -45,6 +112,10 @@ impl SledStore {
             meta: tree("meta")?,
             keys: tree("api_keys")?,
             key_digests: tree("api_key_digests")?,
+            users: tree("users")?,
+            user_organisations: tree("user_organisations")?,
+            outbox: tree("outbox")?,
+            enqueue_lock: tokio::sync::Mutex::new(()),
             db,
             flusher,
         })
@@ -209,6 +280,204 @@ impl Store for SledStore {
             self.durable().await?;
         }
         Ok(revoked)
+    }
+
+    async fn put_user(&self, user: &User) -> Result<()> {
+        let value = encode(user);
+        (&self.users, &self.user_organisations)
+            .transaction(|(users, memberships)| {
+                if let Some(old) = users.get(user.login.as_bytes())? {
+                    let old: User =
+                        decode(&user.login, &old).map_err(ConflictableTransactionError::Abort)?;
+                    for organisation in &old.organisations {
+                        memberships
+                            .remove(key(0, &[organisation.as_bytes(), user.login.as_bytes()]))?;
+                    }
+                }
+                for organisation in &user.organisations {
+                    memberships.insert(
+                        key(0, &[organisation.as_bytes(), user.login.as_bytes()]),
+                        &[],
+                    )?;
+                }
+                users.insert(user.login.as_bytes(), value.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(aborted)?;
+        self.durable().await
+    }
+
+    async fn user(&self, login: &str) -> Result<Option<User>> {
+        self.users
+            .get(login.as_bytes())
+            .map_err(unavailable)?
+            .map(|bytes| decode(login, &bytes))
+            .transpose()
+    }
+
+    async fn delete_user(&self, login: &str) -> Result<Option<User>> {
+        let removed = (&self.users, &self.user_organisations)
+            .transaction(|(users, memberships)| {
+                let Some(old) = users.remove(login.as_bytes())? else {
+                    return Ok(None);
+                };
+                let old: User = decode(login, &old).map_err(ConflictableTransactionError::Abort)?;
+                for organisation in &old.organisations {
+                    memberships.remove(key(0, &[organisation.as_bytes(), login.as_bytes()]))?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(Some(old))
+            })
+            .map_err(aborted)?;
+        if removed.is_some() {
+            self.durable().await?;
+        }
+        Ok(removed)
+    }
+
+    async fn list_users(
+        &self,
+        organisation: &str,
+        after: After<'_>,
+        limit: usize,
+    ) -> Result<Vec<User>> {
+        let prefix = key(0, &[organisation.as_bytes(), b""]);
+        let mut users = Vec::new();
+        for entry in scan_after(&self.user_organisations, prefix.clone(), after).take(limit) {
+            let (k, _) = entry.map_err(unavailable)?;
+            let login = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(user) = self.user(&login).await? {
+                users.push(user);
+            }
+        }
+        Ok(users)
+    }
+
+    async fn enqueue(
+        &self,
+        messages: &[OutboxMessage],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>> {
+        // Serialises the check of a key with its write (sled serves one process).
+        let _guard = self.enqueue_lock.lock().await;
+        if let Some(k) = idempotency {
+            if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
+                return Ok(Some(first));
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for message in messages {
+            batch.insert(message_key(&message.id), encode(message));
+            batch.insert(organisation_key(&message.organisation, &message.id), &[]);
+            if let Some(due) = due_key(message) {
+                batch.insert(due, &[]);
+            }
+        }
+        if let Some(k) = idempotency {
+            batch.insert(idempotency_key(&k.organisation, &k.key), encode(k));
+        }
+        self.outbox.apply_batch(batch).map_err(unavailable)?;
+        self.durable().await?;
+        Ok(None)
+    }
+
+    async fn idempotency(&self, organisation: &str, k: &str) -> Result<Option<Idempotency>> {
+        self.outbox
+            .get(idempotency_key(organisation, k))
+            .map_err(unavailable)?
+            .map(|bytes| decode(k, &bytes))
+            .transpose()
+    }
+
+    async fn message(&self, id: &str) -> Result<Option<OutboxMessage>> {
+        self.decode_message(id.as_bytes())
+    }
+
+    async fn swap_message(
+        &self,
+        expected: u64,
+        message: &OutboxMessage,
+        durable: bool,
+    ) -> Result<bool> {
+        let value = encode(message);
+        let swapped = self
+            .outbox
+            .transaction(|outbox| {
+                let Some(stored) = outbox.get(message_key(&message.id))? else {
+                    return Ok(false);
+                };
+                let stored: OutboxMessage =
+                    decode(&message.id, &stored).map_err(ConflictableTransactionError::Abort)?;
+                if stored.version != expected {
+                    return Ok(false);
+                }
+                if let Some(old) = due_key(&stored) {
+                    outbox.remove(old)?;
+                }
+                if let Some(new) = due_key(message) {
+                    outbox.insert(new, &[])?;
+                }
+                outbox.insert(message_key(&message.id), value.as_slice())?;
+                Ok(true)
+            })
+            .map_err(aborted)?;
+        if swapped && durable {
+            self.durable().await?;
+        }
+        Ok(swapped)
+    }
+
+    async fn due_messages(&self, now: SystemTime, limit: usize) -> Result<Vec<OutboxMessage>> {
+        let mut end = vec![DUE];
+        end.extend_from_slice(&time_key(now + std::time::Duration::from_micros(1)));
+        let mut due = Vec::new();
+        for entry in self.outbox.range(vec![DUE]..end).take(limit) {
+            let (k, _) = entry.map_err(unavailable)?;
+            if let Some(message) = self.decode_message(&k[9..])? {
+                due.push(message);
+            }
+        }
+        Ok(due)
+    }
+
+    async fn next_due(&self) -> Result<Option<SystemTime>> {
+        let first = self.outbox.scan_prefix([DUE]).next();
+        match first {
+            Some(entry) => {
+                let (k, _) = entry.map_err(unavailable)?;
+                let mut time = [0u8; 8];
+                time.copy_from_slice(&k[1..9]);
+                Ok(Some(time_from_key(time)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn list_messages(
+        &self,
+        organisation: &str,
+        after: After<'_>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>> {
+        let prefix = organisation_key(organisation, "");
+        let mut messages = Vec::new();
+        for entry in scan_after(&self.outbox, prefix.clone(), after).take(limit) {
+            let (k, _) = entry.map_err(unavailable)?;
+            if let Some(message) = self.decode_message(&k[prefix.len()..])? {
+                messages.push(message);
+            }
+        }
+        Ok(messages)
+    }
+}
+
+impl SledStore {
+    fn decode_message(&self, id: &[u8]) -> Result<Option<OutboxMessage>> {
+        let id = String::from_utf8_lossy(id);
+        self.outbox
+            .get(message_key(&id))
+            .map_err(unavailable)?
+            .map(|bytes| decode(&id, &bytes))
+            .transpose()
     }
 }
 

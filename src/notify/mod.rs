@@ -1,0 +1,574 @@
+//! Notifications: TheHive's EmailerToAddr ([`NotifyService::send_to_addresses`]) and
+//! EmailerToUser ([`NotifyService::send_to_users`]), and the outbox they feed
+//! (get, list, retry, cancel).
+//!
+//! A send renders every message first, so that a broken template or a bad header refuses
+//! the whole request before anything is queued; then the batch is written durably in one
+//! atomic write (with its idempotency key) and only then answered. Delivery workers
+//! (`mail::delivery`) take it from there. Nothing a caller passes can add a header or a
+//! recipient: every rendered header is refused if it holds CR or LF, and `from` and `to`
+//! must each be one mailbox.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use lettre::message::Mailbox;
+use lettre::Address;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::crypto::{self, CryptoError, MasterKey};
+use crate::directory::User;
+use crate::mail::template::{html_to_text, BodyFormat, Templates};
+use crate::mail::{compose, new_message_id};
+use crate::settings::{SettingsError, SettingsService, SmtpSettings};
+use crate::store::{Store, StoreError};
+use crate::validation::{self, Violations};
+
+pub mod message;
+
+pub use message::{Attempt, MessageState, OutboxMessage, StateError};
+
+/// The purpose a message's content is sealed for.
+pub const CONTENT_PURPOSE: &str = "outbox.content";
+/// Most recipients of one SendToAddresses.
+pub const MAX_ADDRESSES: usize = 100;
+/// Most violations reported for one request (a bad template over 100,000 users is one
+/// mistake, not 100,000).
+const MAX_VIOLATIONS: usize = 20;
+/// Users read from the directory at a time by SendToUsers.
+const USER_PAGE: usize = 1000;
+
+/// A notification as a caller sends it.
+#[derive(Clone, Debug, Default)]
+pub struct Notification {
+    /// The organisation sending.
+    pub organisation: String,
+    /// Sender template; the settings' `from` when empty.
+    pub from: String,
+    /// Subject template.
+    pub subject: String,
+    /// Body template.
+    pub body: String,
+    /// How the body is rendered.
+    pub format: BodyFormat,
+    /// Values for the templates (an object; `user` is set per recipient).
+    pub context: Map<String, Value>,
+    /// The same key again answers the first result and sends nothing.
+    pub idempotency_key: String,
+}
+
+/// The answer to a send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// One id per message.
+    pub message_ids: Vec<String>,
+    /// How many recipients.
+    pub recipients: u32,
+    /// Whether an earlier request with the same key answered this.
+    #[serde(skip)]
+    pub duplicate: bool,
+}
+
+/// An idempotency key and what its first request queued.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Idempotency {
+    /// The organisation that used it.
+    pub organisation: String,
+    /// The key.
+    pub key: String,
+    /// What was queued.
+    pub queued: Queued,
+    /// When.
+    pub create_time: SystemTime,
+}
+
+/// Errors of the notifier.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// Bad fields, templates or rendered headers.
+    #[error("invalid notification: {0}")]
+    Invalid(Violations),
+    /// SMTP was never configured.
+    #[error("SMTP is not configured: set it with UpdateSmtpSettings first")]
+    NotConfigured,
+    /// No such message (for this caller).
+    #[error("message {0:?} not found")]
+    NotFound(String),
+    /// The message's state refuses the change.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A sealed value cannot be opened.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<SettingsError> for NotifyError {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            SettingsError::Invalid(v) => NotifyError::Invalid(v),
+            SettingsError::NotConfigured | SettingsError::Stale { .. } => {
+                NotifyError::NotConfigured
+            }
+            SettingsError::Crypto(e) => NotifyError::Crypto(e),
+            SettingsError::Store(e) => NotifyError::Store(e),
+        }
+    }
+}
+
+/// One message ready to render: its recipient, and the data its templates see.
+pub struct Draft {
+    /// A rendered address, or the template field (`to[3]`) that renders it.
+    pub to: Recipient,
+    /// The template data.
+    pub data: Value,
+}
+
+/// Who a message goes to.
+pub enum Recipient {
+    /// A known address (a directory user).
+    Address(Address, String),
+    /// A template field rendering to one mailbox.
+    Template(String),
+}
+
+/// Queues and manages notifications.
+#[derive(Clone)]
+pub struct NotifyService {
+    store: Arc<dyn Store>,
+    settings: SettingsService,
+    clock: Clock,
+    wake: Arc<Notify>,
+}
+
+impl NotifyService {
+    /// The notifier over `store`, waking delivery through `wake` when it queues mail.
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: SettingsService,
+        clock: Clock,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            clock,
+            wake,
+        }
+    }
+
+    /// EmailerToAddr: one message per address of `to` (1 to 100 templates).
+    pub async fn send_to_addresses(
+        &self,
+        n: Notification,
+        to: Vec<String>,
+    ) -> Result<Queued, NotifyError> {
+        let mut v = check_notification(&n);
+        if to.is_empty() || to.len() > MAX_ADDRESSES {
+            v.add(
+                "to",
+                format!(
+                    "must hold 1 to {MAX_ADDRESSES} recipients, not {}",
+                    to.len()
+                ),
+            );
+        }
+        v.into_result(()).map_err(NotifyError::Invalid)?;
+        if let Some(queued) = self.seen(&n).await? {
+            return Ok(queued);
+        }
+        let settings = self.configured().await?;
+        let fields: Vec<(String, &str)> = to
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("to[{i}]"), t.as_str()))
+            .collect();
+        let templates = compile(&n, &fields)?;
+        let data = Value::Object(n.context.clone());
+        let drafts = fields.into_iter().map(|(field, _)| Draft {
+            to: Recipient::Template(field),
+            data: data.clone(),
+        });
+        let messages = self.render_all(&n, &settings, &templates, drafts)?;
+        self.enqueue(&n, messages).await
+    }
+
+    /// EmailerToUser: one message per unlocked user of the organisation that has an
+    /// address, with `user` set to that user in the templates.
+    pub async fn send_to_users(&self, n: Notification) -> Result<Queued, NotifyError> {
+        check_notification(&n)
+            .into_result(())
+            .map_err(NotifyError::Invalid)?;
+        if let Some(queued) = self.seen(&n).await? {
+            return Ok(queued);
+        }
+        let settings = self.configured().await?;
+        let templates = compile(&n, &[])?;
+        let mut messages = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let users = self
+                .store
+                .list_users(&n.organisation, after.as_deref(), USER_PAGE)
+                .await?;
+            let Some(last) = users.last() else { break };
+            after = Some(last.login.clone());
+            let full = users.len() == USER_PAGE;
+            let drafts = users.iter().filter(|u| !u.locked).filter_map(|u| {
+                let address = u.address()?;
+                let mut data = n.context.clone();
+                data.insert("user".into(), user_value(u, &address));
+                Some(Draft {
+                    to: Recipient::Address(address, u.name.clone()),
+                    data: Value::Object(data),
+                })
+            });
+            messages.extend(self.render_all(&n, &settings, &templates, drafts)?);
+            if !full {
+                break;
+            }
+        }
+        self.enqueue(&n, messages).await
+    }
+
+    /// Queues messages built elsewhere (the token emails and account notices), durably.
+    pub async fn enqueue_built(&self, messages: Vec<OutboxMessage>) -> Result<(), NotifyError> {
+        self.store.enqueue(&messages, None).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Renders the drafts into messages, or every violation (up to a bound).
+    fn render_all(
+        &self,
+        n: &Notification,
+        settings: &SmtpSettings,
+        templates: &Templates,
+        drafts: impl Iterator<Item = Draft>,
+    ) -> Result<Vec<OutboxMessage>, NotifyError> {
+        let mut v = Violations::new();
+        let mut messages = Vec::new();
+        for draft in drafts {
+            match self.render(n, settings, templates, &draft) {
+                Ok(message) => messages.push(message),
+                Err(found) => {
+                    for violation in found.iter() {
+                        v.add(violation.field.clone(), violation.description.clone());
+                    }
+                    if v.iter().count() >= MAX_VIOLATIONS {
+                        break;
+                    }
+                }
+            }
+        }
+        v.into_result(messages).map_err(NotifyError::Invalid)
+    }
+
+    fn render(
+        &self,
+        n: &Notification,
+        settings: &SmtpSettings,
+        templates: &Templates,
+        draft: &Draft,
+    ) -> Result<OutboxMessage, Violations> {
+        let data = &draft.data;
+        let mut v = Violations::new();
+        let from = if n.from.is_empty() {
+            Some(settings.from.mailbox())
+        } else {
+            templates
+                .render("from", data)
+                .map_err(|e| merge(&mut v, e))
+                .ok()
+                .and_then(|from| v.check("from", mailbox(&from)))
+        };
+        let to = match &draft.to {
+            Recipient::Address(address, name) => {
+                let name = (!name.is_empty() && !has_line_break(name)).then(|| name.clone());
+                Some(Mailbox::new(name, address.clone()))
+            }
+            Recipient::Template(field) => templates
+                .render(field, data)
+                .map_err(|e| merge(&mut v, e))
+                .ok()
+                .and_then(|to| v.check(field, mailbox(&to))),
+        };
+        let subject = templates
+            .render("subject", data)
+            .map_err(|e| merge(&mut v, e))
+            .ok()
+            .and_then(|s| v.check("subject", header_value(s)));
+        let body = templates
+            .render("body", data)
+            .map_err(|e| merge(&mut v, e))
+            .ok();
+        let (Some(from), Some(to), Some(subject), Some(body)) = (from, to, subject, body) else {
+            return Err(v);
+        };
+        let (text, html) = match n.format {
+            BodyFormat::Text => (body, None),
+            BodyFormat::Html => (html_to_text(&body), Some(body)),
+        };
+        let built = OutgoingEmail {
+            organisation: &n.organisation,
+            from,
+            to,
+            subject: &subject,
+            text: &text,
+            html: html.as_deref(),
+        };
+        built
+            .seal(self.settings.master_key(), self.clock.now())
+            .map_err(|e| validation::violation("body", format!("cannot build the message: {e}")))
+    }
+
+    async fn seen(&self, n: &Notification) -> Result<Option<Queued>, NotifyError> {
+        if n.idempotency_key.is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .idempotency(&n.organisation, &n.idempotency_key)
+            .await?
+            .map(|i| Queued {
+                duplicate: true,
+                ..i.queued
+            }))
+    }
+
+    async fn configured(&self) -> Result<SmtpSettings, NotifyError> {
+        self.settings.get().await?.ok_or(NotifyError::NotConfigured)
+    }
+
+    async fn enqueue(
+        &self,
+        n: &Notification,
+        messages: Vec<OutboxMessage>,
+    ) -> Result<Queued, NotifyError> {
+        let queued = Queued {
+            message_ids: messages.iter().map(|m| m.id.clone()).collect(),
+            recipients: u32::try_from(messages.len()).unwrap_or(u32::MAX),
+            duplicate: false,
+        };
+        let key = (!n.idempotency_key.is_empty()).then(|| Idempotency {
+            organisation: n.organisation.clone(),
+            key: n.idempotency_key.clone(),
+            queued: queued.clone(),
+            create_time: self.clock.now(),
+        });
+        if let Some(first) = self.store.enqueue(&messages, key.as_ref()).await? {
+            return Ok(Queued {
+                duplicate: true,
+                ..first.queued
+            });
+        }
+        self.wake.notify_one();
+        Ok(queued)
+    }
+
+    /// One message; `scope` limits it to an organisation (`None`: any).
+    pub async fn get(&self, id: &str, scope: Option<&str>) -> Result<OutboxMessage, NotifyError> {
+        self.store
+            .message(id)
+            .await?
+            .filter(|m| scope.is_none_or(|org| m.organisation == org))
+            .ok_or_else(|| NotifyError::NotFound(id.to_string()))
+    }
+
+    /// Messages of `organisation` in id (creation) order after `after`, in `state` when
+    /// given, at most `limit`.
+    pub async fn list(
+        &self,
+        organisation: &str,
+        state: Option<MessageState>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, NotifyError> {
+        let mut found = Vec::new();
+        let mut after = after;
+        loop {
+            let chunk = self
+                .store
+                .list_messages(organisation, after.as_deref(), limit.max(100))
+                .await?;
+            let Some(last) = chunk.last() else { break };
+            after = Some(last.id.clone());
+            let exhausted = chunk.len() < limit.max(100);
+            found.extend(
+                chunk
+                    .into_iter()
+                    .filter(|m| state.is_none_or(|s| m.state == s)),
+            );
+            if found.len() >= limit || exhausted {
+                break;
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Requeues a DEAD message.
+    pub async fn retry(&self, id: &str, scope: Option<&str>) -> Result<OutboxMessage, NotifyError> {
+        let now = self.clock.now();
+        let message = self.change(id, scope, |m| m.requeue(now)).await?;
+        self.wake.notify_one();
+        Ok(message)
+    }
+
+    /// Cancels a pending message.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        scope: Option<&str>,
+    ) -> Result<OutboxMessage, NotifyError> {
+        self.change(id, scope, OutboxMessage::cancel).await
+    }
+
+    async fn change(
+        &self,
+        id: &str,
+        scope: Option<&str>,
+        apply: impl Fn(&mut OutboxMessage) -> Result<(), StateError>,
+    ) -> Result<OutboxMessage, NotifyError> {
+        loop {
+            let current = self.get(id, scope).await?;
+            let mut next = current.clone();
+            apply(&mut next)?;
+            next.version += 1;
+            if self
+                .store
+                .swap_message(current.version, &next, true)
+                .await?
+            {
+                return Ok(next);
+            }
+        }
+    }
+}
+
+/// A rendered email, ready to seal into the outbox.
+pub struct OutgoingEmail<'a> {
+    /// The organisation sending it.
+    pub organisation: &'a str,
+    /// Sender.
+    pub from: Mailbox,
+    /// Recipient.
+    pub to: Mailbox,
+    /// Subject.
+    pub subject: &'a str,
+    /// Text body.
+    pub text: &'a str,
+    /// HTML body, when there is one.
+    pub html: Option<&'a str>,
+}
+
+impl OutgoingEmail<'_> {
+    /// The outbox message: a fresh id and Message-ID, the content sealed.
+    pub fn seal(
+        &self,
+        key: &MasterKey,
+        now: SystemTime,
+    ) -> Result<OutboxMessage, lettre::error::Error> {
+        let message_id = new_message_id(self.from.email.domain());
+        let content = compose(
+            self.from.clone(),
+            self.to.clone(),
+            self.subject,
+            self.text,
+            self.html,
+            &message_id,
+            now,
+        )?;
+        Ok(OutboxMessage {
+            id: crypto::time_ordered_id("msg_", now),
+            organisation: self.organisation.to_string(),
+            from: self.from.to_string(),
+            envelope_from: self.from.email.to_string(),
+            to: self.to.email.to_string(),
+            subject: self.subject.to_string(),
+            content: key.seal_bytes(CONTENT_PURPOSE, &content),
+            message_id_header: message_id,
+            state: MessageState::Queued,
+            attempts: 0,
+            last_error: String::new(),
+            last_smtp_code: 0,
+            create_time: now,
+            window_start: now,
+            next_attempt_time: now,
+            sent_time: None,
+            lease: None,
+            version: 0,
+        })
+    }
+}
+
+fn check_notification(n: &Notification) -> Violations {
+    let mut v = Violations::new();
+    v.check("organisation", validation::text(&n.organisation, true, 100));
+    if n.subject.is_empty() {
+        v.add("subject", "is required");
+    }
+    if n.body.is_empty() {
+        v.add("body", "is required");
+    }
+    v.check(
+        "idempotency_key",
+        validation::text(&n.idempotency_key, false, 200),
+    );
+    v
+}
+
+fn compile(n: &Notification, recipients: &[(String, &str)]) -> Result<Templates, NotifyError> {
+    let mut fields: Vec<(&str, &str)> = vec![("subject", &n.subject), ("body", &n.body)];
+    if !n.from.is_empty() {
+        fields.push(("from", &n.from));
+    }
+    fields.extend(recipients.iter().map(|(f, t)| (f.as_str(), *t)));
+    Templates::compile(&fields, n.format).map_err(NotifyError::Invalid)
+}
+
+fn merge(into: &mut Violations, found: Violations) {
+    for v in found.iter() {
+        into.add(v.field.clone(), v.description.clone());
+    }
+}
+
+fn has_line_break(s: &str) -> bool {
+    s.contains(['\r', '\n'])
+}
+
+/// A rendered header value: refused when it holds CR or LF (header injection).
+fn header_value(value: String) -> Result<String, String> {
+    if has_line_break(&value) {
+        return Err("rendered to a value with CR or LF, which would start a new header".into());
+    }
+    if value.chars().any(char::is_control) {
+        return Err("rendered to a value with control characters".into());
+    }
+    Ok(value)
+}
+
+/// A rendered sender or recipient: exactly one mailbox, no line breaks.
+fn mailbox(value: &str) -> Result<Mailbox, String> {
+    let value = header_value(value.trim().to_string())?;
+    if value.is_empty() {
+        return Err("rendered to an empty address".into());
+    }
+    Mailbox::from_str(&value)
+        .map_err(|e| format!("rendered to {value:?}, which is not one mailbox ({e})"))
+}
+
+fn user_value(user: &User, address: &Address) -> Value {
+    serde_json::json!({
+        "login": user.login,
+        "name": user.name,
+        "email": address.to_string(),
+        "organisations": user.organisations,
+    })
+}
