@@ -150,13 +150,20 @@ pub fn random_id(prefix: &str) -> String {
     format!("{prefix}{:016x}", rand::rngs::OsRng.next_u64())
 }
 
-/// An identifier ordered by creation time: `prefix`, 12 hex digits of milliseconds since
-/// the epoch, then 64 random bits.
+/// An identifier ordered by creation: `prefix`, 12 hex digits of milliseconds since the
+/// epoch, this process's sequence number (so that ids made in one millisecond keep their
+/// order), then 32 random bits (so that processes do not collide).
 pub fn time_ordered_id(prefix: &str, now: std::time::SystemTime) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQUENCE: AtomicU32 = AtomicU32::new(0);
     let millis = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    format!("{prefix}{millis:012x}{:016x}", rand::rngs::OsRng.next_u64())
+    let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{prefix}{millis:012x}{sequence:08x}{:08x}",
+        rand::rngs::OsRng.next_u32()
+    )
 }
 
 /// The SHA-256 digest of a secret, in hex: what the store keeps instead of the secret.

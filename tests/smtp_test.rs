@@ -135,6 +135,7 @@ async fn starttls_with_and_without_auth() {
     let smtp = SmtpServer::start(Options {
         starttls: Some(pki.clone()),
         credentials: Some(("relay".into(), PASSWORD.into())),
+        ..Default::default()
     });
     let given = with_auth(
         with_ca(
@@ -159,6 +160,7 @@ async fn starttls_with_and_without_auth() {
     let open = SmtpServer::start(Options {
         starttls: Some(pki.clone()),
         credentials: None,
+        ..Default::default()
     });
     let given = with_ca(
         settings(open.addr.port(), pb::ConnectionSecurity::Starttls),
@@ -286,6 +288,7 @@ async fn an_untrusted_certificate_fails_at_tls() {
     let smtp = SmtpServer::start(Options {
         starttls: Some(pki.clone()),
         credentials: None,
+        ..Default::default()
     });
     let report = test(
         &server,
@@ -333,6 +336,7 @@ async fn a_wrong_password_fails_at_auth_with_535() {
     let smtp = SmtpServer::start(Options {
         starttls: Some(pki.clone()),
         credentials: Some(("relay".into(), PASSWORD.into())),
+        ..Default::default()
     });
     let given = with_auth(
         with_ca(
@@ -409,6 +413,7 @@ async fn the_stored_password_never_goes_to_a_changed_server() {
     let trusted = SmtpServer::start(Options {
         starttls: Some(pki.clone()),
         credentials: Some(("relay".into(), PASSWORD.into())),
+        ..Default::default()
     });
     let stored = with_auth(
         with_ca(
@@ -435,6 +440,7 @@ async fn the_stored_password_never_goes_to_a_changed_server() {
     let attacker = SmtpServer::start(Options {
         starttls: Some(pki.clone()),
         credentials: Some(("relay".into(), "anything".into())),
+        ..Default::default()
     });
     let mut moved = stored.clone();
     moved.port = attacker.addr.port().into();

@@ -277,18 +277,18 @@ mod notify {
     }
 
     /// A state filter: `Ok(None)` for unspecified, `Err` for an unknown value.
-    pub fn state_filter(value: i32) -> Result<Option<MessageState>, ()> {
-        Ok(Some(
-            match pb::MessageState::try_from(value).map_err(drop)? {
-                pb::MessageState::Unspecified => return Ok(None),
-                pb::MessageState::Queued => MessageState::Queued,
-                pb::MessageState::Sending => MessageState::Sending,
-                pb::MessageState::Sent => MessageState::Sent,
-                pb::MessageState::Retrying => MessageState::Retrying,
-                pb::MessageState::Dead => MessageState::Dead,
-                pb::MessageState::Cancelled => MessageState::Cancelled,
-            },
-        ))
+    pub fn state_filter(value: i32) -> Result<Option<MessageState>, &'static str> {
+        let state =
+            pb::MessageState::try_from(value).map_err(|_| "is not a known MessageState value")?;
+        Ok(Some(match state {
+            pb::MessageState::Unspecified => return Ok(None),
+            pb::MessageState::Queued => MessageState::Queued,
+            pb::MessageState::Sending => MessageState::Sending,
+            pb::MessageState::Sent => MessageState::Sent,
+            pb::MessageState::Retrying => MessageState::Retrying,
+            pb::MessageState::Dead => MessageState::Dead,
+            pb::MessageState::Cancelled => MessageState::Cancelled,
+        }))
     }
 
     impl From<MessageState> for pb::MessageState {

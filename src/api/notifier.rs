@@ -150,10 +150,7 @@ impl Notifier for NotifierApi {
             "page",
             Page::parse(r.page_size, &r.page_token).map_err(|e| e.to_string()),
         );
-        let state = v.check(
-            "state",
-            convert::state_filter(r.state).map_err(|()| "is not a known MessageState value"),
-        );
+        let state = v.check("state", convert::state_filter(r.state));
         let (Some(page), Some(state)) = (page, state) else {
             return Err(invalid(&v));
         };

@@ -28,6 +28,7 @@ pub struct TestServer {
     pub admin_key: String,
     pub data_dir: PathBuf,
     pub clock: Clock,
+    waker: std::sync::Arc<tokio::sync::Notify>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _temp: Option<tempfile::TempDir>,
@@ -58,6 +59,7 @@ impl TestServer {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let mailroom = Mailroom::open(args).await.expect("open mailroom");
+        let waker = mailroom.delivery_waker();
         let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))
             .expect("admin.key written on first start")
             .trim()
@@ -71,6 +73,7 @@ impl TestServer {
             admin_key,
             data_dir,
             clock,
+            waker,
             shutdown: Some(tx),
             handle: Some(handle),
             _temp: None,
@@ -100,6 +103,62 @@ impl TestServer {
             .unwrap()
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy()
+    }
+
+    /// Moves the manual clock forward and wakes delivery to look at it.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.waker.notify_one();
+    }
+
+    pub fn notifier(&self, key: &str) -> NotifierClient {
+        pb::notifier_client::NotifierClient::with_interceptor(self.channel(), Bearer::new(key))
+    }
+
+    pub fn directory(&self, key: &str) -> DirectoryClient {
+        pb::directory_client::DirectoryClient::with_interceptor(self.channel(), Bearer::new(key))
+    }
+
+    /// Points the SMTP settings at a plain server on 127.0.0.1:`port`, 1 s timeout.
+    pub async fn configure_smtp(&self, port: u16) -> pb::SmtpSettings {
+        self.smtp(&self.admin_key)
+            .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+                settings: Some(pb::SmtpSettings {
+                    host: "127.0.0.1".into(),
+                    port: port.into(),
+                    from: "TheHive <thehive@example.com>".into(),
+                    timeout: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            })
+            .await
+            .expect("configure SMTP")
+            .into_inner()
+    }
+
+    /// Waits (10 s at most) until message `id` is in `state`; the message.
+    pub async fn wait_for_state(&self, id: &str, state: pb::MessageState) -> pb::Message {
+        let mut notifier = self.notifier(&self.admin_key);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let message = notifier
+                .get_message(pb::GetMessageRequest { id: id.into() })
+                .await
+                .expect("get message")
+                .into_inner();
+            if message.state() == state {
+                return message;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "message {id} never reached {state:?}: {message:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn smtp(&self, key: &str) -> SmtpClient {
@@ -140,6 +199,9 @@ impl Drop for TestServer {
 }
 
 pub type SmtpClient = pb::smtp_admin_client::SmtpAdminClient<InterceptedService<Channel, Bearer>>;
+pub type NotifierClient = pb::notifier_client::NotifierClient<InterceptedService<Channel, Bearer>>;
+pub type DirectoryClient =
+    pb::directory_client::DirectoryClient<InterceptedService<Channel, Bearer>>;
 pub type KeysClient = pb::api_keys_client::ApiKeysClient<InterceptedService<Channel, Bearer>>;
 
 /// Adds `authorization: Bearer <key>` (nothing for an empty key).

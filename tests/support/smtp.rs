@@ -76,18 +76,22 @@ pub struct Options {
     pub starttls: Option<Arc<Pki>>,
     /// Require AUTH (after STARTTLS) with this user and password.
     pub credentials: Option<(String, String)>,
+    /// Serve on this listener (bound earlier) instead of a new one.
+    pub listener: Option<Arc<Mutex<Option<TcpListener>>>>,
 }
 
 /// A running test SMTP server.
 pub struct SmtpServer {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
+    rejected: Arc<Mutex<Vec<String>>>,
     _files: Option<tempfile::TempDir>,
 }
 
 #[derive(Clone)]
 struct Recorder {
     seen: Arc<Mutex<Seen>>,
+    rejected: Arc<Mutex<Vec<String>>>,
     credentials: Option<(String, String)>,
     from: String,
     to: Vec<String>,
@@ -117,7 +121,7 @@ impl Handler for Recorder {
     }
 
     fn rcpt(&mut self, to: &str) -> Response {
-        if to.starts_with("reject") {
+        if self.rejected.lock().unwrap().iter().any(|r| r == to) {
             return response::NO_MAILBOX;
         }
         self.to.push(to.to_string());
@@ -169,10 +173,15 @@ impl SmtpServer {
     pub fn start(options: Options) -> Self {
         install_crypto_provider();
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let rejected = Arc::new(Mutex::new(vec!["rejected@example.com".to_string()]));
+        let listener = match &options.listener {
+            Some(held) => held.lock().unwrap().take().expect("listener given once"),
+            None => TcpListener::bind("127.0.0.1:0").unwrap(),
+        };
         let addr = listener.local_addr().unwrap();
         let handler = Recorder {
             seen: seen.clone(),
+            rejected: rejected.clone(),
             credentials: options.credentials.clone(),
             from: String::new(),
             to: Vec::new(),
@@ -206,8 +215,14 @@ impl SmtpServer {
         Self {
             addr,
             seen,
+            rejected,
             _files: files,
         }
+    }
+
+    /// RCPT TO these addresses answers 550 (default: `rejected@example.com`).
+    pub fn reject(&self, addresses: &[&str]) {
+        *self.rejected.lock().unwrap() = addresses.iter().map(|a| a.to_string()).collect();
     }
 
     /// What the server saw so far.
@@ -247,6 +262,14 @@ pub async fn tls_terminator(pki: &Pki, backend: SocketAddr) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A listener bound now on 127.0.0.1:0 that accepts nothing until handed to a server
+/// (`Options::listener`): an SMTP server that is down, then comes back at the same address.
+pub fn held_listener() -> (u16, Arc<Mutex<Option<TcpListener>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (port, Arc::new(Mutex::new(Some(listener))))
 }
 
 /// A server that accepts connections and never says a word.

@@ -1,0 +1,625 @@
+//! EmailerToAddr and EmailerToUser end to end: rendered templates reach a real SMTP server
+//! through the outbox; idempotency; header injection; retries while SMTP is down; a 5xx
+//! that kills one message, and RetryMessage; cancel; the outbox's status RPCs.
+
+mod support;
+
+use std::time::Duration;
+
+use mailroom::proto::v1 as pb;
+use prost_types::value::Kind;
+use support::smtp::{held_listener, Options, SmtpServer};
+use support::{all_bytes, contains, violated_fields, TestServer};
+use tonic::Code;
+
+fn context(pairs: &[(&str, prost_types::Value)]) -> Option<prost_types::Struct> {
+    Some(prost_types::Struct {
+        fields: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    })
+}
+
+fn string(s: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(Kind::StringValue(s.into())),
+    }
+}
+
+fn number(n: f64) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(Kind::NumberValue(n)),
+    }
+}
+
+fn object(pairs: &[(&str, prost_types::Value)]) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(Kind::StructValue(context(pairs).unwrap())),
+    }
+}
+
+fn case() -> Option<prost_types::Struct> {
+    context(&[(
+        "case",
+        object(&[
+            ("number", number(42.0)),
+            ("title", string("Phishing <campaign> & more")),
+            ("severity", number(3.0)),
+            ("tlp", number(2.0)),
+            ("pap", number(1.0)),
+            ("createdAt", number(1_764_057_600_000.0)),
+            ("owner", string("analyst@example.com")),
+        ]),
+    )])
+}
+
+fn to_addresses(to: &[&str], subject: &str, body: &str) -> pb::SendToAddressesRequest {
+    pb::SendToAddressesRequest {
+        organisation: "acme".into(),
+        to: to.iter().map(|t| t.to_string()).collect(),
+        subject: subject.into(),
+        body: body.into(),
+        context: case(),
+        ..Default::default()
+    }
+}
+
+async fn send(server: &TestServer, request: pb::SendToAddressesRequest) -> pb::SendResponse {
+    server
+        .notifier(&server.admin_key)
+        .send_to_addresses(request)
+        .await
+        .expect("send")
+        .into_inner()
+}
+
+async fn send_err(server: &TestServer, request: pb::SendToAddressesRequest) -> tonic::Status {
+    server
+        .notifier(&server.admin_key)
+        .send_to_addresses(request)
+        .await
+        .expect_err("refused")
+}
+
+#[tokio::test]
+async fn a_message_to_two_addresses_arrives_rendered() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let body = "Case #{{case.number}}: {{case.title}}\n\
+                TLP:{{tlpLabel case.tlp}} PAP:{{papLabel case.pap}} \
+                severity {{severityLabel case.severity}}\n\
+                opened {{dateFormat case.createdAt \"EEEE dd MMMM yyyy HH:mm\"}} / \
+                {{dateFormat case.createdAt \"EEEE dd MMMM yyyy\" \"fr\"}}\n\
+                {{#if (eq case.severity 3)}}high priority{{/if}}";
+    let answer = send(
+        &server,
+        to_addresses(
+            &["{{case.owner}}", "soc@example.com"],
+            "[{{severityLabel case.severity}}] Case #{{case.number}}",
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(answer.recipients, 2);
+    assert!(!answer.duplicate);
+    for id in &answer.message_ids {
+        let sent = server.wait_for_state(id, pb::MessageState::Sent).await;
+        assert_eq!(sent.attempts, 1);
+        assert!(sent.sent_time.is_some());
+    }
+    let mut received = smtp.seen().messages;
+    received.sort_by(|a, b| a.to.cmp(&b.to));
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].to, ["analyst@example.com"]);
+    assert_eq!(received[1].to, ["soc@example.com"]);
+    for message in &received {
+        assert_eq!(
+            message.header("Subject").as_deref(),
+            Some("[HIGH] Case #42")
+        );
+        let text = &message.data;
+        assert!(
+            text.contains("Case #42: Phishing <campaign> & more"),
+            "text is not escaped: {text}"
+        );
+        assert!(text.contains("TLP:AMBER PAP:GREEN severity HIGH"), "{text}");
+        assert!(
+            text.contains("opened Tuesday 25 November 2025 08:00 / mardi 25 novembre 2025"),
+            "{text}"
+        );
+        assert!(text.contains("high priority"), "{text}");
+    }
+    let first = server
+        .notifier(&server.admin_key)
+        .get_message(pb::GetMessageRequest {
+            id: answer.message_ids[0].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let delivered = received.iter().find(|m| m.to[0] == first.to).unwrap();
+    assert_eq!(
+        delivered.header("Message-ID").as_deref(),
+        Some(first.message_id_header.as_str())
+    );
+}
+
+#[tokio::test]
+async fn html_bodies_escape_values_and_carry_a_text_part() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let mut request = to_addresses(
+        &["soc@example.com"],
+        "Case {{case.number}}",
+        "<h1>{{case.title}}</h1>",
+    );
+    request.format = pb::BodyFormat::Html.into();
+    let answer = send(&server, request).await;
+    server
+        .wait_for_state(&answer.message_ids[0], pb::MessageState::Sent)
+        .await;
+    let data = &smtp.seen().messages[0].data;
+    assert!(data.contains("multipart/alternative"), "{data}");
+    assert!(
+        data.contains("text/plain") && data.contains("text/html"),
+        "{data}"
+    );
+    let (text, html) = data
+        .split_once("Content-Type: text/html")
+        .expect("an HTML part");
+    assert!(
+        html.contains("<h1>Phishing &lt;campaign&gt; &amp; more</h1>"),
+        "escaped in HTML: {html}"
+    );
+    assert!(
+        text.contains("Phishing <campaign> & more"),
+        "the text part reads as text: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_template_names_its_field() {
+    let server = TestServer::start().await;
+    server.configure_smtp(1).await;
+    let status = send_err(
+        &server,
+        to_addresses(&["soc@example.com"], "{{#if case}}unclosed", "ok"),
+    )
+    .await;
+    assert_eq!(violated_fields(&status), ["subject"]);
+    assert!(status.message().contains("line 1"), "{status:?}");
+    let status = send_err(
+        &server,
+        to_addresses(&["a@example.com", "{{bad"], "s", "ok"),
+    )
+    .await;
+    assert_eq!(violated_fields(&status), ["to[1]"]);
+    let status = send_err(
+        &server,
+        to_addresses(&["a@example.com"], "s", "{{dateFormat case.title}}"),
+    )
+    .await;
+    assert_eq!(violated_fields(&status), ["body"]);
+    let status = send_err(&server, to_addresses(&[], "", "")).await;
+    let mut fields = violated_fields(&status);
+    fields.sort();
+    assert_eq!(fields, ["body", "subject", "to"]);
+}
+
+#[tokio::test]
+async fn sending_without_smtp_settings_is_a_failed_precondition() {
+    let server = TestServer::start().await;
+    let status = send_err(&server, to_addresses(&["soc@example.com"], "s", "b")).await;
+    assert_eq!(status.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn header_injection_never_reaches_the_server() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let evil = "x\r\nBcc: evil@example.org";
+    let attempts: Vec<(&str, pb::SendToAddressesRequest)> = vec![
+        ("subject", {
+            let mut r = to_addresses(&["soc@example.com"], "{{title}}", "b");
+            r.context = context(&[("title", string(evil))]);
+            r
+        }),
+        (
+            "subject",
+            to_addresses(&["soc@example.com"], "a\r\nBcc: evil@example.org", "b"),
+        ),
+        ("from", {
+            let mut r = to_addresses(&["soc@example.com"], "s", "b");
+            r.from = "{{sender}}".into();
+            r.context = context(&[("sender", string("me@example.com\r\nBcc: evil@example.org"))]);
+            r
+        }),
+        ("to[0]", {
+            let mut r = to_addresses(&["{{who}}"], "s", "b");
+            r.context = context(&[("who", string("soc@example.com\nBcc: evil@example.org"))]);
+            r
+        }),
+        (
+            "to[0]",
+            to_addresses(&["soc@example.com, evil@example.org"], "s", "b"),
+        ),
+        (
+            "to[0]",
+            to_addresses(&["soc@example.com\r\nevil@example.org"], "s", "b"),
+        ),
+    ];
+    for (field, request) in attempts {
+        let status = send_err(&server, request).await;
+        assert_eq!(violated_fields(&status), [field], "{status:?}");
+    }
+    // Header-like text without a line break is only text.
+    let answer = send(
+        &server,
+        to_addresses(&["soc@example.com"], "Bcc: evil@example.org", "b"),
+    )
+    .await;
+    server
+        .wait_for_state(&answer.message_ids[0], pb::MessageState::Sent)
+        .await;
+    let seen = smtp.seen();
+    assert_eq!(seen.messages.len(), 1);
+    assert_eq!(seen.messages[0].to, ["soc@example.com"]);
+    let head = seen.messages[0]
+        .data
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("bcc:")),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn send_to_users_reaches_the_unlocked_users_of_the_organisation() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let mut directory = server.directory(&server.admin_key);
+    for (login, name, email, organisations, locked) in [
+        ("alice", "Alice", "alice@example.com", vec!["acme"], false),
+        ("bob", "Bob", "bob@example.com", vec!["acme"], true),
+        ("carol", "Carol", "carol@example.com", vec!["other"], false),
+        ("dave@example.com", "Dave", "", vec!["acme", "other"], false),
+        ("erin", "Erin", "", vec!["acme"], false),
+    ] {
+        directory
+            .upsert_user(pb::UpsertUserRequest {
+                user: Some(pb::User {
+                    login: login.into(),
+                    name: name.into(),
+                    email: email.into(),
+                    organisations: organisations.into_iter().map(String::from).collect(),
+                    locked,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    let answer = server
+        .notifier(&server.admin_key)
+        .send_to_users(pb::SendToUsersRequest {
+            organisation: "acme".into(),
+            subject: "Hello {{user.name}}".into(),
+            body: "Dear {{user.name}} ({{user.login}}), case {{case.number}} was opened.".into(),
+            context: case(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.recipients, 2,
+        "alice and dave: bob is locked, carol elsewhere, erin has no address"
+    );
+    for id in &answer.message_ids {
+        server.wait_for_state(id, pb::MessageState::Sent).await;
+    }
+    let mut received = smtp.seen().messages;
+    received.sort_by(|a, b| a.to.cmp(&b.to));
+    assert_eq!(received[0].to, ["alice@example.com"]);
+    assert_eq!(
+        received[0].header("Subject").as_deref(),
+        Some("Hello Alice")
+    );
+    assert!(received[0]
+        .data
+        .contains("Dear Alice (alice), case 42 was opened."));
+    assert_eq!(received[1].to, ["dave@example.com"]);
+    assert!(received[1].data.contains("Dear Dave (dave@example.com)"));
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_sends_once() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let mut request = to_addresses(&["soc@example.com"], "s", "b");
+    request.idempotency_key = "alert-7-notification".into();
+    let first = send(&server, request.clone()).await;
+    let second = send(&server, request.clone()).await;
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.message_ids, second.message_ids);
+    assert_eq!(first.recipients, second.recipients);
+    server
+        .wait_for_state(&first.message_ids[0], pb::MessageState::Sent)
+        .await;
+    let listed = server
+        .notifier(&server.admin_key)
+        .list_messages(pb::ListMessagesRequest {
+            organisation: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.messages.len(), 1);
+    assert_eq!(smtp.seen().messages.len(), 1);
+    // Another organisation's identical key is its own.
+    request.organisation = "other".into();
+    assert!(!send(&server, request).await.duplicate);
+}
+
+#[tokio::test]
+async fn messages_wait_out_an_smtp_outage_and_none_is_lost() {
+    let server = TestServer::start().await;
+    let (port, listener) = held_listener();
+    server.configure_smtp(port).await;
+    let answer = send(
+        &server,
+        to_addresses(&["a@example.com", "b@example.com"], "s", "b"),
+    )
+    .await;
+    for id in &answer.message_ids {
+        let waiting = server.wait_for_state(id, pb::MessageState::Retrying).await;
+        assert_eq!(waiting.attempts, 1);
+        assert!(!waiting.last_error.is_empty());
+        let next = waiting.next_attempt_time.unwrap();
+        let created = waiting.create_time.unwrap();
+        let delay = next.seconds - created.seconds;
+        assert!(
+            (15..=30).contains(&delay),
+            "first retry after 30 s with jitter, got {delay} s"
+        );
+    }
+    let smtp = SmtpServer::start(Options {
+        listener: Some(listener),
+        ..Default::default()
+    });
+    server.advance(Duration::from_secs(31));
+    for id in &answer.message_ids {
+        let sent = server.wait_for_state(id, pb::MessageState::Sent).await;
+        assert_eq!(sent.attempts, 2);
+    }
+    let mut to: Vec<String> = smtp
+        .seen()
+        .messages
+        .into_iter()
+        .flat_map(|m| m.to)
+        .collect();
+    to.sort();
+    assert_eq!(to, ["a@example.com", "b@example.com"]);
+}
+
+#[tokio::test]
+async fn a_5xx_kills_only_its_message_and_retry_message_delivers_it() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let answer = send(
+        &server,
+        to_addresses(&["rejected@example.com", "ok@example.com"], "s", "b"),
+    )
+    .await;
+    let dead = server
+        .wait_for_state(&answer.message_ids[0], pb::MessageState::Dead)
+        .await;
+    assert_eq!(dead.last_smtp_code, 550);
+    assert_eq!(dead.attempts, 1, "a 5xx is not retried");
+    server
+        .wait_for_state(&answer.message_ids[1], pb::MessageState::Sent)
+        .await;
+
+    let mut notifier = server.notifier(&server.admin_key);
+    let status = notifier
+        .retry_message(pb::RetryMessageRequest {
+            id: answer.message_ids[1].clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "only DEAD messages are retried"
+    );
+    smtp.reject(&[]);
+    let requeued = notifier
+        .retry_message(pb::RetryMessageRequest {
+            id: dead.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(requeued.state(), pb::MessageState::Queued);
+    server
+        .wait_for_state(&dead.id, pb::MessageState::Sent)
+        .await;
+    assert!(smtp
+        .seen()
+        .messages
+        .iter()
+        .any(|m| m.to == ["rejected@example.com"]));
+}
+
+#[tokio::test]
+async fn a_cancelled_message_is_never_sent() {
+    let server = TestServer::start().await;
+    let (port, listener) = held_listener();
+    server.configure_smtp(port).await;
+    let answer = send(&server, to_addresses(&["soc@example.com"], "s", "b")).await;
+    let id = answer.message_ids[0].clone();
+    server.wait_for_state(&id, pb::MessageState::Retrying).await;
+    let mut notifier = server.notifier(&server.admin_key);
+    let cancelled = notifier
+        .cancel_message(pb::CancelMessageRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.state(), pb::MessageState::Cancelled);
+    let again = notifier
+        .cancel_message(pb::CancelMessageRequest { id: id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    // The server comes back and time passes: a later message goes, the cancelled one not.
+    let smtp = SmtpServer::start(Options {
+        listener: Some(listener),
+        ..Default::default()
+    });
+    server.advance(Duration::from_secs(3600));
+    let later = send(&server, to_addresses(&["later@example.com"], "s", "b")).await;
+    server
+        .wait_for_state(&later.message_ids[0], pb::MessageState::Sent)
+        .await;
+    let seen = smtp.seen();
+    assert_eq!(seen.messages.len(), 1);
+    assert_eq!(seen.messages[0].to, ["later@example.com"]);
+    assert_eq!(
+        server
+            .wait_for_state(&id, pb::MessageState::Cancelled)
+            .await
+            .attempts,
+        1
+    );
+}
+
+#[tokio::test]
+async fn messages_list_by_organisation_and_state_in_pages() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let answer = send(
+        &server,
+        to_addresses(
+            &[
+                "a@example.com",
+                "b@example.com",
+                "c@example.com",
+                "rejected@example.com",
+            ],
+            "s",
+            "b",
+        ),
+    )
+    .await;
+    server
+        .wait_for_state(&answer.message_ids[3], pb::MessageState::Dead)
+        .await;
+    for id in &answer.message_ids[..3] {
+        server.wait_for_state(id, pb::MessageState::Sent).await;
+    }
+    let mut notifier = server.notifier(&server.admin_key);
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = notifier
+            .list_messages(pb::ListMessagesRequest {
+                organisation: "acme".into(),
+                state: pb::MessageState::Sent.into(),
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.messages.into_iter().map(|m| m.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(ids, answer.message_ids[..3]);
+    let dead = notifier
+        .list_messages(pb::ListMessagesRequest {
+            organisation: "acme".into(),
+            state: pb::MessageState::Dead.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dead.messages.len(), 1);
+    let other = notifier
+        .list_messages(pb::ListMessagesRequest {
+            organisation: "other".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.messages.is_empty());
+}
+
+#[tokio::test]
+async fn a_key_sees_only_its_organisation_s_messages() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let acme = server.create_key("acme", &["manageConfig"]).await;
+    let other = server.create_key("other", &["manageConfig"]).await;
+    let answer = server
+        .notifier(&acme)
+        .send_to_addresses(to_addresses(&["soc@example.com"], "s", "b"))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = answer.message_ids[0].clone();
+    let own = server
+        .notifier(&acme)
+        .get_message(pb::GetMessageRequest { id: id.clone() })
+        .await;
+    assert_eq!(own.unwrap().into_inner().organisation, "acme");
+    let foreign = server
+        .notifier(&other)
+        .get_message(pb::GetMessageRequest { id: id.clone() })
+        .await;
+    assert_eq!(foreign.unwrap_err().code(), Code::NotFound);
+    let cancel = server
+        .notifier(&other)
+        .cancel_message(pb::CancelMessageRequest { id })
+        .await;
+    assert_eq!(cancel.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn queued_bodies_are_encrypted_at_rest() {
+    let server = TestServer::start().await;
+    server.configure_smtp(support::smtp::refused_port()).await;
+    send(
+        &server,
+        to_addresses(&["soc@example.com"], "subject-in-clear", "BODY-SECRET-4711"),
+    )
+    .await;
+    let mut server = server;
+    server.stop().await.unwrap();
+    let bytes = all_bytes(&server.data_dir);
+    assert!(
+        contains(&bytes, "subject-in-clear"),
+        "the outbox record is there"
+    );
+    assert!(!contains(&bytes, "BODY-SECRET-4711"), "the body is sealed");
+}
