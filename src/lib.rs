@@ -12,7 +12,10 @@
 //! - [`auth`]: API keys, permissions, organisation scoping, the per-RPC caller check.
 //! - [`api`]: one gRPC adapter per service (proto ⇄ domain, error ⇄ status); no logic.
 //! - [`settings`]: the SMTP settings, their rules and updates (domain: no tonic, no sled).
-//! - [`mail`]: SMTP: the TLS policy, the pooled lettre transport, the staged test.
+//! - [`notify`]: EmailerToAddr and EmailerToUser, the outbox's messages and their states.
+//! - [`directory`]: the users notifications go to.
+//! - [`mail`]: SMTP: the TLS policy, the pooled lettre transport, the staged test, the
+//!   templates and the delivery workers.
 //! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`).
 //! - [`crypto`]: random secrets, digests, and sealing secrets at rest.
 //! - [`validation`]: field violations, reported one per bad field.

@@ -91,6 +91,12 @@ impl Mailroom {
             args.clock.clone(),
             wake.clone(),
         );
+        if store.exclusive() {
+            let released = notify.release_claims().await?;
+            if released > 0 {
+                tracing::info!(released, "messages claimed before a crash are due again");
+            }
+        }
         Ok(Self {
             args,
             store,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use mailroom::proto::v1 as pb;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use support::smtp::{Options, SmtpServer};
 use support::Bearer;
 use tonic::transport::Endpoint;
 
@@ -88,6 +89,12 @@ impl Process {
             .connect()
             .await
             .unwrap()
+    }
+
+    /// Kills the process with SIGKILL: no shutdown, no flush.
+    fn kill(mut self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM; the exit status and every log line. Async, so that this test's own
@@ -187,6 +194,84 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
         tonic::Code::PermissionDenied,
         "the created key is still known"
     );
+    let (status, log) = second.terminate().await;
+    assert!(status.success(), "{log}");
+}
+
+#[tokio::test]
+async fn acknowledged_mail_survives_sigkill_with_at_most_one_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpServer::start(Options::default());
+    let first = Process::start(dir.path());
+    let admin = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
+    let admin = admin.trim();
+    let channel = first.channel().await;
+    pb::smtp_admin_client::SmtpAdminClient::with_interceptor(channel.clone(), Bearer::new(admin))
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(pb::SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: smtp.addr.port().into(),
+                from: "alerts@example.com".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    let recipients: Vec<String> = (0..60).map(|i| format!("user{i}@example.com")).collect();
+    let mut notifier =
+        pb::notifier_client::NotifierClient::with_interceptor(channel, Bearer::new(admin));
+    let mut ids = Vec::new();
+    for chunk in recipients.chunks(20) {
+        let answer = notifier
+            .send_to_addresses(pb::SendToAddressesRequest {
+                organisation: "acme".into(),
+                to: chunk.to_vec(),
+                subject: "crash test".into(),
+                body: "body".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(answer.message_ids);
+    }
+    drop(notifier);
+    first.kill();
+
+    let second = Process::start(dir.path());
+    let mut notifier = pb::notifier_client::NotifierClient::with_interceptor(
+        second.channel().await,
+        Bearer::new(admin),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in &ids {
+        loop {
+            let message = notifier
+                .get_message(pb::GetMessageRequest { id: id.clone() })
+                .await
+                .expect("every acknowledged message is still there")
+                .into_inner();
+            if message.state() == pb::MessageState::Sent {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{message:?} never sent");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let seen = smtp.seen();
+    for recipient in &recipients {
+        let copies = seen
+            .messages
+            .iter()
+            .filter(|m| m.to == [recipient.clone()])
+            .count();
+        assert!(
+            (1..=2).contains(&copies),
+            "{recipient} received {copies} copies"
+        );
+    }
+    drop(notifier);
     let (status, log) = second.terminate().await;
     assert!(status.success(), "{log}");
 }

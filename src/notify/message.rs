@@ -157,6 +157,13 @@ impl OutboxMessage {
         });
     }
 
+    /// Ends a claim whose holder is known to be gone: the message is due again at `now`.
+    pub fn release(&mut self, now: SystemTime) {
+        if let Some(lease) = &mut self.lease {
+            lease.until = lease.until.min(now);
+        }
+    }
+
     /// Whether `owner` still holds the claim.
     pub fn held_by(&self, owner: &str) -> bool {
         self.state == MessageState::Sending && self.lease.as_ref().is_some_and(|l| l.owner == owner)

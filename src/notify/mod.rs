@@ -413,6 +413,34 @@ impl NotifyService {
         Ok(found)
     }
 
+    /// Makes every claimed message due now: for a store only this process can open, the
+    /// claims found at start belong to a process that died. Returns how many.
+    pub async fn release_claims(&self) -> Result<usize, NotifyError> {
+        let now = self.clock.now();
+        let far = now + std::time::Duration::from_secs(100 * 365 * 86_400);
+        let claimed: Vec<OutboxMessage> = self
+            .store
+            .due_messages(far, usize::MAX)
+            .await?
+            .into_iter()
+            .filter(|m| m.state == MessageState::Sending)
+            .collect();
+        let mut released = 0;
+        for message in claimed {
+            let mut next = message.clone();
+            next.release(now);
+            next.version += 1;
+            if self
+                .store
+                .swap_message(message.version, &next, false)
+                .await?
+            {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+
     /// Requeues a DEAD message.
     pub async fn retry(&self, id: &str, scope: Option<&str>) -> Result<OutboxMessage, NotifyError> {
         let now = self.clock.now();

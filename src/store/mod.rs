@@ -42,6 +42,10 @@ pub type After<'a> = Option<&'a str>;
 /// The persistence the domain needs. Each method is atomic.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Whether only this process can use the store (sled locks its directory): then claims
+    /// found at start belong to a dead process.
+    fn exclusive(&self) -> bool;
+
     /// Answers when the store is reachable (health).
     async fn ping(&self) -> Result<()>;
 

@@ -171,6 +171,10 @@ fn aborted<E: std::fmt::Display>(e: TransactionError<E>) -> StoreError {
 
 #[async_trait]
 impl Store for SledStore {
+    fn exclusive(&self) -> bool {
+        true
+    }
+
     async fn ping(&self) -> Result<()> {
         self.meta.get(SETTINGS_KEY).map_err(unavailable)?;
         Ok(())
