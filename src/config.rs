@@ -43,6 +43,10 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 
+    /// How many tokens one login may be issued per purpose and hour.
+    #[arg(long, env = "MAILROOM_TOKEN_ISSUE_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_issue_limit: u32,
+
     /// The clock the domain asks (tests set a manual one).
     #[arg(skip)]
     pub clock: Clock,

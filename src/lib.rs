@@ -34,6 +34,7 @@ pub mod proto;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod tokens;
 pub mod validation;
 
 pub use server::run;

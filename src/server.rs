@@ -38,6 +38,7 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::settings::SettingsService;
 use crate::store::sled::SledStore;
 use crate::store::Store;
+use crate::tokens::TokenService;
 
 /// The services whose health is reported, besides the server as a whole (`""`).
 pub const SERVICES: [&str; 5] = [
@@ -59,7 +60,9 @@ pub struct Mailroom {
     settings: SettingsService,
     directory: DirectoryService,
     notify: NotifyService,
+    tokens: TokenService,
     wake: Arc<Notify>,
+    sweep: Arc<Notify>,
 }
 
 impl Mailroom {
@@ -91,6 +94,13 @@ impl Mailroom {
             args.clock.clone(),
             wake.clone(),
         );
+        let tokens = TokenService::new(
+            store.clone(),
+            settings.clone(),
+            notify.clone(),
+            args.clock.clone(),
+            args.token_issue_limit,
+        );
         if store.exclusive() {
             let released = notify.release_claims().await?;
             if released > 0 {
@@ -104,8 +114,16 @@ impl Mailroom {
             settings,
             directory,
             notify,
+            tokens,
             wake,
+            sweep: Arc::new(Notify::new()),
         })
+    }
+
+    /// Runs the token sweeper now (it runs hourly): tests that move a manual clock past a
+    /// purge time use it.
+    pub fn sweeper(&self) -> Arc<Notify> {
+        self.sweep.clone()
     }
 
     /// Wakes the delivery workers (as queuing mail does): tests that move a manual clock
@@ -148,6 +166,10 @@ impl Mailroom {
                 .run(stop_watch.clone(), self.args.shutdown_grace)
                 .instrument(tracing::info_span!("delivery")),
         );
+        let sweeper = tokio::spawn(
+            sweep_tokens(self.tokens.clone(), self.sweep.clone(), stop_watch.clone())
+                .instrument(tracing::info_span!("token_sweeper")),
+        );
         let addr = listener.local_addr()?;
         let signal_health = health.clone();
         let drained = async move {
@@ -172,7 +194,10 @@ impl Mailroom {
                 self.auth.clone(),
                 self.settings.clone(),
             )))
-            .add_service(TokenServer::new(TokenApi::new(self.auth.clone())))
+            .add_service(TokenServer::new(TokenApi::new(
+                self.auth.clone(),
+                self.tokens.clone(),
+            )))
             .add_service(NotifierServer::new(NotifierApi::new(
                 self.auth.clone(),
                 self.notify.clone(),
@@ -200,6 +225,7 @@ impl Mailroom {
             }
         };
         monitor.abort();
+        sweeper.abort();
         if tokio::time::timeout(self.args.shutdown_grace, delivery)
             .await
             .is_err()
@@ -296,6 +322,25 @@ async fn monitor_store(
                 ServingStatus::NotServing
             };
             set_health(&health, status).await;
+        }
+    }
+}
+
+/// How often ended tokens are purged.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Purges tokens ended more than a week ago, hourly or when `now` is notified.
+async fn sweep_tokens(tokens: TokenService, now: Arc<Notify>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        match tokens.purge().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "ended tokens purged"),
+            Err(e) => tracing::warn!(error = %e, "token sweep failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            () = now.notified() => {}
+            () = stopped(&mut stopping) => return,
         }
     }
 }

@@ -352,6 +352,67 @@ mod notify {
     }
 }
 
+mod tokens {
+    use super::{timestamp, timestamp_opt};
+    use crate::notify::NoticeKind;
+    use crate::proto::v1 as pb;
+    use crate::tokens::{Purpose, Token, TokenState};
+
+    /// The purpose of a proto enum value; `None` for unspecified or unknown.
+    pub fn purpose(value: i32) -> Option<Purpose> {
+        match pb::TokenPurpose::try_from(value).ok()? {
+            pb::TokenPurpose::Unspecified => None,
+            pb::TokenPurpose::PasswordReset => Some(Purpose::PasswordReset),
+            pb::TokenPurpose::Invitation => Some(Purpose::Invitation),
+        }
+    }
+
+    /// A purpose filter: `Ok(None)` for unspecified (every purpose), `Err` for unknown.
+    pub fn purpose_filter(value: i32) -> Result<Option<Purpose>, &'static str> {
+        match pb::TokenPurpose::try_from(value) {
+            Ok(pb::TokenPurpose::Unspecified) => Ok(None),
+            Ok(_) => Ok(purpose(value)),
+            Err(_) => Err("is not a known TokenPurpose value"),
+        }
+    }
+
+    /// The notice kind of a proto enum value; `None` for unspecified or unknown.
+    pub fn notice_kind(value: i32) -> Option<NoticeKind> {
+        match pb::AccountNoticeKind::try_from(value).ok()? {
+            pb::AccountNoticeKind::Unspecified => None,
+            pb::AccountNoticeKind::PasswordChanged => Some(NoticeKind::PasswordChanged),
+            pb::AccountNoticeKind::PasswordReset => Some(NoticeKind::PasswordReset),
+            pb::AccountNoticeKind::EmailChanged => Some(NoticeKind::EmailChanged),
+        }
+    }
+
+    /// What is told of a token in `state` (its state now).
+    pub fn token_info(t: Token, state: TokenState) -> pb::TokenInfo {
+        let purpose = match t.purpose {
+            Purpose::PasswordReset => pb::TokenPurpose::PasswordReset,
+            Purpose::Invitation => pb::TokenPurpose::Invitation,
+        };
+        let state = match state {
+            TokenState::Active => pb::TokenState::Active,
+            TokenState::Consumed => pb::TokenState::Consumed,
+            TokenState::Expired => pb::TokenState::Expired,
+            TokenState::Revoked => pb::TokenState::Revoked,
+        };
+        pb::TokenInfo {
+            id: t.id,
+            purpose: purpose.into(),
+            login: t.login,
+            email: t.email,
+            organisation: t.organisation,
+            state: state.into(),
+            create_time: Some(timestamp(t.create_time)),
+            expire_time: Some(timestamp(t.expire_time)),
+            consume_time: timestamp_opt(t.consume_time),
+            metadata: t.metadata.into_iter().collect(),
+        }
+    }
+}
+
 mod keys {
     use super::timestamp;
     use crate::auth::ApiKey;
@@ -377,3 +438,4 @@ mod keys {
 
 pub use notify::{body_format, json_object, state_filter};
 pub use settings::{security, security_from, settings};
+pub use tokens::{notice_kind, purpose, purpose_filter, token_info};

@@ -6,7 +6,6 @@ pub mod api_keys;
 pub mod convert;
 pub mod directory;
 pub mod notifier;
-mod pending;
 pub mod smtp_admin;
 pub mod status;
 pub mod token;

@@ -4,7 +4,6 @@
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, Page};
-use super::pending::pending;
 use super::status::invalid;
 use crate::auth::{Authenticator, Permission};
 use crate::mail::template::BodyFormat;
@@ -108,16 +107,23 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::SendAccountNoticeRequest>,
     ) -> Result<Response<pb::SendAccountNoticeResponse>, Status> {
-        let metadata = request.metadata();
-        let organisation = Some(request.get_ref().organisation.as_str());
-        Err(pending(
-            &self.auth,
-            metadata,
-            Permission::ManageUser,
-            organisation,
-            "SendAccountNotice",
-        )
-        .await)
+        let caller = self
+            .auth
+            .authorize(request.metadata(), Permission::ManageUser)
+            .await?;
+        let r = request.into_inner();
+        let organisation = caller.act_for(&r.organisation)?;
+        let message_ids = self
+            .notify
+            .send_account_notice(
+                convert::notice_kind(r.kind),
+                &r.login,
+                organisation,
+                &r.previous_email,
+            )
+            .await?;
+        tracing::info!(messages = message_ids.len(), "account notice queued");
+        Ok(Response::new(pb::SendAccountNoticeResponse { message_ids }))
     }
 
     async fn get_message(

@@ -9,6 +9,7 @@ use crate::directory::DirectoryError;
 use crate::notify::NotifyError;
 use crate::settings::SettingsError;
 use crate::store::StoreError;
+use crate::tokens::TokenError;
 use crate::validation::Violations;
 
 /// The `ErrorInfo` domain of mailroom's errors.
@@ -87,6 +88,7 @@ impl From<NotifyError> for Status {
             NotifyError::Invalid(v) => invalid(&v),
             NotifyError::NotConfigured => Status::failed_precondition(e.to_string()),
             NotifyError::NotFound(_) => Status::not_found(e.to_string()),
+            NotifyError::NoUser(_) => Status::failed_precondition(e.to_string()),
             NotifyError::State(_) => Status::failed_precondition(e.to_string()),
             NotifyError::Crypto(e) => {
                 tracing::error!(error = %e, "sealed value unreadable");
@@ -95,6 +97,40 @@ impl From<NotifyError> for Status {
                 )
             }
             NotifyError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<TokenError> for Status {
+    fn from(e: TokenError) -> Self {
+        let ended = |reason: &str| {
+            Status::with_error_details(
+                Code::FailedPrecondition,
+                e.to_string(),
+                ErrorDetails::with_error_info(
+                    reason,
+                    ERROR_DOMAIN,
+                    std::collections::HashMap::new(),
+                ),
+            )
+        };
+        match &e {
+            TokenError::Invalid(v) => invalid(v),
+            TokenError::NotFound => Status::not_found(e.to_string()),
+            TokenError::Expired => ended("TOKEN_EXPIRED"),
+            TokenError::Consumed => ended("TOKEN_CONSUMED"),
+            TokenError::Revoked => ended("TOKEN_REVOKED"),
+            TokenError::NoAddress(_) => Status::failed_precondition(e.to_string()),
+            TokenError::RateLimited(wait) => Status::with_error_details(
+                Code::ResourceExhausted,
+                e.to_string(),
+                ErrorDetails::with_retry_info(Some(*wait)),
+            ),
+            TokenError::Notify(_) | TokenError::Store(_) => match e {
+                TokenError::Notify(e) => e.into(),
+                TokenError::Store(e) => e.into(),
+                _ => unreachable!("matched above"),
+            },
         }
     }
 }

@@ -87,6 +87,43 @@ impl Templates {
     }
 }
 
+/// A built-in email (reset, invitation, account notices): Handlebars templates for the
+/// subject, the text body and the HTML body.
+pub struct Builtin {
+    /// Subject template.
+    pub subject: &'static str,
+    /// Text body template.
+    pub text: &'static str,
+    /// HTML body template (values escaped).
+    pub html: &'static str,
+}
+
+/// A rendered built-in email.
+pub struct RenderedBuiltin {
+    /// Subject.
+    pub subject: String,
+    /// Text body.
+    pub text: String,
+    /// HTML body.
+    pub html: String,
+}
+
+impl Builtin {
+    /// Renders the three parts over `data`.
+    pub fn render(&self, data: &Value) -> Result<RenderedBuiltin, Violations> {
+        let text = Templates::compile(
+            &[("subject", self.subject), ("body", self.text)],
+            BodyFormat::Text,
+        )?;
+        let html = Templates::compile(&[("body", self.html)], BodyFormat::Html)?;
+        Ok(RenderedBuiltin {
+            subject: text.render("subject", data)?,
+            text: text.render("body", data)?,
+            html: html.render("body", data)?,
+        })
+    }
+}
+
 fn registry() -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     hb.register_helper("tlpLabel", Box::new(tlp_label));

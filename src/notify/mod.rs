@@ -29,8 +29,10 @@ use crate::store::{Store, StoreError};
 use crate::validation::{self, Violations};
 
 pub mod message;
+mod notices;
 
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
+pub use notices::NoticeKind;
 
 /// The purpose a message's content is sealed for.
 pub const CONTENT_PURPOSE: &str = "outbox.content";
@@ -95,6 +97,9 @@ pub enum NotifyError {
     /// SMTP was never configured.
     #[error("SMTP is not configured: set it with UpdateSmtpSettings first")]
     NotConfigured,
+    /// No directory user (with an address) for this login in the organisation.
+    #[error("no user {0:?} with an email address in this organisation")]
+    NoUser(String),
     /// No such message (for this caller).
     #[error("message {0:?} not found")]
     NotFound(String),
@@ -235,6 +240,83 @@ impl NotifyService {
             }
         }
         self.enqueue(&n, messages).await
+    }
+
+    /// TheHive's account-change email to a directory user of `organisation`; an email
+    /// change is told to `previous_email` too. The ids of the queued messages.
+    pub async fn send_account_notice(
+        &self,
+        kind: Option<NoticeKind>,
+        login: &str,
+        organisation: &str,
+        previous_email: &str,
+    ) -> Result<Vec<String>, NotifyError> {
+        let mut v = Violations::new();
+        if kind.is_none() {
+            v.add(
+                "kind",
+                "is required: PASSWORD_CHANGED, PASSWORD_RESET or EMAIL_CHANGED",
+            );
+        }
+        v.check("login", crate::directory::check_login(login));
+        let previous = match (kind, previous_email.is_empty()) {
+            (Some(NoticeKind::EmailChanged), true) => {
+                v.add("previous_email", "is required for EMAIL_CHANGED");
+                None
+            }
+            (_, true) => None,
+            (_, false) => v.check(
+                "previous_email",
+                Address::from_str(previous_email)
+                    .map_err(|e| format!("is not an email address ({e})")),
+            ),
+        };
+        v.into_result(()).map_err(NotifyError::Invalid)?;
+        let kind = kind.expect("checked above");
+        let user = self
+            .store
+            .user(login)
+            .await?
+            .filter(|u| u.belongs_to(organisation))
+            .ok_or_else(|| NotifyError::NoUser(login.to_string()))?;
+        let address = user
+            .address()
+            .ok_or_else(|| NotifyError::NoUser(login.to_string()))?;
+        let settings = self.configured().await?;
+        let now = self.clock.now();
+        let data = serde_json::json!({
+            "name": if user.name.is_empty() { &user.login } else { &user.name },
+            "login": user.login,
+            "time": crate::mail::rfc3339(now),
+            "previous": previous_email,
+            "current": address.to_string(),
+        });
+        let rendered = kind.email().render(&data).map_err(NotifyError::Invalid)?;
+        let mut recipients = vec![address];
+        if kind == NoticeKind::EmailChanged {
+            recipients.extend(previous.filter(|p| !recipients.contains(p)));
+        }
+        let mut messages = Vec::new();
+        for to in recipients {
+            let outgoing = OutgoingEmail {
+                organisation,
+                from: settings.from.mailbox(),
+                to: Mailbox::new(None, to),
+                subject: &rendered.subject,
+                text: &rendered.text,
+                html: Some(&rendered.html),
+            };
+            messages.push(
+                outgoing
+                    .seal(self.settings.master_key(), now)
+                    .map_err(|e| {
+                        NotifyError::Invalid(validation::violation("login", e.to_string()))
+                    })?,
+            );
+        }
+        let ids = messages.iter().map(|m| m.id.clone()).collect();
+        self.enqueue_built(messages).await?;
+        Ok(ids)
     }
 
     /// Queues messages built elsewhere (the token emails and account notices), durably.

@@ -14,6 +14,7 @@ use crate::auth::ApiKey;
 use crate::directory::User;
 use crate::notify::{Idempotency, OutboxMessage};
 use crate::settings::SmtpSettings;
+use crate::tokens::{Purpose, Token};
 
 pub mod sled;
 
@@ -41,7 +42,7 @@ pub type After<'a> = Option<&'a str>;
 
 /// The persistence the domain needs. Each method is atomic.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: TokenStore + Send + Sync + 'static {
     /// Whether only this process can use the store (sled locks its directory): then claims
     /// found at start belong to a dead process.
     fn exclusive(&self) -> bool;
@@ -130,6 +131,47 @@ pub trait Store: Send + Sync + 'static {
         after: After<'_>,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>>;
+}
+
+/// The token operations of a [`Store`]: issue (revoking earlier ones) and consume-once are
+/// atomic; each answers once durable.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Inserts `token`, first revoking the login's tokens of its purpose that are active at
+    /// `now`, in one atomic, durable write. How many it revoked.
+    async fn issue_token(&self, token: &Token, now: SystemTime) -> Result<u32>;
+
+    /// The token whose secret has this digest.
+    async fn token_by_digest(&self, digest: &str) -> Result<Option<Token>>;
+
+    /// Replaces a token if its stored version is still `expected_version` (durable).
+    async fn swap_token(&self, expected_version: u64, token: &Token) -> Result<bool>;
+
+    /// A login's tokens, oldest first.
+    async fn tokens_of(&self, login: &str) -> Result<Vec<Token>>;
+
+    /// Revokes a login's tokens active at `now` (of `purpose`, in `organisation`, when
+    /// given) in one atomic, durable write. How many.
+    async fn revoke_tokens(
+        &self,
+        login: &str,
+        purpose: Option<Purpose>,
+        organisation: Option<&str>,
+        now: SystemTime,
+    ) -> Result<u32>;
+
+    /// Forgets up to `limit` tokens whose [`Token::purge_time`] is past at `now`. How many.
+    async fn purge_tokens(&self, now: SystemTime, limit: usize) -> Result<u32>;
+
+    /// Counts one issue for `key` at `now` unless `limit` happened within `window`; else
+    /// how long until the next is allowed.
+    async fn hit_rate_limit(
+        &self,
+        key: &str,
+        now: SystemTime,
+        window: std::time::Duration,
+        limit: u32,
+    ) -> Result<Option<std::time::Duration>>;
 }
 
 /// Microseconds since the epoch, big-endian: time as a sortable key.

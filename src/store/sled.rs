@@ -13,11 +13,14 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{decode, encode, time_from_key, time_key, After, Result, Store, StoreError};
+use super::{
+    decode, encode, time_from_key, time_key, After, Result, Store, StoreError, TokenStore,
+};
 use crate::auth::ApiKey;
 use crate::directory::User;
 use crate::notify::{Idempotency, OutboxMessage};
 use crate::settings::SmtpSettings;
+use crate::tokens::{Purpose, RateWindow, Token};
 
 const SETTINGS_KEY: &[u8] = b"smtp_settings";
 const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
@@ -91,6 +94,11 @@ pub struct SledStore {
     users: sled::Tree,
     user_organisations: sled::Tree,
     outbox: sled::Tree,
+    tokens: sled::Tree,
+    token_digests: sled::Tree,
+    login_tokens: sled::Tree,
+    token_purge: sled::Tree,
+    rate_limits: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
     flusher: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
 }
@@ -115,6 +123,11 @@ impl SledStore {
             users: tree("users")?,
             user_organisations: tree("user_organisations")?,
             outbox: tree("outbox")?,
+            tokens: tree("tokens")?,
+            token_digests: tree("token_digests")?,
+            login_tokens: tree("login_tokens")?,
+            token_purge: tree("token_purge")?,
+            rate_limits: tree("rate_limits")?,
             enqueue_lock: tokio::sync::Mutex::new(()),
             db,
             flusher,
@@ -471,6 +484,220 @@ impl Store for SledStore {
             }
         }
         Ok(messages)
+    }
+}
+
+type TokenTrees<'a> = (
+    &'a sled::transaction::TransactionalTree,
+    &'a sled::transaction::TransactionalTree,
+);
+
+/// Revokes, inside a transaction, the login's tokens active at `now` that `matches`.
+fn revoke_where(
+    (tokens, login_tokens): TokenTrees<'_>,
+    login: &str,
+    now: SystemTime,
+    matches: impl Fn(&Token) -> bool,
+) -> std::result::Result<(Vec<String>, u32), ConflictableTransactionError<StoreError>> {
+    let ids: Vec<String> = match login_tokens.get(login.as_bytes())? {
+        Some(bytes) => decode(login, &bytes).map_err(ConflictableTransactionError::Abort)?,
+        None => Vec::new(),
+    };
+    let mut revoked = 0;
+    for id in &ids {
+        let Some(bytes) = tokens.get(id.as_bytes())? else {
+            continue;
+        };
+        let mut token: Token = decode(id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+        if matches(&token) && token.revoke(now) {
+            tokens.insert(id.as_bytes(), encode(&token))?;
+            revoked += 1;
+        }
+    }
+    Ok((ids, revoked))
+}
+
+fn purge_key(token: &Token) -> Vec<u8> {
+    let mut k = time_key(token.purge_time()).to_vec();
+    k.extend_from_slice(token.id.as_bytes());
+    k
+}
+
+#[async_trait]
+impl TokenStore for SledStore {
+    async fn issue_token(&self, token: &Token, now: SystemTime) -> Result<u32> {
+        let value = encode(token);
+        let revoked = (
+            &self.tokens,
+            &self.token_digests,
+            &self.login_tokens,
+            &self.token_purge,
+        )
+            .transaction(|(tokens, digests, login_tokens, purge)| {
+                let (mut ids, revoked) =
+                    revoke_where((tokens, login_tokens), &token.login, now, |t| {
+                        t.purpose == token.purpose
+                    })?;
+                ids.push(token.id.clone());
+                login_tokens.insert(token.login.as_bytes(), encode(&ids))?;
+                tokens.insert(token.id.as_bytes(), value.as_slice())?;
+                digests.insert(token.digest.as_bytes(), token.id.as_bytes())?;
+                purge.insert(purge_key(token), &[])?;
+                Ok(revoked)
+            })
+            .map_err(aborted)?;
+        self.durable().await?;
+        Ok(revoked)
+    }
+
+    async fn token_by_digest(&self, digest: &str) -> Result<Option<Token>> {
+        let Some(id) = self
+            .token_digests
+            .get(digest.as_bytes())
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        self.tokens
+            .get(&id)
+            .map_err(unavailable)?
+            .map(|bytes| decode(&String::from_utf8_lossy(&id), &bytes))
+            .transpose()
+    }
+
+    async fn swap_token(&self, expected: u64, token: &Token) -> Result<bool> {
+        let value = encode(token);
+        let swapped = self
+            .tokens
+            .transaction(|tokens| {
+                let Some(stored) = tokens.get(token.id.as_bytes())? else {
+                    return Ok(false);
+                };
+                let stored: Token =
+                    decode(&token.id, &stored).map_err(ConflictableTransactionError::Abort)?;
+                if stored.version != expected {
+                    return Ok(false);
+                }
+                tokens.insert(token.id.as_bytes(), value.as_slice())?;
+                Ok(true)
+            })
+            .map_err(aborted)?;
+        if swapped {
+            self.durable().await?;
+        }
+        Ok(swapped)
+    }
+
+    async fn tokens_of(&self, login: &str) -> Result<Vec<Token>> {
+        let ids: Vec<String> = match self
+            .login_tokens
+            .get(login.as_bytes())
+            .map_err(unavailable)?
+        {
+            Some(bytes) => decode(login, &bytes)?,
+            None => return Ok(Vec::new()),
+        };
+        let mut tokens = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(bytes) = self.tokens.get(id.as_bytes()).map_err(unavailable)? {
+                tokens.push(decode(&id, &bytes)?);
+            }
+        }
+        Ok(tokens)
+    }
+
+    async fn revoke_tokens(
+        &self,
+        login: &str,
+        purpose: Option<Purpose>,
+        organisation: Option<&str>,
+        now: SystemTime,
+    ) -> Result<u32> {
+        let revoked = (&self.tokens, &self.login_tokens)
+            .transaction(|(tokens, login_tokens)| {
+                let (_, revoked) = revoke_where((tokens, login_tokens), login, now, |t| {
+                    purpose.is_none_or(|p| t.purpose == p)
+                        && organisation.is_none_or(|o| t.organisation == o)
+                })?;
+                Ok(revoked)
+            })
+            .map_err(aborted)?;
+        if revoked > 0 {
+            self.durable().await?;
+        }
+        Ok(revoked)
+    }
+
+    async fn purge_tokens(&self, now: SystemTime, limit: usize) -> Result<u32> {
+        let end = time_key(now);
+        let due: Vec<sled::IVec> = self
+            .token_purge
+            .range(..end.as_slice())
+            .take(limit)
+            .map(|entry| entry.map(|(k, _)| k).map_err(unavailable))
+            .collect::<Result<_>>()?;
+        let mut purged = 0;
+        for key in due {
+            let id = String::from_utf8_lossy(&key[8..]).into_owned();
+            (
+                &self.tokens,
+                &self.token_digests,
+                &self.login_tokens,
+                &self.token_purge,
+            )
+                .transaction(|(tokens, digests, login_tokens, purge)| {
+                    purge.remove(&key)?;
+                    let Some(bytes) = tokens.remove(id.as_bytes())? else {
+                        return Ok(());
+                    };
+                    let token: Token =
+                        decode(&id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    digests.remove(token.digest.as_bytes())?;
+                    if let Some(list) = login_tokens.get(token.login.as_bytes())? {
+                        let mut ids: Vec<String> = decode(&token.login, &list)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        ids.retain(|i| *i != id);
+                        if ids.is_empty() {
+                            login_tokens.remove(token.login.as_bytes())?;
+                        } else {
+                            login_tokens.insert(token.login.as_bytes(), encode(&ids))?;
+                        }
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(aborted)?;
+            purged += 1;
+        }
+        if purged > 0 {
+            self.durable().await?;
+        }
+        Ok(purged)
+    }
+
+    async fn hit_rate_limit(
+        &self,
+        key: &str,
+        now: SystemTime,
+        window: std::time::Duration,
+        limit: u32,
+    ) -> Result<Option<std::time::Duration>> {
+        self.rate_limits
+            .transaction(|limits| {
+                let mut hits: RateWindow = match limits.get(key.as_bytes())? {
+                    Some(bytes) => {
+                        decode(key, &bytes).map_err(ConflictableTransactionError::Abort)?
+                    }
+                    None => RateWindow::default(),
+                };
+                match hits.hit(now, window, limit) {
+                    Ok(()) => {
+                        limits.insert(key.as_bytes(), encode(&hits))?;
+                        Ok(None)
+                    }
+                    Err(wait) => Ok(Some(wait)),
+                }
+            })
+            .map_err(aborted)
     }
 }
 

@@ -1,0 +1,443 @@
+//! Password-reset and invitation tokens: issue, verify (never consumes: mail scanners
+//! follow links), consume (exactly once, however many callers race), revoke, list, and the
+//! sweeper that forgets tokens a week after they could last be used.
+//!
+//! Secrets are 256 random bits, URL-safe, prefixed `mrr_` (reset) or `mri_` (invitation),
+//! returned once by [`TokenService::issue`] and stored only as SHA-256. Issue and consume
+//! answer only once their write is durable.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use lettre::Address;
+use zeroize::Zeroizing;
+
+use crate::clock::Clock;
+use crate::crypto;
+use crate::directory::check_login;
+use crate::mail::rfc3339;
+use crate::notify::{NotifyError, NotifyService, OutgoingEmail};
+use crate::settings::{
+    human, SettingsError, SettingsService, DEFAULT_INVITATION, DEFAULT_RESET_PASSWORD,
+};
+use crate::store::{Store, StoreError};
+use crate::validation::{self, Violations};
+
+mod emails;
+mod model;
+
+pub use model::{Purpose, RateWindow, Token, TokenState, KEEP_ENDED};
+
+/// The window of the issue rate limit.
+pub const RATE_WINDOW: Duration = Duration::from_secs(3600);
+/// Most metadata entries on a token.
+const MAX_METADATA: usize = 32;
+
+/// An issue request.
+#[derive(Clone, Debug, Default)]
+pub struct IssueRequest {
+    /// `None` when unspecified or unknown.
+    pub purpose: Option<Purpose>,
+    /// Whose token.
+    pub login: String,
+    /// Where the email goes; the directory's address when empty.
+    pub email: String,
+    /// The login's organisation.
+    pub organisation: String,
+    /// Queue the built-in email.
+    pub send_email: bool,
+    /// Absolute http(s) URL containing `{token}`.
+    pub link_template: String,
+    /// Caller-defined values.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A new token.
+pub struct Issued {
+    /// The secret: only here, once.
+    pub secret: Zeroizing<String>,
+    /// What is stored.
+    pub token: Token,
+    /// The queued email's message id.
+    pub message_id: Option<String>,
+}
+
+/// Errors of the token service.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Bad fields.
+    #[error("invalid request: {0}")]
+    Invalid(Violations),
+    /// Unknown token, or another purpose (or organisation).
+    #[error("no such token")]
+    NotFound,
+    /// The token expired.
+    #[error("the token expired")]
+    Expired,
+    /// The token was used.
+    #[error("the token was already used")]
+    Consumed,
+    /// The token was revoked.
+    #[error("the token was revoked")]
+    Revoked,
+    /// No address for the login.
+    #[error("no email address for login {0:?}: give `email`, or add the user to the directory")]
+    NoAddress(String),
+    /// Too many issues for this login and purpose.
+    #[error("too many tokens issued for this login; retry in {}", human(*.0))]
+    RateLimited(Duration),
+    /// The email could not be queued.
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<SettingsError> for TokenError {
+    fn from(e: SettingsError) -> Self {
+        TokenError::Notify(e.into())
+    }
+}
+
+/// Issues and redeems tokens.
+#[derive(Clone)]
+pub struct TokenService {
+    store: Arc<dyn Store>,
+    settings: SettingsService,
+    notify: NotifyService,
+    clock: Clock,
+    issue_limit: u32,
+}
+
+impl TokenService {
+    /// Tokens in `store`, at most `issue_limit` issues per login and purpose an hour.
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: SettingsService,
+        notify: NotifyService,
+        clock: Clock,
+        issue_limit: u32,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            notify,
+            clock,
+            issue_limit,
+        }
+    }
+
+    /// Issues a token (revoking the login's earlier active ones of its purpose) and, with
+    /// `send_email`, queues its email. `organisation` is the one acted for.
+    pub async fn issue(&self, request: IssueRequest) -> Result<Issued, TokenError> {
+        let (purpose, link) = check_issue(&request).map_err(TokenError::Invalid)?;
+        let limit_key = format!("{}\0{}", purpose.as_str(), request.login);
+        let now = self.clock.now();
+        if let Some(wait) = self
+            .store
+            .hit_rate_limit(&limit_key, now, RATE_WINDOW, self.issue_limit)
+            .await?
+        {
+            return Err(TokenError::RateLimited(wait));
+        }
+        let (address, name) = self.address(&request).await?;
+        let settings = self.settings.get().await?;
+        if request.send_email && settings.is_none() {
+            return Err(NotifyError::NotConfigured.into());
+        }
+        let lifetime = match (&settings, purpose) {
+            (Some(s), Purpose::PasswordReset) => s.reset_password_expiration,
+            (Some(s), Purpose::Invitation) => s.invitation_expiration,
+            (None, Purpose::PasswordReset) => DEFAULT_RESET_PASSWORD,
+            (None, Purpose::Invitation) => DEFAULT_INVITATION,
+        };
+        let secret = crypto::random_secret(purpose.prefix());
+        let token = Token {
+            id: crypto::time_ordered_id("tok_", now),
+            digest: crypto::digest(&secret),
+            purpose,
+            login: request.login.clone(),
+            email: address.to_string(),
+            organisation: request.organisation.clone(),
+            state: TokenState::Active,
+            create_time: now,
+            expire_time: now + lifetime,
+            consume_time: None,
+            revoke_time: None,
+            metadata: request.metadata.clone(),
+            version: 0,
+        };
+        let email = match (&settings, link) {
+            (Some(settings), Some(link)) => {
+                let link = Zeroizing::new(link.replace("{token}", &secret));
+                let data = serde_json::json!({
+                    "name": if name.is_empty() { &request.login } else { &name },
+                    "login": request.login,
+                    "organisation": request.organisation,
+                    "link": *link,
+                    "validity": human(lifetime),
+                    "expires": rfc3339(token.expire_time),
+                });
+                let builtin = match purpose {
+                    Purpose::PasswordReset => &emails::RESET,
+                    Purpose::Invitation => &emails::INVITATION,
+                };
+                let rendered = builtin.render(&data).map_err(TokenError::Invalid)?;
+                let outgoing = OutgoingEmail {
+                    organisation: &request.organisation,
+                    from: settings.from.mailbox(),
+                    to: Mailbox::new((!name.is_empty()).then(|| name.clone()), address.clone()),
+                    subject: &rendered.subject,
+                    text: &rendered.text,
+                    html: Some(&rendered.html),
+                };
+                Some(
+                    outgoing
+                        .seal(self.settings.master_key(), now)
+                        .map_err(|e| {
+                            TokenError::Invalid(validation::violation("email", e.to_string()))
+                        })?,
+                )
+            }
+            _ => None,
+        };
+        // The token is durable before its email is queued: an email never carries a
+        // token that a crash could lose.
+        let revoked = self.store.issue_token(&token, now).await?;
+        let message_id = match email {
+            Some(message) => {
+                let id = message.id.clone();
+                self.notify.enqueue_built(vec![message]).await?;
+                Some(id)
+            }
+            None => None,
+        };
+        tracing::info!(token = %token.id, purpose = %purpose, revoked, emailed = message_id.is_some(), "token issued");
+        Ok(Issued {
+            secret,
+            token,
+            message_id,
+        })
+    }
+
+    /// Where the token's email goes: the request's address, else the directory's.
+    async fn address(&self, request: &IssueRequest) -> Result<(Address, String), TokenError> {
+        if !request.email.is_empty() {
+            let address = Address::from_str(&request.email).map_err(|e| {
+                TokenError::Invalid(validation::violation(
+                    "email",
+                    format!("is not an email address ({e})"),
+                ))
+            })?;
+            let name = self
+                .store
+                .user(&request.login)
+                .await?
+                .map(|u| u.name)
+                .unwrap_or_default();
+            return Ok((address, name));
+        }
+        let user = self
+            .store
+            .user(&request.login)
+            .await?
+            .filter(|u| u.belongs_to(&request.organisation));
+        match user
+            .as_ref()
+            .and_then(|u| u.address().map(|a| (a, u.name.clone())))
+        {
+            Some(found) => Ok(found),
+            None => Err(TokenError::NoAddress(request.login.clone())),
+        }
+    }
+
+    /// What is known of a token; never consumes it.
+    pub async fn verify(
+        &self,
+        secret: &str,
+        purpose: Option<Purpose>,
+        scope: Option<&str>,
+    ) -> Result<Token, TokenError> {
+        let token = self.find(secret, purpose, scope).await?;
+        usable(&token, self.clock.now())?;
+        Ok(token)
+    }
+
+    /// Consumes a token: exactly one caller succeeds, durably.
+    pub async fn consume(
+        &self,
+        secret: &str,
+        purpose: Option<Purpose>,
+        scope: Option<&str>,
+    ) -> Result<Token, TokenError> {
+        loop {
+            let token = self.find(secret, purpose, scope).await?;
+            let now = self.clock.now();
+            usable(&token, now)?;
+            let mut consumed = token.clone();
+            consumed.consume(now);
+            if self.store.swap_token(token.version, &consumed).await? {
+                tracing::info!(token = %consumed.id, purpose = %consumed.purpose, "token consumed");
+                return Ok(consumed);
+            }
+        }
+    }
+
+    async fn find(
+        &self,
+        secret: &str,
+        purpose: Option<Purpose>,
+        scope: Option<&str>,
+    ) -> Result<Token, TokenError> {
+        let mut v = Violations::new();
+        if secret.is_empty() {
+            v.add("token", "is required");
+        }
+        let Some(purpose) = purpose else {
+            v.add(
+                "purpose",
+                "is required: TOKEN_PURPOSE_PASSWORD_RESET or TOKEN_PURPOSE_INVITATION",
+            );
+            return Err(TokenError::Invalid(v));
+        };
+        v.into_result(()).map_err(TokenError::Invalid)?;
+        if !secret.starts_with(purpose.prefix()) {
+            return Err(TokenError::NotFound);
+        }
+        self.store
+            .token_by_digest(&crypto::digest(secret))
+            .await?
+            .filter(|t| t.purpose == purpose)
+            .filter(|t| scope.is_none_or(|org| t.organisation == org))
+            .ok_or(TokenError::NotFound)
+    }
+
+    /// Revokes a login's active tokens (of `purpose` when given). How many.
+    pub async fn revoke(
+        &self,
+        login: &str,
+        purpose: Option<Purpose>,
+        scope: Option<&str>,
+    ) -> Result<u32, TokenError> {
+        check_login(login)
+            .map_err(|why| TokenError::Invalid(validation::violation("login", why)))?;
+        let revoked = self
+            .store
+            .revoke_tokens(login, purpose, scope, self.clock.now())
+            .await?;
+        tracing::info!(revoked, "tokens revoked");
+        Ok(revoked)
+    }
+
+    /// A login's tokens (of `purpose` when given) in id order after `after`.
+    pub async fn list(
+        &self,
+        login: &str,
+        purpose: Option<Purpose>,
+        scope: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Token>, TokenError> {
+        check_login(login)
+            .map_err(|why| TokenError::Invalid(validation::violation("login", why)))?;
+        let mut tokens: Vec<Token> = self
+            .store
+            .tokens_of(login)
+            .await?
+            .into_iter()
+            .filter(|t| purpose.is_none_or(|p| t.purpose == p))
+            .filter(|t| scope.is_none_or(|org| t.organisation == org))
+            .filter(|t| after.is_none_or(|a| t.id.as_str() > a))
+            .collect();
+        tokens.sort_by(|a, b| a.id.cmp(&b.id));
+        tokens.truncate(limit);
+        Ok(tokens)
+    }
+
+    /// The state a token is in now.
+    pub fn state(&self, token: &Token) -> TokenState {
+        token.state_at(self.clock.now())
+    }
+
+    /// Forgets the tokens ended more than a week ago. How many.
+    pub async fn purge(&self) -> Result<u32, TokenError> {
+        let now = self.clock.now();
+        let mut total = 0;
+        loop {
+            let purged = self.store.purge_tokens(now, 1000).await?;
+            total += purged;
+            if purged < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// Whether a token can be used at `now`, else why not.
+fn usable(token: &Token, now: std::time::SystemTime) -> Result<(), TokenError> {
+    match token.state_at(now) {
+        TokenState::Active => Ok(()),
+        TokenState::Expired => Err(TokenError::Expired),
+        TokenState::Consumed => Err(TokenError::Consumed),
+        TokenState::Revoked => Err(TokenError::Revoked),
+    }
+}
+
+/// Checks an issue request: its purpose, and its link when an email is asked for.
+fn check_issue(r: &IssueRequest) -> Result<(Purpose, Option<String>), Violations> {
+    let mut v = Violations::new();
+    if r.purpose.is_none() {
+        v.add(
+            "purpose",
+            "is required: TOKEN_PURPOSE_PASSWORD_RESET or TOKEN_PURPOSE_INVITATION",
+        );
+    }
+    v.check("login", check_login(&r.login));
+    v.check("organisation", validation::text(&r.organisation, true, 100));
+    if !r.email.is_empty() {
+        v.check(
+            "email",
+            Address::from_str(&r.email).map_err(|e| format!("is not an email address ({e})")),
+        );
+    }
+    let link = if r.send_email {
+        v.check("link_template", link_template(&r.link_template))
+            .map(|()| r.link_template.clone())
+    } else {
+        None
+    };
+    if r.metadata.len() > MAX_METADATA {
+        v.add("metadata", format!("at most {MAX_METADATA} entries"));
+    }
+    for (key, value) in &r.metadata {
+        v.check(
+            &format!("metadata[{key}]"),
+            validation::text(key, true, 64).and_then(|()| validation::text(value, false, 1024)),
+        );
+    }
+    let purpose = r.purpose;
+    v.into_result(())?;
+    Ok((purpose.expect("checked above"), link))
+}
+
+/// Checks a link template: an absolute http(s) URL containing `{token}`.
+fn link_template(template: &str) -> Result<(), String> {
+    if template.is_empty() {
+        return Err(
+            "is required with send_email: an absolute http(s) URL containing {token}".into(),
+        );
+    }
+    if !template.contains("{token}") {
+        return Err("must contain {token}, where the token goes".into());
+    }
+    let url = url::Url::parse(&template.replace("{token}", "TOKEN"))
+        .map_err(|e| format!("is not an absolute URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err("must be an http or https URL with a host".into());
+    }
+    Ok(())
+}
