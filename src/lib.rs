@@ -14,6 +14,7 @@
 //! - [`settings`]: the SMTP settings, their rules and updates (domain: no tonic, no sled).
 //! - [`notify`]: EmailerToAddr and EmailerToUser, the outbox's messages and their states.
 //! - [`directory`]: the users notifications go to.
+//! - [`tokens`]: password-reset and invitation tokens and their emails.
 //! - [`mail`]: SMTP: the TLS policy, the pooled lettre transport, the staged test, the
 //!   templates and the delivery workers.
 //! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`).

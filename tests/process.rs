@@ -141,6 +141,28 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
         .await
         .unwrap()
         .into_inner();
+    let mut tokens =
+        pb::token_client::TokenClient::with_interceptor(channel.clone(), Bearer::new(admin));
+    let token = tokens
+        .issue_token(pb::IssueTokenRequest {
+            purpose: pb::TokenPurpose::PasswordReset.into(),
+            login: "alice".into(),
+            email: "alice@example.com".into(),
+            organisation: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    tokens
+        .consume_token(pb::ConsumeTokenRequest {
+            token: token.clone(),
+            purpose: pb::TokenPurpose::PasswordReset.into(),
+        })
+        .await
+        .unwrap();
+    drop(tokens);
     let created = pb::api_keys_client::ApiKeysClient::with_interceptor(channel, Bearer::new(admin))
         .create_api_key(pb::CreateApiKeyRequest {
             name: "cortex".into(),
@@ -161,7 +183,17 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
         log.contains("\"key_id\""),
         "RPC spans carry the key id: {log}"
     );
-    for secret in [PASSWORD, admin, created.secret.as_str()] {
+    assert!(
+        log.contains("token consumed"),
+        "the token RPCs are logged: {log}"
+    );
+    for secret in [
+        PASSWORD,
+        admin,
+        created.secret.as_str(),
+        token.as_str(),
+        &token[4..],
+    ] {
         assert!(!log.contains(secret), "a secret reached the log");
     }
 

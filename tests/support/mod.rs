@@ -29,6 +29,7 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     pub clock: Clock,
     waker: std::sync::Arc<tokio::sync::Notify>,
+    sweeper: std::sync::Arc<tokio::sync::Notify>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _temp: Option<tempfile::TempDir>,
@@ -60,6 +61,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let mailroom = Mailroom::open(args).await.expect("open mailroom");
         let waker = mailroom.delivery_waker();
+        let sweeper = mailroom.sweeper();
         let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))
             .expect("admin.key written on first start")
             .trim()
@@ -74,6 +76,7 @@ impl TestServer {
             data_dir,
             clock,
             waker,
+            sweeper,
             shutdown: Some(tx),
             handle: Some(handle),
             _temp: None,
@@ -109,6 +112,15 @@ impl TestServer {
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
         self.waker.notify_one();
+    }
+
+    /// Runs the token sweeper now.
+    pub fn sweep(&self) {
+        self.sweeper.notify_one();
+    }
+
+    pub fn tokens(&self, key: &str) -> TokenClient {
+        pb::token_client::TokenClient::with_interceptor(self.channel(), Bearer::new(key))
     }
 
     pub fn notifier(&self, key: &str) -> NotifierClient {
@@ -199,6 +211,7 @@ impl Drop for TestServer {
 }
 
 pub type SmtpClient = pb::smtp_admin_client::SmtpAdminClient<InterceptedService<Channel, Bearer>>;
+pub type TokenClient = pb::token_client::TokenClient<InterceptedService<Channel, Bearer>>;
 pub type NotifierClient = pb::notifier_client::NotifierClient<InterceptedService<Channel, Bearer>>;
 pub type DirectoryClient =
     pb::directory_client::DirectoryClient<InterceptedService<Channel, Bearer>>;

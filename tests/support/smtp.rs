@@ -40,6 +40,28 @@ impl Received {
     }
 }
 
+impl Received {
+    /// The decoded text of every text part (`text/plain` and `text/html`), joined.
+    pub fn text(&self) -> String {
+        fn walk(part: &mailparse::ParsedMail<'_>, out: &mut String) {
+            if part.subparts.is_empty() {
+                if part.ctype.mimetype.starts_with("text/") {
+                    out.push_str(&part.get_body().unwrap());
+                    out.push('\n');
+                }
+            } else {
+                for sub in &part.subparts {
+                    walk(sub, out);
+                }
+            }
+        }
+        let parsed = mailparse::parse_mail(self.data.as_bytes()).unwrap();
+        let mut out = String::new();
+        walk(&parsed, &mut out);
+        out
+    }
+}
+
 /// A test CA and a server certificate it signed for `localhost` and 127.0.0.1.
 pub struct Pki {
     pub ca_pem: String,
