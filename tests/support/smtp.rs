@@ -210,7 +210,12 @@ impl SmtpServer {
             data: Vec::new(),
         };
         let mut server = Server::new(handler);
-        server.with_name("mx.test").with_tcp_listener(listener);
+        // A thread per connection: mailroom pools connections and keeps them open, and a
+        // killed client's connections hold theirs until the socket closes.
+        server
+            .with_name("mx.test")
+            .with_num_threads(32)
+            .with_tcp_listener(listener);
         let mut files = None;
         if let Some(pki) = &options.starttls {
             let dir = tempfile::tempdir().unwrap();
