@@ -244,7 +244,10 @@ async fn acknowledged_mail_survives_sigkill_with_at_most_one_duplicate() {
                 host: "127.0.0.1".into(),
                 port: smtp.addr.port().into(),
                 from: "alerts@example.com".into(),
-                timeout: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+                timeout: Some(prost_types::Duration {
+                    seconds: 2,
+                    nanos: 0,
+                }),
                 ..Default::default()
             }),
             update_mask: None,
