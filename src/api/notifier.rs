@@ -30,6 +30,29 @@ fn format(value: i32) -> Result<BodyFormat, Status> {
         .ok_or_else(|| invalid(&violation("format", "is not a known BodyFormat value")))
 }
 
+/// What both notifiers' requests share: from, subject, body, format, context and key.
+type Parts = (
+    String,
+    String,
+    String,
+    i32,
+    Option<prost_types::Struct>,
+    String,
+);
+
+fn notification(organisation: String, parts: Parts) -> Result<Notification, Status> {
+    let (from, subject, body, body_format, context, idempotency_key) = parts;
+    Ok(Notification {
+        organisation,
+        from,
+        subject,
+        body,
+        format: format(body_format)?,
+        context: convert::json_object(context),
+        idempotency_key,
+    })
+}
+
 fn message_id(id: &str) -> Result<&str, Status> {
     if id.is_empty() {
         return Err(invalid(&violation("id", "is required")));
@@ -58,15 +81,16 @@ impl Notifier for NotifierApi {
             .authorize(request.metadata(), Permission::ManageConfig)
             .await?;
         let r = request.into_inner();
-        let notification = Notification {
-            organisation: caller.act_for(&r.organisation)?.to_string(),
-            from: r.from,
-            subject: r.subject,
-            body: r.body,
-            format: format(r.format)?,
-            context: convert::json_object(r.context),
-            idempotency_key: r.idempotency_key,
-        };
+        let organisation = caller.act_for(&r.organisation)?.to_string();
+        let parts = (
+            r.from,
+            r.subject,
+            r.body,
+            r.format,
+            r.context,
+            r.idempotency_key,
+        );
+        let notification = notification(organisation, parts)?;
         let queued = self.notify.send_to_addresses(notification, r.to).await?;
         tracing::info!(
             recipients = queued.recipients,
@@ -85,16 +109,19 @@ impl Notifier for NotifierApi {
             .authorize(request.metadata(), Permission::ManageConfig)
             .await?;
         let r = request.into_inner();
-        let notification = Notification {
-            organisation: caller.act_for(&r.organisation)?.to_string(),
-            from: r.from,
-            subject: r.subject,
-            body: r.body,
-            format: format(r.format)?,
-            context: convert::json_object(r.context),
-            idempotency_key: r.idempotency_key,
-        };
-        let queued = self.notify.send_to_users(notification).await?;
+        let organisation = caller.act_for(&r.organisation)?.to_string();
+        let parts = (
+            r.from,
+            r.subject,
+            r.body,
+            r.format,
+            r.context,
+            r.idempotency_key,
+        );
+        let queued = self
+            .notify
+            .send_to_users(notification(organisation, parts)?)
+            .await?;
         tracing::info!(
             recipients = queued.recipients,
             duplicate = queued.duplicate,
