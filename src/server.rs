@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -207,7 +207,10 @@ impl Mailroom {
                 self.directory.clone(),
             )))
             .add_service(ApiKeysServer::new(ApiKeysApi::new(self.auth.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained);
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                drained,
+            );
         tracing::info!(%addr, data_dir = %self.args.data_dir.display(), "serving gRPC");
 
         tokio::pin!(server);
@@ -274,8 +277,10 @@ pub async fn shutdown_signal() {
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

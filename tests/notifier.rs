@@ -623,3 +623,56 @@ async fn queued_bodies_are_encrypted_at_rest() {
     );
     assert!(!contains(&bytes, "BODY-SECRET-4711"), "the body is sealed");
 }
+
+#[tokio::test]
+async fn delivery_uses_starttls_and_auth_and_follows_a_settings_change() {
+    use std::sync::Arc;
+    use support::smtp::Pki;
+    let server = TestServer::start().await;
+    let pki = Arc::new(Pki::new());
+    let secure = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        credentials: Some(("relay".into(), "relay-password".into())),
+        ..Default::default()
+    });
+    server
+        .smtp(&server.admin_key)
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(pb::SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: secure.addr.port().into(),
+                from: "thehive@example.com".into(),
+                security: pb::ConnectionSecurity::Starttls.into(),
+                username: "relay".into(),
+                password: "relay-password".into(),
+                tls: Some(pb::TlsSettings {
+                    ca_certificates_pem: pki.ca_pem.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    let first = send(
+        &server,
+        to_addresses(&["a@example.com", "b@example.com"], "s", "b"),
+    )
+    .await;
+    for id in &first.message_ids {
+        server.wait_for_state(id, pb::MessageState::Sent).await;
+    }
+    assert_eq!(secure.seen().messages.len(), 2);
+    assert!(secure.seen().auth.iter().all(|(user, _)| user == "relay"));
+
+    // The senders reconnect to the new relay once the settings change.
+    let plain = SmtpServer::start(Options::default());
+    server.configure_smtp(plain.addr.port()).await;
+    let second = send(&server, to_addresses(&["c@example.com"], "s", "b")).await;
+    server
+        .wait_for_state(&second.message_ids[0], pb::MessageState::Sent)
+        .await;
+    assert_eq!(plain.seen().messages.len(), 1);
+    assert_eq!(secure.seen().messages.len(), 2);
+}

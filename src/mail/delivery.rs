@@ -1,22 +1,25 @@
-//! The delivery workers: claim due messages of the outbox with a lease, send each through
-//! the one pooled transport (rebuilt when the settings change), and record the outcome.
+//! The delivery workers: a dispatcher claims due messages of the outbox with a lease and
+//! hands them to `workers` senders, each keeping one SMTP connection open for the next
+//! message (reopened when the settings change, when it fails, or after it idled), and
+//! records each outcome.
 //!
-//! One dispatcher claims messages while fewer than `workers` sends are in flight, so one
-//! slow or bad message never holds up the others. It sleeps until the next message is due
-//! or new mail is queued (a wake-up, not polling). A claim is a lease longer than the
-//! longest send: if this process dies, the messages it held come back when their leases
-//! expire, and at most the message whose 250 was not yet recorded is sent twice.
+//! One slow or bad message holds up only its own sender. The dispatcher sleeps until the
+//! next message is due or new mail is queued (a wake-up, not polling). A claim is a lease
+//! longer than the longest send: if this process dies, the messages it held come back when
+//! their leases expire, and at most the message whose 250 was not yet recorded is sent
+//! twice.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
-use lettre::{Address, AsyncTransport};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::Address;
 use rand::Rng;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
 
-use super::transport::{self, Transport};
+use super::connection::{self, Failed, Stage, Stages};
 use crate::clock::Clock;
 use crate::crypto;
 use crate::notify::{Attempt, OutboxMessage, CONTENT_PURPOSE};
@@ -25,8 +28,10 @@ use crate::store::Store;
 
 /// Longest sleep of an idle dispatcher (a backstop against clock jumps).
 const MAX_IDLE: Duration = Duration::from_secs(30);
-/// Pause after a store or setup failure.
+/// Pause after a store failure.
 const FAILURE_PAUSE: Duration = Duration::from_secs(1);
+/// A connection idle longer is closed rather than reused: servers drop idle clients.
+const MAX_CONNECTION_IDLE: Duration = Duration::from_secs(30);
 
 /// The delivery workers of one process.
 pub struct Delivery {
@@ -36,6 +41,9 @@ pub struct Delivery {
     wake: Arc<Notify>,
     workers: usize,
 }
+
+/// A claimed message and the settings to send it with.
+type Job = (OutboxMessage, Arc<SmtpSettings>);
 
 impl Delivery {
     /// Workers sending at most `workers` messages at once, woken by `wake`.
@@ -55,91 +63,75 @@ impl Delivery {
         }
     }
 
-    /// Delivers until `stopping` turns true, then waits (at most `grace`) for the sends in
-    /// flight.
+    /// Delivers until `stopping` turns true, then lets the senders finish what they hold
+    /// (at most `grace`).
     pub async fn run(self, mut stopping: watch::Receiver<bool>, grace: Duration) {
-        let permits = Arc::new(Semaphore::new(self.workers));
-        let mut current: Option<(u64, Transport)> = None;
-        'dispatch: while !*stopping.borrow() {
+        let (jobs, queue) = job_queue(self.workers);
+        let senders: Vec<_> = (0..self.workers)
+            .map(|n| {
+                let sender = Sender {
+                    store: self.store.clone(),
+                    settings: self.settings.clone(),
+                    clock: self.clock.clone(),
+                    connection: None,
+                };
+                tokio::spawn(
+                    sender
+                        .run(queue.clone())
+                        .instrument(tracing::info_span!("sender", n)),
+                )
+            })
+            .collect();
+        drop(queue);
+        self.dispatch(&jobs, &mut stopping).await;
+        drop(jobs);
+        let all = join_all(senders);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                "sends still in flight after the grace period; their leases will bring them back"
+            );
+        }
+    }
+
+    async fn dispatch(&self, jobs: &mpsc::Sender<Job>, stopping: &mut watch::Receiver<bool>) {
+        while !*stopping.borrow() {
             let settings = match self.settings.get().await {
-                Ok(Some(settings)) => settings,
+                Ok(Some(settings)) => Arc::new(settings),
                 Ok(None) => {
-                    self.idle(MAX_IDLE, &mut stopping).await;
+                    self.idle(MAX_IDLE, stopping).await;
                     continue;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the SMTP settings");
-                    self.idle(FAILURE_PAUSE, &mut stopping).await;
+                    self.idle(FAILURE_PAUSE, stopping).await;
                     continue;
                 }
-            };
-            if current
-                .as_ref()
-                .is_none_or(|(revision, _)| *revision != settings.revision)
-            {
-                match transport::build(&settings, self.settings.master_key(), self.workers as u32) {
-                    Ok(t) => {
-                        tracing::info!(etag = %settings.etag(), host = %settings.host, "SMTP transport built");
-                        current = Some((settings.revision, t));
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot build the SMTP transport");
-                        self.idle(MAX_IDLE, &mut stopping).await;
-                        continue;
-                    }
-                }
-            }
-            let Some((_, transport)) = &current else {
-                continue;
             };
             let now = self.clock.now();
             let due = match self.store.due_messages(now, self.workers * 4).await {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the outbox");
-                    self.idle(FAILURE_PAUSE, &mut stopping).await;
+                    self.idle(FAILURE_PAUSE, stopping).await;
                     continue;
                 }
             };
             if due.is_empty() {
                 let next = self.store.next_due().await.ok().flatten();
                 let wait = next.map_or(MAX_IDLE, |t| t.duration_since(now).unwrap_or_default());
-                self.idle(wait.min(MAX_IDLE), &mut stopping).await;
+                self.idle(wait.min(MAX_IDLE), stopping).await;
                 continue;
             }
             for message in due {
-                let permit = tokio::select! {
-                    permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                    () = stopped(&mut stopping) => break 'dispatch,
+                let slot = tokio::select! {
+                    slot = jobs.reserve() => slot,
+                    () = stopped(stopping) => return,
                 };
-                let Some(claimed) = self.claim(message, &settings).await else {
-                    continue;
-                };
-                let send = Send {
-                    store: self.store.clone(),
-                    settings: self.settings.clone(),
-                    clock: self.clock.clone(),
-                    transport: transport.clone(),
-                    bound: send_bound(&settings),
-                };
-                let span = tracing::info_span!("deliver", message = %claimed.id, organisation = %claimed.organisation, attempt = claimed.attempts);
-                tokio::spawn(
-                    async move {
-                        send.deliver(claimed).await;
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
+                let Ok(slot) = slot else { return };
+                if let Some(claimed) = self.claim(message, &settings).await {
+                    slot.send((claimed, settings.clone()));
+                }
             }
-        }
-        let in_flight = u32::try_from(self.workers).unwrap_or(u32::MAX);
-        if tokio::time::timeout(grace, permits.acquire_many(in_flight))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "sends still in flight after the grace period; their leases will bring them back"
-            );
         }
     }
 
@@ -154,11 +146,8 @@ impl Delivery {
             return None;
         }
         let mut claimed = message.clone();
-        claimed.claim(
-            &crypto::random_id("lease_"),
-            now,
-            send_bound(settings) + Duration::from_secs(60),
-        );
+        let lease = send_bound(settings) + Duration::from_secs(60);
+        claimed.claim(&crypto::random_id("lease_"), now, lease);
         claimed.version += 1;
         match self
             .store
@@ -183,6 +172,23 @@ impl Delivery {
     }
 }
 
+/// A bounded queue of jobs that several senders take from.
+fn job_queue(
+    capacity: usize,
+) -> (
+    mpsc::Sender<Job>,
+    Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+}
+
+async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
 /// The longest one send may take: every SMTP step is bounded by `timeout`, and a send is
 /// at most a handful of them.
 fn send_bound(settings: &SmtpSettings) -> Duration {
@@ -193,31 +199,41 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|s| *s).await;
 }
 
-/// One send and the record of its outcome.
-struct Send {
+/// An open connection, and what it was opened with.
+struct Open {
+    revision: u64,
+    connection: AsyncSmtpConnection,
+    last_used: Instant,
+}
+
+/// One sender: takes jobs, keeps a connection.
+struct Sender {
     store: Arc<dyn Store>,
     settings: SettingsService,
     clock: Clock,
-    transport: Transport,
-    bound: Duration,
+    connection: Option<Open>,
 }
 
-impl Send {
-    async fn deliver(self, message: OutboxMessage) {
-        let attempt = self.attempt(&message).await;
-        match &attempt {
-            Attempt::Sent => tracing::info!("sent"),
-            Attempt::Permanent { code, error } => {
-                tracing::warn!(smtp_code = ?code, %error, "refused for good")
-            }
-            Attempt::Transient { code, error } => {
-                tracing::info!(smtp_code = ?code, %error, "failed, will retry")
-            }
+impl Sender {
+    async fn run(mut self, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+        loop {
+            let job = queue.lock().await.recv().await;
+            let Some((message, settings)) = job else {
+                break;
+            };
+            let span = tracing::info_span!("deliver", message = %message.id, organisation = %message.organisation, attempt = message.attempts);
+            let attempt = self
+                .attempt(&message, &settings)
+                .instrument(span.clone())
+                .await;
+            self.record(&message, attempt).instrument(span).await;
         }
-        self.record(&message, attempt).await;
+        if let Some(mut open) = self.connection.take() {
+            let _ = open.connection.quit().await;
+        }
     }
 
-    async fn attempt(&self, message: &OutboxMessage) -> Attempt {
+    async fn attempt(&mut self, message: &OutboxMessage, settings: &SmtpSettings) -> Attempt {
         let content = match self
             .settings
             .master_key()
@@ -235,31 +251,91 @@ impl Send {
             Ok(envelope) => envelope,
             Err(error) => return Attempt::Permanent { code: None, error },
         };
-        match tokio::time::timeout(self.bound, self.transport.send_raw(&envelope, &content)).await {
-            Ok(Ok(_)) => Attempt::Sent,
-            Ok(Err(e)) => {
-                let code = e.status().map(u16::from);
-                if e.is_permanent() {
-                    Attempt::Permanent {
-                        code,
-                        error: e.to_string(),
-                    }
-                } else {
-                    Attempt::Transient {
-                        code,
-                        error: e.to_string(),
-                    }
+        let bound = send_bound(settings);
+        match tokio::time::timeout(bound, self.send(settings, &envelope, &content)).await {
+            Ok(attempt) => attempt,
+            Err(_) => {
+                self.connection = None;
+                Attempt::Transient {
+                    code: None,
+                    error: format!("no answer within {}", human(bound)),
                 }
             }
-            Err(_) => Attempt::Transient {
-                code: None,
-                error: format!("no answer within {}", human(self.bound)),
-            },
         }
     }
 
-    /// Records the outcome, if this worker still holds the claim.
+    /// Sends over the open connection, or a new one. A reused connection that fails before
+    /// the server answered is retried once on a fresh one (servers close idle clients).
+    async fn send(
+        &mut self,
+        settings: &SmtpSettings,
+        envelope: &Envelope,
+        content: &[u8],
+    ) -> Attempt {
+        for fresh in [false, true] {
+            let reusable = self.connection.as_ref().is_some_and(|open| {
+                open.revision == settings.revision
+                    && !open.connection.has_broken()
+                    && open.last_used.elapsed() < MAX_CONNECTION_IDLE
+            });
+            if fresh || !reusable {
+                if let Some(mut stale) = self.connection.take() {
+                    let _ = stale.connection.quit().await;
+                }
+                let mut failure = LastFailure::default();
+                match connection::open(settings, self.settings.master_key(), &mut failure).await {
+                    Ok(connection) => {
+                        self.connection = Some(Open {
+                            revision: settings.revision,
+                            connection,
+                            last_used: Instant::now(),
+                        });
+                    }
+                    // Connecting is the relay's or the settings' problem, not the message's:
+                    // retried whatever the code.
+                    Err(Failed) => return failure.transient(),
+                }
+            }
+            let open = self.connection.as_mut().expect("opened above");
+            let result = open.connection.send(envelope, content).await;
+            open.last_used = Instant::now();
+            match result {
+                Ok(_) => return Attempt::Sent,
+                Err(e) => {
+                    self.connection = None;
+                    let code = e.status().map(u16::from);
+                    if !fresh && reusable && code.is_none() {
+                        tracing::debug!(error = %e, "reused connection failed; retrying on a new one");
+                        continue;
+                    }
+                    return if e.is_permanent() {
+                        Attempt::Permanent {
+                            code,
+                            error: e.to_string(),
+                        }
+                    } else {
+                        Attempt::Transient {
+                            code,
+                            error: e.to_string(),
+                        }
+                    };
+                }
+            }
+        }
+        unreachable!("the second pass always returns")
+    }
+
+    /// Records the outcome, if this sender's claim still holds.
     async fn record(&self, claimed: &OutboxMessage, attempt: Attempt) {
+        match &attempt {
+            Attempt::Sent => tracing::info!("sent"),
+            Attempt::Permanent { code, error } => {
+                tracing::warn!(smtp_code = ?code, %error, "refused for good")
+            }
+            Attempt::Transient { code, error } => {
+                tracing::info!(smtp_code = ?code, %error, "failed, will retry")
+            }
+        }
         let owner = claimed
             .lease
             .as_ref()
@@ -291,6 +367,38 @@ impl Send {
                 }
             }
         }
+    }
+}
+
+/// The failing stage of a connection attempt.
+#[derive(Default)]
+struct LastFailure {
+    stage: Option<Stage>,
+    code: Option<u16>,
+    detail: String,
+}
+
+impl LastFailure {
+    fn transient(self) -> Attempt {
+        let stage = self.stage.map_or_else(String::new, |s| format!("{s}: "));
+        Attempt::Transient {
+            code: self.code,
+            error: format!("{stage}{}", self.detail),
+        }
+    }
+}
+
+impl Stages for LastFailure {
+    fn begin(&mut self, stage: Stage) {
+        self.stage = Some(stage);
+    }
+
+    fn pass(&mut self, _smtp_code: Option<u16>, _detail: String) {}
+
+    fn fail(&mut self, smtp_code: Option<u16>, detail: String) -> Failed {
+        self.code = smtp_code;
+        self.detail = detail;
+        Failed
     }
 }
 

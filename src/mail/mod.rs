@@ -1,16 +1,17 @@
-//! Mail: everything that speaks SMTP. [`transport`] builds the pooled lettre transport from
-//! the settings; [`probe`] runs `TestSmtpSettings`, stage by stage; [`tls`] is the TLS policy
-//! both use.
+//! Mail: everything that speaks SMTP. [`connection`] opens a lettre connection from the
+//! settings, stage by stage, with the TLS policy of [`tls`]; [`probe`] runs
+//! `TestSmtpSettings` over one; [`delivery`] keeps one per sender to deliver the outbox;
+//! [`template`] renders notifications.
 
 use std::time::SystemTime;
 
 use crate::crypto::CryptoError;
 
+pub mod connection;
 pub mod delivery;
 pub mod probe;
 pub mod template;
 pub mod tls;
-pub mod transport;
 
 /// Errors of building a connection from the settings.
 #[derive(Debug, thiserror::Error)]

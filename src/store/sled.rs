@@ -374,13 +374,18 @@ impl Store for SledStore {
         messages: &[OutboxMessage],
         idempotency: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>> {
-        // Serialises the check of a key with its write (sled serves one process).
-        let _guard = self.enqueue_lock.lock().await;
-        if let Some(k) = idempotency {
-            if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
-                return Ok(Some(first));
+        // Serialises the check of a key with its write (sled serves one process); the
+        // wait for durability happens after, so that concurrent batches share a flush.
+        let guard = match idempotency {
+            Some(k) => {
+                let guard = self.enqueue_lock.lock().await;
+                if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
+                    return Ok(Some(first));
+                }
+                Some(guard)
             }
-        }
+            None => None,
+        };
         let mut batch = sled::Batch::default();
         for message in messages {
             batch.insert(message_key(&message.id), encode(message));
@@ -393,6 +398,7 @@ impl Store for SledStore {
             batch.insert(idempotency_key(&k.organisation, &k.key), encode(k));
         }
         self.outbox.apply_batch(batch).map_err(unavailable)?;
+        drop(guard);
         self.durable().await?;
         Ok(None)
     }

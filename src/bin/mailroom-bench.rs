@@ -1,0 +1,810 @@
+//! `mailroom-bench`: measures mailroom against ceilings taken in the same run on the same
+//! machine, and rewrites `docs/BENCHMARKS.md`.
+//!
+//! It starts the release `mailroom` binary (beside this one) on a temporary data directory
+//! and drives it with one tonic client. Every figure is a ratio to its ceiling:
+//! - RPC cost: each RPC against `grpc.health.v1.Health/Check`, the floor cost of a tonic RPC
+//!   on the same server and client, at 1, 16 and 64 requests in flight;
+//! - delivery: messages per second to Postfix's `smtp-sink` against Postfix's own
+//!   `smtp-source` into the same sink over as many connections;
+//! - scale: `VerifyToken` with few and many stored tokens, `SendToUsers` to 100,000 users,
+//!   idle memory, and start-up time on a large store.
+//!
+//! Run it with `scripts/bench` (installs Postfix's tools when missing).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use mailroom::proto::v1 as pb;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Request;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Measures mailroom and rewrites docs/BENCHMARKS.md.
+#[derive(Parser, Debug)]
+#[command(name = "mailroom-bench")]
+struct Args {
+    /// Where the report goes.
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    out: PathBuf,
+    /// Seconds each RPC load runs.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Stored tokens for the large-store figures.
+    #[arg(long, default_value_t = 1_000_000)]
+    tokens: usize,
+    /// Users of the SendToUsers figure.
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Messages of the delivery figure.
+    #[arg(long, default_value_t = 5_000)]
+    messages: usize,
+    /// SMTP connections of the delivery figure (mailroom's --workers, smtp-source's -s).
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Run only these sections (rpc, delivery, scale); all when empty.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Postfix's tools.
+    #[arg(long, default_value = "/usr/sbin")]
+    postfix_bin: PathBuf,
+}
+
+/// A running mailroom.
+struct Server {
+    child: Child,
+    key: String,
+    channel: Channel,
+}
+
+impl Server {
+    async fn start(
+        binary: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<(Self, Duration)> {
+        let started = Instant::now();
+        let mut child = Command::new(binary)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--token-issue-limit",
+                "1000000000",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn,mailroom::server=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = BufReader::new(tokio::process::ChildStderr::from_std(stderr)?).lines();
+        let addr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
+                .await
+                .context("mailroom did not start")??
+                .context("mailroom exited")?;
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["message"] == "serving gRPC" {
+                break event["addr"].as_str().unwrap_or_default().to_string();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let mut health = HealthClient::new(channel.clone());
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if status.is_ok_and(|s| s.into_inner().status == 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let up = started.elapsed();
+        let key = std::fs::read_to_string(data_dir.join("admin.key"))?
+            .trim()
+            .to_string();
+        Ok((
+            Self {
+                child,
+                key,
+                channel,
+            },
+            up,
+        ))
+    }
+
+    fn bearer(&self) -> Bearer {
+        Bearer(format!("Bearer {}", self.key).parse().expect("ascii key"))
+    }
+
+    fn tokens(&self) -> pb::token_client::TokenClient<InterceptedService<Channel, Bearer>> {
+        pb::token_client::TokenClient::with_interceptor(self.channel.clone(), self.bearer())
+    }
+
+    fn smtp(&self) -> pb::smtp_admin_client::SmtpAdminClient<InterceptedService<Channel, Bearer>> {
+        pb::smtp_admin_client::SmtpAdminClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer(),
+        )
+    }
+
+    fn notifier(&self) -> pb::notifier_client::NotifierClient<InterceptedService<Channel, Bearer>> {
+        pb::notifier_client::NotifierClient::with_interceptor(self.channel.clone(), self.bearer())
+    }
+
+    fn directory(
+        &self,
+    ) -> pb::directory_client::DirectoryClient<InterceptedService<Channel, Bearer>> {
+        pb::directory_client::DirectoryClient::with_interceptor(self.channel.clone(), self.bearer())
+    }
+
+    /// Resident memory now and at its peak, in MiB (from /proc).
+    fn memory(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    async fn configure_smtp(&self, port: u16) -> anyhow::Result<()> {
+        self.smtp()
+            .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+                settings: Some(pb::SmtpSettings {
+                    host: "127.0.0.1".into(),
+                    port: port.into(),
+                    from: "bench@example.com".into(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn stop(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// What one load measured.
+#[derive(Clone, Copy, Debug)]
+struct Stats {
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Runs `call(i)` from `concurrency` tasks for `duration` (or until a call says stop),
+/// returning throughput and latency percentiles.
+async fn load<F, Fut>(concurrency: usize, duration: Duration, call: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<bool>> + Send,
+{
+    let call = Arc::new(call);
+    let next = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (call, next, latencies) = (call.clone(), next.clone(), latencies.clone());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    match call(i).await {
+                        Ok(true) => mine.push(t.elapsed()),
+                        Ok(false) => break,
+                        Err(e) => panic!("request failed: {e:#}"),
+                    }
+                }
+                latencies.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("load task");
+    }
+    let elapsed = started.elapsed();
+    let mut all = std::mem::take(&mut *latencies.lock().unwrap());
+    all.sort();
+    let at = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        throughput: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// The report, in Markdown.
+#[derive(Default)]
+struct Report {
+    sections: Vec<String>,
+}
+
+impl Report {
+    fn section(&mut self, text: String) {
+        println!("{text}");
+        self.sections.push(text);
+    }
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores ({cpu}), {mem:.0} GiB")
+}
+
+/// Issues `count` tokens at 64 in flight; their secrets.
+async fn issue_tokens(server: &Server, count: usize, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let secrets = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, secrets, next, prefix) = (
+                server.tokens(),
+                secrets.clone(),
+                next.clone(),
+                prefix.to_string(),
+            );
+            tokio::spawn(async move {
+                let mut client = client;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let token = client
+                        .issue_token(issue(&format!("{prefix}{i}")))
+                        .await?
+                        .into_inner()
+                        .token;
+                    secrets.lock().unwrap().push(token);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let secrets = std::mem::take(&mut *secrets.lock().unwrap());
+    Ok(secrets)
+}
+
+fn issue(login: &str) -> pb::IssueTokenRequest {
+    pb::IssueTokenRequest {
+        purpose: pb::TokenPurpose::PasswordReset.into(),
+        login: login.into(),
+        email: "bench@example.com".into(),
+        organisation: "bench".into(),
+        ..Default::default()
+    }
+}
+
+/// A port nobody listens on.
+fn refused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    // Deliveries fail fast and back off: this section measures the RPCs, not delivery.
+    server.configure_smtp(refused_port()).await?;
+    let duration = Duration::from_secs(args.seconds);
+    let verify_token = issue_tokens(&server, 1, "verify").await?.remove(0);
+    let consumable = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut rows = Vec::new();
+    for concurrency in [1usize, 16, 64] {
+        let health = HealthClient::new(server.channel.clone());
+        let floor = load(concurrency, duration, move |_| {
+            let mut c = health.clone();
+            async move {
+                c.check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?;
+                Ok(true)
+            }
+        })
+        .await;
+        rows.push((
+            "grpc.health.v1.Health/Check",
+            concurrency,
+            floor,
+            floor,
+            None,
+        ));
+
+        let client = server.tokens();
+        let token = verify_token.clone();
+        let stats = load(concurrency, duration, move |_| {
+            let (mut c, token) = (client.clone(), token.clone());
+            async move {
+                c.verify_token(pb::VerifyTokenRequest {
+                    token,
+                    purpose: pb::TokenPurpose::PasswordReset.into(),
+                })
+                .await?;
+                Ok(true)
+            }
+        })
+        .await;
+        rows.push(("VerifyToken", concurrency, stats, floor, Some(0.8)));
+
+        let smtp = server.smtp();
+        let stats = load(concurrency, duration, move |_| {
+            let mut c = smtp.clone();
+            async move {
+                c.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await?;
+                Ok(true)
+            }
+        })
+        .await;
+        rows.push(("GetSmtpSettings", concurrency, stats, floor, Some(0.8)));
+
+        let client = server.tokens();
+        let issued = consumable.clone();
+        let stats = load(concurrency, duration, move |i| {
+            let (mut c, issued) = (client.clone(), issued.clone());
+            async move {
+                let token = c
+                    .issue_token(issue(&format!("c{concurrency}-{i}")))
+                    .await?
+                    .into_inner()
+                    .token;
+                issued.lock().unwrap().push(token);
+                Ok(true)
+            }
+        })
+        .await;
+        rows.push(("IssueToken", concurrency, stats, floor, Some(0.5)));
+
+        let client = server.tokens();
+        let pool = Arc::new(std::mem::take(&mut *consumable.lock().unwrap()));
+        let stats = load(concurrency, duration, move |i| {
+            let (mut c, pool) = (client.clone(), pool.clone());
+            async move {
+                let Some(token) = pool.get(i).cloned() else {
+                    return Ok(false);
+                };
+                c.consume_token(pb::ConsumeTokenRequest {
+                    token,
+                    purpose: pb::TokenPurpose::PasswordReset.into(),
+                })
+                .await?;
+                Ok(true)
+            }
+        })
+        .await;
+        rows.push(("ConsumeToken", concurrency, stats, floor, Some(0.5)));
+
+        let notifier = server.notifier();
+        let stats = load(concurrency, duration, move |_| {
+            let mut c = notifier.clone();
+            async move {
+                c.send_to_addresses(pb::SendToAddressesRequest {
+                    organisation: "bench".into(),
+                    to: vec!["soc@example.com".into()],
+                    subject: "Case {{n}}".into(),
+                    body: "Case {{n}} was opened.".into(),
+                    ..Default::default()
+                })
+                .await?;
+                Ok(true)
+            }
+        })
+        .await;
+        rows.push((
+            "SendToAddresses (1 recipient)",
+            concurrency,
+            stats,
+            floor,
+            (concurrency == 64).then_some(0.5),
+        ));
+    }
+    server.stop();
+    let mut text = String::from(
+        "## 1. RPC cost\n\n\
+         Each RPC against `grpc.health.v1.Health/Check` on the same server, through the same\n\
+         client (one HTTP/2 channel), at the same number of requests in flight: the ratio is\n\
+         the RPC's throughput over Health/Check's. `IssueToken`, `ConsumeToken` and\n\
+         `SendToAddresses` answer only once durable (group-committed sled flush).\n\
+         `ConsumeToken` consumes the tokens the `IssueToken` run issued (so its run can end\n\
+         early, when they run out). SMTP points at a closed port, so queued messages back off\n\
+         instead of being delivered: delivery is measured in section 2.\n\n\
+         | RPC | in flight | req/s | p50 ms | p99 ms | ceiling req/s | ratio | target | |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for (name, concurrency, stats, floor, target) in rows {
+        let ratio = stats.throughput / floor.throughput;
+        let (target, verdict) = match target {
+            Some(t) => (
+                format!("≥ {:.0} %", t * 100.0),
+                if ratio >= t { "met" } else { "**missed**" },
+            ),
+            None => (String::new(), ""),
+        };
+        text.push_str(&format!(
+            "| {name} | {concurrency} | {:.0} | {} | {} | {:.0} | {:.0} % | {target} | {verdict} |\n",
+            stats.throughput,
+            ms(stats.p50),
+            ms(stats.p99),
+            floor.throughput,
+            ratio * 100.0
+        ));
+    }
+    report.section(text);
+    Ok(())
+}
+
+/// `smtp-sink` on a free port; its port.
+fn smtp_sink(args: &Args) -> anyhow::Result<(Child, u16)> {
+    let port = refused_port();
+    let child = Command::new(args.postfix_bin.join("smtp-sink"))
+        .args(["-u", "nobody", &format!("127.0.0.1:{port}"), "1024"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting smtp-sink (install Postfix: scripts/bench does)")?;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((child, port));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("smtp-sink did not listen")
+}
+
+async fn delivery(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let (mut sink, port) = smtp_sink(args)?;
+    let started = Instant::now();
+    let status = Command::new(args.postfix_bin.join("smtp-source"))
+        .args([
+            "-d",
+            "-s",
+            &args.connections.to_string(),
+            "-m",
+            &args.messages.to_string(),
+            "-l",
+            "600",
+        ])
+        .args([
+            "-f",
+            "bench@example.com",
+            "-t",
+            "soc@example.com",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .status()
+        .context("running smtp-source")?;
+    if !status.success() {
+        bail!("smtp-source failed: {status}");
+    }
+    let ceiling = args.messages as f64 / started.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir()?;
+    let workers = args.connections.to_string();
+    let (server, _) = Server::start(binary, dir.path(), &["--workers", &workers]).await?;
+    server.configure_smtp(port).await?;
+    let mut notifier = server.notifier();
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(args.messages);
+    for batch in 0..args.messages.div_ceil(100) {
+        let count = (args.messages - batch * 100).min(100);
+        let answer = notifier
+            .send_to_addresses(pb::SendToAddressesRequest {
+                organisation: "bench".into(),
+                to: (0..count).map(|i| format!("soc{i}@example.com")).collect(),
+                subject: "Case {{n}}".into(),
+                body: "Case {{n}} was opened.".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        ids.extend(answer.message_ids);
+    }
+    // Sent when nothing is pending any more.
+    loop {
+        let mut pending = 0;
+        for state in [
+            pb::MessageState::Queued,
+            pb::MessageState::Sending,
+            pb::MessageState::Retrying,
+        ] {
+            pending += notifier
+                .list_messages(pb::ListMessagesRequest {
+                    organisation: "bench".into(),
+                    state: state.into(),
+                    page_size: 1,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner()
+                .messages
+                .len();
+        }
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
+    let dead = notifier
+        .list_messages(pb::ListMessagesRequest {
+            organisation: "bench".into(),
+            state: pb::MessageState::Dead.into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .messages
+        .len();
+    server.stop();
+    let _ = sink.kill();
+    let ratio = rate / ceiling;
+    report.section(format!(
+        "## 2. Delivery\n\n\
+         {} messages from `SendToAddresses` (batches of 100) until every one is `SENT` — accepted\n\
+         by Postfix's `smtp-sink` on 127.0.0.1 — against Postfix's `smtp-source -d -s {c} -m {m} -l 600`\n\
+         into the same sink, over the same {c} connections (`--workers {c}`). Dead messages: {dead}.\n\n\
+         | sender | messages/s | ceiling | ratio | target | |\n|---|---:|---:|---:|---:|---|\n\
+         | mailroom (enqueue → SENT) | {rate:.0} | {ceiling:.0} | {:.0} % | ≥ 70 % | {} |\n\
+         | smtp-source (ceiling) | {ceiling:.0} | | | | |\n\n\
+         For scale: Ory Kratos's courier pulls 10 messages a second per instance by default.\n",
+        args.messages,
+        ratio * 100.0,
+        if ratio >= 0.7 { "met" } else { "**missed**" },
+        c = args.connections,
+        m = args.messages,
+    ));
+    Ok(())
+}
+
+async fn scale(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    // Idle memory.
+    let dir = tempfile::tempdir()?;
+    let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle, _) = server.memory();
+    rows.push(format!(
+        "| idle RSS after start | {idle:.1} MiB | ≤ 30 MiB | {} |",
+        verdict(idle <= 30.0)
+    ));
+
+    // VerifyToken with few, then many stored tokens.
+    let few = issue_tokens(&server, 1000, "few").await?;
+    let verify = |server: &Server, token: String| {
+        let client = server.tokens();
+        load(1, Duration::from_secs(args.seconds), move |_| {
+            let (mut c, token) = (client.clone(), token.clone());
+            async move {
+                c.verify_token(pb::VerifyTokenRequest {
+                    token,
+                    purpose: pb::TokenPurpose::PasswordReset.into(),
+                })
+                .await?;
+                Ok(true)
+            }
+        })
+    };
+    let small = verify(&server, few[500].clone()).await;
+    let started = Instant::now();
+    issue_tokens(&server, args.tokens.saturating_sub(1000), "many").await?;
+    let fill = started.elapsed();
+    let large = verify(&server, few[500].clone()).await;
+    let factor = large.p50.as_secs_f64() / small.p50.as_secs_f64();
+    rows.push(format!(
+        "| `VerifyToken` p50, 1,000 → {} stored tokens | {} ms → {} ms ({factor:.2}×) | ≤ 1.5× | {} |",
+        args.tokens,
+        ms(small.p50),
+        ms(large.p50),
+        verdict(factor <= 1.5)
+    ));
+    rows.push(format!(
+        "| issuing {} tokens at 64 in flight (durable each) | {:.0} s ({:.0} tokens/s) | | |",
+        args.tokens,
+        fill.as_secs_f64(),
+        args.tokens as f64 / fill.as_secs_f64()
+    ));
+    server.stop();
+    let (server, up) = Server::start(binary, dir.path(), &[]).await?;
+    rows.push(format!(
+        "| start to SERVING with {} stored tokens | {:.2} s | | |",
+        args.tokens,
+        up.as_secs_f64()
+    ));
+    server.stop();
+
+    // SendToUsers to many users: answer time and peak memory of a fresh process.
+    let dir = tempfile::tempdir()?;
+    let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    server.configure_smtp(refused_port()).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let users = args.users;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (mut client, next) = (server.directory(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= users {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    client
+                        .upsert_user(pb::UpsertUserRequest {
+                            user: Some(pb::User {
+                                login: format!("user{i:06}@example.com"),
+                                name: format!("User {i}"),
+                                organisations: vec!["bench".into()],
+                                ..Default::default()
+                            }),
+                        })
+                        .await?;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    server.stop();
+    let (server, _) = Server::start(binary, dir.path(), &["--workers", "1"]).await?;
+    let started = Instant::now();
+    let answer = server
+        .notifier()
+        .send_to_users(pb::SendToUsersRequest {
+            organisation: "bench".into(),
+            subject: "Case {{case.number}} for {{user.name}}".into(),
+            body: "Hello {{user.name}},\n\ncase {{case.number}} was opened.".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let answered = started.elapsed();
+    let (_, peak) = server.memory();
+    rows.push(format!(
+        "| `SendToUsers` to {} users: time to answer | {:.2} s ({} messages durable) | | |",
+        args.users,
+        answered.as_secs_f64(),
+        answer.recipients
+    ));
+    rows.push(format!(
+        "| `SendToUsers` to {} users: peak RSS of the process | {peak:.0} MiB | ≤ 200 MB | {} |",
+        args.users,
+        verdict(peak <= 200.0 * 1e6 / 1024.0 / 1024.0)
+    ));
+    server.stop();
+    report.section(format!(
+        "## 3. Scale\n\n| figure | result | target | |\n|---|---|---|---|\n{}\n",
+        rows.join("\n")
+    ));
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let binary = std::env::current_exe()?.with_file_name("mailroom");
+    if !binary.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release`",
+            binary.display()
+        );
+    }
+    let mut report = Report::default();
+    report.section(format!(
+        "# Benchmarks\n\n\
+         Produced by `scripts/bench` (`cargo build --release` then `target/release/mailroom-bench \
+         --seconds {} --tokens {} --users {} --messages {} --connections {}`), which rewrites this\n\
+         file. Every figure is a ratio to a ceiling measured in the same run on the same machine,\n\
+         because absolute times on a shared machine drift. Client and server share the machine.\n\n\
+         Machine: {}.\n",
+        args.seconds,
+        args.tokens,
+        args.users,
+        args.messages,
+        args.connections,
+        machine()
+    ));
+    let run = |section: &str| args.only.is_empty() || args.only.iter().any(|s| s == section);
+    if run("rpc") {
+        rpc_cost(&args, &binary, &mut report).await?;
+    }
+    if run("delivery") {
+        delivery(&args, &binary, &mut report).await?;
+    }
+    if run("scale") {
+        scale(&args, &binary, &mut report).await?;
+    }
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, report.sections.join("\n"))?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

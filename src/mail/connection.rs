@@ -1,0 +1,277 @@
+//! An SMTP connection from the settings, opened stage by stage — CONNECT, TLS, EHLO,
+//! AUTH — with lettre's connection-level API over a TCP stream mailroom opens itself, with
+//! `TCP_NODELAY` (lettre writes a message and its final dot apart, which Nagle's algorithm
+//! and delayed ACKs would hold back 40 ms per message). The staged test reports every
+//! stage; delivery keeps the connection for the next messages.
+//!
+//! `STARTTLS` is required when the settings say so: if the server does not offer it, the
+//! connection ends there, before any credentials or message.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::tls::TlsPolicy;
+use crate::crypto::MasterKey;
+use crate::settings::{Security, SmtpSettings};
+
+/// The stages of an SMTP exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// TCP connection.
+    Connect,
+    /// TLS handshake.
+    Tls,
+    /// Greeting and EHLO.
+    Ehlo,
+    /// SMTP AUTH.
+    Auth,
+    /// MAIL FROM.
+    MailFrom,
+    /// RCPT TO.
+    RcptTo,
+    /// DATA and the message.
+    Data,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "CONNECT",
+            Stage::Tls => "TLS",
+            Stage::Ehlo => "EHLO",
+            Stage::Auth => "AUTH",
+            Stage::MailFrom => "MAIL_FROM",
+            Stage::RcptTo => "RCPT_TO",
+            Stage::Data => "DATA",
+        })
+    }
+}
+
+/// A stage failed; the observer has its details.
+#[derive(Debug)]
+pub struct Failed;
+
+/// Watches the stages of an exchange: the staged test reports them all, delivery keeps the
+/// failure.
+pub trait Stages {
+    /// A stage starts.
+    fn begin(&mut self, stage: Stage);
+    /// The stage succeeded.
+    fn pass(&mut self, smtp_code: Option<u16>, detail: String);
+    /// The stage failed.
+    fn fail(&mut self, smtp_code: Option<u16>, detail: String) -> Failed;
+
+    /// The stage succeeded with this reply.
+    fn reply(&mut self, response: &Response) {
+        let text: Vec<&str> = response.message().collect();
+        self.pass(Some(u16::from(response.code())), text.join(" "));
+    }
+
+    /// The stage failed with this lettre error (and the server's code, if it replied).
+    fn smtp_fail(&mut self, e: lettre::transport::smtp::Error) -> Failed {
+        let code = e.status().map(u16::from);
+        self.fail(code, e.to_string())
+    }
+}
+
+/// The name sent in EHLO: the settings' `helo_name`, else this host's name.
+pub fn client_id(settings: &SmtpSettings) -> ClientId {
+    if settings.helo_name.is_empty() {
+        ClientId::default()
+    } else {
+        ClientId::Domain(settings.helo_name.clone())
+    }
+}
+
+/// Opens a connection as `settings` say — CONNECT, TLS, EHLO, AUTH — telling `run` about
+/// each stage.
+pub async fn open(
+    settings: &SmtpSettings,
+    key: &MasterKey,
+    run: &mut impl Stages,
+) -> Result<AsyncSmtpConnection, Failed> {
+    let policy = match settings.security {
+        Security::None => None,
+        _ => Some(TlsPolicy::new(settings, key).map_err(|e| run.fail(None, e.to_string()))?),
+    };
+    run.begin(Stage::Connect);
+    let tcp = connect(settings).await.map_err(|e| run.fail(None, e))?;
+    run.pass(None, format!("connected to {}", peer(&tcp)));
+
+    let stream: Box<dyn AsyncTokioStream> = match (&settings.security, &policy) {
+        (Security::Ssl, Some(policy)) => {
+            run.begin(Stage::Tls);
+            let (config, name) = policy.rustls().map_err(|e| run.fail(None, e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    run.fail(
+                        None,
+                        format!("TLS handshake with {} failed: {e}", policy.server_name()),
+                    )
+                })?;
+            let (_, session) = tls.get_ref();
+            let detail = format!(
+                "implicit TLS ({:?}, {:?}), certificate verified for {}",
+                session
+                    .protocol_version()
+                    .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
+                session
+                    .negotiated_cipher_suite()
+                    .map(|s| s.suite())
+                    .unwrap_or(rustls::CipherSuite::Unknown(0)),
+                verified(settings, policy),
+            );
+            run.pass(None, detail);
+            Box::new(TlsStream(tls))
+        }
+        _ => Box::new(tcp),
+    };
+    if settings.security == Security::None {
+        run.begin(Stage::Tls);
+        run.pass(None, "not used: connection security NONE".into());
+    }
+
+    let hello = client_id(settings);
+    run.begin(Stage::Ehlo);
+    let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &hello)
+        .await
+        .map_err(|e| run.smtp_fail(e))?;
+    run.pass(
+        Some(250),
+        format!("EHLO {hello} answered by {}", conn.server_info()),
+    );
+
+    if let (Security::StartTls | Security::StartTlsOpportunistic, Some(policy)) =
+        (&settings.security, &policy)
+    {
+        run.begin(Stage::Tls);
+        if conn.can_starttls() {
+            let params = policy.lettre().map_err(|e| run.fail(None, e.to_string()))?;
+            conn.starttls(params, &hello)
+                .await
+                .map_err(|e| run.smtp_fail(e))?;
+            run.pass(
+                Some(220),
+                format!(
+                    "STARTTLS, certificate verified for {}",
+                    verified(settings, policy)
+                ),
+            );
+        } else if settings.security == Security::StartTls {
+            let failed = run.fail(
+                None,
+                "the server does not offer STARTTLS, which the settings require: nothing more \
+                 was sent (no credentials, no message)"
+                    .into(),
+            );
+            conn.abort().await;
+            return Err(failed);
+        } else {
+            run.pass(
+                None,
+                "STARTTLS not offered: continuing without TLS (opportunistic)".into(),
+            );
+        }
+    }
+
+    run.begin(Stage::Auth);
+    if settings.username.is_empty() {
+        run.pass(None, "skipped: no username".into());
+    } else {
+        let password = settings
+            .password(key)
+            .map_err(|e| run.fail(None, e.to_string()))?
+            .unwrap_or_default();
+        let credentials = Credentials::new(settings.username.clone(), password.to_string());
+        let response = conn
+            .auth(&[Mechanism::Plain, Mechanism::Login], &credentials)
+            .await
+            .map_err(|e| run.smtp_fail(e))?;
+        run.reply(&response);
+    }
+
+    Ok(conn)
+}
+
+/// What was verified of the server's certificate, for the report.
+fn verified(settings: &SmtpSettings, policy: &TlsPolicy) -> String {
+    if settings.tls.accept_invalid_certificates {
+        "nobody (accept_invalid_certificates is set)".into()
+    } else {
+        policy.server_name().to_string()
+    }
+}
+
+async fn connect(settings: &SmtpSettings) -> Result<TcpStream, String> {
+    let target = (settings.host.as_str(), settings.port.get());
+    let addresses = tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", settings.host))?;
+    let mut last = format!("{} resolves to no address", settings.host);
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => {
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+                return Ok(stream);
+            }
+            Err(e) => last = format!("cannot connect to {address}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+fn peer(tcp: &TcpStream) -> String {
+    tcp.peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "the server".into())
+}
+
+/// A rustls client stream that lettre can speak SMTP over.
+#[derive(Debug)]
+struct TlsStream(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl AsyncTokioStream for TlsStream {
+    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
