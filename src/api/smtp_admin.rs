@@ -34,7 +34,7 @@ impl SmtpAdmin for SmtpAdminApi {
             .authorize(request.metadata(), Permission::ManagePlatform)
             .await?;
         let settings = self.settings.get().await?;
-        Ok(Response::new(convert::settings(settings.as_ref())))
+        Ok(Response::new(convert::settings(settings.as_deref())))
     }
 
     async fn update_smtp_settings(

@@ -96,7 +96,7 @@ impl Delivery {
     async fn dispatch(&self, jobs: &mpsc::Sender<Job>, stopping: &mut watch::Receiver<bool>) {
         while !*stopping.borrow() {
             let settings = match self.settings.get().await {
-                Ok(Some(settings)) => Arc::new(settings),
+                Ok(Some(settings)) => settings,
                 Ok(None) => {
                     self.idle(MAX_IDLE, stopping).await;
                     continue;

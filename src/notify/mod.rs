@@ -424,7 +424,7 @@ impl NotifyService {
             }))
     }
 
-    async fn configured(&self) -> Result<SmtpSettings, NotifyError> {
+    async fn configured(&self) -> Result<Arc<SmtpSettings>, NotifyError> {
         self.settings.get().await?.ok_or(NotifyError::NotConfigured)
     }
 

@@ -292,12 +292,14 @@ impl SecretChange {
     }
 }
 
-/// Reads and updates the SMTP settings.
+/// Reads and updates the SMTP settings. Every RPC and send reads them, so they are kept in
+/// memory once read, and replaced when this process updates them.
 #[derive(Clone)]
 pub struct SettingsService {
     store: Arc<dyn Store>,
     master_key: Arc<MasterKey>,
     clock: Clock,
+    cache: Arc<std::sync::RwLock<Option<Option<Arc<SmtpSettings>>>>>,
 }
 
 impl SettingsService {
@@ -307,6 +309,7 @@ impl SettingsService {
             store,
             master_key,
             clock,
+            cache: Arc::default(),
         }
     }
 
@@ -316,8 +319,17 @@ impl SettingsService {
     }
 
     /// The saved settings; `None` before the first update.
-    pub async fn get(&self) -> Result<Option<SmtpSettings>, SettingsError> {
-        Ok(self.store.smtp_settings().await?)
+    pub async fn get(&self) -> Result<Option<Arc<SmtpSettings>>, SettingsError> {
+        if let Some(cached) = self.cache.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(cached);
+        }
+        let stored = self.store.smtp_settings().await?.map(Arc::new);
+        self.remember(stored.clone());
+        Ok(stored)
+    }
+
+    fn remember(&self, settings: Option<Arc<SmtpSettings>>) {
+        *self.cache.write().unwrap_or_else(|e| e.into_inner()) = Some(settings);
     }
 
     /// The settings a test uses: `draft` applied over the stored settings as a full update
@@ -371,8 +383,10 @@ impl SettingsService {
         )
         .map_err(SettingsError::Invalid)?;
         if self.store.swap_smtp_settings(expected, &next).await? {
+            self.remember(Some(Arc::new(next.clone())));
             Ok(next)
         } else {
+            *self.cache.write().unwrap_or_else(|e| e.into_inner()) = None;
             Err(SettingsError::Stale {
                 given: current_etag,
                 current: "(changed concurrently)".into(),
