@@ -26,6 +26,10 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_STORE", value_enum, default_value_t = StoreKind::Sled)]
     pub store: StoreKind,
 
+    /// Memory for the embedded store's page cache, in MiB.
+    #[arg(long, env = "MAILROOM_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: u64,
+
     /// File holding the 256-bit master key (64 hex digits) that encrypts stored secrets;
     /// `<data-dir>/master.key`, created on first start, when unset.
     #[arg(long, env = "MAILROOM_MASTER_KEY_FILE")]
@@ -42,6 +46,23 @@ pub struct Args {
     /// How many messages are sent at once (and SMTP connections pooled).
     #[arg(long, env = "MAILROOM_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
+
+    /// PEM certificate chain to serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = "MAILROOM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MAILROOM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA whose client certificates are then required (mTLS), in addition to API keys.
+    #[arg(long, env = "MAILROOM_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Refuse SMTP settings (updates and tests) whose host is or resolves to a loopback,
+    /// private or link-local address.
+    #[arg(long, env = "MAILROOM_SMTP_DENY_PRIVATE_ADDRESSES")]
+    pub smtp_deny_private_addresses: bool,
 
     /// How many tokens one login may be issued per purpose and hour.
     #[arg(long, env = "MAILROOM_TOKEN_ISSUE_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]

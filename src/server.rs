@@ -55,6 +55,8 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// An opened mailroom: store, keys and services, ready to serve.
 pub struct Mailroom {
     args: Args,
+    #[cfg(feature = "tls")]
+    tls: Option<tonic::transport::ServerTlsConfig>,
     store: Arc<dyn Store>,
     auth: Authenticator,
     settings: SettingsService,
@@ -70,10 +72,18 @@ impl Mailroom {
     /// key on a store that never had one.
     pub async fn open(args: Args) -> anyhow::Result<Self> {
         create_private_dir(&args.data_dir)?;
+        #[cfg(feature = "tls")]
+        let tls = tls_config(&args)?;
+        #[cfg(not(feature = "tls"))]
+        if args.tls_cert.is_some() {
+            anyhow::bail!(
+                "this mailroom was built without the `tls` feature: --tls-cert is unavailable"
+            );
+        }
         let master_key = MasterKey::load_or_create(&args.master_key_path())?;
         let store: Arc<dyn Store> = match args.store {
             StoreKind::Sled => Arc::new(
-                SledStore::open(&args.data_dir)
+                SledStore::open(&args.data_dir, args.cache_mb * 1024 * 1024)
                     .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
             ),
         };
@@ -85,7 +95,8 @@ impl Mailroom {
             );
         }
         let settings =
-            SettingsService::new(store.clone(), Arc::new(master_key), args.clock.clone());
+            SettingsService::new(store.clone(), Arc::new(master_key), args.clock.clone())
+                .deny_private_addresses(args.smtp_deny_private_addresses);
         let directory = DirectoryService::new(store.clone(), args.clock.clone());
         let wake = Arc::new(Notify::new());
         let notify = NotifyService::new(
@@ -109,6 +120,8 @@ impl Mailroom {
         }
         Ok(Self {
             args,
+            #[cfg(feature = "tls")]
+            tls,
             store,
             auth,
             settings,
@@ -178,7 +191,12 @@ impl Mailroom {
             set_health(&signal_health, ServingStatus::NotServing).await;
             let _ = stopping.send(true);
         };
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.clone() {
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+        }
+        let server = builder
             .trace_fn(|request| {
                 tracing::info_span!(
                     "rpc",
@@ -211,7 +229,13 @@ impl Mailroom {
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 drained,
             );
-        tracing::info!(%addr, data_dir = %self.args.data_dir.display(), "serving gRPC");
+        tracing::info!(
+            %addr,
+            data_dir = %self.args.data_dir.display(),
+            tls = self.args.tls_cert.is_some(),
+            mtls = self.args.tls_client_ca.is_some(),
+            "serving gRPC"
+        );
 
         tokio::pin!(server);
         let mut stop = stop_watch;
@@ -240,6 +264,23 @@ impl Mailroom {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The TLS configuration `--tls-cert`, `--tls-key` and `--tls-client-ca` ask for.
+#[cfg(feature = "tls")]
+fn tls_config(args: &Args) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &args.tls_client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(config))
 }
 
 /// Opens mailroom as `args` say and serves on `listener` until `shutdown` resolves.

@@ -300,6 +300,7 @@ pub struct SettingsService {
     master_key: Arc<MasterKey>,
     clock: Clock,
     cache: Arc<std::sync::RwLock<Option<Option<Arc<SmtpSettings>>>>>,
+    deny_private: bool,
 }
 
 impl SettingsService {
@@ -310,7 +311,26 @@ impl SettingsService {
             master_key,
             clock,
             cache: Arc::default(),
+            deny_private: false,
         }
+    }
+
+    /// Refuses hosts that are or resolve to loopback, private or link-local addresses
+    /// (`--smtp-deny-private-addresses`): a stolen admin key then cannot aim mailroom at
+    /// the internal network.
+    pub fn deny_private_addresses(mut self, deny: bool) -> Self {
+        self.deny_private = deny;
+        self
+    }
+
+    /// With the guard on, checks where `settings.host` leads before anything connects.
+    async fn guard(&self, settings: &SmtpSettings) -> Result<(), SettingsError> {
+        if !self.deny_private {
+            return Ok(());
+        }
+        fields::public_host(&settings.host, settings.port)
+            .await
+            .map_err(|why| SettingsError::Invalid(validation::violation("settings.host", why)))
     }
 
     /// The master key that opens stored secrets.
@@ -337,8 +357,8 @@ impl SettingsService {
     /// and username are unchanged); the stored settings when there is no draft.
     pub async fn candidate(&self, draft: Option<Draft>) -> Result<SmtpSettings, SettingsError> {
         let current = self.store.smtp_settings().await?;
-        match draft {
-            None => current.ok_or(SettingsError::NotConfigured),
+        let candidate = match draft {
+            None => current.ok_or(SettingsError::NotConfigured)?,
             Some(draft) => merge(
                 current.as_ref(),
                 draft,
@@ -347,8 +367,10 @@ impl SettingsService {
                 self.clock.now(),
                 "(unsaved)",
             )
-            .map_err(SettingsError::Invalid),
-        }
+            .map_err(SettingsError::Invalid)?,
+        };
+        self.guard(&candidate).await?;
+        Ok(candidate)
     }
 
     /// The current time of the service's clock.
@@ -382,6 +404,7 @@ impl SettingsService {
             updated_by,
         )
         .map_err(SettingsError::Invalid)?;
+        self.guard(&next).await?;
         if self.store.swap_smtp_settings(expected, &next).await? {
             self.remember(Some(Arc::new(next.clone())));
             Ok(next)

@@ -104,11 +104,13 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`. Must be called within a Tokio runtime: it
-    /// starts the flusher task.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens (or creates) the store in `dir`, caching at most about `cache_bytes` of it in
+    /// memory (sled's default is 1 GiB). Must be called within a Tokio runtime: it starts
+    /// the flusher task.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
         let db = sled::Config::new()
             .path(dir.join("sled"))
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(unavailable)?;
         let tree = |name: &str| db.open_tree(name).map_err(unavailable);

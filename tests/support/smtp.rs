@@ -11,6 +11,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 /// What the server saw.
 #[derive(Clone, Debug, Default)]
 pub struct Seen {
+    /// Every EHLO or HELO name.
+    pub helo: Vec<String>,
     /// Every MAIL FROM.
     pub mail_from: Vec<String>,
     /// Every AUTH attempt: (user, password).
@@ -135,6 +137,11 @@ impl Recorder {
 }
 
 impl Handler for Recorder {
+    fn helo(&mut self, _ip: std::net::IpAddr, domain: &str) -> Response {
+        self.seen.lock().unwrap().helo.push(domain.to_string());
+        response::OK
+    }
+
     fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, from: &str) -> Response {
         self.seen.lock().unwrap().mail_from.push(from.to_string());
         self.from = from.to_string();

@@ -1,0 +1,184 @@
+//! Transport security: gRPC over TLS, and mTLS that refuses a client without a certificate;
+//! and the private-address guard on the SMTP settings.
+
+mod support;
+
+use std::path::Path;
+
+use mailroom::config::Args;
+use mailroom::proto::v1 as pb;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use support::smtp::install_crypto_provider;
+use support::{violated_fields, Bearer, TestServer};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// A CA, a server certificate for localhost, and a client certificate, as PEM files.
+struct Certificates {
+    ca: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn certificates(dir: &Path) -> Certificates {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "mailroom test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issue = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = issue(vec!["localhost".into()]);
+    let (client_cert, client_key) = issue(vec!["cortex.example.com".into()]);
+    std::fs::write(dir.join("server.crt"), &server_cert).unwrap();
+    std::fs::write(dir.join("server.key"), &server_key).unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    Certificates {
+        ca: ca.pem(),
+        client_cert,
+        client_key,
+    }
+}
+
+async fn start(data: &Path, files: &Path, mtls: bool) -> TestServer {
+    let mut args = Args::with_data_dir(data);
+    args.tls_cert = Some(files.join("server.crt"));
+    args.tls_key = Some(files.join("server.key"));
+    if mtls {
+        args.tls_client_ca = Some(files.join("ca.crt"));
+    }
+    TestServer::start_with(args).await
+}
+
+async fn health(server: &TestServer, tls: ClientTlsConfig) -> Result<i32, String> {
+    let channel = Endpoint::from_shared(format!("https://localhost:{}", server.addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn grpc_over_tls() {
+    install_crypto_provider();
+    let files = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let certs = certificates(files.path());
+    let server = start(data.path(), files.path(), false).await;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&certs.ca))
+        .domain_name("localhost");
+    assert_eq!(
+        health(&server, tls.clone()).await,
+        Ok(1),
+        "SERVING over TLS"
+    );
+    let channel = Endpoint::from_shared(format!("https://localhost:{}", server.addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let settings = pb::smtp_admin_client::SmtpAdminClient::with_interceptor(
+        channel,
+        Bearer::new(&server.admin_key),
+    )
+    .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+    .await;
+    assert!(settings.is_ok(), "API keys still apply: {settings:?}");
+    let plaintext = server.channel();
+    let refused = HealthClient::new(plaintext)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert!(refused.is_err(), "no plaintext gRPC on a TLS port");
+}
+
+#[tokio::test]
+async fn mtls_refuses_a_client_without_a_certificate() {
+    install_crypto_provider();
+    let files = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let certs = certificates(files.path());
+    let server = start(data.path(), files.path(), true).await;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&certs.ca))
+        .domain_name("localhost");
+    assert!(
+        health(&server, tls.clone()).await.is_err(),
+        "a client without a certificate is refused"
+    );
+    let with_identity = tls.identity(Identity::from_pem(&certs.client_cert, &certs.client_key));
+    assert_eq!(health(&server, with_identity).await, Ok(1));
+}
+
+#[tokio::test]
+async fn the_private_address_guard_refuses_before_connecting() {
+    let data = tempfile::tempdir().unwrap();
+    let mut args = Args::with_data_dir(data.path());
+    args.smtp_deny_private_addresses = true;
+    let server = TestServer::start_with(args).await;
+    let mut smtp = server.smtp(&server.admin_key);
+    let smtp_server = support::smtp::SmtpServer::start(Default::default());
+    for host in ["127.0.0.1", "10.20.30.40", "localhost"] {
+        let settings = pb::SmtpSettings {
+            host: host.into(),
+            port: smtp_server.addr.port().into(),
+            from: "thehive@example.com".into(),
+            ..Default::default()
+        };
+        let status = smtp
+            .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+                settings: Some(settings.clone()),
+                update_mask: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&status), ["settings.host"], "{host}");
+        let status = smtp
+            .test_smtp_settings(pb::TestSmtpSettingsRequest {
+                settings: Some(settings),
+                recipient: "soc@example.com".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&status), ["settings.host"], "{host}");
+    }
+    assert!(
+        smtp_server.seen().helo.is_empty(),
+        "nothing connected to the refused hosts"
+    );
+    let public = pb::SmtpSettings {
+        host: "192.0.2.25".into(),
+        port: 25,
+        from: "thehive@example.com".into(),
+        ..Default::default()
+    };
+    let saved = smtp
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(public),
+            update_mask: None,
+        })
+        .await;
+    assert!(saved.is_ok(), "a public address passes: {saved:?}");
+}
