@@ -59,6 +59,11 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; keep it on loopback
+    /// or a private network).
+    #[arg(long, env = "MAILROOM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Refuse SMTP settings (updates and tests) whose host is or resolves to a loopback,
     /// private or link-local address.
     #[arg(long, env = "MAILROOM_SMTP_DENY_PRIVATE_ADDRESSES")]

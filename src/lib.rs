@@ -18,6 +18,7 @@
 //! - [`mail`]: SMTP: the TLS policy, the pooled lettre transport, the staged test, the
 //!   templates and the delivery workers.
 //! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`).
+//! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`crypto`]: random secrets, digests, and sealing secrets at rest.
 //! - [`validation`]: field violations, reported one per bad field.
 //! - [`clock`]: the time the domain asks, settable in tests.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod crypto;
 pub mod directory;
 pub mod mail;
+pub mod metrics;
 pub mod notify;
 pub mod proto;
 pub mod server;

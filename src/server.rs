@@ -29,6 +29,7 @@ use crate::config::{Args, LogFormat, StoreKind};
 use crate::crypto::MasterKey;
 use crate::directory::DirectoryService;
 use crate::mail::delivery::Delivery;
+use crate::metrics::{Metrics, RpcLayer};
 use crate::notify::NotifyService;
 use crate::proto::v1::{
     api_keys_server::ApiKeysServer, directory_server::DirectoryServer,
@@ -65,6 +66,8 @@ pub struct Mailroom {
     tokens: TokenService,
     wake: Arc<Notify>,
     sweep: Arc<Notify>,
+    metrics: Metrics,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Mailroom {
@@ -99,11 +102,13 @@ impl Mailroom {
                 .deny_private_addresses(args.smtp_deny_private_addresses);
         let directory = DirectoryService::new(store.clone(), args.clock.clone());
         let wake = Arc::new(Notify::new());
+        let metrics = Metrics::new();
         let notify = NotifyService::new(
             store.clone(),
             settings.clone(),
             args.clock.clone(),
             wake.clone(),
+            metrics.clone(),
         );
         let tokens = TokenService::new(
             store.clone(),
@@ -111,7 +116,16 @@ impl Mailroom {
             notify.clone(),
             args.clock.clone(),
             args.token_issue_limit,
+            metrics.clone(),
         );
+        let metrics_listener = match args.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --metrics-listen {addr}"))?,
+            ),
+            None => None,
+        };
         if store.exclusive() {
             let released = notify.release_claims().await?;
             if released > 0 {
@@ -130,7 +144,16 @@ impl Mailroom {
             tokens,
             wake,
             sweep: Arc::new(Notify::new()),
+            metrics,
+            metrics_listener,
         })
+    }
+
+    /// Where `/metrics` is served, with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Runs the token sweeper now (it runs hourly): tests that move a manual clock past a
@@ -173,12 +196,40 @@ impl Mailroom {
             self.args.clock.clone(),
             self.wake.clone(),
             usize::from(self.args.workers),
+            self.metrics.clone(),
         );
         let delivery = tokio::spawn(
             delivery
                 .run(stop_watch.clone(), self.args.shutdown_grace)
                 .instrument(tracing::info_span!("delivery")),
         );
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "serving Prometheus metrics at /metrics");
+            let (store, clock, metrics) = (
+                self.store.clone(),
+                self.args.clock.clone(),
+                self.metrics.clone(),
+            );
+            let refresh = move || {
+                let (store, clock, metrics) = (store.clone(), clock.clone(), metrics.clone());
+                async move {
+                    if let (Ok(depth), Ok(next)) =
+                        (store.pending_messages().await, store.next_due().await)
+                    {
+                        metrics.outbox(depth, next, clock.now());
+                    }
+                }
+            };
+            let mut stop = stop_watch.clone();
+            let shutdown = async move { stopped(&mut stop).await };
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                self.metrics.clone(),
+                refresh,
+                shutdown,
+            ))
+        });
         let sweeper = tokio::spawn(
             sweep_tokens(self.tokens.clone(), self.sweep.clone(), stop_watch.clone())
                 .instrument(tracing::info_span!("token_sweeper")),
@@ -197,6 +248,7 @@ impl Mailroom {
             builder = builder.tls_config(tls).context("configuring TLS")?;
         }
         let server = builder
+            .layer(RpcLayer(self.metrics.clone()))
             .trace_fn(|request| {
                 tracing::info_span!(
                     "rpc",
@@ -253,6 +305,9 @@ impl Mailroom {
         };
         monitor.abort();
         sweeper.abort();
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         if tokio::time::timeout(self.args.shutdown_grace, delivery)
             .await
             .is_err()

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use super::connection::{self, Failed, Stage, Stages};
 use crate::clock::Clock;
 use crate::crypto;
+use crate::metrics::Metrics;
 use crate::notify::{Attempt, OutboxMessage, CONTENT_PURPOSE};
 use crate::settings::{human, SettingsService, SmtpSettings};
 use crate::store::Store;
@@ -40,6 +41,7 @@ pub struct Delivery {
     clock: Clock,
     wake: Arc<Notify>,
     workers: usize,
+    metrics: Metrics,
 }
 
 /// A claimed message and the settings to send it with.
@@ -53,6 +55,7 @@ impl Delivery {
         clock: Clock,
         wake: Arc<Notify>,
         workers: usize,
+        metrics: Metrics,
     ) -> Self {
         Self {
             store,
@@ -60,6 +63,7 @@ impl Delivery {
             clock,
             wake,
             workers: workers.max(1),
+            metrics,
         }
     }
 
@@ -74,6 +78,7 @@ impl Delivery {
                     settings: self.settings.clone(),
                     clock: self.clock.clone(),
                     connection: None,
+                    metrics: self.metrics.clone(),
                 };
                 tokio::spawn(
                     sender
@@ -212,6 +217,7 @@ struct Sender {
     settings: SettingsService,
     clock: Clock,
     connection: Option<Open>,
+    metrics: Metrics,
 }
 
 impl Sender {
@@ -222,10 +228,17 @@ impl Sender {
                 break;
             };
             let span = tracing::info_span!("deliver", message = %message.id, organisation = %message.organisation, attempt = message.attempts);
+            let started = Instant::now();
             let attempt = self
                 .attempt(&message, &settings)
                 .instrument(span.clone())
                 .await;
+            let (outcome, code) = match &attempt {
+                Attempt::Sent => ("sent", None),
+                Attempt::Permanent { code, .. } => ("permanent_failure", *code),
+                Attempt::Transient { code, .. } => ("transient_failure", *code),
+            };
+            self.metrics.attempt(outcome, code, started.elapsed());
             self.record(&message, attempt).instrument(span).await;
         }
         if let Some(mut open) = self.connection.take() {
@@ -359,7 +372,11 @@ impl Sender {
             next.finish(attempt.clone(), self.clock.now(), jitter);
             next.version += 1;
             match self.store.swap_message(current.version, &next, true).await {
-                Ok(true) => return,
+                Ok(true) => {
+                    let state = format!("{:?}", next.state).to_lowercase();
+                    self.metrics.messages(&state, 1);
+                    return;
+                }
                 Ok(false) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot record the outcome; the lease will bring the message back");

@@ -24,6 +24,7 @@ use crate::crypto::{self, CryptoError, MasterKey};
 use crate::directory::User;
 use crate::mail::template::{html_to_text, BodyFormat, Templates};
 use crate::mail::{compose, new_message_id};
+use crate::metrics::Metrics;
 use crate::settings::{SettingsError, SettingsService, SmtpSettings};
 use crate::store::{Store, StoreError};
 use crate::validation::{self, Violations};
@@ -150,6 +151,7 @@ pub struct NotifyService {
     settings: SettingsService,
     clock: Clock,
     wake: Arc<Notify>,
+    metrics: Metrics,
 }
 
 impl NotifyService {
@@ -159,12 +161,14 @@ impl NotifyService {
         settings: SettingsService,
         clock: Clock,
         wake: Arc<Notify>,
+        metrics: Metrics,
     ) -> Self {
         Self {
             store,
             settings,
             clock,
             wake,
+            metrics,
         }
     }
 
@@ -322,6 +326,7 @@ impl NotifyService {
     /// Queues messages built elsewhere (the token emails and account notices), durably.
     pub async fn enqueue_built(&self, messages: Vec<OutboxMessage>) -> Result<(), NotifyError> {
         self.store.enqueue(&messages, None).await?;
+        self.metrics.messages("queued", messages.len());
         self.wake.notify_one();
         Ok(())
     }
@@ -450,6 +455,7 @@ impl NotifyService {
                 ..first.queued
             });
         }
+        self.metrics.messages("queued", messages.len());
         self.wake.notify_one();
         Ok(queued)
     }
@@ -527,6 +533,7 @@ impl NotifyService {
     pub async fn retry(&self, id: &str, scope: Option<&str>) -> Result<OutboxMessage, NotifyError> {
         let now = self.clock.now();
         let message = self.change(id, scope, |m| m.requeue(now)).await?;
+        self.metrics.messages("queued", 1);
         self.wake.notify_one();
         Ok(message)
     }
@@ -537,7 +544,9 @@ impl NotifyService {
         id: &str,
         scope: Option<&str>,
     ) -> Result<OutboxMessage, NotifyError> {
-        self.change(id, scope, OutboxMessage::cancel).await
+        let message = self.change(id, scope, OutboxMessage::cancel).await?;
+        self.metrics.messages("cancelled", 1);
+        Ok(message)
     }
 
     async fn change(

@@ -124,6 +124,9 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// When the earliest pending message is due.
     async fn next_due(&self) -> Result<Option<SystemTime>>;
 
+    /// How many messages are pending (queued, retrying or claimed).
+    async fn pending_messages(&self) -> Result<usize>;
+
     /// Messages of an organisation in id order, after `after`, at most `limit`.
     async fn list_messages(
         &self,

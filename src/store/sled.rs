@@ -477,6 +477,15 @@ impl Store for SledStore {
         }
     }
 
+    async fn pending_messages(&self) -> Result<usize> {
+        let mut count = 0;
+        for entry in self.outbox.scan_prefix([DUE]).keys() {
+            entry.map_err(unavailable)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     async fn list_messages(
         &self,
         organisation: &str,

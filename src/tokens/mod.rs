@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::crypto;
 use crate::directory::check_login;
 use crate::mail::rfc3339;
+use crate::metrics::Metrics;
 use crate::notify::{NotifyError, NotifyService, OutgoingEmail};
 use crate::settings::{
     human, SettingsError, SettingsService, DEFAULT_INVITATION, DEFAULT_RESET_PASSWORD,
@@ -111,6 +112,7 @@ pub struct TokenService {
     notify: NotifyService,
     clock: Clock,
     issue_limit: u32,
+    metrics: Metrics,
 }
 
 impl TokenService {
@@ -121,6 +123,7 @@ impl TokenService {
         notify: NotifyService,
         clock: Clock,
         issue_limit: u32,
+        metrics: Metrics,
     ) -> Self {
         Self {
             store,
@@ -128,6 +131,7 @@ impl TokenService {
             notify,
             clock,
             issue_limit,
+            metrics,
         }
     }
 
@@ -142,6 +146,7 @@ impl TokenService {
             .hit_rate_limit(&limit_key, now, RATE_WINDOW, self.issue_limit)
             .await?
         {
+            self.metrics.rate_limited();
             return Err(TokenError::RateLimited(wait));
         }
         let (address, name) = self.address(&request).await?;
@@ -217,6 +222,7 @@ impl TokenService {
             None => None,
         };
         tracing::info!(token = %token.id, purpose = %purpose, revoked, emailed = message_id.is_some(), "token issued");
+        self.metrics.token("issued", purpose.as_str(), "");
         Ok(Issued {
             secret,
             token,
@@ -262,9 +268,32 @@ impl TokenService {
         purpose: Option<Purpose>,
         scope: Option<&str>,
     ) -> Result<Token, TokenError> {
-        let token = self.find(secret, purpose, scope).await?;
-        usable(&token, self.clock.now())?;
-        Ok(token)
+        let found = self.find(secret, purpose, scope).await;
+        self.counted(
+            found.and_then(|t| usable(&t, self.clock.now()).map(|()| t)),
+            purpose,
+        )
+    }
+
+    /// Counts a rejection by its reason.
+    fn counted(
+        &self,
+        result: Result<Token, TokenError>,
+        purpose: Option<Purpose>,
+    ) -> Result<Token, TokenError> {
+        if let Err(e) = &result {
+            let reason = match e {
+                TokenError::NotFound => "not_found",
+                TokenError::Expired => "expired",
+                TokenError::Consumed => "consumed",
+                TokenError::Revoked => "revoked",
+                TokenError::Invalid(_) => "invalid",
+                _ => return result,
+            };
+            let purpose = purpose.map_or("", Purpose::as_str);
+            self.metrics.token("rejected", purpose, reason);
+        }
+        result
     }
 
     /// Consumes a token: exactly one caller succeeds, durably.
@@ -275,13 +304,15 @@ impl TokenService {
         scope: Option<&str>,
     ) -> Result<Token, TokenError> {
         loop {
-            let token = self.find(secret, purpose, scope).await?;
             let now = self.clock.now();
-            usable(&token, now)?;
+            let found = self.find(secret, purpose, scope).await;
+            let token = self.counted(found.and_then(|t| usable(&t, now).map(|()| t)), purpose)?;
             let mut consumed = token.clone();
             consumed.consume(now);
             if self.store.swap_token(token.version, &consumed).await? {
                 tracing::info!(token = %consumed.id, purpose = %consumed.purpose, "token consumed");
+                self.metrics
+                    .token("consumed", consumed.purpose.as_str(), "");
                 return Ok(consumed);
             }
         }

@@ -28,6 +28,8 @@ pub struct TestServer {
     pub admin_key: String,
     pub data_dir: PathBuf,
     pub clock: Clock,
+    /// Where `/metrics` is served, with `--metrics-listen`.
+    pub metrics: Option<SocketAddr>,
     waker: std::sync::Arc<tokio::sync::Notify>,
     sweeper: std::sync::Arc<tokio::sync::Notify>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -61,6 +63,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let mailroom = Mailroom::open(args).await.expect("open mailroom");
         let waker = mailroom.delivery_waker();
+        let metrics = mailroom.metrics_addr();
         let sweeper = mailroom.sweeper();
         let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))
             .expect("admin.key written on first start")
@@ -75,6 +78,7 @@ impl TestServer {
             admin_key,
             data_dir,
             clock,
+            metrics,
             waker,
             sweeper,
             shutdown: Some(tx),

@@ -1,0 +1,178 @@
+//! `/metrics`: Prometheus text whose counters move when messages are sent and tokens are
+//! consumed.
+
+mod support;
+
+use std::collections::HashMap;
+
+use mailroom::config::Args;
+use mailroom::proto::v1 as pb;
+use support::smtp::{Options, SmtpServer};
+use support::TestServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Scrapes `/metrics`: every sample by its name and labels, as Prometheus text requires.
+async fn scrape(server: &TestServer) -> HashMap<String, f64> {
+    let addr = server.metrics.expect("--metrics-listen is set");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let mut samples = HashMap::new();
+    for line in body.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix('#') {
+            assert!(
+                comment.starts_with(" HELP ") || comment.starts_with(" TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && name.starts_with("mailroom_"),
+            "bad metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels in {line:?}");
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+fn get(samples: &HashMap<String, f64>, series: &str) -> f64 {
+    samples.get(series).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn counters_move_with_messages_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = Args::with_data_dir(dir.path());
+    args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = TestServer::start_with(args).await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let before = scrape(&server).await;
+    assert_eq!(get(&before, "mailroom_outbox_depth"), 0.0);
+
+    let sent = server
+        .notifier(&server.admin_key)
+        .send_to_addresses(pb::SendToAddressesRequest {
+            organisation: "acme".into(),
+            to: vec!["a@example.com".into(), "rejected@example.com".into()],
+            subject: "s".into(),
+            body: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    server
+        .wait_for_state(&sent.message_ids[0], pb::MessageState::Sent)
+        .await;
+    server
+        .wait_for_state(&sent.message_ids[1], pb::MessageState::Dead)
+        .await;
+    let mut tokens = server.tokens(&server.admin_key);
+    let token = tokens
+        .issue_token(pb::IssueTokenRequest {
+            purpose: pb::TokenPurpose::PasswordReset.into(),
+            login: "alice".into(),
+            email: "alice@example.com".into(),
+            organisation: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let consume = pb::ConsumeTokenRequest {
+        token,
+        purpose: pb::TokenPurpose::PasswordReset.into(),
+    };
+    tokens.consume_token(consume.clone()).await.unwrap();
+    tokens.consume_token(consume).await.unwrap_err();
+
+    // A message's state is visible a moment before its outcome is counted (the count
+    // follows the durable write): scrape until both outcomes are in.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let after = scrape(&server).await;
+        let settled = [
+            r#"mailroom_messages_total{state="sent"}"#,
+            r#"mailroom_messages_total{state="dead"}"#,
+        ]
+        .iter()
+        .all(|s| get(&after, s) > get(&before, s));
+        if settled || tokio::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let moved = |series: &str| get(&after, series) - get(&before, series);
+    assert_eq!(moved(r#"mailroom_messages_total{state="queued"}"#), 2.0);
+    assert_eq!(moved(r#"mailroom_messages_total{state="sent"}"#), 1.0);
+    assert_eq!(moved(r#"mailroom_messages_total{state="dead"}"#), 1.0);
+    assert_eq!(
+        moved(r#"mailroom_delivery_attempts_total{outcome="sent",smtp_class="2xx"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"mailroom_delivery_attempts_total{outcome="permanent_failure",smtp_class="5xx"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"mailroom_send_duration_seconds_count{outcome="sent"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"mailroom_tokens_total{event="issued",purpose="password_reset",reason=""}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"mailroom_tokens_total{event="consumed",purpose="password_reset",reason=""}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            r#"mailroom_tokens_total{event="rejected",purpose="password_reset",reason="consumed"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"mailroom_rpcs_total{code="Ok",method="/mailroom.v1.Token/ConsumeToken"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            r#"mailroom_rpcs_total{code="FailedPrecondition",method="/mailroom.v1.Token/ConsumeToken"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"mailroom_rpc_duration_seconds_count{method="/mailroom.v1.Token/ConsumeToken"}"#),
+        2.0
+    );
+    assert_eq!(get(&after, "mailroom_outbox_depth"), 0.0);
+}
