@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::clock::Clock;
 
@@ -14,16 +14,25 @@ use crate::clock::Clock;
 #[derive(Clone, Debug, Parser)]
 #[command(name = "mailroom", version, about, long_about = None)]
 pub struct Args {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to serve gRPC on.
     #[arg(long, env = "MAILROOM_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
     /// Directory of the embedded store, the master key and the bootstrap key file.
-    #[arg(long, env = "MAILROOM_DATA_DIR", default_value = "./data")]
+    #[arg(
+        long,
+        env = "MAILROOM_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Which store holds the state.
-    #[arg(long, env = "MAILROOM_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    #[arg(long, env = "MAILROOM_STORE", value_enum, default_value_t = StoreKind::Sled, global = true)]
     pub store: StoreKind,
 
     /// Memory for the embedded store's page cache, in MiB.
@@ -32,11 +41,11 @@ pub struct Args {
 
     /// File holding the 256-bit master key (64 hex digits) that encrypts stored secrets;
     /// `<data-dir>/master.key`, created on first start, when unset.
-    #[arg(long, env = "MAILROOM_MASTER_KEY_FILE")]
+    #[arg(long, env = "MAILROOM_MASTER_KEY_FILE", global = true)]
     pub master_key_file: Option<PathBuf>,
 
     /// Log line format.
-    #[arg(long, env = "MAILROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "MAILROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
     /// How long shutdown waits for in-flight RPCs before it stops them.
@@ -92,6 +101,14 @@ impl Args {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("master.key"))
     }
+}
+
+/// Maintenance commands (mailroom stopped).
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Seal every stored secret under a new master key, then drop the old one (stop mailroom
+    /// first: it needs the store to itself).
+    RotateMasterKey,
 }
 
 /// Which store holds the state.

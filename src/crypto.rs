@@ -32,46 +32,111 @@ pub enum CryptoError {
         source: std::io::Error,
     },
     /// The key file does not hold a key.
-    #[error("master key file {0} does not hold a 64-hex-digit key")]
+    #[error("master key file {0} does not hold keys of 64 hex digits, one per line")]
     KeyFormat(String),
     /// A sealed value did not open: wrong master key, or damaged data.
     #[error("a stored secret cannot be decrypted with this master key")]
     Open,
 }
 
-/// The key that seals stored secrets.
-pub struct MasterKey(XChaCha20Poly1305);
+/// The keys that seal stored secrets: a keyring whose first key seals and every key opens,
+/// so that a rotation can re-seal stored values while the old ones still open. The key file
+/// holds one key per line (64 hex digits), the sealing key first.
+pub struct MasterKey {
+    ciphers: Vec<XChaCha20Poly1305>,
+    hex: Vec<Zeroizing<String>>,
+}
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MasterKey(..)")
+        write!(f, "MasterKey({} keys)", self.ciphers.len())
     }
 }
 
 impl MasterKey {
-    /// Reads the key at `path`, creating it (mode 0600, 256 random bits) when absent.
+    /// Reads the keyring at `path`, creating it (mode 0600, one key of 256 random bits)
+    /// when absent.
     pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
-        let err = |source| CryptoError::KeyFile {
-            path: path.display().to_string(),
-            source,
-        };
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_hex(text.trim())
-                .ok_or_else(|| CryptoError::KeyFormat(path.display().to_string())),
+            Ok(text) => Self::parse(path, &Zeroizing::new(text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = Zeroizing::new([0u8; KEY_LEN]);
-                rand::rngs::OsRng.fill_bytes(key.as_mut());
-                let text = Zeroizing::new(hex::encode(key.as_ref()));
-                write_private_file(path, text.as_bytes()).map_err(err)?;
-                Ok(Self(XChaCha20Poly1305::new(key.as_ref().into())))
+                let key = Self::from_hex(vec![new_key_hex()]);
+                key.write(path)?;
+                Ok(key)
             }
-            Err(e) => Err(err(e)),
+            Err(e) => Err(key_file_error(path, e)),
         }
     }
 
-    fn from_hex(text: &str) -> Option<Self> {
-        let bytes = Zeroizing::new(hex::decode(text).ok()?);
-        (bytes.len() == KEY_LEN).then(|| Self(XChaCha20Poly1305::new(bytes.as_slice().into())))
+    fn parse(path: &Path, text: &str) -> Result<Self, CryptoError> {
+        let lines: Vec<Zeroizing<String>> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| Zeroizing::new(l.to_string()))
+            .collect();
+        let valid = !lines.is_empty()
+            && lines
+                .iter()
+                .all(|l| hex::decode(l.as_str()).is_ok_and(|b| b.len() == KEY_LEN));
+        if !valid {
+            return Err(CryptoError::KeyFormat(path.display().to_string()));
+        }
+        Ok(Self::from_hex(lines))
+    }
+
+    fn from_hex(hex_keys: Vec<Zeroizing<String>>) -> Self {
+        let ciphers = hex_keys
+            .iter()
+            .map(|h| {
+                let bytes = Zeroizing::new(hex::decode(h.as_str()).expect("checked hex"));
+                XChaCha20Poly1305::new(bytes.as_slice().into())
+            })
+            .collect();
+        Self {
+            ciphers,
+            hex: hex_keys,
+        }
+    }
+
+    /// Writes the keyring to `path` (mode 0600), replacing it atomically.
+    fn write(&self, path: &Path) -> Result<(), CryptoError> {
+        let staged = path.with_extension("new");
+        let _ = std::fs::remove_file(&staged);
+        let mut text = Zeroizing::new(String::new());
+        for key in &self.hex {
+            text.push_str(key);
+            text.push('\n');
+        }
+        write_private_file(&staged, text.as_bytes()).map_err(|e| key_file_error(path, e))?;
+        std::fs::rename(&staged, path).map_err(|e| key_file_error(path, e))
+    }
+
+    /// A keyring with a new sealing key before these keys, written to `path`: what
+    /// `rotate-master-key` seals with while it re-seals the stored values.
+    pub fn rotated(&self, path: &Path) -> Result<Self, CryptoError> {
+        let mut hex_keys = vec![new_key_hex()];
+        hex_keys.extend(self.hex.iter().cloned());
+        let rotated = Self::from_hex(hex_keys);
+        rotated.write(path)?;
+        Ok(rotated)
+    }
+
+    /// Keeps only the sealing key, written to `path`: once every stored value is re-sealed.
+    pub fn retire_old_keys(&self, path: &Path) -> Result<Self, CryptoError> {
+        let current = Self::from_hex(vec![self.hex[0].clone()]);
+        current.write(path)?;
+        Ok(current)
+    }
+
+    /// How many keys the ring holds.
+    pub fn len(&self) -> usize {
+        self.ciphers.len()
+    }
+
+    /// Whether the ring is empty (never: loading refuses an empty key file).
+    pub fn is_empty(&self) -> bool {
+        self.ciphers.is_empty()
     }
 
     /// Seals `plaintext`; `purpose` binds the result to its place (it cannot be moved to
@@ -88,8 +153,7 @@ impl MasterKey {
             msg: plaintext,
             aad: purpose.as_bytes(),
         };
-        let ciphertext = self
-            .0
+        let ciphertext = self.ciphers[0]
             .encrypt(XNonce::from_slice(&nonce), payload)
             .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
         let mut out = nonce.to_vec();
@@ -116,14 +180,28 @@ impl MasterKey {
             return Err(CryptoError::Open);
         }
         let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
-        let payload = Payload {
+        let payload = || Payload {
             msg: ciphertext,
             aad: purpose.as_bytes(),
         };
-        self.0
-            .decrypt(XNonce::from_slice(nonce), payload)
+        self.ciphers
+            .iter()
+            .find_map(|cipher| cipher.decrypt(XNonce::from_slice(nonce), payload()).ok())
             .map(Zeroizing::new)
-            .map_err(|_| CryptoError::Open)
+            .ok_or(CryptoError::Open)
+    }
+}
+
+fn new_key_hex() -> Zeroizing<String> {
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    rand::rngs::OsRng.fill_bytes(key.as_mut());
+    Zeroizing::new(hex::encode(key.as_ref()))
+}
+
+fn key_file_error(path: &Path, source: std::io::Error) -> CryptoError {
+    CryptoError::KeyFile {
+        path: path.display().to_string(),
+        source,
     }
 }
 
@@ -200,6 +278,35 @@ mod tests {
         assert!(other.open("smtp.password", &sealed).is_err());
         let again = MasterKey::load_or_create(&dir.path().join("k")).unwrap();
         assert_eq!(*again.open("smtp.password", &sealed).unwrap(), "hunter2");
+    }
+
+    #[test]
+    fn a_rotated_keyring_opens_old_values_and_seals_with_the_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let old = MasterKey::load_or_create(&path).unwrap();
+        let before = old.seal("p", "secret");
+        let rotated = old.rotated(&path).unwrap();
+        assert_eq!(rotated.len(), 2);
+        assert_eq!(*rotated.open("p", &before).unwrap(), "secret");
+        let after = rotated.seal("p", "secret");
+        assert!(old.open("p", &after).is_err(), "sealed with the new key");
+        let reloaded = MasterKey::load_or_create(&path).unwrap();
+        assert_eq!(*reloaded.open("p", &before).unwrap(), "secret");
+        let current = reloaded.retire_old_keys(&path).unwrap();
+        assert!(current.open("p", &before).is_err());
+        assert_eq!(
+            *MasterKey::load_or_create(&path)
+                .unwrap()
+                .open("p", &after)
+                .unwrap(),
+            "secret"
+        );
+        std::fs::write(&path, "not hex\n").unwrap();
+        assert!(matches!(
+            MasterKey::load_or_create(&path),
+            Err(CryptoError::KeyFormat(_))
+        ));
     }
 
     #[test]

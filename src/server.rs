@@ -84,12 +84,8 @@ impl Mailroom {
             );
         }
         let master_key = MasterKey::load_or_create(&args.master_key_path())?;
-        let store: Arc<dyn Store> = match args.store {
-            StoreKind::Sled => Arc::new(
-                SledStore::open(&args.data_dir, args.cache_mb * 1024 * 1024)
-                    .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
-            ),
-        };
+        let store = open_store(&args)?;
+        check_master_key(store.as_ref(), &master_key, &args).await?;
         let auth = Authenticator::new(store.clone(), args.clock.clone());
         if let Some(file) = auth.bootstrap(&args.data_dir).await? {
             tracing::info!(
@@ -336,6 +332,73 @@ fn tls_config(args: &Args) -> anyhow::Result<Option<tonic::transport::ServerTlsC
         config = config.client_ca_root(Certificate::from_pem(read(ca)?));
     }
     Ok(Some(config))
+}
+
+fn open_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match args.store {
+        StoreKind::Sled => Arc::new(
+            SledStore::open(&args.data_dir, args.cache_mb * 1024 * 1024).with_context(|| {
+                format!(
+                    "opening the store in {} (one mailroom per data directory: is another running?)",
+                    args.data_dir.display()
+                )
+            })?,
+        ),
+    })
+}
+
+const KEY_CHECK_PURPOSE: &str = "mailroom.key_check";
+
+/// Proves that `key` opens this store's secrets (sealing the proof on a new store): a
+/// wrong or lost key stops the start with a clear error instead of failing later.
+async fn check_master_key(store: &dyn Store, key: &MasterKey, args: &Args) -> anyhow::Result<()> {
+    match store.key_check().await? {
+        Some(sealed) => {
+            if key.open(KEY_CHECK_PURPOSE, &sealed).is_err() {
+                anyhow::bail!(
+                    "the master key in {} does not open this store's secrets: it is not the key \
+                     they were sealed with. Start with the right key file (--master-key-file)",
+                    args.master_key_path().display()
+                );
+            }
+        }
+        None => {
+            store
+                .set_key_check(&key.seal(KEY_CHECK_PURPOSE, "mailroom"))
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// `mailroom rotate-master-key`: a new sealing key, every stored secret (SMTP password,
+/// client key, message contents) sealed again with it, then the old keys dropped. mailroom
+/// must be stopped (the store is opened exclusively). Returns how many values it re-sealed.
+pub async fn rotate_master_key(args: &Args) -> anyhow::Result<usize> {
+    let path = args.master_key_path();
+    let store = open_store(args)?;
+    let old = MasterKey::load_or_create(&path)?;
+    check_master_key(store.as_ref(), &old, args).await?;
+    // The old keys stay in the file until every value is re-sealed: a crash midway leaves
+    // a keyring that still opens everything.
+    let keyring = Arc::new(old.rotated(&path)?);
+    let settings = SettingsService::new(store.clone(), keyring.clone(), args.clock.clone());
+    let notify = NotifyService::new(
+        store.clone(),
+        settings.clone(),
+        args.clock.clone(),
+        Arc::new(Notify::new()),
+        Metrics::new(),
+    );
+    let mut resealed = usize::from(settings.reseal().await?);
+    resealed += notify.reseal().await?;
+    store
+        .set_key_check(&keyring.seal(KEY_CHECK_PURPOSE, "mailroom"))
+        .await?;
+    store.flush().await?;
+    keyring.retire_old_keys(&path)?;
+    tracing::info!(file = %path.display(), resealed, "master key rotated");
+    Ok(resealed)
 }
 
 /// Opens mailroom as `args` say and serves on `listener` until `shutdown` resolves.

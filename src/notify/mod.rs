@@ -529,6 +529,34 @@ impl NotifyService {
         Ok(released)
     }
 
+    /// Seals every message's content again with the master key's sealing key (after a
+    /// rotation). How many.
+    pub async fn reseal(&self) -> Result<usize, NotifyError> {
+        let key = self.settings.master_key();
+        let mut after: Option<String> = None;
+        let mut count = 0;
+        loop {
+            let page = self.store.all_messages(after.as_deref(), 500).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for message in page {
+                let content = key.open_bytes(CONTENT_PURPOSE, &message.content)?;
+                let mut next = message.clone();
+                next.content = key.seal_bytes(CONTENT_PURPOSE, &content);
+                next.version += 1;
+                if self
+                    .store
+                    .swap_message(message.version, &next, false)
+                    .await?
+                {
+                    count += 1;
+                }
+            }
+        }
+        self.store.flush().await?;
+        Ok(count)
+    }
+
     /// Requeues a DEAD message.
     pub async fn retry(&self, id: &str, scope: Option<&str>) -> Result<OutboxMessage, NotifyError> {
         let now = self.clock.now();

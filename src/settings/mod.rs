@@ -373,6 +373,34 @@ impl SettingsService {
         Ok(candidate)
     }
 
+    /// Seals the stored secrets again with the master key's sealing key (after a
+    /// rotation). Whether there were any.
+    pub async fn reseal(&self) -> Result<bool, SettingsError> {
+        let Some(current) = self.store.smtp_settings().await? else {
+            return Ok(false);
+        };
+        let mut next = current.clone();
+        let key = &self.master_key;
+        next.password = current
+            .password(key)?
+            .map(|p| key.seal(PASSWORD_PURPOSE, &p));
+        next.tls.client_key = current
+            .client_key_pem(key)?
+            .map(|k| key.seal(CLIENT_KEY_PURPOSE, &k));
+        if !self
+            .store
+            .swap_smtp_settings(current.revision, &next)
+            .await?
+        {
+            return Err(SettingsError::Stale {
+                given: current.etag(),
+                current: "(changed concurrently)".into(),
+            });
+        }
+        self.remember(Some(Arc::new(next)));
+        Ok(current.password.is_some() || current.tls.client_key.is_some())
+    }
+
     /// The current time of the service's clock.
     pub fn now(&self) -> SystemTime {
         self.clock.now()

@@ -53,6 +53,13 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// Makes every earlier write durable (shutdown).
     async fn flush(&self) -> Result<()>;
 
+    /// A value sealed with the master key when the store was created: proof at start that
+    /// the key opens this store's secrets.
+    async fn key_check(&self) -> Result<Option<crate::crypto::Sealed>>;
+
+    /// Replaces the key check (first start, key rotation). Durable.
+    async fn set_key_check(&self, sealed: &crate::crypto::Sealed) -> Result<()>;
+
     /// The SMTP settings, when ever saved.
     async fn smtp_settings(&self) -> Result<Option<SmtpSettings>>;
 
@@ -123,6 +130,9 @@ pub trait Store: TokenStore + Send + Sync + 'static {
 
     /// When the earliest pending message is due.
     async fn next_due(&self) -> Result<Option<SystemTime>>;
+
+    /// Every message in id order after `after`, at most `limit` (key rotation).
+    async fn all_messages(&self, after: After<'_>, limit: usize) -> Result<Vec<OutboxMessage>>;
 
     /// How many messages are pending (queued, retrying or claimed).
     async fn pending_messages(&self) -> Result<usize>;

@@ -24,6 +24,7 @@ use crate::tokens::{Purpose, RateWindow, Token};
 
 const SETTINGS_KEY: &[u8] = b"smtp_settings";
 const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
+const KEY_CHECK: &[u8] = b"key_check";
 
 // The outbox is one tree, so that a whole batch is one atomic `apply_batch`:
 /// `m<id>` → message.
@@ -196,6 +197,21 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<()> {
+        self.durable().await
+    }
+
+    async fn key_check(&self) -> Result<Option<crate::crypto::Sealed>> {
+        self.meta
+            .get(KEY_CHECK)
+            .map_err(unavailable)?
+            .map(|bytes| decode("key_check", &bytes))
+            .transpose()
+    }
+
+    async fn set_key_check(&self, sealed: &crate::crypto::Sealed) -> Result<()> {
+        self.meta
+            .insert(KEY_CHECK, encode(sealed))
+            .map_err(unavailable)?;
         self.durable().await
     }
 
@@ -475,6 +491,15 @@ impl Store for SledStore {
             }
             None => Ok(None),
         }
+    }
+
+    async fn all_messages(&self, after: After<'_>, limit: usize) -> Result<Vec<OutboxMessage>> {
+        let mut messages = Vec::new();
+        for entry in scan_after(&self.outbox, vec![MESSAGE], after).take(limit) {
+            let (k, bytes) = entry.map_err(unavailable)?;
+            messages.push(decode(&String::from_utf8_lossy(&k[1..]), &bytes)?);
+        }
+        Ok(messages)
     }
 
     async fn pending_messages(&self) -> Result<usize> {

@@ -1,0 +1,123 @@
+//! Master-key rotation: `mailroom rotate-master-key` keeps every secret readable under a new
+//! key, and a wrong key stops the start with a clear error.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use mailroom::config::Args;
+use mailroom::proto::v1 as pb;
+use mailroom::server::Mailroom;
+use support::smtp::{Options, Pki, SmtpServer};
+use support::TestServer;
+
+#[tokio::test]
+async fn rotation_keeps_every_secret_readable_and_a_wrong_key_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Arc::new(Pki::new());
+    let smtp = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        credentials: Some(("relay".into(), "relay-password".into())),
+        ..Default::default()
+    });
+    let mut server = TestServer::start_in(dir.path()).await;
+    server
+        .smtp(&server.admin_key)
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(pb::SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: smtp.addr.port().into(),
+                from: "thehive@example.com".into(),
+                security: pb::ConnectionSecurity::Starttls.into(),
+                username: "relay".into(),
+                password: "relay-password".into(),
+                tls: Some(pb::TlsSettings {
+                    ca_certificates_pem: pki.ca_pem.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    let dead = server
+        .notifier(&server.admin_key)
+        .send_to_addresses(pb::SendToAddressesRequest {
+            organisation: "acme".into(),
+            to: vec!["rejected@example.com".into()],
+            subject: "kept".into(),
+            body: "sealed body".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_ids
+        .remove(0);
+    server.wait_for_state(&dead, pb::MessageState::Dead).await;
+    server.stop().await.unwrap();
+
+    let key_file = dir.path().join("master.key");
+    let old_key = std::fs::read_to_string(&key_file).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        .args(["rotate-master-key", "--data-dir"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let new_key = std::fs::read_to_string(&key_file).unwrap();
+    assert_ne!(new_key, old_key);
+    assert_eq!(
+        new_key.lines().count(),
+        1,
+        "the old key is dropped once everything is re-sealed"
+    );
+
+    let mut server = TestServer::start_in(dir.path()).await;
+    let report = server
+        .smtp(&server.admin_key)
+        .test_smtp_settings(pb::TestSmtpSettingsRequest {
+            settings: None,
+            recipient: "soc@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        report.success,
+        "the stored password still opens: {report:#?}"
+    );
+    smtp.reject(&[]);
+    server
+        .notifier(&server.admin_key)
+        .retry_message(pb::RetryMessageRequest { id: dead.clone() })
+        .await
+        .unwrap();
+    server.wait_for_state(&dead, pb::MessageState::Sent).await;
+    assert!(smtp
+        .seen()
+        .messages
+        .iter()
+        .any(|m| m.text().contains("sealed body")));
+    server.stop().await.unwrap();
+
+    // The old key no longer opens anything: starting with it fails, clearly.
+    std::fs::write(&key_file, &old_key).unwrap();
+    let error = Mailroom::open(Args::with_data_dir(dir.path()))
+        .await
+        .err()
+        .expect("refused");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("does not open this store's secrets"),
+        "{message}"
+    );
+    std::fs::write(&key_file, "not a key\n").unwrap();
+    let error = Mailroom::open(Args::with_data_dir(dir.path()))
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{error:#}").contains("64 hex digits"), "{error:#}");
+}
