@@ -15,7 +15,7 @@
 //! - [`notify`]: EmailerToAddr and EmailerToUser, the outbox's messages and their states.
 //! - [`directory`]: the users notifications go to.
 //! - [`tokens`]: password-reset and invitation tokens and their emails.
-//! - [`mail`]: SMTP: the TLS policy, the pooled lettre transport, the staged test, the
+//! - [`mail`]: SMTP: the TLS policy, lettre connections from the settings, the staged test, the
 //!   templates and the delivery workers.
 //! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`).
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.

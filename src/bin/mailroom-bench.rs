@@ -782,7 +782,9 @@ async fn main() -> anyhow::Result<()> {
          Produced by `scripts/bench` (`cargo build --release` then `target/release/mailroom-bench \
          --seconds {} --tokens {} --users {} --messages {} --connections {}`), which rewrites this\n\
          file. Every figure is a ratio to a ceiling measured in the same run on the same machine,\n\
-         because absolute times on a shared machine drift. Client and server share the machine.\n\n\
+         because absolute times on a shared machine drift. Client and server share the machine.\n\
+         What was profiled and fixed, and why the targets still missed are missed: see\n\
+         [PERFORMANCE.md](PERFORMANCE.md).\n\n\
          Machine: {}.\n",
         args.seconds,
         args.tokens,
