@@ -123,6 +123,13 @@ impl Mailroom {
             None => None,
         };
         if store.exclusive() {
+            let discarded = notify.discard_staged().await?;
+            if discarded > 0 {
+                tracing::info!(
+                    discarded,
+                    "messages of requests that never answered are dropped"
+                );
+            }
             let released = notify.release_claims().await?;
             if released > 0 {
                 tracing::info!(released, "messages claimed before a crash are due again");

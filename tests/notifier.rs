@@ -676,3 +676,45 @@ async fn delivery_uses_starttls_and_auth_and_follows_a_settings_change() {
     assert_eq!(plain.seen().messages.len(), 1);
     assert_eq!(secure.seen().messages.len(), 2);
 }
+
+#[tokio::test]
+async fn a_batch_never_queued_is_dropped_at_start() {
+    use mailroom::crypto::MasterKey;
+    use mailroom::notify::OutgoingEmail;
+    use mailroom::store::sled::SledStore;
+    use mailroom::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let staged = {
+        let key = MasterKey::load_or_create(&dir.path().join("master.key")).unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let message = OutgoingEmail {
+            organisation: "acme",
+            from: "thehive@example.com".parse().unwrap(),
+            to: "soc@example.com".parse().unwrap(),
+            subject: "half written",
+            text: "a request that died before it answered",
+            html: None,
+        }
+        .seal(&key, std::time::SystemTime::now())
+        .unwrap();
+        store
+            .stage_messages("batch_dead", std::slice::from_ref(&message))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        assert!(
+            store.message(&message.id).await.unwrap().is_some(),
+            "written, not queued"
+        );
+        store.close().await.unwrap();
+        message.id
+    };
+    let server = TestServer::start_in(dir.path()).await;
+    let status = server
+        .notifier(&server.admin_key)
+        .get_message(pb::GetMessageRequest { id: staged })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}

@@ -219,31 +219,44 @@ impl NotifyService {
         }
         let settings = self.configured().await?;
         let templates = compile(&n, &[])?;
-        let mut messages = Vec::new();
+        // Rendered a page of users at a time and staged as it goes, so that memory stays
+        // bounded however large the organisation; queued all at once at the end.
+        let batch = crypto::random_id("batch_");
+        let mut ids = Vec::new();
         let mut after: Option<String> = None;
-        loop {
-            let users = self
-                .store
-                .list_users(&n.organisation, after.as_deref(), USER_PAGE)
-                .await?;
-            let Some(last) = users.last() else { break };
-            after = Some(last.login.clone());
-            let full = users.len() == USER_PAGE;
-            let drafts = users.iter().filter(|u| !u.locked).filter_map(|u| {
-                let address = u.address()?;
-                let mut data = n.context.clone();
-                data.insert("user".into(), user_value(u, &address));
-                Some(Draft {
-                    to: Recipient::Address(address, u.name.clone()),
-                    data: Value::Object(data),
-                })
-            });
-            messages.extend(self.render_all(&n, &settings, &templates, drafts)?);
-            if !full {
-                break;
+        let staged: Result<(), NotifyError> = async {
+            loop {
+                let users = self
+                    .store
+                    .list_users(&n.organisation, after.as_deref(), USER_PAGE)
+                    .await?;
+                let Some(last) = users.last() else { break };
+                after = Some(last.login.clone());
+                let full = users.len() == USER_PAGE;
+                let drafts = users.iter().filter(|u| !u.locked).filter_map(|u| {
+                    let address = u.address()?;
+                    let mut data = n.context.clone();
+                    data.insert("user".into(), user_value(u, &address));
+                    Some(Draft {
+                        to: Recipient::Address(address, u.name.clone()),
+                        data: Value::Object(data),
+                    })
+                });
+                let messages = self.render_all(&n, &settings, &templates, drafts)?;
+                self.store.stage_messages(&batch, &messages).await?;
+                ids.extend(messages.into_iter().map(|m| m.id));
+                if !full {
+                    break;
+                }
             }
+            Ok(())
         }
-        self.enqueue(&n, messages).await
+        .await;
+        if let Err(e) = staged {
+            self.store.discard_batch(&batch).await?;
+            return Err(e);
+        }
+        self.commit(&n, &batch, ids).await
     }
 
     /// TheHive's account-change email to a directory user of `organisation`; an email
@@ -325,7 +338,9 @@ impl NotifyService {
 
     /// Queues messages built elsewhere (the token emails and account notices), durably.
     pub async fn enqueue_built(&self, messages: Vec<OutboxMessage>) -> Result<(), NotifyError> {
-        self.store.enqueue(&messages, None).await?;
+        let batch = crypto::random_id("batch_");
+        self.store.stage_messages(&batch, &messages).await?;
+        self.store.commit_batch(&batch, None).await?;
         self.metrics.messages("queued", messages.len());
         self.wake.notify_one();
         Ok(())
@@ -433,14 +448,28 @@ impl NotifyService {
         self.settings.get().await?.ok_or(NotifyError::NotConfigured)
     }
 
+    /// Stages `messages` and queues them with the notification's idempotency key.
     async fn enqueue(
         &self,
         n: &Notification,
         messages: Vec<OutboxMessage>,
     ) -> Result<Queued, NotifyError> {
+        let batch = crypto::random_id("batch_");
+        self.store.stage_messages(&batch, &messages).await?;
+        self.commit(n, &batch, messages.into_iter().map(|m| m.id).collect())
+            .await
+    }
+
+    /// Queues the staged `batch` (messages `ids`) with the notification's idempotency key.
+    async fn commit(
+        &self,
+        n: &Notification,
+        batch: &str,
+        ids: Vec<String>,
+    ) -> Result<Queued, NotifyError> {
         let queued = Queued {
-            message_ids: messages.iter().map(|m| m.id.clone()).collect(),
-            recipients: u32::try_from(messages.len()).unwrap_or(u32::MAX),
+            recipients: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            message_ids: ids,
             duplicate: false,
         };
         let key = (!n.idempotency_key.is_empty()).then(|| Idempotency {
@@ -449,15 +478,21 @@ impl NotifyService {
             queued: queued.clone(),
             create_time: self.clock.now(),
         });
-        if let Some(first) = self.store.enqueue(&messages, key.as_ref()).await? {
+        if let Some(first) = self.store.commit_batch(batch, key.as_ref()).await? {
             return Ok(Queued {
                 duplicate: true,
                 ..first.queued
             });
         }
-        self.metrics.messages("queued", messages.len());
+        self.metrics.messages("queued", queued.message_ids.len());
         self.wake.notify_one();
         Ok(queued)
+    }
+
+    /// Forgets batches staged by a process that died before queuing them (stores only this
+    /// process can open). How many messages.
+    pub async fn discard_staged(&self) -> Result<usize, NotifyError> {
+        Ok(self.store.discard_staged().await?)
     }
 
     /// One message; `scope` limits it to an organisation (`None`: any).

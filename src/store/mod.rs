@@ -101,13 +101,26 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<User>>;
 
-    /// Queues `messages` in one atomic, durable write, with `key` when given. When `key`
-    /// was used before, queues nothing and returns its first use.
-    async fn enqueue(
+    /// Writes `messages` as part of batch `batch`, not yet queued: invisible to delivery and
+    /// to listing until [`Store::commit_batch`]. A large batch is staged in chunks (bounded
+    /// memory) and still queued in one atomic write.
+    async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()>;
+
+    /// Queues every message staged in `batch`, with `key` when given, in one atomic,
+    /// durable write. When `key` was used before, discards the batch instead and returns the
+    /// key's first use.
+    async fn commit_batch(
         &self,
-        messages: &[OutboxMessage],
+        batch: &str,
         key: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>>;
+
+    /// Forgets the messages staged in `batch` (a request that failed halfway).
+    async fn discard_batch(&self, batch: &str) -> Result<()>;
+
+    /// Forgets every staged batch: for a store only this process can open, their writers
+    /// died before committing. How many messages.
+    async fn discard_staged(&self) -> Result<usize>;
 
     /// The first use of an idempotency key.
     async fn idempotency(&self, organisation: &str, key: &str) -> Result<Option<Idempotency>>;

@@ -35,6 +35,35 @@ const DUE: u8 = b'q';
 const BY_ORGANISATION: u8 = b'o';
 /// `i<organisation>\0<key>` → idempotency record.
 const IDEMPOTENCY: u8 = b'i';
+/// `s<batch>\0<id>` → the keys that queue a staged message (organisation index, due index).
+const STAGED: u8 = b's';
+
+fn staged_key(batch: &str, id: &str) -> Vec<u8> {
+    key(STAGED, &[batch.as_bytes(), id.as_bytes()])
+}
+
+/// What a staging entry holds: the message's organisation-index key, then its due key.
+fn staged_value(message: &OutboxMessage) -> Vec<u8> {
+    let organisation = organisation_key(&message.organisation, &message.id);
+    let mut value = u32::try_from(organisation.len())
+        .unwrap_or(u32::MAX)
+        .to_be_bytes()
+        .to_vec();
+    value.extend_from_slice(&organisation);
+    if let Some(due) = due_key(message) {
+        value.extend_from_slice(&due);
+    }
+    value
+}
+
+/// The organisation-index key and due key of a staging entry.
+fn staged_keys(value: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&value[..4]);
+    let end = 4 + u32::from_be_bytes(len) as usize;
+    let due = value[end..].to_vec();
+    (value[4..end].to_vec(), (!due.is_empty()).then_some(due))
+}
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = vec![prefix];
@@ -102,6 +131,7 @@ pub struct SledStore {
     rate_limits: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
     flusher: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    flusher_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl SledStore {
@@ -116,7 +146,7 @@ impl SledStore {
             .map_err(unavailable)?;
         let tree = |name: &str| db.open_tree(name).map_err(unavailable);
         let (flusher, requests) = mpsc::unbounded_channel();
-        tokio::spawn(
+        let flusher_task = tokio::spawn(
             group_commit(db.clone(), requests).instrument(tracing::info_span!("sled_flusher")),
         );
         Ok(Self {
@@ -134,7 +164,22 @@ impl SledStore {
             enqueue_lock: tokio::sync::Mutex::new(()),
             db,
             flusher,
+            flusher_task: Some(flusher_task),
         })
+    }
+
+    /// Flushes and closes the store, releasing its directory for another process.
+    pub async fn close(mut self) -> Result<()> {
+        self.durable().await?;
+        let task = self.flusher_task.take();
+        // Dropping the store drops the flusher's channel: the task ends, and with it the
+        // last handle on the database.
+        drop(self);
+        if let Some(task) = task {
+            task.await
+                .map_err(|e| StoreError::Unavailable(format!("the sled flusher failed: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Waits until every write made before the call is on disk.
@@ -387,9 +432,18 @@ impl Store for SledStore {
         Ok(users)
     }
 
-    async fn enqueue(
+    async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()> {
+        let mut writes = sled::Batch::default();
+        for message in messages {
+            writes.insert(message_key(&message.id), encode(message));
+            writes.insert(staged_key(batch, &message.id), staged_value(message));
+        }
+        self.outbox.apply_batch(writes).map_err(unavailable)
+    }
+
+    async fn commit_batch(
         &self,
-        messages: &[OutboxMessage],
+        batch: &str,
         idempotency: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>> {
         // Serialises the check of a key with its write (sled serves one process); the
@@ -398,27 +452,62 @@ impl Store for SledStore {
             Some(k) => {
                 let guard = self.enqueue_lock.lock().await;
                 if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
+                    drop(guard);
+                    self.discard_batch(batch).await?;
                     return Ok(Some(first));
                 }
                 Some(guard)
             }
             None => None,
         };
-        let mut batch = sled::Batch::default();
-        for message in messages {
-            batch.insert(message_key(&message.id), encode(message));
-            batch.insert(organisation_key(&message.organisation, &message.id), &[]);
-            if let Some(due) = due_key(message) {
-                batch.insert(due, &[]);
+        let mut writes = sled::Batch::default();
+        for entry in self.outbox.scan_prefix(staged_key(batch, "")) {
+            let (staged, value) = entry.map_err(unavailable)?;
+            let (organisation, due) = staged_keys(&value);
+            writes.insert(organisation, &[]);
+            if let Some(due) = due {
+                writes.insert(due, &[]);
             }
+            writes.remove(staged);
         }
         if let Some(k) = idempotency {
-            batch.insert(idempotency_key(&k.organisation, &k.key), encode(k));
+            writes.insert(idempotency_key(&k.organisation, &k.key), encode(k));
         }
-        self.outbox.apply_batch(batch).map_err(unavailable)?;
+        self.outbox.apply_batch(writes).map_err(unavailable)?;
         drop(guard);
         self.durable().await?;
         Ok(None)
+    }
+
+    async fn discard_batch(&self, batch: &str) -> Result<()> {
+        let prefix = staged_key(batch, "");
+        let mut writes = sled::Batch::default();
+        for entry in self.outbox.scan_prefix(&prefix) {
+            let (staged, _) = entry.map_err(unavailable)?;
+            let id = String::from_utf8_lossy(&staged[prefix.len()..]).into_owned();
+            writes.remove(message_key(&id));
+            writes.remove(staged);
+        }
+        self.outbox.apply_batch(writes).map_err(unavailable)
+    }
+
+    async fn discard_staged(&self) -> Result<usize> {
+        let mut writes = sled::Batch::default();
+        let mut count = 0;
+        for entry in self.outbox.scan_prefix([STAGED]) {
+            let (staged, _) = entry.map_err(unavailable)?;
+            let rest = &staged[1..];
+            let Some(split) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
+            writes.remove(message_key(&id));
+            writes.remove(staged);
+            count += 1;
+        }
+        self.outbox.apply_batch(writes).map_err(unavailable)?;
+        self.durable().await?;
+        Ok(count)
     }
 
     async fn idempotency(&self, organisation: &str, k: &str) -> Result<Option<Idempotency>> {
