@@ -328,9 +328,18 @@ impl SettingsService {
         if !self.deny_private {
             return Ok(());
         }
-        fields::public_host(&settings.host, settings.port)
-            .await
-            .map_err(|why| SettingsError::Invalid(validation::violation("settings.host", why)))
+        let checked = tokio::time::timeout(
+            settings.timeout,
+            fields::public_host(&settings.host, settings.port),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "could not be resolved within {} to check it is not a private address",
+                human(settings.timeout)
+            ))
+        });
+        checked.map_err(|why| SettingsError::Invalid(validation::violation("settings.host", why)))
     }
 
     /// The master key that opens stored secrets.
