@@ -630,11 +630,7 @@ async fn delivery_uses_starttls_and_auth_and_follows_a_settings_change() {
     use support::smtp::Pki;
     let server = TestServer::start().await;
     let pki = Arc::new(Pki::new());
-    let secure = SmtpServer::start(Options {
-        starttls: Some(pki.clone()),
-        credentials: Some(("relay".into(), "relay-password".into())),
-        ..Default::default()
-    });
+    let secure = SmtpServer::with_auth(&pki, "relay", "relay-password");
     server
         .smtp(&server.admin_key)
         .update_smtp_settings(pb::UpdateSmtpSettingsRequest {

@@ -9,18 +9,14 @@ use std::sync::Arc;
 use mailroom::config::Args;
 use mailroom::proto::v1 as pb;
 use mailroom::server::Mailroom;
-use support::smtp::{Options, Pki, SmtpServer};
+use support::smtp::{Pki, SmtpServer};
 use support::TestServer;
 
 #[tokio::test]
 async fn rotation_keeps_every_secret_readable_and_a_wrong_key_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Arc::new(Pki::new());
-    let smtp = SmtpServer::start(Options {
-        starttls: Some(pki.clone()),
-        credentials: Some(("relay".into(), "relay-password".into())),
-        ..Default::default()
-    });
+    let smtp = SmtpServer::with_auth(&pki, "relay", "relay-password");
     let mut server = TestServer::start_in(dir.path()).await;
     server
         .smtp(&server.admin_key)

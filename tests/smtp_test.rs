@@ -132,11 +132,7 @@ async fn plain_smtp_without_auth() {
 async fn starttls_with_and_without_auth() {
     let server = TestServer::start().await;
     let pki = Arc::new(Pki::new());
-    let smtp = SmtpServer::start(Options {
-        starttls: Some(pki.clone()),
-        credentials: Some(("relay".into(), PASSWORD.into())),
-        ..Default::default()
-    });
+    let smtp = SmtpServer::with_auth(&pki, "relay", PASSWORD);
     let given = with_auth(
         with_ca(
             settings(smtp.addr.port(), pb::ConnectionSecurity::Starttls),
@@ -333,11 +329,7 @@ async fn an_untrusted_certificate_fails_at_tls() {
 async fn a_wrong_password_fails_at_auth_with_535() {
     let server = TestServer::start().await;
     let pki = Arc::new(Pki::new());
-    let smtp = SmtpServer::start(Options {
-        starttls: Some(pki.clone()),
-        credentials: Some(("relay".into(), PASSWORD.into())),
-        ..Default::default()
-    });
+    let smtp = SmtpServer::with_auth(&pki, "relay", PASSWORD);
     let given = with_auth(
         with_ca(
             settings(smtp.addr.port(), pb::ConnectionSecurity::Starttls),
@@ -410,11 +402,7 @@ async fn unsaved_settings_are_tested_and_the_stored_ones_unchanged() {
 async fn the_stored_password_never_goes_to_a_changed_server() {
     let server = TestServer::start().await;
     let pki = Arc::new(Pki::new());
-    let trusted = SmtpServer::start(Options {
-        starttls: Some(pki.clone()),
-        credentials: Some(("relay".into(), PASSWORD.into())),
-        ..Default::default()
-    });
+    let trusted = SmtpServer::with_auth(&pki, "relay", PASSWORD);
     let stored = with_auth(
         with_ca(
             settings(trusted.addr.port(), pb::ConnectionSecurity::Starttls),
@@ -437,11 +425,7 @@ async fn the_stored_password_never_goes_to_a_changed_server() {
     same.password.clear();
     assert!(test(&server, Some(same), RECIPIENT).await.success);
 
-    let attacker = SmtpServer::start(Options {
-        starttls: Some(pki.clone()),
-        credentials: Some(("relay".into(), "anything".into())),
-        ..Default::default()
-    });
+    let attacker = SmtpServer::with_auth(&pki, "relay", "anything");
     let mut moved = stored.clone();
     moved.port = attacker.addr.port().into();
     moved.password.clear();

@@ -338,18 +338,8 @@ async fn the_emails_carry_a_link_whose_token_consumes() {
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
     server
-        .directory(&server.admin_key)
-        .upsert_user(pb::UpsertUserRequest {
-            user: Some(pb::User {
-                login: "alice".into(),
-                name: "Alice Martin".into(),
-                email: "alice@example.com".into(),
-                organisations: vec!["acme".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+        .add_user("alice", "Alice Martin", "alice@example.com", &["acme"])
+        .await;
     let mut request = issue_request("alice", RESET);
     request.email.clear();
     request.send_email = true;
@@ -418,18 +408,8 @@ async fn account_notices_reach_the_user_and_both_addresses_on_an_email_change() 
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
     server
-        .directory(&server.admin_key)
-        .upsert_user(pb::UpsertUserRequest {
-            user: Some(pb::User {
-                login: "alice".into(),
-                name: "Alice".into(),
-                email: "alice.new@example.com".into(),
-                organisations: vec!["acme".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+        .add_user("alice", "Alice", "alice.new@example.com", &["acme"])
+        .await;
     let mut notifier = server.notifier(&server.admin_key);
     let mut ids = Vec::new();
     for (kind, previous) in [

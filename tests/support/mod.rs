@@ -156,6 +156,22 @@ impl TestServer {
             .into_inner()
     }
 
+    /// Adds a directory user.
+    pub async fn add_user(&self, login: &str, name: &str, email: &str, organisations: &[&str]) {
+        self.directory(&self.admin_key)
+            .upsert_user(pb::UpsertUserRequest {
+                user: Some(pb::User {
+                    login: login.into(),
+                    name: name.into(),
+                    email: email.into(),
+                    organisations: organisations.iter().map(|o| o.to_string()).collect(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("upsert user");
+    }
+
     /// Waits (10 s at most) until message `id` is in `state`; the message.
     pub async fn wait_for_state(&self, id: &str, state: pb::MessageState) -> pb::Message {
         let mut notifier = self.notifier(&self.admin_key);

@@ -259,6 +259,15 @@ impl SmtpServer {
         *self.rejected.lock().unwrap() = addresses.iter().map(|a| a.to_string()).collect();
     }
 
+    /// A server offering STARTTLS with `pki`'s certificate and requiring AUTH as `user`.
+    pub fn with_auth(pki: &Arc<Pki>, user: &str, password: &str) -> Self {
+        Self::start(Options {
+            starttls: Some(pki.clone()),
+            credentials: Some((user.into(), password.into())),
+            ..Default::default()
+        })
+    }
+
     /// What the server saw so far.
     pub fn seen(&self) -> Seen {
         self.seen.lock().unwrap().clone()
