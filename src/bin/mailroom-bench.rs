@@ -53,6 +53,9 @@ struct Args {
     /// SMTP connections of the delivery figure (mailroom's --workers, smtp-source's -s).
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// RPC cost: the numbers of requests in flight to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
+    in_flight: Vec<usize>,
     /// Run only these sections (rpc, delivery, scale); all when empty.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -369,7 +372,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
     let verify_token = issue_tokens(&server, 1, "verify").await?.remove(0);
     let consumable = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut rows = Vec::new();
-    for concurrency in [1usize, 16, 64] {
+    for &concurrency in &args.in_flight {
         let health = HealthClient::new(server.channel.clone());
         let floor = load(concurrency, duration, move |_| {
             let mut c = health.clone();
