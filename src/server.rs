@@ -159,7 +159,7 @@ impl Mailroom {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// Runs the token sweeper now (it runs hourly): tests that move a manual clock past a
+    /// Runs the sweeper now (it runs hourly): tests that move a manual clock past a
     /// purge time use it.
     pub fn sweeper(&self) -> Arc<Notify> {
         self.sweep.clone()
@@ -234,8 +234,13 @@ impl Mailroom {
             ))
         });
         let sweeper = tokio::spawn(
-            sweep_tokens(self.tokens.clone(), self.sweep.clone(), stop_watch.clone())
-                .instrument(tracing::info_span!("token_sweeper")),
+            sweep(
+                self.tokens.clone(),
+                self.notify.clone(),
+                self.sweep.clone(),
+                stop_watch.clone(),
+            )
+            .instrument(tracing::info_span!("sweeper")),
         );
         let addr = listener.local_addr()?;
         let signal_health = health.clone();
@@ -500,13 +505,24 @@ async fn monitor_store(
 /// How often ended tokens are purged.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Purges tokens ended more than a week ago, hourly or when `now` is notified.
-async fn sweep_tokens(tokens: TokenService, now: Arc<Notify>, mut stopping: watch::Receiver<bool>) {
+/// Hourly, or when `now` is notified: purges tokens ended more than a week ago, idle
+/// rate-limit windows, and idempotency keys older than a week.
+async fn sweep(
+    tokens: TokenService,
+    notify: NotifyService,
+    now: Arc<Notify>,
+    mut stopping: watch::Receiver<bool>,
+) {
     loop {
         match tokens.purge().await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "ended tokens purged"),
             Err(e) => tracing::warn!(error = %e, "token sweep failed"),
+        }
+        match notify.purge_idempotency().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "old idempotency keys purged"),
+            Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
         }
         tokio::select! {
             () = tokio::time::sleep(SWEEP_INTERVAL) => {}

@@ -714,3 +714,33 @@ async fn a_batch_never_queued_is_dropped_at_start() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_a_week() {
+    let server = TestServer::start().await;
+    server.configure_smtp(support::smtp::refused_port()).await;
+    let mut request = to_addresses(&["soc@example.com"], "s", "b");
+    request.idempotency_key = "weekly-report".into();
+    let first = send(&server, request.clone()).await;
+    server.clock.advance(Duration::from_secs(6 * 86_400));
+    server.sweep();
+    assert!(
+        send(&server, request.clone()).await.duplicate,
+        "kept for a week"
+    );
+    server.clock.advance(Duration::from_secs(86_400 + 1));
+    server.sweep();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = send(&server, request.clone()).await;
+        if !again.duplicate {
+            assert_ne!(again.message_ids, first.message_ids);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key was never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

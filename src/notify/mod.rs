@@ -42,6 +42,8 @@ pub const MAX_ADDRESSES: usize = 100;
 /// Most violations reported for one request (a bad template over 100,000 users is one
 /// mistake, not 100,000).
 const MAX_VIOLATIONS: usize = 20;
+/// How long an idempotency key is remembered.
+pub const KEEP_IDEMPOTENCY: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 /// Users read from the directory at a time by SendToUsers.
 const USER_PAGE: usize = 1000;
 
@@ -487,6 +489,13 @@ impl NotifyService {
         self.metrics.messages("queued", queued.message_ids.len());
         self.wake.notify_one();
         Ok(queued)
+    }
+
+    /// Forgets idempotency keys first used more than a week ago. How many.
+    pub async fn purge_idempotency(&self) -> Result<usize, NotifyError> {
+        let now = self.clock.now();
+        let before = now.checked_sub(KEEP_IDEMPOTENCY).unwrap_or(now);
+        Ok(self.store.purge_idempotency(before).await?)
     }
 
     /// Forgets batches staged by a process that died before queuing them (stores only this

@@ -122,6 +122,9 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// died before committing. How many messages.
     async fn discard_staged(&self) -> Result<usize>;
 
+    /// Forgets idempotency keys first used before `before`. How many.
+    async fn purge_idempotency(&self, before: SystemTime) -> Result<usize>;
+
     /// The first use of an idempotency key.
     async fn idempotency(&self, organisation: &str, key: &str) -> Result<Option<Idempotency>>;
 
@@ -188,6 +191,9 @@ pub trait TokenStore: Send + Sync {
 
     /// Forgets up to `limit` tokens whose [`Token::purge_time`] is past at `now`. How many.
     async fn purge_tokens(&self, now: SystemTime, limit: usize) -> Result<u32>;
+
+    /// Forgets the rate-limit windows with no issue since `before`. How many.
+    async fn purge_rate_limits(&self, before: SystemTime) -> Result<usize>;
 
     /// Counts one issue for `key` at `now` unless `limit` happened within `window`; else
     /// how long until the next is allowed.

@@ -510,6 +510,21 @@ impl Store for SledStore {
         Ok(count)
     }
 
+    async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
+        let mut writes = sled::Batch::default();
+        let mut count = 0;
+        for entry in self.outbox.scan_prefix([IDEMPOTENCY]) {
+            let (k, bytes) = entry.map_err(unavailable)?;
+            let record: Idempotency = decode("idempotency", &bytes)?;
+            if record.create_time < before {
+                writes.remove(k);
+                count += 1;
+            }
+        }
+        self.outbox.apply_batch(writes).map_err(unavailable)?;
+        Ok(count)
+    }
+
     async fn idempotency(&self, organisation: &str, k: &str) -> Result<Option<Idempotency>> {
         self.outbox
             .get(idempotency_key(organisation, k))
@@ -803,6 +818,21 @@ impl TokenStore for SledStore {
             self.durable().await?;
         }
         Ok(purged)
+    }
+
+    async fn purge_rate_limits(&self, before: SystemTime) -> Result<usize> {
+        let mut writes = sled::Batch::default();
+        let mut count = 0;
+        for entry in self.rate_limits.iter() {
+            let (k, bytes) = entry.map_err(unavailable)?;
+            let window: RateWindow = decode("rate_limit", &bytes)?;
+            if window.hits.iter().all(|t| *t < before) {
+                writes.remove(k);
+                count += 1;
+            }
+        }
+        self.rate_limits.apply_batch(writes).map_err(unavailable)?;
+        Ok(count)
     }
 
     async fn hit_rate_limit(

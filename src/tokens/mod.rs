@@ -394,7 +394,8 @@ impl TokenService {
         token.state_at(self.clock.now())
     }
 
-    /// Forgets the tokens ended more than a week ago. How many.
+    /// Forgets the tokens ended more than a week ago, and the rate-limit windows no issue
+    /// fell in for an hour. How many tokens.
     pub async fn purge(&self) -> Result<u32, TokenError> {
         let now = self.clock.now();
         let mut total = 0;
@@ -402,9 +403,12 @@ impl TokenService {
             let purged = self.store.purge_tokens(now, 1000).await?;
             total += purged;
             if purged < 1000 {
-                return Ok(total);
+                break;
             }
         }
+        let idle = now.checked_sub(RATE_WINDOW).unwrap_or(now);
+        self.store.purge_rate_limits(idle).await?;
+        Ok(total)
     }
 }
 
