@@ -311,10 +311,15 @@ impl Mailroom {
                 }
             }
         };
+        // Background tasks end before `serve` returns, so that their handles on the store
+        // are gone and the data directory is free for the next process.
         monitor.abort();
         sweeper.abort();
+        let _ = monitor.await;
+        let _ = sweeper.await;
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
+            let _ = metrics_server.await;
         }
         if tokio::time::timeout(self.args.shutdown_grace, delivery)
             .await

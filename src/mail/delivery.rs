@@ -338,7 +338,11 @@ impl Sender {
         unreachable!("the second pass always returns")
     }
 
-    /// Records the outcome, if this sender's claim still holds.
+    /// Records the outcome, if this sender's claim still holds. The write is not waited
+    /// on for durability: the sender goes on with the next message, and the store's flush
+    /// follows within moments. A crash before that flush makes the message due again — sent
+    /// twice, never lost — which is the at-least-once bargain; waiting for the flush would
+    /// cap each sender at one message per flush.
     async fn record(&self, claimed: &OutboxMessage, attempt: Attempt) {
         match &attempt {
             Attempt::Sent => tracing::info!("sent"),
@@ -354,15 +358,8 @@ impl Sender {
             .as_ref()
             .map(|l| l.owner.clone())
             .unwrap_or_default();
+        let mut current = claimed.clone();
         loop {
-            let current = match self.store.message(&claimed.id).await {
-                Ok(Some(current)) => current,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record the outcome; the lease will bring the message back");
-                    return;
-                }
-            };
             if !current.held_by(&owner) {
                 tracing::warn!("the claim expired before the outcome was recorded");
                 return;
@@ -371,13 +368,20 @@ impl Sender {
             let jitter = rand::thread_rng().gen::<f64>();
             next.finish(attempt.clone(), self.clock.now(), jitter);
             next.version += 1;
-            match self.store.swap_message(current.version, &next, true).await {
+            match self.store.swap_message(current.version, &next, false).await {
                 Ok(true) => {
                     let state = format!("{:?}", next.state).to_lowercase();
                     self.metrics.messages(&state, 1);
                     return;
                 }
-                Ok(false) => continue,
+                Ok(false) => match self.store.message(&claimed.id).await {
+                    Ok(Some(latest)) => current = latest,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record the outcome; the lease will bring the message back");
+                        return;
+                    }
+                },
                 Err(e) => {
                     tracing::error!(error = %e, "cannot record the outcome; the lease will bring the message back");
                     return;

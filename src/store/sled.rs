@@ -130,7 +130,7 @@ pub struct SledStore {
     token_purge: sled::Tree,
     rate_limits: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
-    flusher: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    flusher: mpsc::UnboundedSender<FlushRequest>,
     flusher_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -146,9 +146,8 @@ impl SledStore {
             .map_err(unavailable)?;
         let tree = |name: &str| db.open_tree(name).map_err(unavailable);
         let (flusher, requests) = mpsc::unbounded_channel();
-        let flusher_task = tokio::spawn(
-            group_commit(db.clone(), requests).instrument(tracing::info_span!("sled_flusher")),
-        );
+        let flusher_task =
+            tokio::spawn(group_commit(requests).instrument(tracing::info_span!("sled_flusher")));
         Ok(Self {
             meta: tree("meta")?,
             keys: tree("api_keys")?,
@@ -186,7 +185,7 @@ impl SledStore {
     async fn durable(&self) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.flusher
-            .send(done)
+            .send((done, self.db.clone()))
             .map_err(|_| StoreError::Unavailable("the sled flusher stopped".into()))?;
         wait.await
             .map_err(|_| StoreError::Unavailable("the sled flusher stopped".into()))?
@@ -194,17 +193,18 @@ impl SledStore {
     }
 }
 
+/// A writer waiting for durability, and the database to flush. The flusher holds the
+/// database only while it has waiters, so that dropping the store releases the directory
+/// at once.
+type FlushRequest = (oneshot::Sender<Result<(), String>>, sled::Db);
+
 /// Flushes once for every batch of waiting writers, then wakes them all.
-async fn group_commit(
-    db: sled::Db,
-    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
-) {
-    while let Some(first) = requests.recv().await {
+async fn group_commit(mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
+    while let Some((first, db)) = requests.recv().await {
         let mut waiters = vec![first];
-        while let Ok(more) = requests.try_recv() {
+        while let Ok((more, _)) = requests.try_recv() {
             waiters.push(more);
         }
-        let db = db.clone();
         let outcome = match tokio::task::spawn_blocking(move || db.flush()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
