@@ -522,27 +522,10 @@ impl NotifyService {
         after: Option<String>,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>, NotifyError> {
-        let mut found = Vec::new();
-        let mut after = after;
-        loop {
-            let chunk = self
-                .store
-                .list_messages(organisation, after.as_deref(), limit.max(100))
-                .await?;
-            let Some(last) = chunk.last() else { break };
-            after = Some(last.id.clone());
-            let exhausted = chunk.len() < limit.max(100);
-            found.extend(
-                chunk
-                    .into_iter()
-                    .filter(|m| state.is_none_or(|s| m.state == s)),
-            );
-            if found.len() >= limit || exhausted {
-                break;
-            }
-        }
-        found.truncate(limit);
-        Ok(found)
+        Ok(self
+            .store
+            .list_messages(organisation, state, after.as_deref(), limit)
+            .await?)
     }
 
     /// Makes every claimed message due now: for a store only this process can open, the

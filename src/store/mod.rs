@@ -153,10 +153,12 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// How many messages are pending (queued, retrying or claimed).
     async fn pending_messages(&self) -> Result<usize>;
 
-    /// Messages of an organisation in id order, after `after`, at most `limit`.
+    /// Messages of an organisation (in `state`, when given) in id order, after `after`, at
+    /// most `limit`.
     async fn list_messages(
         &self,
         organisation: &str,
+        state: Option<crate::notify::MessageState>,
         after: After<'_>,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>>;

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::auth::ApiKey;
 use crate::directory::User;
-use crate::notify::{Idempotency, OutboxMessage};
+use crate::notify::{Idempotency, MessageState, OutboxMessage};
 use crate::settings::SmtpSettings;
 use crate::tokens::{Purpose, RateWindow, Token};
 
@@ -35,6 +35,8 @@ const DUE: u8 = b'q';
 const BY_ORGANISATION: u8 = b'o';
 /// `i<organisation>\0<key>` → idempotency record.
 const IDEMPOTENCY: u8 = b'i';
+/// `t<organisation>\0<state>\0<id>` → (): messages by organisation and state.
+const BY_STATE: u8 = b't';
 /// `s<batch>\0<id>` → the keys that queue a staged message (organisation index, due index).
 const STAGED: u8 = b's';
 
@@ -42,27 +44,56 @@ fn staged_key(batch: &str, id: &str) -> Vec<u8> {
     key(STAGED, &[batch.as_bytes(), id.as_bytes()])
 }
 
-/// What a staging entry holds: the message's organisation-index key, then its due key.
+/// What a staging entry holds: the index keys that queue the message (organisation,
+/// state, due), each behind its length.
 fn staged_value(message: &OutboxMessage) -> Vec<u8> {
-    let organisation = organisation_key(&message.organisation, &message.id);
-    let mut value = u32::try_from(organisation.len())
-        .unwrap_or(u32::MAX)
-        .to_be_bytes()
-        .to_vec();
-    value.extend_from_slice(&organisation);
-    if let Some(due) = due_key(message) {
-        value.extend_from_slice(&due);
+    let mut value = Vec::new();
+    let keys = [
+        Some(organisation_key(&message.organisation, &message.id)),
+        Some(state_key(message)),
+        due_key(message),
+    ];
+    for k in keys.into_iter().flatten() {
+        value.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_be_bytes());
+        value.extend_from_slice(&k);
     }
     value
 }
 
-/// The organisation-index key and due key of a staging entry.
-fn staged_keys(value: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&value[..4]);
-    let end = 4 + u32::from_be_bytes(len) as usize;
-    let due = value[end..].to_vec();
-    (value[4..end].to_vec(), (!due.is_empty()).then_some(due))
+/// The index keys of a staging entry.
+fn staged_keys(mut value: &[u8]) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    while value.len() >= 4 {
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&value[..4]);
+        let end = (4 + u32::from_be_bytes(len) as usize).min(value.len());
+        keys.push(value[4..end].to_vec());
+        value = &value[end..];
+    }
+    keys
+}
+
+/// `t<organisation>\0<state>\0<id>`: messages by organisation and state.
+fn state_key(message: &OutboxMessage) -> Vec<u8> {
+    key(
+        BY_STATE,
+        &[
+            message.organisation.as_bytes(),
+            state_name(message.state),
+            message.id.as_bytes(),
+        ],
+    )
+}
+
+fn state_name(state: MessageState) -> &'static [u8] {
+    match state {
+        MessageState::Queued => b"queued",
+        MessageState::Sending => b"sending",
+        MessageState::Sent => b"sent",
+        MessageState::Retrying => b"retrying",
+        MessageState::Dead => b"dead",
+        MessageState::Cancelled => b"cancelled",
+    }
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -463,10 +494,8 @@ impl Store for SledStore {
         let mut writes = sled::Batch::default();
         for entry in self.outbox.scan_prefix(staged_key(batch, "")) {
             let (staged, value) = entry.map_err(unavailable)?;
-            let (organisation, due) = staged_keys(&value);
-            writes.insert(organisation, &[]);
-            if let Some(due) = due {
-                writes.insert(due, &[]);
+            for index in staged_keys(&value) {
+                writes.insert(index, &[]);
             }
             writes.remove(staged);
         }
@@ -561,6 +590,10 @@ impl Store for SledStore {
                 if let Some(new) = due_key(message) {
                     outbox.insert(new, &[])?;
                 }
+                if stored.state != message.state {
+                    outbox.remove(state_key(&stored))?;
+                    outbox.insert(state_key(message), &[])?;
+                }
                 outbox.insert(message_key(&message.id), value.as_slice())?;
                 Ok(true)
             })
@@ -618,10 +651,14 @@ impl Store for SledStore {
     async fn list_messages(
         &self,
         organisation: &str,
+        state: Option<MessageState>,
         after: After<'_>,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>> {
-        let prefix = organisation_key(organisation, "");
+        let prefix = match state {
+            Some(state) => key(BY_STATE, &[organisation.as_bytes(), state_name(state), b""]),
+            None => organisation_key(organisation, ""),
+        };
         let mut messages = Vec::new();
         for entry in scan_after(&self.outbox, prefix.clone(), after).take(limit) {
             let (k, _) = entry.map_err(unavailable)?;
