@@ -10,7 +10,9 @@
 //! - scale: `VerifyToken` with few and many stored tokens, `SendToUsers` to 100,000 users,
 //!   idle memory, and start-up time on a large store.
 //!
-//! Run it with `scripts/bench` (installs Postfix's tools when missing).
+//! Run it with `scripts/bench` (installs Postfix's tools when missing). `BENCH_SERVER_LOG`
+//! sets the server's `RUST_LOG` (it must keep `mailroom::server=info`: the tool reads the
+//! server's address from that log).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -90,7 +92,11 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "warn,mailroom::server=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG")
+                    .unwrap_or_else(|_| "warn,mailroom::server=info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
