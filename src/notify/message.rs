@@ -235,6 +235,76 @@ impl OutboxMessage {
 mod tests {
     use super::*;
 
+    fn message(now: SystemTime) -> OutboxMessage {
+        OutboxMessage {
+            id: "msg_1".into(),
+            organisation: "acme".into(),
+            from: "a@example.com".into(),
+            envelope_from: "a@example.com".into(),
+            to: "b@example.com".into(),
+            subject: "s".into(),
+            content: serde_json::from_str("\"\"").unwrap(),
+            message_id_header: "<1@example.com>".into(),
+            state: MessageState::Queued,
+            attempts: 0,
+            last_error: String::new(),
+            last_smtp_code: 0,
+            create_time: now,
+            window_start: now,
+            next_attempt_time: now,
+            sent_time: None,
+            lease: None,
+            version: 0,
+        }
+    }
+
+    fn transient() -> Attempt {
+        Attempt::Transient {
+            code: Some(421),
+            error: "try later".into(),
+        }
+    }
+
+    #[test]
+    fn twelve_transient_failures_make_a_message_dead() {
+        let mut now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut m = message(now);
+        for attempt in 1..=12 {
+            assert!(m.claimable(now), "due at attempt {attempt}");
+            m.claim("w", now, Duration::from_secs(60));
+            assert!(!m.claimable(now), "a claim hides it until its lease ends");
+            m.finish(transient(), now, 0.0);
+            if attempt < 12 {
+                assert_eq!(m.state, MessageState::Retrying);
+                now = m.next_attempt_time;
+            }
+        }
+        assert_eq!(m.state, MessageState::Dead);
+        assert_eq!(m.attempts, 12);
+        assert_eq!(m.last_smtp_code, 421);
+        assert_eq!(m.due_at(), None);
+    }
+
+    #[test]
+    fn a_day_of_failures_makes_a_message_dead_and_a_lease_expires() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut m = message(start);
+        m.claim("w", start, Duration::from_secs(60));
+        assert!(
+            m.claimable(start + Duration::from_secs(60)),
+            "a dead worker's claim comes back"
+        );
+        m.finish(transient(), start + MAX_AGE, 0.0);
+        assert_eq!(m.state, MessageState::Dead);
+        let mut requeued = m.clone();
+        requeued.requeue(start + MAX_AGE).unwrap();
+        assert_eq!(
+            (requeued.state, requeued.attempts),
+            (MessageState::Queued, 0)
+        );
+        assert!(m.cancel().is_err(), "a dead message is not pending");
+    }
+
     #[test]
     fn backoff_doubles_from_30s_to_an_hour_with_jitter() {
         assert_eq!(backoff(1, 0.0), Duration::from_secs(30));
