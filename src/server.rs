@@ -250,11 +250,12 @@ impl Mailroom {
             set_health(&signal_health, ServingStatus::NotServing).await;
             let _ = stopping.send(true);
         };
-        let mut builder = Server::builder();
+        let builder = Server::builder();
         #[cfg(feature = "tls")]
-        if let Some(tls) = self.tls.clone() {
-            builder = builder.tls_config(tls).context("configuring TLS")?;
-        }
+        let builder = match self.tls.clone() {
+            Some(tls) => builder.tls_config(tls).context("configuring TLS")?,
+            None => builder,
+        };
         let server = builder
             .layer(RpcLayer(self.metrics.clone()))
             .trace_fn(|request| {
