@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// A source of the current time. Cheap to clone; clones share a manual clock's time.
+/// A source of the current time: the system clock by default. Cheap to clone; clones
+/// share a manual clock's time.
 #[derive(Clone, Debug, Default)]
 pub struct Clock(Source);
 
@@ -16,11 +17,6 @@ enum Source {
 }
 
 impl Clock {
-    /// The system clock.
-    pub fn system() -> Self {
-        Self(Source::System)
-    }
-
     /// A clock that stands still at `start` until [`Clock::advance`] moves it.
     pub fn manual(start: SystemTime) -> Self {
         Self(Source::Manual(Arc::new(Mutex::new(start))))

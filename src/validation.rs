@@ -53,19 +53,6 @@ impl Violations {
     pub fn iter(&self) -> impl Iterator<Item = &Violation> {
         self.0.iter()
     }
-
-    /// Puts `prefix.` before every field (a nested message's violations).
-    pub fn prefixed(self, prefix: &str) -> Self {
-        Self(
-            self.0
-                .into_iter()
-                .map(|v| Violation {
-                    field: format!("{prefix}.{}", v.field),
-                    description: v.description,
-                })
-                .collect(),
-        )
-    }
 }
 
 impl fmt::Display for Violations {

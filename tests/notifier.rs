@@ -632,25 +632,8 @@ async fn delivery_uses_starttls_and_auth_and_follows_a_settings_change() {
     let pki = Arc::new(Pki::new());
     let secure = SmtpServer::with_auth(&pki, "relay", "relay-password");
     server
-        .smtp(&server.admin_key)
-        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
-            settings: Some(pb::SmtpSettings {
-                host: "127.0.0.1".into(),
-                port: secure.addr.port().into(),
-                from: "thehive@example.com".into(),
-                security: pb::ConnectionSecurity::Starttls.into(),
-                username: "relay".into(),
-                password: "relay-password".into(),
-                tls: Some(pb::TlsSettings {
-                    ca_certificates_pem: pki.ca_pem.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            update_mask: None,
-        })
-        .await
-        .unwrap();
+        .configure_secure_smtp(secure.addr.port(), &pki.ca_pem)
+        .await;
     let first = send(
         &server,
         to_addresses(&["a@example.com", "b@example.com"], "s", "b"),

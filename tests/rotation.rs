@@ -19,25 +19,8 @@ async fn rotation_keeps_every_secret_readable_and_a_wrong_key_fails_clearly() {
     let smtp = SmtpServer::with_auth(&pki, "relay", "relay-password");
     let mut server = TestServer::start_in(dir.path()).await;
     server
-        .smtp(&server.admin_key)
-        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
-            settings: Some(pb::SmtpSettings {
-                host: "127.0.0.1".into(),
-                port: smtp.addr.port().into(),
-                from: "thehive@example.com".into(),
-                security: pb::ConnectionSecurity::Starttls.into(),
-                username: "relay".into(),
-                password: "relay-password".into(),
-                tls: Some(pb::TlsSettings {
-                    ca_certificates_pem: pki.ca_pem.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            update_mask: None,
-        })
-        .await
-        .unwrap();
+        .configure_secure_smtp(smtp.addr.port(), &pki.ca_pem)
+        .await;
     let dead = server
         .notifier(&server.admin_key)
         .send_to_addresses(pb::SendToAddressesRequest {

@@ -437,5 +437,5 @@ mod keys {
 }
 
 pub use notify::{body_format, json_object, state_filter};
-pub use settings::{security, security_from, settings};
+pub use settings::settings;
 pub use tokens::{notice_kind, purpose, purpose_filter, token_info};

@@ -1,6 +1,8 @@
 //! The one place errors become gRPC statuses, each code chosen on purpose: a client's
 //! mistake is never `INTERNAL`, and internal details never reach a client.
 
+use std::collections::HashMap;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
@@ -103,34 +105,25 @@ impl From<NotifyError> for Status {
 
 impl From<TokenError> for Status {
     fn from(e: TokenError) -> Self {
+        let message = e.to_string();
         let ended = |reason: &str| {
-            Status::with_error_details(
-                Code::FailedPrecondition,
-                e.to_string(),
-                ErrorDetails::with_error_info(
-                    reason,
-                    ERROR_DOMAIN,
-                    std::collections::HashMap::new(),
-                ),
-            )
+            let info = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+            Status::with_error_details(Code::FailedPrecondition, message.clone(), info)
         };
-        match &e {
-            TokenError::Invalid(v) => invalid(v),
-            TokenError::NotFound => Status::not_found(e.to_string()),
+        match e {
+            TokenError::Invalid(v) => invalid(&v),
+            TokenError::NotFound => Status::not_found(message),
             TokenError::Expired => ended("TOKEN_EXPIRED"),
             TokenError::Consumed => ended("TOKEN_CONSUMED"),
             TokenError::Revoked => ended("TOKEN_REVOKED"),
-            TokenError::NoAddress(_) => Status::failed_precondition(e.to_string()),
+            TokenError::NoAddress(_) => Status::failed_precondition(message),
             TokenError::RateLimited(wait) => Status::with_error_details(
                 Code::ResourceExhausted,
-                e.to_string(),
-                ErrorDetails::with_retry_info(Some(*wait)),
+                message,
+                ErrorDetails::with_retry_info(Some(wait)),
             ),
-            TokenError::Notify(_) | TokenError::Store(_) => match e {
-                TokenError::Notify(e) => e.into(),
-                TokenError::Store(e) => e.into(),
-                _ => unreachable!("matched above"),
-            },
+            TokenError::Notify(e) => e.into(),
+            TokenError::Store(e) => e.into(),
         }
     }
 }

@@ -62,7 +62,7 @@ impl fmt::Display for Host {
 }
 
 /// Checks a DNS name: dot-separated labels of letters, digits, `-` and `_`.
-pub fn dns_name(value: &str) -> Result<(), String> {
+fn dns_name(value: &str) -> Result<(), String> {
     if value.len() > 253 {
         return Err("must be at most 253 characters".into());
     }

@@ -21,7 +21,7 @@ use crate::validation::{self, Violations};
 
 mod fields;
 
-pub use fields::{dns_name, Host, Port, Security, Sender};
+pub use fields::{Host, Port, Security, Sender};
 
 /// Default bound on an SMTP exchange.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -137,18 +137,43 @@ impl TestServer {
 
     /// Points the SMTP settings at a plain server on 127.0.0.1:`port`, 1 s timeout.
     pub async fn configure_smtp(&self, port: u16) -> pb::SmtpSettings {
+        self.save_smtp(pb::SmtpSettings {
+            host: "127.0.0.1".into(),
+            port: port.into(),
+            from: "TheHive <thehive@example.com>".into(),
+            timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Points the SMTP settings at a STARTTLS server on 127.0.0.1:`port` whose certificate
+    /// `ca_pem` signed, authenticating as `relay` / `relay-password`
+    /// (`SmtpServer::with_auth(&pki, "relay", "relay-password")`).
+    pub async fn configure_secure_smtp(&self, port: u16, ca_pem: &str) -> pb::SmtpSettings {
+        self.save_smtp(pb::SmtpSettings {
+            host: "127.0.0.1".into(),
+            port: port.into(),
+            from: "thehive@example.com".into(),
+            security: pb::ConnectionSecurity::Starttls.into(),
+            username: "relay".into(),
+            password: "relay-password".into(),
+            tls: Some(pb::TlsSettings {
+                ca_certificates_pem: ca_pem.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn save_smtp(&self, settings: pb::SmtpSettings) -> pb::SmtpSettings {
         self.smtp(&self.admin_key)
             .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
-                settings: Some(pb::SmtpSettings {
-                    host: "127.0.0.1".into(),
-                    port: port.into(),
-                    from: "TheHive <thehive@example.com>".into(),
-                    timeout: Some(prost_types::Duration {
-                        seconds: 1,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                }),
+                settings: Some(settings),
                 update_mask: None,
             })
             .await
