@@ -6,11 +6,10 @@
 //! of the `admin` organisation may act for any organisation, the others only for their own,
 //! and only `admin` keys may hold `managePlatform`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +17,7 @@ use tonic::metadata::MetadataMap;
 use tracing::Span;
 use zeroize::Zeroizing;
 
+use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::crypto;
 use crate::store::{Store, StoreError};
@@ -179,7 +179,7 @@ pub struct NewKey {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     clock: Clock,
-    known: Arc<RwLock<HashMap<String, Arc<ApiKey>>>>,
+    known: Arc<Cache<String, Arc<ApiKey>>>,
 }
 
 impl Authenticator {
@@ -194,14 +194,10 @@ impl Authenticator {
 
     /// The live key whose secret has `digest`.
     async fn key(&self, digest: &str) -> Result<Option<Arc<ApiKey>>, AuthError> {
-        if let Some(key) = self
-            .known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(digest)
-        {
-            return Ok(Some(key.clone()));
+        if let Some(key) = self.known.get(&digest.to_string()) {
+            return Ok(Some(key));
         }
+        let generation = self.known.generation();
         let Some(key) = self
             .store
             .api_key_by_digest(digest)
@@ -211,10 +207,7 @@ impl Authenticator {
             return Ok(None);
         };
         let key = Arc::new(key);
-        self.known
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest.to_string(), key.clone());
+        self.known.keep(digest.to_string(), key.clone(), generation);
         Ok(Some(key))
     }
 
@@ -299,6 +292,11 @@ impl Authenticator {
         Ok(self.store.list_api_keys(after, limit).await?)
     }
 
+    /// Forgets the keys held in memory: another replica changed them.
+    pub fn forget(&self) {
+        self.known.forget();
+    }
+
     /// Revokes key `id`; a caller cannot revoke the key it calls with.
     pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<ApiKey, AuthError> {
         if id.is_empty() {
@@ -317,10 +315,7 @@ impl Authenticator {
             .revoke_api_key(id)
             .await?
             .ok_or_else(|| AuthError::NotFound(id.to_string()))?;
-        self.known
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key.secret_digest);
+        self.known.remove(&key.secret_digest);
         Ok(key)
     }
 

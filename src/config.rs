@@ -35,6 +35,35 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_STORE", value_enum, default_value_t = StoreKind::Sled, global = true)]
     pub store: StoreKind,
 
+    /// The etcd cluster of `--store etcd`, comma-separated (`http://host:2379`).
+    #[arg(
+        long,
+        env = "MAILROOM_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379",
+        global = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Where in etcd this mailroom keeps its state: replicas of one deployment share it.
+    #[arg(
+        long,
+        env = "MAILROOM_ETCD_PREFIX",
+        default_value = "/mailroom/",
+        global = true
+    )]
+    pub etcd_prefix: String,
+
+    /// The longest any one request to etcd may take before it fails.
+    #[arg(long, env = "MAILROOM_ETCD_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub etcd_timeout: Duration,
+
+    /// How long a claim on a message outlives the longest send (four SMTP timeouts): the
+    /// margin covers clock differences between replicas. A claim of a replica that died is
+    /// taken over by another once it ran out.
+    #[arg(long, env = "MAILROOM_CLAIM_MARGIN", default_value = "60s", value_parser = parse_duration)]
+    pub claim_margin: Duration,
+
     /// Memory for the embedded store's page cache, in MiB.
     #[arg(long, env = "MAILROOM_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
@@ -116,6 +145,8 @@ pub enum Command {
 pub enum StoreKind {
     /// Embedded sled database in `--data-dir` (one process).
     Sled,
+    /// etcd at `--etcd-endpoints`, shared by several replicas (the `etcd` cargo feature).
+    Etcd,
 }
 
 /// Log line format.

@@ -17,7 +17,10 @@
 //! - [`tokens`]: password-reset and invitation tokens and their emails.
 //! - [`mail`]: SMTP: the TLS policy, lettre connections from the settings, the staged test, the
 //!   templates and the delivery workers.
-//! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`).
+//! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`, and
+//!   `store::etcd` for several replicas with the `etcd` feature).
+//! - [`cache`]: settings and API keys kept in memory, forgotten when another replica
+//!   changes them.
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 //! - [`crypto`]: random secrets, digests, and sealing secrets at rest.
 //! - [`validation`]: field violations, reported one per bad field.
@@ -26,6 +29,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod crypto;

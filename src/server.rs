@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -25,6 +25,7 @@ use crate::api::notifier::NotifierApi;
 use crate::api::smtp_admin::SmtpAdminApi;
 use crate::api::token::TokenApi;
 use crate::auth::Authenticator;
+use crate::clock::Clock;
 use crate::config::{Args, LogFormat, StoreKind};
 use crate::crypto::MasterKey;
 use crate::directory::DirectoryService;
@@ -38,7 +39,7 @@ use crate::proto::v1::{
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::settings::SettingsService;
 use crate::store::sled::SledStore;
-use crate::store::Store;
+use crate::store::{Changed, Store};
 use crate::tokens::TokenService;
 
 /// The services whose health is reported, besides the server as a whole (`""`).
@@ -84,7 +85,7 @@ impl Mailroom {
             );
         }
         let master_key = MasterKey::load_or_create(&args.master_key_path())?;
-        let store = open_store(&args)?;
+        let store = open_store(&args).await?;
         check_master_key(store.as_ref(), &master_key, &args).await?;
         let auth = Authenticator::new(store.clone(), args.clock.clone());
         if let Some(file) = auth.bootstrap(&args.data_dir).await? {
@@ -123,11 +124,11 @@ impl Mailroom {
             None => None,
         };
         if store.exclusive() {
-            let discarded = notify.discard_staged().await?;
+            let discarded = notify.recover_batches(args.clock.now()).await?;
             if discarded > 0 {
                 tracing::info!(
                     discarded,
-                    "messages of requests that never answered are dropped"
+                    "batches of requests that never answered are dropped"
                 );
             }
             let released = notify.release_claims().await?;
@@ -200,7 +201,8 @@ impl Mailroom {
             self.wake.clone(),
             usize::from(self.args.workers),
             self.metrics.clone(),
-        );
+        )
+        .claim_margin(self.args.claim_margin);
         let delivery = tokio::spawn(
             delivery
                 .run(stop_watch.clone(), self.args.shutdown_grace)
@@ -232,6 +234,20 @@ impl Mailroom {
                 refresh,
                 shutdown,
             ))
+        });
+        let followers = tokio::spawn(
+            follow_changes(self.store.clone(), self.auth.clone(), self.settings.clone())
+                .instrument(tracing::info_span!("cache_invalidation")),
+        );
+        let recovery = (!self.store.exclusive()).then(|| {
+            tokio::spawn(
+                recover_batches(
+                    self.notify.clone(),
+                    self.args.clock.clone(),
+                    stop_watch.clone(),
+                )
+                .instrument(tracing::info_span!("batch_recovery")),
+            )
         });
         let sweeper = tokio::spawn(
             sweep(
@@ -316,8 +332,14 @@ impl Mailroom {
         // are gone and the data directory is free for the next process.
         monitor.abort();
         sweeper.abort();
+        followers.abort();
         let _ = monitor.await;
         let _ = sweeper.await;
+        let _ = followers.await;
+        if let Some(recovery) = recovery {
+            recovery.abort();
+            let _ = recovery.await;
+        }
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
             let _ = metrics_server.await;
@@ -352,7 +374,7 @@ fn tls_config(args: &Args) -> anyhow::Result<Option<tonic::transport::ServerTlsC
     Ok(Some(config))
 }
 
-fn open_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match args.store {
         StoreKind::Sled => Arc::new(
             SledStore::open(&args.data_dir, args.cache_mb * 1024 * 1024).with_context(|| {
@@ -361,6 +383,26 @@ fn open_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
                     args.data_dir.display()
                 )
             })?,
+        ),
+        #[cfg(feature = "etcd")]
+        StoreKind::Etcd => Arc::new(
+            crate::store::etcd::EtcdStore::connect(
+                &args.etcd_endpoints,
+                &args.etcd_prefix,
+                args.etcd_timeout,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to etcd at {} (--etcd-endpoints)",
+                    args.etcd_endpoints.join(",")
+                )
+            })?,
+        ),
+        #[cfg(not(feature = "etcd"))]
+        StoreKind::Etcd => anyhow::bail!(
+            "this mailroom was built without the `etcd` feature: --store etcd is unavailable \
+             (cargo build --release --features etcd)"
         ),
     })
 }
@@ -394,7 +436,7 @@ async fn check_master_key(store: &dyn Store, key: &MasterKey, args: &Args) -> an
 /// must be stopped (the store is opened exclusively). Returns how many values it re-sealed.
 pub async fn rotate_master_key(args: &Args) -> anyhow::Result<usize> {
     let path = args.master_key_path();
-    let store = open_store(args)?;
+    let store = open_store(args).await?;
     let old = MasterKey::load_or_create(&path)?;
     check_master_key(store.as_ref(), &old, args).await?;
     // The old keys stay in the file until every value is re-sealed: a crash midway leaves
@@ -534,6 +576,48 @@ async fn sweep(
             () = tokio::time::sleep(SWEEP_INTERVAL) => {}
             () = now.notified() => {}
             () = stopped(&mut stopping) => return,
+        }
+    }
+}
+
+/// Forgets what this process caches when another replica changes it.
+async fn follow_changes(store: Arc<dyn Store>, auth: Authenticator, settings: SettingsService) {
+    let Some(mut changes) = store.changes() else {
+        return;
+    };
+    loop {
+        match changes.recv().await {
+            Ok(Changed::SmtpSettings) => settings.forget(),
+            Ok(Changed::ApiKeys) => auth.forget(),
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                settings.forget();
+                auth.forget();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// How often a replica on a shared store looks for batches another one left halfway.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a batch may stay staged, or committed but not fully queued, before another
+/// replica takes it as abandoned: far beyond the time any request takes.
+const ABANDONED_AFTER: Duration = Duration::from_secs(300);
+
+/// On a shared store: drops batches whose writer died before committing them and
+/// finishes queuing those it committed, every minute.
+async fn recover_batches(notify: NotifyService, clock: Clock, mut stopping: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(RECOVERY_INTERVAL) => {}
+            () = stopped(&mut stopping) => return,
+        }
+        match notify.recover_batches(clock.now() - ABANDONED_AFTER).await {
+            Ok(0) => {}
+            Ok(batches) => {
+                tracing::info!(batches, "batches left halfway by another replica settled")
+            }
+            Err(e) => tracing::warn!(error = %e, "batch recovery failed"),
         }
     }
 }

@@ -29,6 +29,9 @@ use crate::store::Store;
 
 /// Longest sleep of an idle dispatcher (a backstop against clock jumps).
 const MAX_IDLE: Duration = Duration::from_secs(30);
+/// Longest sleep of an idle dispatcher on a shared store: another replica may have queued
+/// mail, or died holding claims, without waking this one.
+const SHARED_IDLE: Duration = Duration::from_secs(1);
 /// Pause after a store failure.
 const FAILURE_PAUSE: Duration = Duration::from_secs(1);
 /// A connection idle longer is closed rather than reused: servers drop idle clients.
@@ -42,6 +45,8 @@ pub struct Delivery {
     wake: Arc<Notify>,
     workers: usize,
     metrics: Metrics,
+    claim_margin: Duration,
+    max_idle: Duration,
 }
 
 /// A claimed message and the settings to send it with.
@@ -57,6 +62,11 @@ impl Delivery {
         workers: usize,
         metrics: Metrics,
     ) -> Self {
+        let max_idle = if store.exclusive() {
+            MAX_IDLE
+        } else {
+            SHARED_IDLE
+        };
         Self {
             store,
             settings,
@@ -64,7 +74,15 @@ impl Delivery {
             wake,
             workers: workers.max(1),
             metrics,
+            claim_margin: Duration::from_secs(60),
+            max_idle,
         }
+    }
+
+    /// How long a claim outlives the longest send (`--claim-margin`).
+    pub fn claim_margin(mut self, margin: Duration) -> Self {
+        self.claim_margin = margin;
+        self
     }
 
     /// Delivers until `stopping` turns true, then lets the senders finish what they hold
@@ -103,7 +121,7 @@ impl Delivery {
             let settings = match self.settings.get().await {
                 Ok(Some(settings)) => settings,
                 Ok(None) => {
-                    self.idle(MAX_IDLE, stopping).await;
+                    self.idle(self.max_idle, stopping).await;
                     continue;
                 }
                 Err(e) => {
@@ -123,8 +141,9 @@ impl Delivery {
             };
             if due.is_empty() {
                 let next = self.store.next_due().await.ok().flatten();
-                let wait = next.map_or(MAX_IDLE, |t| t.duration_since(now).unwrap_or_default());
-                self.idle(wait.min(MAX_IDLE), stopping).await;
+                let wait =
+                    next.map_or(self.max_idle, |t| t.duration_since(now).unwrap_or_default());
+                self.idle(wait.min(self.max_idle), stopping).await;
                 continue;
             }
             for message in due {
@@ -151,7 +170,7 @@ impl Delivery {
             return None;
         }
         let mut claimed = message.clone();
-        let lease = send_bound(settings) + Duration::from_secs(60);
+        let lease = send_bound(settings) + self.claim_margin;
         claimed.claim(&crypto::random_id("lease_"), now, lease);
         claimed.version += 1;
         match self

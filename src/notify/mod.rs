@@ -498,10 +498,10 @@ impl NotifyService {
         Ok(self.store.purge_idempotency(before).await?)
     }
 
-    /// Forgets batches staged by a process that died before queuing them (stores only this
-    /// process can open). How many messages.
-    pub async fn discard_staged(&self) -> Result<usize, NotifyError> {
-        Ok(self.store.discard_staged().await?)
+    /// Settles the batches of requests that stopped halfway, staged or committed before
+    /// `before` (see [`Store::recover_batches`]). How many batches.
+    pub async fn recover_batches(&self, before: SystemTime) -> Result<usize, NotifyError> {
+        Ok(self.store.recover_batches(before).await?)
     }
 
     /// One message; `scope` limits it to an organisation (`None`: any).

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, MasterKey, Sealed};
 use crate::store::{Store, StoreError};
@@ -299,7 +300,7 @@ pub struct SettingsService {
     store: Arc<dyn Store>,
     master_key: Arc<MasterKey>,
     clock: Clock,
-    cache: Arc<std::sync::RwLock<Option<Option<Arc<SmtpSettings>>>>>,
+    cache: Arc<Cache<(), Option<Arc<SmtpSettings>>>>,
     deny_private: bool,
 }
 
@@ -349,16 +350,18 @@ impl SettingsService {
 
     /// The saved settings; `None` before the first update.
     pub async fn get(&self) -> Result<Option<Arc<SmtpSettings>>, SettingsError> {
-        if let Some(cached) = self.cache.read().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(cached) = self.cache.get(&()) {
             return Ok(cached);
         }
+        let generation = self.cache.generation();
         let stored = self.store.smtp_settings().await?.map(Arc::new);
-        self.remember(stored.clone());
+        self.cache.keep((), stored.clone(), generation);
         Ok(stored)
     }
 
-    fn remember(&self, settings: Option<Arc<SmtpSettings>>) {
-        *self.cache.write().unwrap_or_else(|e| e.into_inner()) = Some(settings);
+    /// Forgets the settings held in memory: another replica changed them.
+    pub fn forget(&self) {
+        self.cache.forget();
     }
 
     /// The settings a test uses: `draft` applied over the stored settings as a full update
@@ -406,7 +409,7 @@ impl SettingsService {
                 current: "(changed concurrently)".into(),
             });
         }
-        self.remember(Some(Arc::new(next)));
+        self.cache.insert((), Some(Arc::new(next)));
         Ok(current.password.is_some() || current.tls.client_key.is_some())
     }
 
@@ -443,10 +446,10 @@ impl SettingsService {
         .map_err(SettingsError::Invalid)?;
         self.guard(&next).await?;
         if self.store.swap_smtp_settings(expected, &next).await? {
-            self.remember(Some(Arc::new(next.clone())));
+            self.cache.insert((), Some(Arc::new(next.clone())));
             Ok(next)
         } else {
-            *self.cache.write().unwrap_or_else(|e| e.into_inner()) = None;
+            self.cache.forget();
             Err(SettingsError::Stale {
                 given: current_etag,
                 current: "(changed concurrently)".into(),

@@ -16,6 +16,8 @@ use crate::notify::{Idempotency, OutboxMessage};
 use crate::settings::SmtpSettings;
 use crate::tokens::{Purpose, Token};
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod sled;
 
 /// Errors of a store.
@@ -34,6 +36,15 @@ pub enum StoreError {
     },
 }
 
+/// A cached part of the store that another process changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// The SMTP settings.
+    SmtpSettings,
+    /// An API key (created or revoked).
+    ApiKeys,
+}
+
 /// Result of a store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -46,6 +57,10 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// Whether only this process can use the store (sled locks its directory): then claims
     /// found at start belong to a dead process.
     fn exclusive(&self) -> bool;
+
+    /// Changes made by other processes to what this one caches (settings, API keys);
+    /// `None` when no other process can write to the store.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Changed>>;
 
     /// Answers when the store is reachable (health).
     async fn ping(&self) -> Result<()>;
@@ -118,9 +133,12 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// Forgets the messages staged in `batch` (a request that failed halfway).
     async fn discard_batch(&self, batch: &str) -> Result<()>;
 
-    /// Forgets every staged batch: for a store only this process can open, their writers
-    /// died before committing. How many messages.
-    async fn discard_staged(&self) -> Result<usize>;
+    /// Settles the batches whose writer stopped halfway: forgets those staged before
+    /// `before` and never committed, and finishes queuing committed ones (a store that
+    /// queues a large batch in several writes after its atomic commit). On a store only
+    /// this process can open, called at start with the current time: every staged batch
+    /// then belongs to a dead process. How many batches.
+    async fn recover_batches(&self, before: SystemTime) -> Result<usize>;
 
     /// Forgets idempotency keys first used before `before`. How many.
     async fn purge_idempotency(&self, before: SystemTime) -> Result<usize>;

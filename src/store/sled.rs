@@ -267,6 +267,10 @@ impl Store for SledStore {
         true
     }
 
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<super::Changed>> {
+        None
+    }
+
     async fn ping(&self) -> Result<()> {
         self.meta.get(SETTINGS_KEY).map_err(unavailable)?;
         Ok(())
@@ -520,23 +524,25 @@ impl Store for SledStore {
         self.outbox.apply_batch(writes).map_err(unavailable)
     }
 
-    async fn discard_staged(&self) -> Result<usize> {
+    /// Batches carry no staging time on sled, whose staging is never shared: this is
+    /// called at start, when every staged batch belongs to a dead process.
+    async fn recover_batches(&self, _before: SystemTime) -> Result<usize> {
         let mut writes = sled::Batch::default();
-        let mut count = 0;
+        let mut batches = std::collections::HashSet::new();
         for entry in self.outbox.scan_prefix([STAGED]) {
             let (staged, _) = entry.map_err(unavailable)?;
             let rest = &staged[1..];
             let Some(split) = rest.iter().position(|b| *b == 0) else {
                 continue;
             };
+            batches.insert(rest[..split].to_vec());
             let id = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
             writes.remove(message_key(&id));
             writes.remove(staged);
-            count += 1;
         }
         self.outbox.apply_batch(writes).map_err(unavailable)?;
         self.durable().await?;
-        Ok(count)
+        Ok(batches.len())
     }
 
     async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {

@@ -1,0 +1,1119 @@
+//! The shared store: etcd, for several mailroom replicas on one state (`--store etcd`).
+//!
+//! Every record lives under `--etcd-prefix` as JSON, keyed like the sled store's trees.
+//! Operations that must be atomic are etcd transactions guarded by the `mod_revision` of
+//! what they read (optimistic compare-and-swap, retried on conflict). Every etcd write is
+//! durable (raft and fsync) before it answers.
+//!
+//! etcd limits a transaction to 128 operations (`--max-txn-ops`) and a request to 1.5 MiB,
+//! so a large outbox batch cannot be queued in one transaction. Its messages are staged
+//! first (`outbox/m/`, with a `outbox/b/<batch>/` entry listing the index keys that will
+//! queue each); the commit is one transaction that turns the staging record
+//! (`outbox/s/<batch>`) into a commit marker (`outbox/c/<batch>`) together with the
+//! idempotency key, after which the index entries are written in chunks. A replica that
+//! dies between the two leaves the marker, and [`Store::recover_batches`] on any replica
+//! finishes the job; a batch never committed is dropped the same way. A small batch is
+//! committed and queued in one transaction.
+//!
+//! The settings and API keys are watched: another replica's change reaches
+//! [`Store::changes`] as it happens.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
+    TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+};
+use futures_util::future::try_join_all;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+use tracing::Instrument;
+
+use super::{decode, encode, time_key, After, Changed, Result, Store, StoreError, TokenStore};
+use crate::auth::ApiKey;
+use crate::crypto::Sealed;
+use crate::directory::User;
+use crate::notify::{Idempotency, MessageState, OutboxMessage};
+use crate::settings::SmtpSettings;
+use crate::tokens::{Purpose, RateWindow, Token};
+
+/// Operations per transaction: below etcd's default `--max-txn-ops` of 128.
+const MAX_OPS: usize = 120;
+/// Bytes of values per transaction: below etcd's default request limit of 1.5 MiB.
+const MAX_BYTES: usize = 1024 * 1024;
+/// Transactions of one batch written at once.
+const PARALLEL_WRITES: usize = 4;
+/// Messages a batch may hold to be committed and queued in one transaction.
+const ONE_TXN_BATCH: usize = 32;
+/// Optimistic transactions retried on conflict before giving up.
+const CAS_ATTEMPTS: usize = 64;
+
+/// The etcd store.
+pub struct EtcdStore {
+    kv: KvClient,
+    prefix: String,
+    changes: broadcast::Sender<Changed>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl EtcdStore {
+    /// Connects to the cluster at `endpoints`, keeping state under `prefix`; every request
+    /// fails after `timeout`. Must be called within a Tokio runtime: it starts the watch
+    /// on the settings and API keys.
+    pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(10), timeout);
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(unavailable)?;
+        let store_prefix = prefix.to_string();
+        let (changes, _) = broadcast::channel(64);
+        let watcher = tokio::spawn(
+            watch_cached(client.clone(), store_prefix.clone(), changes.clone())
+                .instrument(tracing::info_span!("etcd_watch")),
+        );
+        let store = Self {
+            kv: client.kv_client(),
+            prefix: store_prefix,
+            changes,
+            watcher,
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    fn key(&self, path: &str) -> String {
+        format!("{}{path}", self.prefix)
+    }
+
+    fn message_key(&self, id: &str) -> String {
+        self.key(&format!("outbox/m/{id}"))
+    }
+
+    fn staging_key(&self, batch: &str) -> String {
+        self.key(&format!("outbox/s/{batch}"))
+    }
+
+    fn commit_marker(&self, batch: &str) -> String {
+        self.key(&format!("outbox/c/{batch}"))
+    }
+
+    fn batch_prefix(&self, batch: &str) -> String {
+        self.key(&format!("outbox/b/{batch}/"))
+    }
+
+    fn idempotency_key(&self, organisation: &str, key: &str) -> String {
+        self.key(&format!("outbox/i/{organisation}\0{key}"))
+    }
+
+    fn due_key(&self, message: &OutboxMessage) -> Option<String> {
+        message.due_at().map(|due| {
+            self.key(&format!(
+                "outbox/q/{}{}",
+                hex::encode(time_key(due)),
+                message.id
+            ))
+        })
+    }
+
+    fn state_key(&self, message: &OutboxMessage) -> String {
+        self.key(&format!(
+            "outbox/t/{}\0{}\0{}",
+            message.organisation,
+            state_name(message.state),
+            message.id
+        ))
+    }
+
+    /// The index keys that queue `message`: by organisation, by state, by due time.
+    fn index_keys(&self, message: &OutboxMessage) -> Vec<String> {
+        let mut keys = vec![
+            self.key(&format!(
+                "outbox/o/{}\0{}",
+                message.organisation, message.id
+            )),
+            self.state_key(message),
+        ];
+        keys.extend(self.due_key(message));
+        keys
+    }
+
+    fn token_key(&self, id: &str) -> String {
+        self.key(&format!("tokens/{id}"))
+    }
+
+    fn login_tokens_key(&self, login: &str) -> String {
+        self.key(&format!("login_tokens/{login}"))
+    }
+
+    fn member_key(&self, organisation: &str, login: &str) -> String {
+        self.key(&format!("members/{organisation}\0{login}"))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut response = self.kv.clone().get(key, None).await.map_err(unavailable)?;
+        Ok(response.take_kvs().into_iter().next())
+    }
+
+    /// A record and the revision it was last written at (for a compare-and-swap).
+    async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, i64)>> {
+        self.get(key)
+            .await?
+            .map(|kv| Ok((decode(key, kv.value())?, kv.mod_revision())))
+            .transpose()
+    }
+
+    /// The entries under `prefix` after `prefix` + `after` (exclusive), at most `limit`
+    /// (0: all), in key order.
+    async fn range(&self, prefix: &str, after: After<'_>, limit: usize) -> Result<Vec<KeyValue>> {
+        let start = match after {
+            Some(after) => format!("{prefix}{after}\0"),
+            None => prefix.to_string(),
+        };
+        self.range_to(&start, prefix_end(prefix), limit).await
+    }
+
+    async fn range_to(&self, start: &str, end: Vec<u8>, limit: usize) -> Result<Vec<KeyValue>> {
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut response = self
+            .kv
+            .clone()
+            .get(start, Some(options))
+            .await
+            .map_err(unavailable)?;
+        Ok(response.take_kvs())
+    }
+
+    /// Several keys read at once, in order; `None` for those absent.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let reads = keys.chunks(MAX_OPS).map(|chunk| async move {
+            let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+            let response = self.txn(Txn::new().and_then(ops)).await?;
+            Ok::<_, StoreError>(
+                response
+                    .op_responses()
+                    .into_iter()
+                    .map(|r| match r {
+                        TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        });
+        Ok(try_join_all(reads).await?.into_iter().flatten().collect())
+    }
+
+    /// Records whose keys end in the ids of `index` entries (after `skip` bytes of key).
+    async fn records_of<T: DeserializeOwned>(
+        &self,
+        index: &[KeyValue],
+        skip: usize,
+        record_key: impl Fn(&str) -> String,
+    ) -> Result<Vec<(T, i64)>> {
+        let keys: Vec<String> = index
+            .iter()
+            .map(|kv| record_key(&String::from_utf8_lossy(&kv.key()[skip..])))
+            .collect();
+        let mut records = Vec::with_capacity(keys.len());
+        for (key, kv) in keys.iter().zip(self.get_many(&keys).await?) {
+            if let Some(kv) = kv {
+                records.push((decode(key, kv.value())?, kv.mod_revision()));
+            }
+        }
+        Ok(records)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        self.kv.clone().txn(txn).await.map_err(unavailable)
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.kv
+            .clone()
+            .put(key, value, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Runs the operations in transactions of at most [`MAX_OPS`] operations and
+    /// [`MAX_BYTES`], a few at once. Not atomic as a whole.
+    async fn write_chunked(&self, ops: Vec<(TxnOp, usize)>) -> Result<()> {
+        let mut chunks: Vec<Vec<TxnOp>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for (op, size) in ops {
+            let current = chunks.last_mut().expect("one chunk at least");
+            if current.len() == MAX_OPS || (bytes + size > MAX_BYTES && !current.is_empty()) {
+                chunks.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            chunks.last_mut().expect("one chunk at least").push(op);
+        }
+        for group in chunks.chunks(PARALLEL_WRITES) {
+            let writes = group
+                .iter()
+                .filter(|ops| !ops.is_empty())
+                .map(|ops| self.txn(Txn::new().and_then(ops.clone())));
+            try_join_all(writes).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the index entries of a committed batch, chunk by chunk, then its marker.
+    /// Each chunk removes the staging entries it queued, guarded by their revisions, so
+    /// that two replicas finishing the same batch never queue a message twice.
+    async fn queue_committed(&self, batch: &str) -> Result<()> {
+        let prefix = self.batch_prefix(batch);
+        let per_txn = MAX_OPS / 4;
+        loop {
+            let staged = self.range(&prefix, None, per_txn * PARALLEL_WRITES).await?;
+            if staged.is_empty() {
+                break;
+            }
+            let writes = staged.chunks(per_txn).map(|chunk| async move {
+                let mut compares = Vec::with_capacity(chunk.len());
+                let mut ops = Vec::with_capacity(chunk.len() * 4);
+                for entry in chunk {
+                    compares.push(Compare::mod_revision(
+                        entry.key(),
+                        CompareOp::Equal,
+                        entry.mod_revision(),
+                    ));
+                    let keys: Vec<String> =
+                        decode(&String::from_utf8_lossy(entry.key()), entry.value())?;
+                    ops.extend(keys.into_iter().map(|k| TxnOp::put(k, Vec::new(), None)));
+                    ops.push(TxnOp::delete(entry.key(), None));
+                }
+                self.txn(Txn::new().when(compares).and_then(ops)).await
+            });
+            try_join_all(writes).await?;
+        }
+        self.txn(Txn::new().and_then([TxnOp::delete(self.commit_marker(batch), None)]))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes `keys`, each if still at the revision read.
+    async fn delete_unchanged(&self, keys: Vec<(Vec<u8>, i64)>) -> Result<usize> {
+        let mut deleted = 0;
+        for chunk in keys.chunks(MAX_OPS) {
+            let compares: Vec<Compare> = chunk
+                .iter()
+                .map(|(k, rev)| Compare::mod_revision(k.clone(), CompareOp::Equal, *rev))
+                .collect();
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, _)| TxnOp::delete(k.clone(), None))
+                .collect();
+            if self
+                .txn(Txn::new().when(compares).and_then(ops))
+                .await?
+                .succeeded()
+            {
+                deleted += chunk.len();
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A compare that holds while the key is as read: at `revision`, or still absent.
+fn unchanged(key: &str, revision: Option<i64>) -> Compare {
+    match revision {
+        Some(revision) => Compare::mod_revision(key, CompareOp::Equal, revision),
+        None => Compare::create_revision(key, CompareOp::Equal, 0),
+    }
+}
+
+fn put(key: impl Into<Vec<u8>>, value: Vec<u8>) -> TxnOp {
+    TxnOp::put(key, value, None)
+}
+
+fn unavailable(e: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(format!("etcd: {e}"))
+}
+
+fn contention(what: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{what} kept changing under {CAS_ATTEMPTS} attempts to update it"
+    ))
+}
+
+fn state_name(state: MessageState) -> &'static str {
+    match state {
+        MessageState::Queued => "queued",
+        MessageState::Sending => "sending",
+        MessageState::Sent => "sent",
+        MessageState::Retrying => "retrying",
+        MessageState::Dead => "dead",
+        MessageState::Cancelled => "cancelled",
+    }
+}
+
+/// Time as 16 hex digits: sorts like the time.
+fn hex_time(t: SystemTime) -> String {
+    hex::encode(time_key(t))
+}
+
+fn time_of_hex(hex_time: &[u8]) -> Option<SystemTime> {
+    let mut bytes = [0u8; 8];
+    hex::decode_to_slice(hex_time.get(..16)?, &mut bytes).ok()?;
+    Some(super::time_from_key(bytes))
+}
+
+/// Follows changes to the settings and the API keys into `changes`. After a broken watch,
+/// reports both as changed once it watches again (changes in between were missed).
+async fn watch_cached(mut client: Client, prefix: String, changes: broadcast::Sender<Changed>) {
+    let settings = format!("{prefix}meta/smtp_settings");
+    let keys = format!("{prefix}keys/");
+    let mut resumed = false;
+    loop {
+        let watched = async {
+            let mut stream = client.watch(settings.as_str(), None).await?;
+            stream
+                .watch(keys.as_str(), Some(WatchOptions::new().with_prefix()))
+                .await?;
+            Ok::<_, etcd_client::Error>(stream)
+        }
+        .await;
+        let mut stream = match watched {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch etcd; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if resumed {
+            let _ = changes.send(Changed::SmtpSettings);
+            let _ = changes.send(Changed::ApiKeys);
+        }
+        resumed = true;
+        loop {
+            match stream.message().await {
+                Ok(Some(response)) => {
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let change = if kv.key().starts_with(keys.as_bytes()) {
+                            Changed::ApiKeys
+                        } else {
+                            Changed::SmtpSettings
+                        };
+                        let _ = changes.send(change);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the etcd watch broke; watching again");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    fn exclusive(&self) -> bool {
+        false
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Changed>> {
+        Some(self.changes.subscribe())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let options = GetOptions::new().with_keys_only();
+        self.kv
+            .clone()
+            .get(self.key("meta/key_check"), Some(options))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn key_check(&self) -> Result<Option<Sealed>> {
+        Ok(self
+            .read(&self.key("meta/key_check"))
+            .await?
+            .map(|(v, _)| v))
+    }
+
+    async fn set_key_check(&self, sealed: &Sealed) -> Result<()> {
+        self.put(&self.key("meta/key_check"), encode(sealed)).await
+    }
+
+    async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
+        Ok(self
+            .read(&self.key("meta/smtp_settings"))
+            .await?
+            .map(|(v, _)| v))
+    }
+
+    async fn swap_smtp_settings(&self, expected: u64, settings: &SmtpSettings) -> Result<bool> {
+        let key = self.key("meta/smtp_settings");
+        for _ in 0..CAS_ATTEMPTS {
+            let stored = self.read::<SmtpSettings>(&key).await?;
+            let revision = stored.as_ref().map_or(0, |(s, _)| s.revision);
+            if revision != expected {
+                return Ok(false);
+            }
+            let txn = Txn::new()
+                .when([unchanged(&key, stored.map(|(_, rev)| rev))])
+                .and_then([put(key.as_str(), encode(settings))]);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+        Err(contention("the SMTP settings"))
+    }
+
+    async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
+        let bootstrapped = self.key("meta/bootstrapped");
+        let compares = if only_if_first {
+            vec![unchanged(&bootstrapped, None)]
+        } else {
+            Vec::new()
+        };
+        let txn = Txn::new().when(compares).and_then([
+            put(bootstrapped, b"1".to_vec()),
+            put(self.key(&format!("keys/{}", key.id)), encode(key)),
+            put(
+                self.key(&format!("key_digests/{}", key.secret_digest)),
+                key.id.clone().into_bytes(),
+            ),
+        ]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>> {
+        let Some(id) = self
+            .get(&self.key(&format!("key_digests/{digest}")))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let id = String::from_utf8_lossy(id.value()).into_owned();
+        Ok(self
+            .read(&self.key(&format!("keys/{id}")))
+            .await?
+            .map(|(k, _)| k))
+    }
+
+    async fn list_api_keys(&self, after: After<'_>, limit: usize) -> Result<Vec<ApiKey>> {
+        self.range(&self.key("keys/"), after, limit)
+            .await?
+            .iter()
+            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, id: &str) -> Result<Option<ApiKey>> {
+        let key = self.key(&format!("keys/{id}"));
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((mut api_key, rev)) = self.read::<ApiKey>(&key).await? else {
+                return Ok(None);
+            };
+            api_key.revoked = true;
+            let txn = Txn::new()
+                .when([unchanged(&key, Some(rev))])
+                .and_then([put(key.as_str(), encode(&api_key))]);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(Some(api_key));
+            }
+        }
+        Err(contention("the API key"))
+    }
+
+    async fn put_user(&self, user: &User) -> Result<()> {
+        let key = self.key(&format!("users/{}", user.login));
+        for _ in 0..CAS_ATTEMPTS {
+            let old = self.read::<User>(&key).await?;
+            // One operation per key: etcd refuses a transaction that names a key twice.
+            let before: &[String] = old.as_ref().map_or(&[], |(u, _)| &u.organisations);
+            let mut ops: Vec<TxnOp> = before
+                .iter()
+                .filter(|o| !user.organisations.contains(o))
+                .map(|o| TxnOp::delete(self.member_key(o, &user.login), None))
+                .collect();
+            for organisation in &user.organisations {
+                ops.push(put(self.member_key(organisation, &user.login), Vec::new()));
+            }
+            ops.push(put(key.as_str(), encode(user)));
+            let txn = Txn::new()
+                .when([unchanged(&key, old.map(|(_, rev)| rev))])
+                .and_then(ops);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(());
+            }
+        }
+        Err(contention("the user"))
+    }
+
+    async fn user(&self, login: &str) -> Result<Option<User>> {
+        Ok(self
+            .read(&self.key(&format!("users/{login}")))
+            .await?
+            .map(|(u, _)| u))
+    }
+
+    async fn delete_user(&self, login: &str) -> Result<Option<User>> {
+        let key = self.key(&format!("users/{login}"));
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((old, rev)) = self.read::<User>(&key).await? else {
+                return Ok(None);
+            };
+            let mut ops: Vec<TxnOp> = old
+                .organisations
+                .iter()
+                .map(|organisation| TxnOp::delete(self.member_key(organisation, login), None))
+                .collect();
+            ops.push(TxnOp::delete(key.as_str(), None));
+            let txn = Txn::new().when([unchanged(&key, Some(rev))]).and_then(ops);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(Some(old));
+            }
+        }
+        Err(contention("the user"))
+    }
+
+    async fn list_users(
+        &self,
+        organisation: &str,
+        after: After<'_>,
+        limit: usize,
+    ) -> Result<Vec<User>> {
+        let prefix = self.member_key(organisation, "");
+        let members = self.range(&prefix, after, limit).await?;
+        let users = self
+            .records_of(&members, prefix.len(), |login| {
+                self.key(&format!("users/{login}"))
+            })
+            .await?;
+        Ok(users.into_iter().map(|(u, _)| u).collect())
+    }
+
+    async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()> {
+        let Some(first) = messages.first() else {
+            return Ok(());
+        };
+        let staging = self.staging_key(batch);
+        let prefix = self.batch_prefix(batch);
+        self.put(&staging, hex_time(first.create_time).into_bytes())
+            .await?;
+        let mut ops = Vec::with_capacity(messages.len() * 2);
+        for message in messages {
+            let value = encode(message);
+            let size = value.len();
+            ops.push((put(self.message_key(&message.id), value), size));
+            let keys = encode(&self.index_keys(message));
+            let size = keys.len();
+            ops.push((put(format!("{prefix}{}", message.id), keys), size));
+        }
+        self.write_chunked(ops).await
+    }
+
+    async fn commit_batch(
+        &self,
+        batch: &str,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>> {
+        let staging = self.staging_key(batch);
+        let idempotency_key = idempotency.map(|k| self.idempotency_key(&k.organisation, &k.key));
+        let staged = self
+            .range(&self.batch_prefix(batch), None, ONE_TXN_BATCH + 1)
+            .await?;
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        if let (Some(key), Some(record)) = (&idempotency_key, idempotency) {
+            compares.push(unchanged(key, None));
+            ops.push(put(key.as_str(), encode(record)));
+        }
+        let in_one = staged.len() <= ONE_TXN_BATCH;
+        if !staged.is_empty() {
+            compares.push(Compare::create_revision(
+                staging.as_str(),
+                CompareOp::Greater,
+                0,
+            ));
+            ops.push(TxnOp::delete(staging.as_str(), None));
+            if in_one {
+                for entry in &staged {
+                    let keys: Vec<String> =
+                        decode(&String::from_utf8_lossy(entry.key()), entry.value())?;
+                    ops.extend(keys.into_iter().map(|k| put(k, Vec::new())));
+                }
+                ops.push(TxnOp::delete(
+                    self.batch_prefix(batch),
+                    Some(DeleteOptions::new().with_prefix()),
+                ));
+            } else {
+                let started = self.get(&staging).await?.map(|kv| kv.value().to_vec());
+                ops.push(put(self.commit_marker(batch), started.unwrap_or_default()));
+            }
+        }
+        let mut otherwise = Vec::new();
+        if let Some(key) = &idempotency_key {
+            otherwise.push(TxnOp::get(key.as_str(), None));
+        }
+        let response = self
+            .txn(Txn::new().when(compares).and_then(ops).or_else(otherwise))
+            .await?;
+        if !response.succeeded() {
+            let first = response.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            return match first {
+                Some(kv) => {
+                    let first = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
+                    self.discard_batch(batch).await?;
+                    Ok(Some(first))
+                }
+                None => Err(StoreError::Unavailable(format!(
+                    "batch {batch} was dropped before it was committed (staged too long ago)"
+                ))),
+            };
+        }
+        if !in_one {
+            self.queue_committed(batch).await?;
+        }
+        Ok(None)
+    }
+
+    async fn discard_batch(&self, batch: &str) -> Result<()> {
+        let staging = self.staging_key(batch);
+        self.txn(Txn::new().and_then([TxnOp::delete(staging.as_str(), None)]))
+            .await?;
+        let prefix = self.batch_prefix(batch);
+        loop {
+            let staged = self.range(&prefix, None, MAX_OPS * 8).await?;
+            if staged.is_empty() {
+                return Ok(());
+            }
+            let ops = staged
+                .iter()
+                .flat_map(|entry| {
+                    let id = String::from_utf8_lossy(&entry.key()[prefix.len()..]).into_owned();
+                    [
+                        (TxnOp::delete(self.message_key(&id), None), 0),
+                        (TxnOp::delete(entry.key(), None), 0),
+                    ]
+                })
+                .collect();
+            self.write_chunked(ops).await?;
+        }
+    }
+
+    async fn recover_batches(&self, before: SystemTime) -> Result<usize> {
+        let started_before = |kv: &KeyValue| time_of_hex(kv.value()).is_none_or(|t| t < before);
+        let mut recovered = 0;
+        let staging = self.key("outbox/s/");
+        for kv in self.range(&staging, None, 0).await? {
+            if started_before(&kv) {
+                let batch = String::from_utf8_lossy(&kv.key()[staging.len()..]).into_owned();
+                self.discard_batch(&batch).await?;
+                recovered += 1;
+            }
+        }
+        let committed = self.key("outbox/c/");
+        for kv in self.range(&committed, None, 0).await? {
+            if started_before(&kv) {
+                let batch = String::from_utf8_lossy(&kv.key()[committed.len()..]).into_owned();
+                self.queue_committed(&batch).await?;
+                recovered += 1;
+            }
+        }
+        Ok(recovered)
+    }
+
+    async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
+        let mut old = Vec::new();
+        for kv in self.range(&self.key("outbox/i/"), None, 0).await? {
+            let record: Idempotency = decode("idempotency", kv.value())?;
+            if record.create_time < before {
+                old.push((kv.key().to_vec(), kv.mod_revision()));
+            }
+        }
+        self.delete_unchanged(old).await
+    }
+
+    async fn idempotency(&self, organisation: &str, key: &str) -> Result<Option<Idempotency>> {
+        Ok(self
+            .read(&self.idempotency_key(organisation, key))
+            .await?
+            .map(|(v, _)| v))
+    }
+
+    async fn message(&self, id: &str) -> Result<Option<OutboxMessage>> {
+        Ok(self.read(&self.message_key(id)).await?.map(|(m, _)| m))
+    }
+
+    async fn swap_message(
+        &self,
+        expected: u64,
+        message: &OutboxMessage,
+        _durable: bool,
+    ) -> Result<bool> {
+        let key = self.message_key(&message.id);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((stored, rev)) = self.read::<OutboxMessage>(&key).await? else {
+                return Ok(false);
+            };
+            if stored.version != expected {
+                return Ok(false);
+            }
+            let mut ops = Vec::new();
+            let (old_due, new_due) = (self.due_key(&stored), self.due_key(message));
+            if old_due != new_due {
+                ops.extend(old_due.map(|k| TxnOp::delete(k, None)));
+                ops.extend(new_due.map(|k| put(k, Vec::new())));
+            }
+            if stored.state != message.state {
+                ops.push(TxnOp::delete(self.state_key(&stored), None));
+                ops.push(put(self.state_key(message), Vec::new()));
+            }
+            ops.push(put(key.as_str(), encode(message)));
+            let txn = Txn::new().when([unchanged(&key, Some(rev))]).and_then(ops);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+        Err(contention("the message"))
+    }
+
+    async fn due_messages(&self, now: SystemTime, limit: usize) -> Result<Vec<OutboxMessage>> {
+        let prefix = self.key("outbox/q/");
+        let end = format!("{prefix}{}", hex_time(now + Duration::from_micros(1)));
+        let entries = self.range_to(&prefix, end.into_bytes(), limit).await?;
+        let skip = prefix.len() + 16;
+        let keys: Vec<String> = entries
+            .iter()
+            .map(|kv| self.message_key(&String::from_utf8_lossy(&kv.key()[skip..])))
+            .collect();
+        let mut due = Vec::with_capacity(entries.len());
+        for ((entry, key), record) in entries.iter().zip(&keys).zip(self.get_many(&keys).await?) {
+            let record = match record {
+                Some(record) => {
+                    let message: OutboxMessage = decode(key, record.value())?;
+                    if self.due_key(&message).as_deref().map(str::as_bytes) == Some(entry.key()) {
+                        due.push(message);
+                        continue;
+                    }
+                    Some(record.mod_revision())
+                }
+                None => None,
+            };
+            // An entry that no longer matches its message (queued again by a recovering
+            // replica after the message moved on) is dropped, not followed.
+            let txn = Txn::new()
+                .when([unchanged(key, record)])
+                .and_then([TxnOp::delete(entry.key(), None)]);
+            self.txn(txn).await?;
+        }
+        Ok(due)
+    }
+
+    async fn next_due(&self) -> Result<Option<SystemTime>> {
+        let prefix = self.key("outbox/q/");
+        let first = self.range(&prefix, None, 1).await?;
+        Ok(first
+            .first()
+            .and_then(|kv| time_of_hex(&kv.key()[prefix.len()..])))
+    }
+
+    async fn all_messages(&self, after: After<'_>, limit: usize) -> Result<Vec<OutboxMessage>> {
+        self.range(&self.key("outbox/m/"), after, limit)
+            .await?
+            .iter()
+            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
+    }
+
+    async fn pending_messages(&self) -> Result<usize> {
+        let prefix = self.key("outbox/q/");
+        let options = GetOptions::new()
+            .with_range(prefix_end(&prefix))
+            .with_count_only();
+        let response = self
+            .kv
+            .clone()
+            .get(prefix, Some(options))
+            .await
+            .map_err(unavailable)?;
+        Ok(usize::try_from(response.count()).unwrap_or(usize::MAX))
+    }
+
+    async fn list_messages(
+        &self,
+        organisation: &str,
+        state: Option<MessageState>,
+        after: After<'_>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>> {
+        let prefix = match state {
+            Some(state) => self.key(&format!("outbox/t/{organisation}\0{}\0", state_name(state))),
+            None => self.key(&format!("outbox/o/{organisation}\0")),
+        };
+        let entries = self.range(&prefix, after, limit).await?;
+        let messages = self
+            .records_of::<OutboxMessage>(&entries, prefix.len(), |id| self.message_key(id))
+            .await?;
+        Ok(messages
+            .into_iter()
+            .map(|(m, _)| m)
+            .filter(|m| state.is_none_or(|s| m.state == s))
+            .collect())
+    }
+}
+
+impl EtcdStore {
+    /// The login's token ids and tokens, with the revisions read.
+    async fn login_tokens(
+        &self,
+        login: &str,
+    ) -> Result<(Vec<String>, Option<i64>, Vec<(Token, i64)>)> {
+        let key = self.login_tokens_key(login);
+        let (ids, rev) = match self.read::<Vec<String>>(&key).await? {
+            Some((ids, rev)) => (ids, Some(rev)),
+            None => (Vec::new(), None),
+        };
+        let keys: Vec<String> = ids.iter().map(|id| self.token_key(id)).collect();
+        let mut tokens = Vec::with_capacity(ids.len());
+        for (key, kv) in keys.iter().zip(self.get_many(&keys).await?) {
+            if let Some(kv) = kv {
+                tokens.push((decode(key, kv.value())?, kv.mod_revision()));
+            }
+        }
+        Ok((ids, rev, tokens))
+    }
+
+    /// Revokes, in one transaction with `extra`, the login's tokens active at `now` that
+    /// `matches`; retried while they change. How many it revoked.
+    async fn revoke_where(
+        &self,
+        login: &str,
+        now: SystemTime,
+        matches: impl Fn(&Token) -> bool,
+        extra: impl Fn(Vec<String>) -> Vec<TxnOp>,
+    ) -> Result<u32> {
+        let list = self.login_tokens_key(login);
+        for _ in 0..CAS_ATTEMPTS {
+            let (ids, list_rev, tokens) = self.login_tokens(login).await?;
+            let mut compares = vec![unchanged(&list, list_rev)];
+            let mut ops = extra(ids);
+            let mut revoked = 0;
+            for (mut token, rev) in tokens {
+                if matches(&token) && token.revoke(now) {
+                    let key = self.token_key(&token.id);
+                    compares.push(unchanged(&key, Some(rev)));
+                    ops.push(put(key, encode(&token)));
+                    revoked += 1;
+                }
+            }
+            if ops.is_empty() {
+                return Ok(0);
+            }
+            if self
+                .txn(Txn::new().when(compares).and_then(ops))
+                .await?
+                .succeeded()
+            {
+                return Ok(revoked);
+            }
+        }
+        Err(contention("the login's tokens"))
+    }
+}
+
+#[async_trait]
+impl TokenStore for EtcdStore {
+    async fn issue_token(&self, token: &Token, now: SystemTime) -> Result<u32> {
+        let list = self.login_tokens_key(&token.login);
+        self.revoke_where(
+            &token.login,
+            now,
+            |t| t.purpose == token.purpose,
+            |mut ids| {
+                ids.push(token.id.clone());
+                vec![
+                    put(self.token_key(&token.id), encode(token)),
+                    put(
+                        self.key(&format!("token_digests/{}", token.digest)),
+                        token.id.clone().into_bytes(),
+                    ),
+                    put(
+                        self.key(&format!(
+                            "token_purge/{}{}",
+                            hex_time(token.purge_time()),
+                            token.id
+                        )),
+                        Vec::new(),
+                    ),
+                    put(list.as_str(), encode(&ids)),
+                ]
+            },
+        )
+        .await
+    }
+
+    async fn token_by_digest(&self, digest: &str) -> Result<Option<Token>> {
+        let Some(id) = self
+            .get(&self.key(&format!("token_digests/{digest}")))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let id = String::from_utf8_lossy(id.value()).into_owned();
+        Ok(self.read(&self.token_key(&id)).await?.map(|(t, _)| t))
+    }
+
+    async fn swap_token(&self, expected: u64, token: &Token) -> Result<bool> {
+        let key = self.token_key(&token.id);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((stored, rev)) = self.read::<Token>(&key).await? else {
+                return Ok(false);
+            };
+            if stored.version != expected {
+                return Ok(false);
+            }
+            let txn = Txn::new()
+                .when([unchanged(&key, Some(rev))])
+                .and_then([put(key.as_str(), encode(token))]);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+        Err(contention("the token"))
+    }
+
+    async fn tokens_of(&self, login: &str) -> Result<Vec<Token>> {
+        let (_, _, tokens) = self.login_tokens(login).await?;
+        Ok(tokens.into_iter().map(|(t, _)| t).collect())
+    }
+
+    async fn revoke_tokens(
+        &self,
+        login: &str,
+        purpose: Option<Purpose>,
+        organisation: Option<&str>,
+        now: SystemTime,
+    ) -> Result<u32> {
+        self.revoke_where(
+            login,
+            now,
+            |t| {
+                purpose.is_none_or(|p| t.purpose == p)
+                    && organisation.is_none_or(|o| t.organisation == o)
+            },
+            |_| Vec::new(),
+        )
+        .await
+    }
+
+    async fn purge_tokens(&self, now: SystemTime, limit: usize) -> Result<u32> {
+        let prefix = self.key("token_purge/");
+        let end = format!("{prefix}{}", hex_time(now));
+        let due = self.range_to(&prefix, end.into_bytes(), limit).await?;
+        let mut purged = 0;
+        for entry in due {
+            let id = String::from_utf8_lossy(&entry.key()[prefix.len() + 16..]).into_owned();
+            let token_key = self.token_key(&id);
+            let mut compares = vec![unchanged(&token_key, None)];
+            let mut ops = vec![TxnOp::delete(entry.key(), None)];
+            if let Some((token, rev)) = self.read::<Token>(&token_key).await? {
+                let list = self.login_tokens_key(&token.login);
+                let (mut ids, list_rev) = match self.read::<Vec<String>>(&list).await? {
+                    Some((ids, rev)) => (ids, Some(rev)),
+                    None => (Vec::new(), None),
+                };
+                ids.retain(|i| *i != id);
+                compares = vec![unchanged(&token_key, Some(rev)), unchanged(&list, list_rev)];
+                ops.push(TxnOp::delete(token_key.as_str(), None));
+                ops.push(TxnOp::delete(
+                    self.key(&format!("token_digests/{}", token.digest)),
+                    None,
+                ));
+                ops.push(if ids.is_empty() {
+                    TxnOp::delete(list.as_str(), None)
+                } else {
+                    put(list.as_str(), encode(&ids))
+                });
+            }
+            // A token that changed meanwhile is left for the next sweep.
+            if self
+                .txn(Txn::new().when(compares).and_then(ops))
+                .await?
+                .succeeded()
+            {
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn purge_rate_limits(&self, before: SystemTime) -> Result<usize> {
+        let mut idle = Vec::new();
+        for kv in self.range(&self.key("rate_limits/"), None, 0).await? {
+            let window: RateWindow = decode("rate_limit", kv.value())?;
+            if window.hits.iter().all(|t| *t < before) {
+                idle.push((kv.key().to_vec(), kv.mod_revision()));
+            }
+        }
+        self.delete_unchanged(idle).await
+    }
+
+    async fn hit_rate_limit(
+        &self,
+        key: &str,
+        now: SystemTime,
+        window: Duration,
+        limit: u32,
+    ) -> Result<Option<Duration>> {
+        let key = self.key(&format!("rate_limits/{key}"));
+        for _ in 0..CAS_ATTEMPTS {
+            let stored = self.read::<RateWindow>(&key).await?;
+            let rev = stored.as_ref().map(|(_, rev)| *rev);
+            let mut hits = stored.map(|(w, _)| w).unwrap_or_default();
+            if let Err(wait) = hits.hit(now, window, limit) {
+                return Ok(Some(wait));
+            }
+            let txn = Txn::new()
+                .when([unchanged(&key, rev)])
+                .and_then([put(key.as_str(), encode(&hits))]);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(None);
+            }
+        }
+        Err(contention("the rate limit"))
+    }
+}

@@ -1,0 +1,633 @@
+//! The store's behaviour, one suite run unchanged against every backend: sled always,
+//! etcd with the `etcd` feature (a real etcd started for each test, see support/etcd.rs).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+use mailroom::auth::{ApiKey, Permission};
+use mailroom::crypto::MasterKey;
+use mailroom::directory::User;
+use mailroom::notify::{Idempotency, MessageState, OutboxMessage, Queued};
+use mailroom::settings::SmtpSettings;
+use mailroom::store::sled::SledStore;
+use mailroom::store::Store;
+use mailroom::tokens::{Purpose, Token, TokenState};
+
+const NOW: Duration = Duration::from_secs(1_800_000_000);
+
+fn now() -> SystemTime {
+    UNIX_EPOCH + NOW
+}
+
+/// Declares each case once per backend: `<case>_on_sled` and `<case>_on_etcd`.
+macro_rules! store_suite {
+    ($($case:ident),* $(,)?) => {
+        mod on_sled {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let dir = tempfile::tempdir().expect("temporary directory");
+                    let store = super::SledStore::open(dir.path(), 16 << 20).expect("open sled");
+                    super::$case(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        #[cfg(feature = "etcd")]
+        mod on_etcd {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(etcd) = super::support::etcd::Etcd::start().await else {
+                        return;
+                    };
+                    let store = etcd.store("/suite/").await.expect("connect to etcd");
+                    super::$case(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    settings_swap_only_from_the_revision_read,
+    the_bootstrap_key_is_created_once,
+    api_keys_list_in_pages_and_revoke,
+    users_are_listed_by_organisation,
+    a_batch_is_invisible_until_committed,
+    a_large_batch_commits_whole,
+    an_idempotency_key_keeps_its_first_batch,
+    abandoned_staged_batches_are_dropped,
+    a_message_swap_moves_its_indexes,
+    issuing_a_token_revokes_the_earlier_one_of_its_purpose,
+    a_token_is_consumed_once_under_concurrency,
+    ended_tokens_are_purged,
+    the_rate_limit_counts_a_window,
+    the_key_check_is_kept,
+);
+
+fn settings(revision: u64, host: &str) -> SmtpSettings {
+    serde_json::from_value(serde_json::json!({
+        "host": host,
+        "port": 25,
+        "from": "noreply@example.com",
+        "security": "None",
+        "username": "",
+        "password": null,
+        "tls": {
+            "ca_certificates_pem": "",
+            "accept_invalid_certificates": false,
+            "server_name": "",
+            "client_certificate_pem": "",
+            "client_key": null,
+        },
+        "helo_name": "",
+        "timeout": {"secs": 10, "nanos": 0},
+        "reset_password_expiration": {"secs": 600, "nanos": 0},
+        "invitation_expiration": {"secs": 86400, "nanos": 0},
+        "revision": revision,
+        "update_time": {"secs_since_epoch": NOW.as_secs(), "nanos_since_epoch": 0},
+        "updated_by": "test",
+    }))
+    .expect("settings from JSON")
+}
+
+fn api_key(id: &str) -> ApiKey {
+    ApiKey {
+        id: id.into(),
+        name: id.into(),
+        organisation: "admin".into(),
+        permissions: vec![Permission::ManagePlatform],
+        create_time: now(),
+        revoked: false,
+        secret_digest: format!("digest-of-{id}"),
+    }
+}
+
+fn user(login: &str, organisations: &[&str]) -> User {
+    User {
+        login: login.into(),
+        name: login.into(),
+        email: format!("{login}@example.com"),
+        organisations: organisations.iter().map(|o| o.to_string()).collect(),
+        locked: false,
+        create_time: now(),
+        update_time: now(),
+    }
+}
+
+fn master_key() -> MasterKey {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    MasterKey::load_or_create(&dir.path().join("master.key")).expect("a new master key")
+}
+
+fn messages(batch: &str, count: usize, organisation: &str) -> Vec<OutboxMessage> {
+    let key = master_key();
+    (0..count)
+        .map(|n| message(&key, &format!("{batch}-{n:06}"), organisation))
+        .collect()
+}
+
+fn message(key: &MasterKey, id: &str, organisation: &str) -> OutboxMessage {
+    OutboxMessage {
+        id: id.into(),
+        organisation: organisation.into(),
+        from: "noreply@example.com".into(),
+        envelope_from: "noreply@example.com".into(),
+        to: "someone@example.com".into(),
+        subject: "subject".into(),
+        content: key.seal("content", "body"),
+        message_id_header: format!("<{id}@example.com>"),
+        state: MessageState::Queued,
+        attempts: 0,
+        last_error: String::new(),
+        last_smtp_code: 0,
+        create_time: now(),
+        window_start: now(),
+        next_attempt_time: now(),
+        sent_time: None,
+        lease: None,
+        version: 1,
+    }
+}
+
+fn idempotency(key: &str, ids: &[OutboxMessage]) -> Idempotency {
+    Idempotency {
+        organisation: "acme".into(),
+        key: key.into(),
+        queued: Queued {
+            message_ids: ids.iter().map(|m| m.id.clone()).collect(),
+            recipients: u32::try_from(ids.len()).unwrap(),
+            duplicate: false,
+        },
+        create_time: now(),
+    }
+}
+
+fn token(id: &str, login: &str, purpose: Purpose) -> Token {
+    Token {
+        id: id.into(),
+        digest: format!("digest-of-{id}"),
+        purpose,
+        login: login.into(),
+        email: format!("{login}@example.com"),
+        organisation: "acme".into(),
+        state: TokenState::Active,
+        create_time: now(),
+        expire_time: now() + Duration::from_secs(600),
+        consume_time: None,
+        revoke_time: None,
+        metadata: BTreeMap::new(),
+        version: 1,
+    }
+}
+
+fn ids(messages: &[OutboxMessage]) -> Vec<String> {
+    messages.iter().map(|m| m.id.clone()).collect()
+}
+
+async fn settings_swap_only_from_the_revision_read(store: Arc<dyn Store>) {
+    assert!(store.smtp_settings().await.unwrap().is_none());
+    assert!(store
+        .swap_smtp_settings(0, &settings(1, "a.example.com"))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .swap_smtp_settings(0, &settings(1, "b.example.com"))
+            .await
+            .unwrap(),
+        "a second first write loses"
+    );
+    assert!(store
+        .swap_smtp_settings(1, &settings(2, "c.example.com"))
+        .await
+        .unwrap());
+    let stored = store.smtp_settings().await.unwrap().unwrap();
+    assert_eq!(
+        (stored.revision, stored.host.as_str()),
+        (2, "c.example.com")
+    );
+
+    let racers = (0..10).map(|n| {
+        let store = store.clone();
+        async move {
+            store
+                .swap_smtp_settings(2, &settings(3, &format!("r{n}.example.com")))
+                .await
+                .unwrap()
+        }
+    });
+    let won = join_all(racers).await.into_iter().filter(|w| *w).count();
+    assert_eq!(
+        won, 1,
+        "exactly one of ten concurrent swaps from revision 2"
+    );
+}
+
+async fn the_bootstrap_key_is_created_once(store: Arc<dyn Store>) {
+    let racers = (0..5).map(|n| {
+        let store = store.clone();
+        async move {
+            store
+                .insert_api_key(&api_key(&format!("boot{n}")), true)
+                .await
+                .unwrap()
+        }
+    });
+    let created = join_all(racers).await.into_iter().filter(|c| *c).count();
+    assert_eq!(created, 1, "one bootstrap key among racing starts");
+    assert!(!store.insert_api_key(&api_key("late"), true).await.unwrap());
+    assert!(store
+        .insert_api_key(&api_key("normal"), false)
+        .await
+        .unwrap());
+    assert_eq!(store.list_api_keys(None, 100).await.unwrap().len(), 2);
+}
+
+async fn api_keys_list_in_pages_and_revoke(store: Arc<dyn Store>) {
+    for n in 0..5 {
+        store
+            .insert_api_key(&api_key(&format!("key{n}")), false)
+            .await
+            .unwrap();
+    }
+    let first = store.list_api_keys(None, 2).await.unwrap();
+    let rest = store.list_api_keys(Some(&first[1].id), 10).await.unwrap();
+    let all: Vec<String> = first.iter().chain(&rest).map(|k| k.id.clone()).collect();
+    assert_eq!(all, ["key0", "key1", "key2", "key3", "key4"]);
+
+    let found = store
+        .api_key_by_digest("digest-of-key3")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, "key3");
+    assert!(store
+        .api_key_by_digest("digest-of-nobody")
+        .await
+        .unwrap()
+        .is_none());
+    let revoked = store.revoke_api_key("key3").await.unwrap().unwrap();
+    assert!(revoked.revoked);
+    assert!(
+        store
+            .api_key_by_digest("digest-of-key3")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert!(store.revoke_api_key("nobody").await.unwrap().is_none());
+}
+
+async fn users_are_listed_by_organisation(store: Arc<dyn Store>) {
+    for n in 0..5 {
+        store
+            .put_user(&user(&format!("u{n}"), &["acme", "other"]))
+            .await
+            .unwrap();
+    }
+    store.put_user(&user("solo", &["other"])).await.unwrap();
+    let page = store.list_users("acme", None, 3).await.unwrap();
+    let next = store.list_users("acme", Some("u2"), 10).await.unwrap();
+    let logins = |users: &[User]| users.iter().map(|u| u.login.clone()).collect::<Vec<_>>();
+    assert_eq!(logins(&page), ["u0", "u1", "u2"]);
+    assert_eq!(logins(&next), ["u3", "u4"]);
+
+    store.put_user(&user("u1", &["other"])).await.unwrap();
+    assert_eq!(
+        logins(&store.list_users("acme", None, 10).await.unwrap()),
+        ["u0", "u2", "u3", "u4"],
+        "moving a user out of an organisation removes its membership"
+    );
+    let removed = store.delete_user("u0").await.unwrap().unwrap();
+    assert_eq!(removed.login, "u0");
+    assert!(store.user("u0").await.unwrap().is_none());
+    assert!(store.delete_user("u0").await.unwrap().is_none());
+    assert_eq!(store.list_users("other", None, 10).await.unwrap().len(), 5);
+}
+
+async fn a_batch_is_invisible_until_committed(store: Arc<dyn Store>) {
+    let batch = messages("b1", 10, "acme");
+    store.stage_messages("b1", &batch).await.unwrap();
+    assert!(store.due_messages(now(), 100).await.unwrap().is_empty());
+    assert!(store
+        .list_messages("acme", None, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.pending_messages().await.unwrap(), 0);
+    assert!(store.next_due().await.unwrap().is_none());
+
+    assert!(store.commit_batch("b1", None).await.unwrap().is_none());
+    assert_eq!(
+        ids(&store.due_messages(now(), 100).await.unwrap()),
+        ids(&batch)
+    );
+    assert_eq!(store.pending_messages().await.unwrap(), 10);
+    assert_eq!(store.next_due().await.unwrap(), Some(now()));
+    let listed = store.list_messages("acme", None, None, 4).await.unwrap();
+    let after = store
+        .list_messages("acme", Some(MessageState::Queued), Some(&listed[3].id), 100)
+        .await
+        .unwrap();
+    assert_eq!(listed.len() + after.len(), 10);
+    assert!(store
+        .list_messages("other", None, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn a_large_batch_commits_whole(store: Arc<dyn Store>) {
+    // Beyond what one etcd transaction may hold: committed by marker, queued in chunks.
+    let batch = messages("big", 1000, "acme");
+    for page in batch.chunks(300) {
+        store.stage_messages("big", page).await.unwrap();
+    }
+    assert_eq!(store.pending_messages().await.unwrap(), 0);
+    let key = idempotency("big-key", &batch);
+    assert!(store
+        .commit_batch("big", Some(&key))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.pending_messages().await.unwrap(), 1000);
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_messages("acme", Some(MessageState::Queued), after.as_deref(), 256)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        listed.extend(page);
+    }
+    assert_eq!(
+        ids(&listed),
+        ids(&batch),
+        "every message listed once, in id order"
+    );
+    assert_eq!(
+        store.recover_batches(now() + NOW).await.unwrap(),
+        0,
+        "nothing left halfway"
+    );
+}
+
+async fn an_idempotency_key_keeps_its_first_batch(store: Arc<dyn Store>) {
+    let first = messages("first", 3, "acme");
+    store.stage_messages("first", &first).await.unwrap();
+    assert!(store
+        .commit_batch("first", Some(&idempotency("k", &first)))
+        .await
+        .unwrap()
+        .is_none());
+    let second = messages("second", 3, "acme");
+    store.stage_messages("second", &second).await.unwrap();
+    let kept = store
+        .commit_batch("second", Some(&idempotency("k", &second)))
+        .await
+        .unwrap()
+        .expect("the key's first use");
+    assert_eq!(kept.queued.message_ids, ids(&first));
+    assert_eq!(store.pending_messages().await.unwrap(), 3);
+    assert_eq!(
+        ids(&store.all_messages(None, 100).await.unwrap()),
+        ids(&first),
+        "the second batch's messages are gone"
+    );
+    assert_eq!(
+        store
+            .idempotency("acme", "k")
+            .await
+            .unwrap()
+            .unwrap()
+            .queued
+            .message_ids,
+        ids(&first)
+    );
+    assert_eq!(store.purge_idempotency(now()).await.unwrap(), 0);
+    assert_eq!(store.purge_idempotency(now() + NOW).await.unwrap(), 1);
+    assert!(store.idempotency("acme", "k").await.unwrap().is_none());
+}
+
+async fn abandoned_staged_batches_are_dropped(store: Arc<dyn Store>) {
+    let gone = messages("gone", 50, "acme");
+    store.stage_messages("gone", &gone).await.unwrap();
+    let dropped = messages("dropped", 5, "acme");
+    store.stage_messages("dropped", &dropped).await.unwrap();
+    store.discard_batch("dropped").await.unwrap();
+    assert_eq!(store.all_messages(None, 1000).await.unwrap().len(), 50);
+    assert_eq!(store.recover_batches(now() + NOW).await.unwrap(), 1);
+    assert!(store.all_messages(None, 1000).await.unwrap().is_empty());
+    // A writer that comes back after its batch was dropped queues nothing.
+    let _ = store.commit_batch("gone", None).await;
+    assert_eq!(store.pending_messages().await.unwrap(), 0);
+    assert!(store
+        .list_messages("acme", None, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
+    let batch = messages("swap", 2, "acme");
+    store.stage_messages("swap", &batch).await.unwrap();
+    store.commit_batch("swap", None).await.unwrap();
+    let mut claimed = batch[0].clone();
+    claimed.claim("me", now(), Duration::from_secs(60));
+    claimed.version = 2;
+    assert!(
+        !store.swap_message(7, &claimed, false).await.unwrap(),
+        "stale version"
+    );
+    assert!(store.swap_message(1, &claimed, false).await.unwrap());
+    assert!(
+        !store.swap_message(1, &claimed, true).await.unwrap(),
+        "swapped once"
+    );
+    assert_eq!(
+        ids(&store.due_messages(now(), 10).await.unwrap()),
+        [batch[1].id.clone()]
+    );
+    let after_lease = store
+        .due_messages(now() + Duration::from_secs(61), 10)
+        .await
+        .unwrap();
+    assert_eq!(after_lease.len(), 2, "a lease that ran out is due again");
+
+    let mut sent = claimed.clone();
+    sent.state = MessageState::Sent;
+    sent.lease = None;
+    sent.sent_time = Some(now());
+    sent.version = 3;
+    assert!(store.swap_message(2, &sent, true).await.unwrap());
+    assert_eq!(store.pending_messages().await.unwrap(), 1);
+    let listed = |state| {
+        let store = store.clone();
+        async move {
+            ids(&store
+                .list_messages("acme", Some(state), None, 10)
+                .await
+                .unwrap())
+        }
+    };
+    assert_eq!(listed(MessageState::Sent).await, [batch[0].id.clone()]);
+    assert_eq!(listed(MessageState::Queued).await, [batch[1].id.clone()]);
+    assert!(listed(MessageState::Sending).await.is_empty());
+    assert_eq!(
+        store.message(&batch[0].id).await.unwrap().unwrap().state,
+        MessageState::Sent
+    );
+}
+
+async fn issuing_a_token_revokes_the_earlier_one_of_its_purpose(store: Arc<dyn Store>) {
+    let reset = token("t1", "alice", Purpose::PasswordReset);
+    let invite = token("t2", "alice", Purpose::Invitation);
+    assert_eq!(store.issue_token(&reset, now()).await.unwrap(), 0);
+    assert_eq!(store.issue_token(&invite, now()).await.unwrap(), 0);
+    let again = token("t3", "alice", Purpose::PasswordReset);
+    assert_eq!(store.issue_token(&again, now()).await.unwrap(), 1);
+    let states: Vec<(String, TokenState)> = store
+        .tokens_of("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id.clone(), t.state_at(now())))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("t1".to_string(), TokenState::Revoked),
+            ("t2".to_string(), TokenState::Active),
+            ("t3".to_string(), TokenState::Active)
+        ]
+    );
+    assert_eq!(
+        store
+            .revoke_tokens("alice", None, Some("elsewhere"), now())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .revoke_tokens("alice", None, None, now())
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store.tokens_of("bob").await.unwrap().is_empty());
+}
+
+async fn a_token_is_consumed_once_under_concurrency(store: Arc<dyn Store>) {
+    store
+        .issue_token(&token("once", "carol", Purpose::Invitation), now())
+        .await
+        .unwrap();
+    let stored = store
+        .token_by_digest("digest-of-once")
+        .await
+        .unwrap()
+        .unwrap();
+    let consumers = (0..20).map(|_| {
+        let (store, mut consumed) = (store.clone(), stored.clone());
+        async move {
+            consumed.state = TokenState::Consumed;
+            consumed.consume_time = Some(now());
+            consumed.version = stored.version + 1;
+            store.swap_token(stored.version, &consumed).await.unwrap()
+        }
+    });
+    let wins = join_all(consumers).await.into_iter().filter(|w| *w).count();
+    assert_eq!(wins, 1, "exactly one of twenty concurrent consumers");
+    let after = store
+        .token_by_digest("digest-of-once")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.state, TokenState::Consumed);
+}
+
+async fn ended_tokens_are_purged(store: Arc<dyn Store>) {
+    let old = token("old", "dave", Purpose::PasswordReset);
+    store.issue_token(&old, now()).await.unwrap();
+    store
+        .issue_token(&token("other", "dave", Purpose::Invitation), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.purge_tokens(now(), 100).await.unwrap(),
+        0,
+        "nothing ended a week ago"
+    );
+    assert_eq!(
+        store
+            .purge_tokens(old.purge_time() + Duration::from_secs(1), 100)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store
+        .token_by_digest("digest-of-old")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.tokens_of("dave").await.unwrap().is_empty());
+}
+
+async fn the_rate_limit_counts_a_window(store: Arc<dyn Store>) {
+    let hour = Duration::from_secs(3600);
+    for n in 0..3 {
+        let at = now() + Duration::from_secs(n);
+        assert_eq!(store.hit_rate_limit("k", at, hour, 3).await.unwrap(), None);
+    }
+    let wait = store
+        .hit_rate_limit("k", now() + Duration::from_secs(10), hour, 3)
+        .await
+        .unwrap()
+        .expect("the fourth within the hour waits");
+    assert_eq!(wait, hour - Duration::from_secs(10));
+    let racers = (0..10).map(|_| {
+        let store = store.clone();
+        async move { store.hit_rate_limit("race", now(), hour, 4).await.unwrap() }
+    });
+    let allowed = join_all(racers)
+        .await
+        .into_iter()
+        .filter(Option::is_none)
+        .count();
+    assert_eq!(allowed, 4, "concurrent hits never pass the limit");
+    assert_eq!(store.purge_rate_limits(now()).await.unwrap(), 0);
+    assert_eq!(store.purge_rate_limits(now() + hour).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .hit_rate_limit("k", now() + hour, hour, 3)
+            .await
+            .unwrap(),
+        None,
+        "a purged window starts again"
+    );
+}
+
+async fn the_key_check_is_kept(store: Arc<dyn Store>) {
+    assert!(store.key_check().await.unwrap().is_none());
+    let key = master_key();
+    let sealed = key.seal("check", "mailroom");
+    store.set_key_check(&sealed).await.unwrap();
+    let stored = store.key_check().await.unwrap().unwrap();
+    assert_eq!(*key.open("check", &stored).unwrap(), "mailroom");
+    store.ping().await.unwrap();
+    store.flush().await.unwrap();
+    let other = master_key();
+    assert!(
+        other.open("check", &stored).is_err(),
+        "another key does not open it"
+    );
+}
