@@ -3,121 +3,19 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mailroom::proto::v1 as pb;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use support::smtp::{Options, SmtpServer};
+use support::process::Process;
 use support::Bearer;
-use tonic::transport::Endpoint;
 
 const PASSWORD: &str = "process-test-password-7781";
-
-/// A running `mailroom` binary and its log lines.
-struct Process {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-    addr: String,
-}
-
-impl Process {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("RUST_LOG", "trace")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the mailroom binary");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut process = Self {
-            child,
-            lines,
-            log: Vec::new(),
-            addr: String::new(),
-        };
-        process.addr = process
-            .wait_for_log(|event| {
-                (event["message"] == "serving gRPC")
-                    .then(|| event["addr"].as_str().unwrap().to_string())
-            })
-            .expect("the binary logs its address");
-        process
-    }
-
-    /// Reads log lines until `pick` returns something (10 s at most).
-    fn wait_for_log<T>(&mut self, pick: impl Fn(&serde_json::Value) -> Option<T>) -> Option<T> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            let event: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
-            self.log.push(line);
-            if let Some(found) = pick(&event) {
-                return Some(found);
-            }
-        }
-        None
-    }
-
-    async fn channel(&self) -> tonic::transport::Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    /// Kills the process with SIGKILL: no shutdown, no flush.
-    fn kill(mut self) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// Sends SIGTERM; the exit status and every log line. Async, so that this test's own
-    /// client connections answer the server's GOAWAY while it drains.
-    async fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        self.log.extend(self.lines.try_iter());
-        (status, self.log.join("\n"))
-    }
-}
 
 #[tokio::test]
 async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Process::start(dir.path());
+    let first = Process::start(dir.path(), &[]);
     let admin = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
     let admin = admin.trim();
     let channel = first.channel().await;
@@ -197,7 +95,7 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
         assert!(!log.contains(secret), "a secret reached the log");
     }
 
-    let second = Process::start(dir.path());
+    let second = Process::start(dir.path(), &[]);
     assert_eq!(
         std::fs::read_to_string(dir.path().join("admin.key"))
             .unwrap()
@@ -234,7 +132,7 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
 async fn acknowledged_mail_survives_sigkill_with_at_most_one_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpServer::start(Options::default());
-    let first = Process::start(dir.path());
+    let first = Process::start(dir.path(), &[]);
     let admin = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
     let admin = admin.trim();
     let channel = first.channel().await;
@@ -275,7 +173,7 @@ async fn acknowledged_mail_survives_sigkill_with_at_most_one_duplicate() {
     drop(notifier);
     first.kill();
 
-    let second = Process::start(dir.path());
+    let second = Process::start(dir.path(), &[]);
     let mut notifier = pb::notifier_client::NotifierClient::with_interceptor(
         second.channel().await,
         Bearer::new(admin),

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod process;
 pub mod smtp;
 
 use std::net::SocketAddr;
@@ -202,7 +203,17 @@ impl TestServer {
 
     /// Waits (10 s at most) until message `id` is in `state`; the message.
     pub async fn wait_for_state(&self, id: &str, state: pb::MessageState) -> pb::Message {
-        let mut notifier = self.notifier(&self.admin_key);
+        self.wait_for_state_as(&self.admin_key, id, state).await
+    }
+
+    /// [`TestServer::wait_for_state`], asking with `key`.
+    pub async fn wait_for_state_as(
+        &self,
+        key: &str,
+        id: &str,
+        state: pb::MessageState,
+    ) -> pb::Message {
+        let mut notifier = self.notifier(key);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let message = notifier

@@ -1,0 +1,376 @@
+//! Several mailroom replicas on one real etcd: settings and keys changed through one are
+//! used by the other, a token is consumed once across them, every message is delivered
+//! once, a killed replica's claims are taken over, and an etcd outage is survived.
+#![cfg(feature = "etcd")]
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use mailroom::config::{Args, StoreKind};
+use mailroom::notify::MessageState;
+use mailroom::proto::v1 as pb;
+use mailroom::store::Store;
+use support::etcd::Etcd;
+use support::process::Process;
+use support::smtp::{Options, SmtpServer};
+use support::{Bearer, TestServer};
+use tokio::time::Instant;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const PREFIX: &str = "/mailroom/";
+/// Claims outlive the longest send by this much (the default is a minute).
+const CLAIM_MARGIN: &str = "2s";
+
+/// A replica on `etcd`, sealing with the key file in `shared`, with its own data directory.
+async fn replica(etcd: &Etcd, shared: &Path, data_dir: &Path) -> TestServer {
+    let mut args = Args::with_data_dir(data_dir);
+    args.store = StoreKind::Etcd;
+    args.etcd_endpoints = vec![etcd.endpoint.clone()];
+    args.etcd_prefix = PREFIX.into();
+    args.etcd_timeout = Duration::from_secs(2);
+    args.master_key_file = Some(shared.join("master.key"));
+    args.claim_margin = Duration::from_secs(2);
+    TestServer::start_with(args).await
+}
+
+/// Waits (`within` at most) until `done` holds.
+async fn eventually(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn send_request(to: &[String], subject: &str) -> pb::SendToAddressesRequest {
+    pb::SendToAddressesRequest {
+        organisation: "acme".into(),
+        to: to.to_vec(),
+        subject: subject.into(),
+        body: "body".into(),
+        ..Default::default()
+    }
+}
+
+fn recipients(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|n| format!("{prefix}{n}@example.com")).collect()
+}
+
+/// How many copies of each message `smtp` received, by recipient.
+fn copies(smtp: &SmtpServer) -> HashMap<String, usize> {
+    let mut copies = HashMap::new();
+    for message in smtp.seen().messages {
+        for to in message.to {
+            *copies.entry(to).or_default() += 1;
+        }
+    }
+    copies
+}
+
+#[tokio::test]
+async fn changes_through_one_replica_are_used_by_the_other() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let shared = tempfile::tempdir().unwrap();
+    let a = replica(&etcd, shared.path(), dirs[0].path()).await;
+    let b = replica(&etcd, shared.path(), dirs[1].path()).await;
+    assert!(!a.admin_key.is_empty(), "the first replica bootstraps");
+    assert!(b.admin_key.is_empty(), "the second finds the key and creates none");
+    let admin = a.admin_key.clone();
+    let keys = b
+        .keys(&admin)
+        .list_api_keys(pb::ListApiKeysRequest::default())
+        .await
+        .expect("B knows A's bootstrap key")
+        .into_inner();
+    assert_eq!(keys.keys.len(), 1, "one bootstrap key: {keys:?}");
+
+    let first = SmtpServer::start(Options::default());
+    let second = SmtpServer::start(Options::default());
+    a.configure_smtp(first.addr.port()).await;
+    b.notifier(&admin)
+        .send_to_addresses(send_request(&["one@example.com".into()], "before"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "first message at the first server", async || {
+        first.seen().messages.len() == 1
+    })
+    .await;
+
+    // B has the settings cached now; A moves them to the second server.
+    a.configure_smtp(second.addr.port()).await;
+    let port = u32::from(second.addr.port());
+    let mut b_smtp = b.smtp(&admin);
+    eventually(Duration::from_secs(5), "B sees A's settings", async || {
+        let settings = b_smtp
+            .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        settings.port == port
+    })
+    .await;
+    b.notifier(&admin)
+        .send_to_addresses(send_request(&["two@example.com".into()], "after"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "B's next send at the second server", async || {
+        second.seen().messages.len() == 1
+    })
+    .await;
+    assert_eq!(first.seen().messages.len(), 1, "nothing more at the old server");
+
+    // A key B has cached, revoked through A, is refused by B.
+    let created = a.create_key_full("admin", &["managePlatform"]).await;
+    let mut as_key = b.smtp(&created.secret);
+    as_key
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .expect("the new key works on B");
+    a.keys(&admin)
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            id: created.key.unwrap().id,
+        })
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "B refuses the revoked key", async || {
+        let answer = as_key.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await;
+        answer.is_err_and(|status| status.code() == Code::Unauthenticated)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_is_consumed_once_across_replicas() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let shared = tempfile::tempdir().unwrap();
+    let a = replica(&etcd, shared.path(), dirs[0].path()).await;
+    let b = replica(&etcd, shared.path(), dirs[1].path()).await;
+    let admin = a.admin_key.clone();
+    let token = a
+        .tokens(&admin)
+        .issue_token(pb::IssueTokenRequest {
+            purpose: pb::TokenPurpose::PasswordReset.into(),
+            login: "alice".into(),
+            email: "alice@example.com".into(),
+            organisation: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let consumers = (0..100).map(|n| {
+        let mut client = if n % 2 == 0 {
+            a.tokens(&admin)
+        } else {
+            b.tokens(&admin)
+        };
+        let token = token.clone();
+        async move {
+            client
+                .consume_token(pb::ConsumeTokenRequest {
+                    token,
+                    purpose: pb::TokenPurpose::PasswordReset.into(),
+                })
+                .await
+        }
+    });
+    let answers = join_all(consumers).await;
+    let successes = answers.iter().filter(|a| a.is_ok()).count();
+    assert_eq!(successes, 1, "exactly one of 100 consumers across two replicas");
+    for refused in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_messages_through_two_replicas_are_each_delivered_once() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let shared = tempfile::tempdir().unwrap();
+    let a = replica(&etcd, shared.path(), dirs[0].path()).await;
+    let b = replica(&etcd, shared.path(), dirs[1].path()).await;
+    let admin = a.admin_key.clone();
+    let smtp = SmtpServer::start(Options::default());
+    a.configure_smtp(smtp.addr.port()).await;
+
+    let everyone = recipients("r", 1000);
+    let sends = everyone.chunks(50).enumerate().map(|(n, chunk)| {
+        let mut notifier = if n % 2 == 0 {
+            a.notifier(&admin)
+        } else {
+            b.notifier(&admin)
+        };
+        let request = send_request(chunk, "burst");
+        async move { notifier.send_to_addresses(request).await.unwrap() }
+    });
+    join_all(sends).await;
+    eventually(Duration::from_secs(120), "1,000 messages delivered", async || {
+        copies(&smtp).len() == everyone.len()
+    })
+    .await;
+    let copies = copies(&smtp);
+    for recipient in &everyone {
+        assert_eq!(copies.get(recipient), Some(&1), "{recipient}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_replicas_claims_are_delivered_by_the_other() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let shared = tempfile::tempdir().unwrap();
+    let key_file = shared.path().join("master.key");
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Process::start(
+        a_dir.path(),
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--master-key-file",
+            key_file.to_str().unwrap(),
+            "--claim-margin",
+            CLAIM_MARGIN,
+        ],
+    );
+    let admin = std::fs::read_to_string(a_dir.path().join("admin.key")).unwrap();
+    let admin = admin.trim().to_string();
+    let smtp = SmtpServer::start(Options::default());
+    let channel = a.channel().await;
+    pb::smtp_admin_client::SmtpAdminClient::with_interceptor(channel.clone(), Bearer::new(&admin))
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(pb::SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: smtp.addr.port().into(),
+                from: "alerts@example.com".into(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    let everyone = recipients("k", 1000);
+    let mut notifier =
+        pb::notifier_client::NotifierClient::with_interceptor(channel, Bearer::new(&admin));
+    for chunk in everyone.chunks(100) {
+        notifier
+            .send_to_addresses(send_request(chunk, "kill test"))
+            .await
+            .expect("acknowledged");
+    }
+    eventually(Duration::from_secs(30), "A delivering", async || {
+        copies(&smtp).len() >= 20
+    })
+    .await;
+    drop(notifier);
+    a.kill();
+
+    let view = etcd.store(PREFIX).await.unwrap();
+    let claimed = view
+        .list_messages("acme", Some(MessageState::Sending), None, 1000)
+        .await
+        .unwrap();
+    assert!(!claimed.is_empty(), "A held claims when it was killed");
+    assert!(
+        copies(&smtp).len() < everyone.len(),
+        "A was killed mid-burst"
+    );
+
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = replica(&etcd, shared.path(), b_dir.path()).await;
+    eventually(Duration::from_secs(60), "B delivers everything", async || {
+        copies(&smtp).len() == everyone.len()
+    })
+    .await;
+    for message in &claimed {
+        b.wait_for_state_as(&admin, &message.id, pb::MessageState::Sent).await;
+    }
+    let copies = copies(&smtp);
+    for recipient in &everyone {
+        let n = copies[recipient];
+        assert!((1..=2).contains(&n), "{recipient} received {n} copies");
+    }
+}
+
+#[tokio::test]
+async fn an_etcd_outage_turns_health_off_and_back_and_loses_nothing() {
+    let Some(mut etcd) = Etcd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let server = replica(&etcd, shared.path(), dir.path()).await;
+    let admin = server.admin_key.clone();
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    // Stopped while these are being delivered: some claimed, some not yet.
+    let before = recipients("o", 200);
+    for chunk in before.chunks(100) {
+        server
+            .notifier(&admin)
+            .send_to_addresses(send_request(chunk, "before the outage"))
+            .await
+            .expect("acknowledged");
+    }
+    etcd.stop();
+    let mut health = HealthClient::new(server.channel());
+    let status = async |health: &mut HealthClient<tonic::transport::Channel>| {
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    };
+    eventually(Duration::from_secs(15), "NOT_SERVING without etcd", async || {
+        status(&mut health).await == ServingStatus::NotServing
+    })
+    .await;
+    let refused = server
+        .notifier(&admin)
+        .send_to_addresses(send_request(&["during@example.com".into()], "during"))
+        .await
+        .expect_err("nothing is acknowledged without etcd");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    etcd.resume().await;
+    eventually(Duration::from_secs(15), "SERVING again", async || {
+        status(&mut health).await == ServingStatus::Serving
+    })
+    .await;
+    let after = recipients("p", 5);
+    server
+        .notifier(&admin)
+        .send_to_addresses(send_request(&after, "after the outage"))
+        .await
+        .expect("acknowledged again");
+    eventually(Duration::from_secs(60), "every acknowledged message", async || {
+        copies(&smtp).len() == before.len() + after.len()
+    })
+    .await;
+    assert!(!copies(&smtp).contains_key("during@example.com"));
+}
