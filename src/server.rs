@@ -308,6 +308,7 @@ impl Mailroom {
             );
         tracing::info!(
             %addr,
+            store = ?self.args.store,
             data_dir = %self.args.data_dir.display(),
             tls = self.args.tls_cert.is_some(),
             mtls = self.args.tls_client_ca.is_some(),

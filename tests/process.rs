@@ -6,8 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mailroom::proto::v1 as pb;
-use support::smtp::{Options, SmtpServer};
 use support::process::Process;
+use support::smtp::{Options, SmtpServer};
 use support::Bearer;
 
 const PASSWORD: &str = "process-test-password-7781";

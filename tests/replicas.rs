@@ -60,7 +60,9 @@ fn send_request(to: &[String], subject: &str) -> pb::SendToAddressesRequest {
 }
 
 fn recipients(prefix: &str, count: usize) -> Vec<String> {
-    (0..count).map(|n| format!("{prefix}{n}@example.com")).collect()
+    (0..count)
+        .map(|n| format!("{prefix}{n}@example.com"))
+        .collect()
 }
 
 /// How many copies of each message `smtp` received, by recipient.
@@ -84,7 +86,10 @@ async fn changes_through_one_replica_are_used_by_the_other() {
     let a = replica(&etcd, shared.path(), dirs[0].path()).await;
     let b = replica(&etcd, shared.path(), dirs[1].path()).await;
     assert!(!a.admin_key.is_empty(), "the first replica bootstraps");
-    assert!(b.admin_key.is_empty(), "the second finds the key and creates none");
+    assert!(
+        b.admin_key.is_empty(),
+        "the second finds the key and creates none"
+    );
     let admin = a.admin_key.clone();
     let keys = b
         .keys(&admin)
@@ -101,9 +106,11 @@ async fn changes_through_one_replica_are_used_by_the_other() {
         .send_to_addresses(send_request(&["one@example.com".into()], "before"))
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), "first message at the first server", async || {
-        first.seen().messages.len() == 1
-    })
+    eventually(
+        Duration::from_secs(10),
+        "first message at the first server",
+        async || first.seen().messages.len() == 1,
+    )
     .await;
 
     // B has the settings cached now; A moves them to the second server.
@@ -123,11 +130,17 @@ async fn changes_through_one_replica_are_used_by_the_other() {
         .send_to_addresses(send_request(&["two@example.com".into()], "after"))
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), "B's next send at the second server", async || {
-        second.seen().messages.len() == 1
-    })
+    eventually(
+        Duration::from_secs(10),
+        "B's next send at the second server",
+        async || second.seen().messages.len() == 1,
+    )
     .await;
-    assert_eq!(first.seen().messages.len(), 1, "nothing more at the old server");
+    assert_eq!(
+        first.seen().messages.len(),
+        1,
+        "nothing more at the old server"
+    );
 
     // A key B has cached, revoked through A, is refused by B.
     let created = a.create_key_full("admin", &["managePlatform"]).await;
@@ -142,10 +155,16 @@ async fn changes_through_one_replica_are_used_by_the_other() {
         })
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), "B refuses the revoked key", async || {
-        let answer = as_key.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await;
-        answer.is_err_and(|status| status.code() == Code::Unauthenticated)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "B refuses the revoked key",
+        async || {
+            let answer = as_key
+                .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+                .await;
+            answer.is_err_and(|status| status.code() == Code::Unauthenticated)
+        },
+    )
     .await;
 }
 
@@ -190,7 +209,10 @@ async fn a_token_is_consumed_once_across_replicas() {
     });
     let answers = join_all(consumers).await;
     let successes = answers.iter().filter(|a| a.is_ok()).count();
-    assert_eq!(successes, 1, "exactly one of 100 consumers across two replicas");
+    assert_eq!(
+        successes, 1,
+        "exactly one of 100 consumers across two replicas"
+    );
     for refused in answers.iter().filter_map(|a| a.as_ref().err()) {
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     }
@@ -220,9 +242,11 @@ async fn a_thousand_messages_through_two_replicas_are_each_delivered_once() {
         async move { notifier.send_to_addresses(request).await.unwrap() }
     });
     join_all(sends).await;
-    eventually(Duration::from_secs(120), "1,000 messages delivered", async || {
-        copies(&smtp).len() == everyone.len()
-    })
+    eventually(
+        Duration::from_secs(120),
+        "1,000 messages delivered",
+        async || copies(&smtp).len() == everyone.len(),
+    )
     .await;
     let copies = copies(&smtp);
     for recipient in &everyone {
@@ -300,12 +324,15 @@ async fn a_killed_replicas_claims_are_delivered_by_the_other() {
 
     let b_dir = tempfile::tempdir().unwrap();
     let b = replica(&etcd, shared.path(), b_dir.path()).await;
-    eventually(Duration::from_secs(60), "B delivers everything", async || {
-        copies(&smtp).len() == everyone.len()
-    })
+    eventually(
+        Duration::from_secs(60),
+        "B delivers everything",
+        async || copies(&smtp).len() == everyone.len(),
+    )
     .await;
     for message in &claimed {
-        b.wait_for_state_as(&admin, &message.id, pb::MessageState::Sent).await;
+        b.wait_for_state_as(&admin, &message.id, pb::MessageState::Sent)
+            .await;
     }
     let copies = copies(&smtp);
     for recipient in &everyone {
@@ -346,9 +373,11 @@ async fn an_etcd_outage_turns_health_off_and_back_and_loses_nothing() {
             .into_inner()
             .status()
     };
-    eventually(Duration::from_secs(15), "NOT_SERVING without etcd", async || {
-        status(&mut health).await == ServingStatus::NotServing
-    })
+    eventually(
+        Duration::from_secs(15),
+        "NOT_SERVING without etcd",
+        async || status(&mut health).await == ServingStatus::NotServing,
+    )
     .await;
     let refused = server
         .notifier(&admin)
@@ -368,9 +397,11 @@ async fn an_etcd_outage_turns_health_off_and_back_and_loses_nothing() {
         .send_to_addresses(send_request(&after, "after the outage"))
         .await
         .expect("acknowledged again");
-    eventually(Duration::from_secs(60), "every acknowledged message", async || {
-        copies(&smtp).len() == before.len() + after.len()
-    })
+    eventually(
+        Duration::from_secs(60),
+        "every acknowledged message",
+        async || copies(&smtp).len() == before.len() + after.len(),
+    )
     .await;
     assert!(!copies(&smtp).contains_key("during@example.com"));
 }

@@ -107,4 +107,3 @@ impl Process {
         (status, self.log.join("\n"))
     }
 }
-
