@@ -136,22 +136,7 @@ async fn acknowledged_mail_survives_sigkill_with_at_most_one_duplicate() {
     let admin = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
     let admin = admin.trim();
     let channel = first.channel().await;
-    pb::smtp_admin_client::SmtpAdminClient::with_interceptor(channel.clone(), Bearer::new(admin))
-        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
-            settings: Some(pb::SmtpSettings {
-                host: "127.0.0.1".into(),
-                port: smtp.addr.port().into(),
-                from: "alerts@example.com".into(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 2,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }),
-            update_mask: None,
-        })
-        .await
-        .unwrap();
+    first.configure_smtp(admin, smtp.addr.port(), 2).await;
     let recipients: Vec<String> = (0..60).map(|i| format!("user{i}@example.com")).collect();
     let mut notifier =
         pb::notifier_client::NotifierClient::with_interceptor(channel, Bearer::new(admin));

@@ -279,22 +279,7 @@ async fn a_killed_replicas_claims_are_delivered_by_the_other() {
     let admin = admin.trim().to_string();
     let smtp = SmtpServer::start(Options::default());
     let channel = a.channel().await;
-    pb::smtp_admin_client::SmtpAdminClient::with_interceptor(channel.clone(), Bearer::new(&admin))
-        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
-            settings: Some(pb::SmtpSettings {
-                host: "127.0.0.1".into(),
-                port: smtp.addr.port().into(),
-                from: "alerts@example.com".into(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }),
-            update_mask: None,
-        })
-        .await
-        .unwrap();
+    a.configure_smtp(&admin, smtp.addr.port(), 1).await;
     let everyone = recipients("k", 1000);
     let mut notifier =
         pb::notifier_client::NotifierClient::with_interceptor(channel, Bearer::new(&admin));

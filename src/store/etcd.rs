@@ -30,7 +30,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
-use super::{decode, encode, time_key, After, Changed, Result, Store, StoreError, TokenStore};
+use super::{
+    decode, encode, state_name, time_key, After, Changed, Result, Store, StoreError, TokenStore,
+};
 use crate::auth::ApiKey;
 use crate::crypto::Sealed;
 use crate::directory::User;
@@ -361,17 +363,6 @@ fn contention(what: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "{what} kept changing under {CAS_ATTEMPTS} attempts to update it"
     ))
-}
-
-fn state_name(state: MessageState) -> &'static str {
-    match state {
-        MessageState::Queued => "queued",
-        MessageState::Sending => "sending",
-        MessageState::Sent => "sent",
-        MessageState::Retrying => "retrying",
-        MessageState::Dead => "dead",
-        MessageState::Cancelled => "cancelled",
-    }
 }
 
 /// Time as 16 hex digits: sorts like the time.

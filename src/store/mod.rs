@@ -237,6 +237,19 @@ pub(crate) fn time_from_key(key: [u8; 8]) -> SystemTime {
     UNIX_EPOCH + std::time::Duration::from_micros(u64::from_be_bytes(key))
 }
 
+/// A message state's name in index keys.
+pub(crate) fn state_name(state: crate::notify::MessageState) -> &'static str {
+    use crate::notify::MessageState;
+    match state {
+        MessageState::Queued => "queued",
+        MessageState::Sending => "sending",
+        MessageState::Sent => "sent",
+        MessageState::Retrying => "retrying",
+        MessageState::Dead => "dead",
+        MessageState::Cancelled => "cancelled",
+    }
+}
+
 /// Encodes a record for storage.
 pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).expect("domain records serialize to JSON")

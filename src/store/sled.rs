@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{
-    decode, encode, time_from_key, time_key, After, Result, Store, StoreError, TokenStore,
+    decode, encode, state_name, time_from_key, time_key, After, Result, Store, StoreError,
+    TokenStore,
 };
 use crate::auth::ApiKey;
 use crate::directory::User;
@@ -79,21 +80,10 @@ fn state_key(message: &OutboxMessage) -> Vec<u8> {
         BY_STATE,
         &[
             message.organisation.as_bytes(),
-            state_name(message.state),
+            state_name(message.state).as_bytes(),
             message.id.as_bytes(),
         ],
     )
-}
-
-fn state_name(state: MessageState) -> &'static [u8] {
-    match state {
-        MessageState::Queued => b"queued",
-        MessageState::Sending => b"sending",
-        MessageState::Sent => b"sent",
-        MessageState::Retrying => b"retrying",
-        MessageState::Dead => b"dead",
-        MessageState::Cancelled => b"cancelled",
-    }
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -662,7 +652,10 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<OutboxMessage>> {
         let prefix = match state {
-            Some(state) => key(BY_STATE, &[organisation.as_bytes(), state_name(state), b""]),
+            Some(state) => key(
+                BY_STATE,
+                &[organisation.as_bytes(), state_name(state).as_bytes(), b""],
+            ),
             None => organisation_key(organisation, ""),
         };
         let mut messages = Vec::new();

@@ -6,9 +6,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use mailroom::proto::v1 as pb;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tonic::transport::Endpoint;
+
+use super::Bearer;
 
 /// A running `mailroom` binary and its log lines.
 pub struct Process {
@@ -83,6 +86,30 @@ impl Process {
             .connect()
             .await
             .unwrap()
+    }
+
+    /// Points the SMTP settings at a plain server on 127.0.0.1:`port` with a timeout of
+    /// `timeout_secs`, as `admin`.
+    pub async fn configure_smtp(&self, admin: &str, port: u16, timeout_secs: i64) {
+        pb::smtp_admin_client::SmtpAdminClient::with_interceptor(
+            self.channel().await,
+            Bearer::new(admin),
+        )
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(pb::SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: port.into(),
+                from: "alerts@example.com".into(),
+                timeout: Some(prost_types::Duration {
+                    seconds: timeout_secs,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .expect("update the SMTP settings");
     }
 
     /// Kills the process with SIGKILL: no shutdown, no flush.
