@@ -231,31 +231,37 @@ impl OutboxMessage {
     }
 }
 
+/// A queued message for unit tests.
+#[cfg(test)]
+pub(crate) fn sample(id: &str, now: SystemTime) -> OutboxMessage {
+    OutboxMessage {
+        id: id.into(),
+        organisation: "acme".into(),
+        from: "a@example.com".into(),
+        envelope_from: "a@example.com".into(),
+        to: "b@example.com".into(),
+        subject: "s".into(),
+        content: serde_json::from_str("\"\"").unwrap(),
+        message_id_header: "<1@example.com>".into(),
+        state: MessageState::Queued,
+        attempts: 0,
+        last_error: String::new(),
+        last_smtp_code: 0,
+        create_time: now,
+        window_start: now,
+        next_attempt_time: now,
+        sent_time: None,
+        lease: None,
+        version: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn message(now: SystemTime) -> OutboxMessage {
-        OutboxMessage {
-            id: "msg_1".into(),
-            organisation: "acme".into(),
-            from: "a@example.com".into(),
-            envelope_from: "a@example.com".into(),
-            to: "b@example.com".into(),
-            subject: "s".into(),
-            content: serde_json::from_str("\"\"").unwrap(),
-            message_id_header: "<1@example.com>".into(),
-            state: MessageState::Queued,
-            attempts: 0,
-            last_error: String::new(),
-            last_smtp_code: 0,
-            create_time: now,
-            window_start: now,
-            next_attempt_time: now,
-            sent_time: None,
-            lease: None,
-            version: 0,
-        }
+        sample("msg_1", now)
     }
 
     fn transient() -> Attempt {

@@ -40,6 +40,14 @@ const IDEMPOTENCY: u8 = b'i';
 const BY_STATE: u8 = b't';
 /// `s<batch>\0<id>` → the keys that queue a staged message (organisation index, due index).
 const STAGED: u8 = b's';
+/// `c<batch>` → (): a batch committed but not yet wholly queued.
+const COMMITTED: u8 = b'c';
+/// Staged messages queued by one write.
+const QUEUE_CHUNK: usize = 1000;
+
+fn commit_marker(batch: &str) -> Vec<u8> {
+    key(COMMITTED, &[batch.as_bytes()])
+}
 
 fn staged_key(batch: &str, id: &str) -> Vec<u8> {
     key(STAGED, &[batch.as_bytes(), id.as_bytes()])
@@ -485,19 +493,22 @@ impl Store for SledStore {
             }
             None => None,
         };
-        let mut writes = sled::Batch::default();
-        for entry in self.outbox.scan_prefix(staged_key(batch, "")) {
-            let (staged, value) = entry.map_err(unavailable)?;
-            for index in staged_keys(&value) {
-                writes.insert(index, &[]);
-            }
-            writes.remove(staged);
+        let (mut writes, staged) = self.queue_chunk(batch)?;
+        if staged == QUEUE_CHUNK {
+            // Too large to queue in one write without holding every replaced page at
+            // once: commit a marker, then queue chunk by chunk (finished at the next start
+            // after a crash).
+            writes = sled::Batch::default();
+            writes.insert(commit_marker(batch), &[]);
         }
         if let Some(k) = idempotency {
             writes.insert(idempotency_key(&k.organisation, &k.key), encode(k));
         }
         self.outbox.apply_batch(writes).map_err(unavailable)?;
         drop(guard);
+        if staged == QUEUE_CHUNK {
+            self.queue_committed(batch)?;
+        }
         self.durable().await?;
         Ok(None)
     }
@@ -515,22 +526,34 @@ impl Store for SledStore {
     }
 
     /// Batches carry no staging time on sled, whose staging is never shared: this is
-    /// called at start, when every staged batch belongs to a dead process.
+    /// called at start, when every staged batch belongs to a dead process. Committed ones
+    /// are queued, the others dropped.
     async fn recover_batches(&self, _before: SystemTime) -> Result<usize> {
-        let mut writes = sled::Batch::default();
-        let mut batches = std::collections::HashSet::new();
-        for entry in self.outbox.scan_prefix([STAGED]) {
-            let (staged, _) = entry.map_err(unavailable)?;
+        let mut batches = std::collections::BTreeSet::new();
+        for entry in self.outbox.scan_prefix([STAGED]).keys() {
+            let staged = entry.map_err(unavailable)?;
             let rest = &staged[1..];
-            let Some(split) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            batches.insert(rest[..split].to_vec());
-            let id = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
-            writes.remove(message_key(&id));
-            writes.remove(staged);
+            if let Some(split) = rest.iter().position(|b| *b == 0) {
+                batches.insert(String::from_utf8_lossy(&rest[..split]).into_owned());
+            }
         }
-        self.outbox.apply_batch(writes).map_err(unavailable)?;
+        for batch in &batches {
+            if self
+                .outbox
+                .contains_key(commit_marker(batch))
+                .map_err(unavailable)?
+            {
+                self.queue_committed(batch)?;
+            } else {
+                self.discard_batch(batch).await?;
+            }
+        }
+        // Markers of batches queued whole just before a crash.
+        for marker in self.outbox.scan_prefix([COMMITTED]).keys() {
+            self.outbox
+                .remove(marker.map_err(unavailable)?)
+                .map_err(unavailable)?;
+        }
         self.durable().await?;
         Ok(batches.len())
     }
@@ -899,6 +922,40 @@ impl TokenStore for SledStore {
 }
 
 impl SledStore {
+    /// The write that queues up to [`QUEUE_CHUNK`] staged messages of `batch`, and how many.
+    fn queue_chunk(&self, batch: &str) -> Result<(sled::Batch, usize)> {
+        let mut writes = sled::Batch::default();
+        let mut staged = 0;
+        for entry in self
+            .outbox
+            .scan_prefix(staged_key(batch, ""))
+            .take(QUEUE_CHUNK)
+        {
+            let (key, value) = entry.map_err(unavailable)?;
+            for index in staged_keys(&value) {
+                writes.insert(index, &[]);
+            }
+            writes.remove(key);
+            staged += 1;
+        }
+        Ok((writes, staged))
+    }
+
+    /// Queues a committed batch chunk by chunk, then drops its marker.
+    fn queue_committed(&self, batch: &str) -> Result<()> {
+        loop {
+            let (writes, staged) = self.queue_chunk(batch)?;
+            if staged == 0 {
+                break;
+            }
+            self.outbox.apply_batch(writes).map_err(unavailable)?;
+        }
+        self.outbox
+            .remove(commit_marker(batch))
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     fn decode_message(&self, id: &[u8]) -> Result<Option<OutboxMessage>> {
         let id = String::from_utf8_lossy(id);
         self.outbox
@@ -912,5 +969,43 @@ impl SledStore {
 impl Drop for SledStore {
     fn drop(&mut self) {
         let _ = self.db.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::notify::message::sample;
+
+    /// A crash after the commit of a large batch, before its last chunk was queued: the
+    /// next start queues the rest; a batch never committed is dropped.
+    #[tokio::test]
+    async fn a_batch_committed_but_not_wholly_queued_is_finished_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let committed: Vec<_> = (0..2500)
+            .map(|n| sample(&format!("c{n:05}"), now))
+            .collect();
+        store.stage_messages("committed", &committed).await.unwrap();
+        let abandoned: Vec<_> = (0..10).map(|n| sample(&format!("a{n:05}"), now)).collect();
+        store.stage_messages("abandoned", &abandoned).await.unwrap();
+        // What commit_batch writes first, then one chunk of three.
+        store
+            .outbox
+            .insert(commit_marker("committed"), &[])
+            .unwrap();
+        let (chunk, queued) = store.queue_chunk("committed").unwrap();
+        assert_eq!(queued, QUEUE_CHUNK);
+        store.outbox.apply_batch(chunk).unwrap();
+        assert_eq!(store.pending_messages().await.unwrap(), QUEUE_CHUNK);
+
+        assert_eq!(store.recover_batches(now).await.unwrap(), 2);
+        assert_eq!(store.pending_messages().await.unwrap(), 2500);
+        assert_eq!(store.all_messages(None, 5000).await.unwrap().len(), 2500);
+        assert!(store.outbox.scan_prefix([COMMITTED]).next().is_none());
+        assert!(store.outbox.scan_prefix([STAGED]).next().is_none());
     }
 }
