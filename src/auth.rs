@@ -82,6 +82,22 @@ impl fmt::Display for Permission {
     }
 }
 
+/// Records the caller on the RPC's span, both fields in one call: the JSON log format
+/// re-encodes a span's fields on every record (a profile of `VerifyToken` showed two
+/// separate records at 6.7 % of the server's time).
+fn record_caller(span: &Span, key_id: &str, organisation: &str) {
+    let Some(metadata) = span.metadata() else {
+        return;
+    };
+    let fields = metadata.fields();
+    if let (Some(key), Some(org)) = (fields.field("key_id"), fields.field("organisation")) {
+        span.record_all(&fields.value_set(&[
+            (&key, Some(&key_id as &dyn tracing::Value)),
+            (&org, Some(&organisation as &dyn tracing::Value)),
+        ]));
+    }
+}
+
 /// An API key as stored: everything but the secret, which is kept as its digest.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiKey {
@@ -223,9 +239,7 @@ impl Authenticator {
             .key(&crypto::digest(secret))
             .await?
             .ok_or(AuthError::Unauthenticated("unknown or revoked API key"))?;
-        let span = Span::current();
-        span.record("key_id", key.id.as_str());
-        span.record("organisation", key.organisation.as_str());
+        record_caller(&Span::current(), &key.id, &key.organisation);
         if !key.permissions.contains(&permission) {
             return Err(AuthError::PermissionDenied(format!(
                 "this key lacks the {permission} permission"

@@ -60,6 +60,7 @@ store_suite!(
     a_batch_is_invisible_until_committed,
     a_large_batch_commits_whole,
     an_idempotency_key_keeps_its_first_batch,
+    messages_queued_in_one_write_keep_their_idempotency_key,
     abandoned_staged_batches_are_dropped,
     a_message_swap_moves_its_indexes,
     issuing_a_token_revokes_the_earlier_one_of_its_purpose,
@@ -415,6 +416,46 @@ async fn an_idempotency_key_keeps_its_first_batch(store: Arc<dyn Store>) {
     assert_eq!(store.purge_idempotency(now()).await.unwrap(), 0);
     assert_eq!(store.purge_idempotency(now() + NOW).await.unwrap(), 1);
     assert!(store.idempotency("acme", "k").await.unwrap().is_none());
+}
+
+async fn messages_queued_in_one_write_keep_their_idempotency_key(store: Arc<dyn Store>) {
+    let first = messages("q1", 2, "acme");
+    let key = idempotency("once", &first);
+    assert!(store
+        .queue_messages("q1", &first, Some(&key))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        ids(&store.due_messages(now(), 10).await.unwrap()),
+        ids(&first)
+    );
+    let again = messages("q2", 2, "acme");
+    let kept = store
+        .queue_messages("q2", &again, Some(&idempotency("once", &again)))
+        .await
+        .unwrap()
+        .expect("the key's first use");
+    assert_eq!(kept.queued.message_ids, ids(&first));
+    assert_eq!(
+        ids(&store.all_messages(None, 100).await.unwrap()),
+        ids(&first),
+        "nothing of the second request is stored"
+    );
+    let plain = messages("q3", 3, "other");
+    assert!(store
+        .queue_messages("q3", &plain, None)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.pending_messages().await.unwrap(), 5);
+    assert_eq!(
+        ids(&store
+            .list_messages("other", Some(MessageState::Queued), None, 10)
+            .await
+            .unwrap()),
+        ids(&plain)
+    );
 }
 
 async fn abandoned_staged_batches_are_dropped(store: Arc<dyn Store>) {

@@ -12,7 +12,7 @@
 //!
 //! Run it with `scripts/bench` (installs Postfix's tools when missing). `BENCH_SERVER_LOG`
 //! sets the server's `RUST_LOG` (it must keep `mailroom::server=info`: the tool reads the
-//! server's address from that log).
+//! server's address from that log), and the server's log lines are then copied to stderr.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -113,7 +113,14 @@ impl Server {
                 break event["addr"].as_str().unwrap_or_default().to_string();
             }
         };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let echo = std::env::var_os("BENCH_SERVER_LOG").is_some();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if echo {
+                    eprintln!("{line}");
+                }
+            }
+        });
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
             .connect()
             .await?;

@@ -4,9 +4,13 @@
 //!
 //! [`Templates::compile`] parses every template of a request once, so that a broken one is
 //! reported before anything is queued, naming its field and position; rendering then runs
-//! once per recipient.
+//! once per recipient. Compiled templates are kept (up to [`KEPT_TEMPLATES`] distinct
+//! sets): notifiers send the same templates again and again, and parsing them cost more
+//! than a quarter of a `SendToAddresses` (docs/PERFORMANCE.md).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use chrono::{DateTime, Locale, Utc};
 use handlebars::{
@@ -18,7 +22,7 @@ use serde_json::Value;
 use crate::validation::Violations;
 
 /// How a body is rendered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum BodyFormat {
     /// Plain text: values are inserted as they are.
     #[default]
@@ -26,6 +30,14 @@ pub enum BodyFormat {
     /// HTML: values are escaped; a text part is derived for the message.
     Html,
 }
+
+/// How many distinct sets of compiled templates are kept; all are dropped when full.
+pub const KEPT_TEMPLATES: usize = 256;
+
+/// A set of templates: the body format and each (field, template).
+type TemplatesKey = (BodyFormat, Vec<(String, String)>);
+
+static KEPT: LazyLock<Mutex<HashMap<TemplatesKey, Arc<Templates>>>> = LazyLock::new(Mutex::default);
 
 /// One request's templates, by field name, ready to render.
 pub struct Templates {
@@ -50,7 +62,29 @@ impl Templates {
     /// Compiles `fields` (name, template) — headers (`from`, `to…`, `subject`) without
     /// escaping, `body` with HTML escaping for [`BodyFormat::Html`]. Every broken template
     /// is a violation naming its field, line and column.
-    pub fn compile(fields: &[(&str, &str)], format: BodyFormat) -> Result<Self, Violations> {
+    pub fn compile(fields: &[(&str, &str)], format: BodyFormat) -> Result<Arc<Self>, Violations> {
+        let key: TemplatesKey = (
+            format,
+            fields
+                .iter()
+                .map(|(name, template)| (name.to_string(), template.to_string()))
+                .collect(),
+        );
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(templates) = kept.get(&key) {
+            return Ok(templates.clone());
+        }
+        drop(kept);
+        let templates = Arc::new(Self::parse(fields, format)?);
+        kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= KEPT_TEMPLATES {
+            kept.clear();
+        }
+        kept.insert(key, templates.clone());
+        Ok(templates)
+    }
+
+    fn parse(fields: &[(&str, &str)], format: BodyFormat) -> Result<Self, Violations> {
         let mut headers = registry();
         headers.register_escape_fn(no_escape);
         let mut body = registry();

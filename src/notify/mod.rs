@@ -258,7 +258,7 @@ impl NotifyService {
             self.store.discard_batch(&batch).await?;
             return Err(e);
         }
-        self.commit(&n, &batch, ids).await
+        self.commit(&n, &batch, ids, None).await
     }
 
     /// TheHive's account-change email to a directory user of `organisation`; an email
@@ -341,8 +341,7 @@ impl NotifyService {
     /// Queues messages built elsewhere (the token emails and account notices), durably.
     pub async fn enqueue_built(&self, messages: Vec<OutboxMessage>) -> Result<(), NotifyError> {
         let batch = crypto::random_id("batch_");
-        self.store.stage_messages(&batch, &messages).await?;
-        self.store.commit_batch(&batch, None).await?;
+        self.store.queue_messages(&batch, &messages, None).await?;
         self.metrics.messages("queued", messages.len());
         self.wake.notify_one();
         Ok(())
@@ -450,24 +449,25 @@ impl NotifyService {
         self.settings.get().await?.ok_or(NotifyError::NotConfigured)
     }
 
-    /// Stages `messages` and queues them with the notification's idempotency key.
+    /// Queues `messages` with the notification's idempotency key.
     async fn enqueue(
         &self,
         n: &Notification,
         messages: Vec<OutboxMessage>,
     ) -> Result<Queued, NotifyError> {
         let batch = crypto::random_id("batch_");
-        self.store.stage_messages(&batch, &messages).await?;
-        self.commit(n, &batch, messages.into_iter().map(|m| m.id).collect())
-            .await
+        let ids = messages.iter().map(|m| m.id.clone()).collect();
+        self.commit(n, &batch, ids, Some(&messages)).await
     }
 
-    /// Queues the staged `batch` (messages `ids`) with the notification's idempotency key.
+    /// Queues the messages `ids`, given (`messages`) or staged as `batch`, with the
+    /// notification's idempotency key.
     async fn commit(
         &self,
         n: &Notification,
         batch: &str,
         ids: Vec<String>,
+        messages: Option<&[OutboxMessage]>,
     ) -> Result<Queued, NotifyError> {
         let queued = Queued {
             recipients: u32::try_from(ids.len()).unwrap_or(u32::MAX),
@@ -480,7 +480,15 @@ impl NotifyService {
             queued: queued.clone(),
             create_time: self.clock.now(),
         });
-        if let Some(first) = self.store.commit_batch(batch, key.as_ref()).await? {
+        let first = match messages {
+            Some(messages) => {
+                self.store
+                    .queue_messages(batch, messages, key.as_ref())
+                    .await?
+            }
+            None => self.store.commit_batch(batch, key.as_ref()).await?,
+        };
+        if let Some(first) = first {
             return Ok(Queued {
                 duplicate: true,
                 ..first.queued
@@ -698,7 +706,7 @@ fn check_notification(n: &Notification) -> Violations {
     v
 }
 
-fn compile(n: &Notification, recipients: &[(String, &str)]) -> Result<Templates, NotifyError> {
+fn compile(n: &Notification, recipients: &[(String, &str)]) -> Result<Arc<Templates>, NotifyError> {
     let mut fields: Vec<(&str, &str)> = vec![("subject", &n.subject), ("body", &n.body)];
     if !n.from.is_empty() {
         fields.push(("from", &n.from));

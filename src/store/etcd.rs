@@ -701,6 +701,44 @@ impl Store for EtcdStore {
         Ok(None)
     }
 
+    async fn queue_messages(
+        &self,
+        batch: &str,
+        messages: &[OutboxMessage],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>> {
+        let values: Vec<Vec<u8>> = messages.iter().map(encode).collect();
+        let bytes: usize = values.iter().map(Vec::len).sum();
+        if messages.len() * 4 + 1 > MAX_OPS || bytes > MAX_BYTES {
+            self.stage_messages(batch, messages).await?;
+            return self.commit_batch(batch, idempotency).await;
+        }
+        let mut ops = Vec::with_capacity(messages.len() * 4 + 1);
+        for (message, value) in messages.iter().zip(values) {
+            ops.push(put(self.message_key(&message.id), value));
+            ops.extend(
+                self.index_keys(message)
+                    .into_iter()
+                    .map(|k| put(k, Vec::new())),
+            );
+        }
+        let Some(record) = idempotency else {
+            self.txn(Txn::new().and_then(ops)).await?;
+            return Ok(None);
+        };
+        let key = self.idempotency_key(&record.organisation, &record.key);
+        ops.push(put(key.as_str(), encode(record)));
+        let txn = Txn::new()
+            .when([unchanged(&key, None)])
+            .and_then(ops)
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        let response = self.txn(txn).await?;
+        if response.succeeded() {
+            return Ok(None);
+        }
+        Ok(self.read(&key).await?.map(|(first, _)| first))
+    }
+
     async fn discard_batch(&self, batch: &str) -> Result<()> {
         let staging = self.staging_key(batch);
         self.txn(Txn::new().and_then([TxnOp::delete(staging.as_str(), None)]))

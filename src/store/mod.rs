@@ -130,6 +130,19 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         key: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>>;
 
+    /// Queues `messages` (few enough to hold in memory) as batch `batch`, with `key` when
+    /// given: [`Store::stage_messages`] then [`Store::commit_batch`], in one write where
+    /// the backend can.
+    async fn queue_messages(
+        &self,
+        batch: &str,
+        messages: &[OutboxMessage],
+        key: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>> {
+        self.stage_messages(batch, messages).await?;
+        self.commit_batch(batch, key).await
+    }
+
     /// Forgets the messages staged in `batch` (a request that failed halfway).
     async fn discard_batch(&self, batch: &str) -> Result<()>;
 

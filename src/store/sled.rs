@@ -53,16 +53,22 @@ fn staged_key(batch: &str, id: &str) -> Vec<u8> {
     key(STAGED, &[batch.as_bytes(), id.as_bytes()])
 }
 
-/// What a staging entry holds: the index keys that queue the message (organisation,
-/// state, due), each behind its length.
-fn staged_value(message: &OutboxMessage) -> Vec<u8> {
-    let mut value = Vec::new();
-    let keys = [
+/// The index keys that queue a message: by organisation, by state, by due time.
+fn index_keys(message: &OutboxMessage) -> impl Iterator<Item = Vec<u8>> {
+    [
         Some(organisation_key(&message.organisation, &message.id)),
         Some(state_key(message)),
         due_key(message),
-    ];
-    for k in keys.into_iter().flatten() {
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// What a staging entry holds: the index keys that queue the message, each behind its
+/// length.
+fn staged_value(message: &OutboxMessage) -> Vec<u8> {
+    let mut value = Vec::new();
+    for k in index_keys(message) {
         value.extend_from_slice(&u32::try_from(k.len()).unwrap_or(u32::MAX).to_be_bytes());
         value.extend_from_slice(&k);
     }
@@ -222,6 +228,9 @@ impl SledStore {
     }
 }
 
+/// Scheduler rounds the flusher waits for more writers before it flushes.
+const GATHER_ROUNDS: usize = 4;
+
 /// A writer waiting for durability, and the database to flush. The flusher holds the
 /// database only while it has waiters, so that dropping the store releases the directory
 /// at once.
@@ -231,11 +240,24 @@ type FlushRequest = (oneshot::Sender<Result<(), String>>, sled::Db);
 async fn group_commit(mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
     while let Some((first, db)) = requests.recv().await {
         let mut waiters = vec![first];
-        while let Ok((more, _)) = requests.try_recv() {
-            waiters.push(more);
+        // Lets the writers that are ready to run reach this queue before the flush starts:
+        // one flush then covers them all instead of the first few.
+        for _ in 0..GATHER_ROUNDS {
+            let before = waiters.len();
+            while let Ok((more, _)) = requests.try_recv() {
+                waiters.push(more);
+            }
+            if waiters.len() == before && before > 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
+        let started = std::time::Instant::now();
         let outcome = match tokio::task::spawn_blocking(move || db.flush()).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(bytes)) => {
+                tracing::debug!(waiters = waiters.len(), bytes, took = ?started.elapsed(), "flushed");
+                Ok(())
+            }
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("flush task failed: {e}")),
         };
@@ -509,6 +531,40 @@ impl Store for SledStore {
         if staged == QUEUE_CHUNK {
             self.queue_committed(batch)?;
         }
+        self.durable().await?;
+        Ok(None)
+    }
+
+    async fn queue_messages(
+        &self,
+        batch: &str,
+        messages: &[OutboxMessage],
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>> {
+        if messages.len() > QUEUE_CHUNK {
+            self.stage_messages(batch, messages).await?;
+            return self.commit_batch(batch, idempotency).await;
+        }
+        let mut writes = sled::Batch::default();
+        for message in messages {
+            writes.insert(message_key(&message.id), encode(message));
+            for index in index_keys(message) {
+                writes.insert(index, &[]);
+            }
+        }
+        let guard = match idempotency {
+            Some(k) => {
+                let guard = self.enqueue_lock.lock().await;
+                if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
+                    return Ok(Some(first));
+                }
+                writes.insert(idempotency_key(&k.organisation, &k.key), encode(k));
+                Some(guard)
+            }
+            None => None,
+        };
+        self.outbox.apply_batch(writes).map_err(unavailable)?;
+        drop(guard);
         self.durable().await?;
         Ok(None)
     }
