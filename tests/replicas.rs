@@ -390,3 +390,73 @@ async fn an_etcd_outage_turns_health_off_and_back_and_loses_nothing() {
     .await;
     assert!(!copies(&smtp).contains_key("during@example.com"));
 }
+
+#[tokio::test]
+async fn send_to_users_beyond_one_etcd_transaction_reaches_each_user_once() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let shared = tempfile::tempdir().unwrap();
+    let a = replica(&etcd, shared.path(), dirs[0].path()).await;
+    let b = replica(&etcd, shared.path(), dirs[1].path()).await;
+    let admin = a.admin_key.clone();
+    // 1,200 users: staged in pages of 1,000, committed by marker, queued in chunks.
+    let everyone = recipients("u", 1200);
+    let upserts = everyone.chunks(100).map(|chunk| {
+        let mut directory = a.directory(&admin);
+        async move {
+            for email in chunk {
+                directory
+                    .upsert_user(pb::UpsertUserRequest {
+                        user: Some(pb::User {
+                            login: email.clone(),
+                            name: email.clone(),
+                            organisations: vec!["acme".into()],
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    join_all(upserts).await;
+    let smtp = SmtpServer::start(Options::default());
+    a.configure_smtp(smtp.addr.port()).await;
+    let request = pb::SendToUsersRequest {
+        organisation: "acme".into(),
+        subject: "Hello {{user.name}}".into(),
+        body: "Case opened.".into(),
+        idempotency_key: "all-users".into(),
+        ..Default::default()
+    };
+    let answer = b
+        .notifier(&admin)
+        .send_to_users(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.recipients, 1200);
+    let again = a
+        .notifier(&admin)
+        .send_to_users(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        again.duplicate,
+        "the key's first use, through the other replica"
+    );
+    assert_eq!(again.message_ids, answer.message_ids);
+    eventually(
+        Duration::from_secs(120),
+        "1,200 users reached",
+        async || copies(&smtp).len() == everyone.len(),
+    )
+    .await;
+    let copies = copies(&smtp);
+    for email in &everyone {
+        assert_eq!(copies.get(email), Some(&1), "{email}");
+    }
+}
