@@ -488,7 +488,12 @@ async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
         !store.swap_message(7, &claimed, false).await.unwrap(),
         "stale version"
     );
-    assert!(store.swap_message(1, &claimed, false).await.unwrap());
+    let claimers = (0..10).map(|_| {
+        let (store, claimed) = (store.clone(), claimed.clone());
+        async move { store.swap_message(1, &claimed, false).await.unwrap() }
+    });
+    let won = join_all(claimers).await.into_iter().filter(|w| *w).count();
+    assert_eq!(won, 1, "one of ten concurrent claims");
     assert!(
         !store.swap_message(1, &claimed, true).await.unwrap(),
         "swapped once"

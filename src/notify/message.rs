@@ -35,6 +35,18 @@ pub enum MessageState {
     Cancelled,
 }
 
+impl MessageState {
+    /// Every state.
+    pub const ALL: [Self; 6] = [
+        Self::Queued,
+        Self::Sending,
+        Self::Sent,
+        Self::Retrying,
+        Self::Dead,
+        Self::Cancelled,
+    ];
+}
+
 /// A worker's claim on a message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {

@@ -40,6 +40,12 @@ const IDEMPOTENCY: u8 = b'i';
 const BY_STATE: u8 = b't';
 /// `s<batch>\0<id>` → the keys that queue a staged message (organisation index, due index).
 const STAGED: u8 = b's';
+/// `w<id>\0<n>` → (): a message whose record is being replaced; a crash leaves it, and
+/// the next start puts the message's index entries in step with its record.
+const REPLACING: u8 = b'w';
+/// Locks that serialise the replacements of one message (by id), in place of a sled
+/// transaction.
+const SWAP_LOCKS: usize = 64;
 /// `c<batch>` → (): a batch committed but not yet wholly queued.
 const COMMITTED: u8 = b'c';
 /// Staged messages queued by one write.
@@ -165,6 +171,9 @@ pub struct SledStore {
     token_purge: sled::Tree,
     rate_limits: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
+    swap_locks: Vec<std::sync::Mutex<()>>,
+    /// Numbers the intent keys of message replacements.
+    swaps: std::sync::atomic::AtomicU64,
     flusher: mpsc::UnboundedSender<FlushRequest>,
     flusher_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -183,7 +192,7 @@ impl SledStore {
         let (flusher, requests) = mpsc::unbounded_channel();
         let flusher_task =
             tokio::spawn(group_commit(requests).instrument(tracing::info_span!("sled_flusher")));
-        Ok(Self {
+        let store = Self {
             meta: tree("meta")?,
             keys: tree("api_keys")?,
             key_digests: tree("api_key_digests")?,
@@ -196,10 +205,20 @@ impl SledStore {
             token_purge: tree("token_purge")?,
             rate_limits: tree("rate_limits")?,
             enqueue_lock: tokio::sync::Mutex::new(()),
+            swap_locks: (0..SWAP_LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
+            swaps: std::sync::atomic::AtomicU64::new(0),
             db,
             flusher,
             flusher_task: Some(flusher_task),
-        })
+        };
+        let repaired = store.repair_interrupted_swaps()?;
+        if repaired > 0 {
+            tracing::info!(
+                repaired,
+                "index entries of messages a crash left halfway repaired"
+            );
+        }
+        Ok(store)
     }
 
     /// Flushes and closes the store, releasing its directory for another process.
@@ -641,38 +660,38 @@ impl Store for SledStore {
         self.decode_message(id.as_bytes())
     }
 
+    /// Replaces the record with plain writes under this process's lock for the message
+    /// (sled is opened by one process): every sled transaction or batch seals and writes
+    /// a log buffer, four `pwrite` + `sync_file_range` per delivered message
+    /// (docs/PERFORMANCE.md). The index entries follow, new ones before old ones go, under
+    /// an intent key that a crash leaves for [`SledStore::open`] to repair; readers skip
+    /// entries that do not match their record.
     async fn swap_message(
         &self,
         expected: u64,
         message: &OutboxMessage,
         durable: bool,
     ) -> Result<bool> {
-        let value = encode(message);
-        let swapped = self
-            .outbox
-            .transaction(|outbox| {
-                let Some(stored) = outbox.get(message_key(&message.id))? else {
-                    return Ok(false);
-                };
-                let stored: OutboxMessage =
-                    decode(&message.id, &stored).map_err(ConflictableTransactionError::Abort)?;
-                if stored.version != expected {
-                    return Ok(false);
-                }
-                if let Some(old) = due_key(&stored) {
-                    outbox.remove(old)?;
-                }
-                if let Some(new) = due_key(message) {
-                    outbox.insert(new, &[])?;
-                }
-                if stored.state != message.state {
-                    outbox.remove(state_key(&stored))?;
-                    outbox.insert(state_key(message), &[])?;
-                }
-                outbox.insert(message_key(&message.id), value.as_slice())?;
-                Ok(true)
-            })
-            .map_err(aborted)?;
+        let swapped = {
+            let _one_at_a_time = self.swap_lock(&message.id);
+            let key = message_key(&message.id);
+            let Some(stored) = self.outbox.get(&key).map_err(unavailable)? else {
+                return Ok(false);
+            };
+            let stored: OutboxMessage = decode(&message.id, &stored)?;
+            if stored.version != expected {
+                return Ok(false);
+            }
+            let intent = self.replacing_key(&message.id);
+            self.outbox.insert(&intent, &[]).map_err(unavailable)?;
+            self.outbox
+                .insert(key, encode(message))
+                .map_err(unavailable)?;
+            // On failure the intent stays, for the next start to repair.
+            self.move_indexes(&stored, message)?;
+            self.outbox.remove(&intent).map_err(unavailable)?;
+            true
+        };
         if swapped && durable {
             self.durable().await?;
         }
@@ -683,10 +702,16 @@ impl Store for SledStore {
         let mut end = vec![DUE];
         end.extend_from_slice(&time_key(now + std::time::Duration::from_micros(1)));
         let mut due = Vec::new();
-        for entry in self.outbox.range(vec![DUE]..end).take(limit) {
+        for entry in self.outbox.range(vec![DUE]..end) {
+            if due.len() == limit {
+                break;
+            }
             let (k, _) = entry.map_err(unavailable)?;
             if let Some(message) = self.decode_message(&k[9..])? {
-                due.push(message);
+                // An entry a swap has not removed yet: the message is due under another.
+                if due_key(&message).as_deref() == Some(&k[..]) {
+                    due.push(message);
+                }
             }
         }
         Ok(due)
@@ -738,10 +763,16 @@ impl Store for SledStore {
             None => organisation_key(organisation, ""),
         };
         let mut messages = Vec::new();
-        for entry in scan_after(&self.outbox, prefix.clone(), after).take(limit) {
+        for entry in scan_after(&self.outbox, prefix.clone(), after) {
+            if messages.len() == limit {
+                break;
+            }
             let (k, _) = entry.map_err(unavailable)?;
             if let Some(message) = self.decode_message(&k[prefix.len()..])? {
-                messages.push(message);
+                // An entry of the state a swap is moving the message out of.
+                if state.is_none_or(|s| message.state == s) {
+                    messages.push(message);
+                }
             }
         }
         Ok(messages)
@@ -978,6 +1009,102 @@ impl TokenStore for SledStore {
 }
 
 impl SledStore {
+    fn swap_lock(&self, id: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % SWAP_LOCKS as u64).unwrap_or(0);
+        self.swap_locks[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn replacing_key(&self, id: &str) -> Vec<u8> {
+        let n = self
+            .swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        key(REPLACING, &[id.as_bytes(), &n.to_be_bytes()])
+    }
+
+    /// Moves a message's index entries from `old` to `new` (its record already replaced):
+    /// the new entries first, so that the message is never missing from an index.
+    fn move_indexes(&self, old: &OutboxMessage, new: &OutboxMessage) -> Result<()> {
+        let (old_due, new_due) = (due_key(old), due_key(new));
+        let state_changed = old.state != new.state;
+        if old_due != new_due {
+            if let Some(k) = &new_due {
+                self.outbox.insert(k, &[]).map_err(unavailable)?;
+            }
+        }
+        if state_changed {
+            self.outbox
+                .insert(state_key(new), &[])
+                .map_err(unavailable)?;
+        }
+        if old_due != new_due {
+            if let Some(k) = old_due {
+                self.outbox.remove(k).map_err(unavailable)?;
+            }
+        }
+        if state_changed {
+            self.outbox.remove(state_key(old)).map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the index entries of messages whose replacement a crash interrupted in step
+    /// with their records. Runs at open, before anything reads the outbox.
+    fn repair_interrupted_swaps(&self) -> Result<usize> {
+        let mut ids = std::collections::BTreeSet::new();
+        let mut intents = Vec::new();
+        for entry in self.outbox.scan_prefix([REPLACING]).keys() {
+            let intent = entry.map_err(unavailable)?;
+            let rest = &intent[1..];
+            let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            ids.insert(String::from_utf8_lossy(&rest[..end]).into_owned());
+            intents.push(intent);
+        }
+        if intents.is_empty() {
+            return Ok(0);
+        }
+        let mut due_keys = std::collections::BTreeMap::new();
+        for id in &ids {
+            let Some(message) = self.decode_message(id.as_bytes())? else {
+                continue;
+            };
+            for state in MessageState::ALL {
+                let mut other = message.clone();
+                other.state = state;
+                if state == message.state {
+                    self.outbox
+                        .insert(state_key(&other), &[])
+                        .map_err(unavailable)?;
+                } else {
+                    self.outbox.remove(state_key(&other)).map_err(unavailable)?;
+                }
+            }
+            if let Some(due) = due_key(&message) {
+                self.outbox.insert(&due, &[]).map_err(unavailable)?;
+            }
+            due_keys.insert(id.clone(), due_key(&message));
+        }
+        for entry in self.outbox.scan_prefix([DUE]).keys() {
+            let k = entry.map_err(unavailable)?;
+            let id = String::from_utf8_lossy(&k[9..]).into_owned();
+            if due_keys
+                .get(&id)
+                .is_some_and(|due| due.as_deref() != Some(&k[..]))
+            {
+                self.outbox.remove(&k).map_err(unavailable)?;
+            }
+        }
+        for intent in intents {
+            self.outbox.remove(intent).map_err(unavailable)?;
+        }
+        self.db.flush().map_err(unavailable)?;
+        Ok(ids.len())
+    }
+
     /// The write that queues up to [`QUEUE_CHUNK`] staged messages of `batch`, and how many.
     fn queue_chunk(&self, batch: &str) -> Result<(sled::Batch, usize)> {
         let mut writes = sled::Batch::default();
@@ -1034,6 +1161,48 @@ mod tests {
 
     use super::*;
     use crate::notify::message::sample;
+
+    /// A crash in the middle of replacing a message's record: the record is new, its
+    /// index entries still the old ones. The next open moves them.
+    #[tokio::test]
+    async fn index_entries_a_crash_left_behind_are_repaired_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let queued = sample("m1", now);
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        store
+            .queue_messages("b", std::slice::from_ref(&queued), None)
+            .await
+            .unwrap();
+        let mut claimed = queued.clone();
+        claimed.claim("w", now, Duration::from_secs(60));
+        claimed.version += 1;
+        // What swap_message writes before it moves the index entries.
+        store.outbox.insert(store.replacing_key("m1"), &[]).unwrap();
+        store
+            .outbox
+            .insert(message_key("m1"), encode(&claimed))
+            .unwrap();
+        assert!(
+            store.due_messages(now, 10).await.unwrap().is_empty(),
+            "an entry that does not match its record is skipped"
+        );
+        store.close().await.unwrap();
+
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        let state = |s| store.list_messages("acme", Some(s), None, 10);
+        assert_eq!(state(MessageState::Sending).await.unwrap().len(), 1);
+        assert!(state(MessageState::Queued).await.unwrap().is_empty());
+        assert!(store.due_messages(now, 10).await.unwrap().is_empty());
+        let later = now + Duration::from_secs(61);
+        assert_eq!(store.due_messages(later, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store.pending_messages().await.unwrap(),
+            1,
+            "the old entry is gone"
+        );
+        assert!(store.outbox.scan_prefix([REPLACING]).next().is_none());
+    }
 
     /// A crash after the commit of a large batch, before its last chunk was queued: the
     /// next start queues the rest; a batch never committed is dropped.
