@@ -43,9 +43,9 @@ const STAGED: u8 = b's';
 /// `w<id>\0<n>` → (): a message whose record is being replaced; a crash leaves it, and
 /// the next start puts the message's index entries in step with its record.
 const REPLACING: u8 = b'w';
-/// Locks that serialise the replacements of one message (by id), in place of a sled
-/// transaction.
-const SWAP_LOCKS: usize = 64;
+/// Locks that serialise the writes of one record (by message id, login or rate-limit
+/// key) where a sled transaction would cost a log write and sync of its own.
+const LOCKS: usize = 64;
 /// `c<batch>` → (): a batch committed but not yet wholly queued.
 const COMMITTED: u8 = b'c';
 /// Staged messages queued by one write.
@@ -171,7 +171,7 @@ pub struct SledStore {
     token_purge: sled::Tree,
     rate_limits: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
-    swap_locks: Vec<std::sync::Mutex<()>>,
+    locks: Vec<std::sync::Mutex<()>>,
     /// Numbers the intent keys of message replacements.
     swaps: std::sync::atomic::AtomicU64,
     flusher: mpsc::UnboundedSender<FlushRequest>,
@@ -205,7 +205,7 @@ impl SledStore {
             token_purge: tree("token_purge")?,
             rate_limits: tree("rate_limits")?,
             enqueue_lock: tokio::sync::Mutex::new(()),
-            swap_locks: (0..SWAP_LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
+            locks: (0..LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
             swaps: std::sync::atomic::AtomicU64::new(0),
             db,
             flusher,
@@ -564,6 +564,22 @@ impl Store for SledStore {
             self.stage_messages(batch, messages).await?;
             return self.commit_batch(batch, idempotency).await;
         }
+        if let ([message], None) = (messages, idempotency) {
+            // One message and no key: nothing to keep atomic with it, so plain writes under
+            // an intent (a sled batch would write and sync a log buffer of its own); a crash
+            // midway is finished at the next open, like an interrupted swap.
+            let intent = self.replacing_key(&message.id);
+            self.outbox.insert(&intent, &[]).map_err(unavailable)?;
+            self.outbox
+                .insert(message_key(&message.id), encode(message))
+                .map_err(unavailable)?;
+            for index in index_keys(message) {
+                self.outbox.insert(index, &[]).map_err(unavailable)?;
+            }
+            self.outbox.remove(&intent).map_err(unavailable)?;
+            self.durable().await?;
+            return Ok(None);
+        }
         let mut writes = sled::Batch::default();
         for message in messages {
             writes.insert(message_key(&message.id), encode(message));
@@ -673,7 +689,7 @@ impl Store for SledStore {
         durable: bool,
     ) -> Result<bool> {
         let swapped = {
-            let _one_at_a_time = self.swap_lock(&message.id);
+            let _one_at_a_time = self.lock(&message.id);
             let key = message_key(&message.id);
             let Some(stored) = self.outbox.get(&key).map_err(unavailable)? else {
                 return Ok(false);
@@ -819,25 +835,29 @@ fn purge_key(token: &Token) -> Vec<u8> {
 impl TokenStore for SledStore {
     async fn issue_token(&self, token: &Token, now: SystemTime) -> Result<u32> {
         let value = encode(token);
-        let revoked = (
-            &self.tokens,
-            &self.token_digests,
-            &self.login_tokens,
-            &self.token_purge,
-        )
-            .transaction(|(tokens, digests, login_tokens, purge)| {
-                let (mut ids, revoked) =
-                    revoke_where((tokens, login_tokens), &token.login, now, |t| {
-                        t.purpose == token.purpose
-                    })?;
-                ids.push(token.id.clone());
-                login_tokens.insert(token.login.as_bytes(), encode(&ids))?;
-                tokens.insert(token.id.as_bytes(), value.as_slice())?;
-                digests.insert(token.digest.as_bytes(), token.id.as_bytes())?;
-                purge.insert(purge_key(token), &[])?;
-                Ok(revoked)
-            })
-            .map_err(aborted)?;
+        let revoked = {
+            // Excludes swap_token's plain write of the login's tokens.
+            let _login = self.lock(&token.login);
+            (
+                &self.tokens,
+                &self.token_digests,
+                &self.login_tokens,
+                &self.token_purge,
+            )
+                .transaction(|(tokens, digests, login_tokens, purge)| {
+                    let (mut ids, revoked) =
+                        revoke_where((tokens, login_tokens), &token.login, now, |t| {
+                            t.purpose == token.purpose
+                        })?;
+                    ids.push(token.id.clone());
+                    login_tokens.insert(token.login.as_bytes(), encode(&ids))?;
+                    tokens.insert(token.id.as_bytes(), value.as_slice())?;
+                    digests.insert(token.digest.as_bytes(), token.id.as_bytes())?;
+                    purge.insert(purge_key(token), &[])?;
+                    Ok(revoked)
+                })
+                .map_err(aborted)?
+        };
         self.durable().await?;
         Ok(revoked)
     }
@@ -857,27 +877,25 @@ impl TokenStore for SledStore {
             .transpose()
     }
 
+    /// A plain write under the login's lock (issue, revoke and purge take it around
+    /// their transactions): a sled transaction would write and sync a log buffer of its
+    /// own before the group commit's flush.
     async fn swap_token(&self, expected: u64, token: &Token) -> Result<bool> {
-        let value = encode(token);
-        let swapped = self
-            .tokens
-            .transaction(|tokens| {
-                let Some(stored) = tokens.get(token.id.as_bytes())? else {
-                    return Ok(false);
-                };
-                let stored: Token =
-                    decode(&token.id, &stored).map_err(ConflictableTransactionError::Abort)?;
-                if stored.version != expected {
-                    return Ok(false);
-                }
-                tokens.insert(token.id.as_bytes(), value.as_slice())?;
-                Ok(true)
-            })
-            .map_err(aborted)?;
-        if swapped {
-            self.durable().await?;
+        {
+            let _login = self.lock(&token.login);
+            let Some(stored) = self.tokens.get(token.id.as_bytes()).map_err(unavailable)? else {
+                return Ok(false);
+            };
+            let stored: Token = decode(&token.id, &stored)?;
+            if stored.version != expected {
+                return Ok(false);
+            }
+            self.tokens
+                .insert(token.id.as_bytes(), encode(token))
+                .map_err(unavailable)?;
         }
-        Ok(swapped)
+        self.durable().await?;
+        Ok(true)
     }
 
     async fn tokens_of(&self, login: &str) -> Result<Vec<Token>> {
@@ -905,6 +923,7 @@ impl TokenStore for SledStore {
         organisation: Option<&str>,
         now: SystemTime,
     ) -> Result<u32> {
+        let _login = self.lock(login);
         let revoked = (&self.tokens, &self.login_tokens)
             .transaction(|(tokens, login_tokens)| {
                 let (_, revoked) = revoke_where((tokens, login_tokens), login, now, |t| {
@@ -914,6 +933,7 @@ impl TokenStore for SledStore {
                 Ok(revoked)
             })
             .map_err(aborted)?;
+        drop(_login);
         if revoked > 0 {
             self.durable().await?;
         }
@@ -931,6 +951,11 @@ impl TokenStore for SledStore {
         let mut purged = 0;
         for key in due {
             let id = String::from_utf8_lossy(&key[8..]).into_owned();
+            let login = match self.tokens.get(id.as_bytes()).map_err(unavailable)? {
+                Some(bytes) => decode::<Token>(&id, &bytes)?.login,
+                None => String::new(),
+            };
+            let _login = self.lock(&login);
             (
                 &self.tokens,
                 &self.token_digests,
@@ -967,17 +992,25 @@ impl TokenStore for SledStore {
     }
 
     async fn purge_rate_limits(&self, before: SystemTime) -> Result<usize> {
-        let mut writes = sled::Batch::default();
+        let idle = |bytes: &[u8]| -> Result<bool> {
+            let window: RateWindow = decode("rate_limit", bytes)?;
+            Ok(window.hits.iter().all(|t| *t < before))
+        };
         let mut count = 0;
         for entry in self.rate_limits.iter() {
             let (k, bytes) = entry.map_err(unavailable)?;
-            let window: RateWindow = decode("rate_limit", &bytes)?;
-            if window.hits.iter().all(|t| *t < before) {
-                writes.remove(k);
-                count += 1;
+            if !idle(&bytes)? {
+                continue;
+            }
+            // Checked again under the key's lock: a hit may have come meanwhile.
+            let _key = self.lock(&String::from_utf8_lossy(&k));
+            if let Some(bytes) = self.rate_limits.get(&k).map_err(unavailable)? {
+                if idle(&bytes)? {
+                    self.rate_limits.remove(&k).map_err(unavailable)?;
+                    count += 1;
+                }
             }
         }
-        self.rate_limits.apply_batch(writes).map_err(unavailable)?;
         Ok(count)
     }
 
@@ -988,35 +1021,33 @@ impl TokenStore for SledStore {
         window: std::time::Duration,
         limit: u32,
     ) -> Result<Option<std::time::Duration>> {
-        self.rate_limits
-            .transaction(|limits| {
-                let mut hits: RateWindow = match limits.get(key.as_bytes())? {
-                    Some(bytes) => {
-                        decode(key, &bytes).map_err(ConflictableTransactionError::Abort)?
-                    }
-                    None => RateWindow::default(),
-                };
-                match hits.hit(now, window, limit) {
-                    Ok(()) => {
-                        limits.insert(key.as_bytes(), encode(&hits))?;
-                        Ok(None)
-                    }
-                    Err(wait) => Ok(Some(wait)),
-                }
-            })
-            .map_err(aborted)
+        let _key = self.lock(key);
+        let mut hits: RateWindow =
+            match self.rate_limits.get(key.as_bytes()).map_err(unavailable)? {
+                Some(bytes) => decode(key, &bytes)?,
+                None => RateWindow::default(),
+            };
+        match hits.hit(now, window, limit) {
+            Ok(()) => {
+                self.rate_limits
+                    .insert(key.as_bytes(), encode(&hits))
+                    .map_err(unavailable)?;
+                Ok(None)
+            }
+            Err(wait) => Ok(Some(wait)),
+        }
     }
 }
 
 impl SledStore {
-    fn swap_lock(&self, id: &str) -> std::sync::MutexGuard<'_, ()> {
+    /// This process's lock for `what` (a message id, a login, a rate-limit key): the
+    /// compare-and-swap of single records written without a sled transaction.
+    fn lock(&self, what: &str) -> std::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut hasher);
-        let stripe = usize::try_from(hasher.finish() % SWAP_LOCKS as u64).unwrap_or(0);
-        self.swap_locks[stripe]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        what.hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % LOCKS as u64).unwrap_or(0);
+        self.locks[stripe].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn replacing_key(&self, id: &str) -> Vec<u8> {
@@ -1052,8 +1083,9 @@ impl SledStore {
         Ok(())
     }
 
-    /// Puts the index entries of messages whose replacement a crash interrupted in step
-    /// with their records. Runs at open, before anything reads the outbox.
+    /// Puts the index entries of messages whose replacement (or single-message queuing) a
+    /// crash interrupted in step with their records. Runs at open, before anything reads
+    /// the outbox.
     fn repair_interrupted_swaps(&self) -> Result<usize> {
         let mut ids = std::collections::BTreeSet::new();
         let mut intents = Vec::new();
@@ -1086,6 +1118,9 @@ impl SledStore {
             if let Some(due) = due_key(&message) {
                 self.outbox.insert(&due, &[]).map_err(unavailable)?;
             }
+            self.outbox
+                .insert(organisation_key(&message.organisation, id), &[])
+                .map_err(unavailable)?;
             due_keys.insert(id.clone(), due_key(&message));
         }
         for entry in self.outbox.scan_prefix([DUE]).keys() {
@@ -1202,6 +1237,39 @@ mod tests {
             "the old entry is gone"
         );
         assert!(store.outbox.scan_prefix([REPLACING]).next().is_none());
+    }
+
+    /// A crash while one message was queued with plain writes: its record is there, its
+    /// index entries are not. The next open writes them: the message was as good as queued.
+    #[tokio::test]
+    async fn a_message_whose_queuing_a_crash_interrupted_is_queued_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        store.outbox.insert(store.replacing_key("m2"), &[]).unwrap();
+        store
+            .outbox
+            .insert(message_key("m2"), encode(&sample("m2", now)))
+            .unwrap();
+        assert!(store
+            .list_messages("acme", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        store.close().await.unwrap();
+
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        assert_eq!(
+            store
+                .list_messages("acme", None, None, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let queued = store.list_messages("acme", Some(MessageState::Queued), None, 10);
+        assert_eq!(queued.await.unwrap().len(), 1);
+        assert_eq!(store.due_messages(now, 10).await.unwrap().len(), 1);
     }
 
     /// A crash after the commit of a large batch, before its last chunk was queued: the
