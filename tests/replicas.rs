@@ -460,3 +460,86 @@ async fn send_to_users_beyond_one_etcd_transaction_reaches_each_user_once() {
         assert_eq!(copies.get(email), Some(&1), "{email}");
     }
 }
+
+#[tokio::test]
+async fn no_secret_reaches_etcd_in_plain_text() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let server = replica(&etcd, shared.path(), dir.path()).await;
+    let admin = server.admin_key.clone();
+    let password = "etcd-smtp-password-4411";
+    let body = "confidential incident body 7731";
+    server
+        .smtp(&admin)
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(pb::SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: support::smtp::refused_port().into(),
+                from: "alerts@example.com".into(),
+                username: "alerts".into(),
+                password: password.into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    let created = server.create_key_full("acme", &["manageUser"]).await;
+    let token = server
+        .tokens(&admin)
+        .issue_token(pb::IssueTokenRequest {
+            purpose: pb::TokenPurpose::Invitation.into(),
+            login: "carol".into(),
+            email: "carol@example.com".into(),
+            organisation: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    server
+        .notifier(&admin)
+        .send_to_addresses(pb::SendToAddressesRequest {
+            organisation: "acme".into(),
+            to: vec!["soc@example.com".into()],
+            subject: "Case".into(),
+            body: body.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let everything = client
+        .get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    for kv in everything.kvs() {
+        bytes.extend_from_slice(kv.key());
+        bytes.extend_from_slice(kv.value());
+    }
+    assert!(everything.kvs().len() > 10, "the store holds the records");
+    assert!(
+        support::contains(&bytes, "carol@example.com"),
+        "the search sees plain values"
+    );
+    for secret in [
+        password,
+        admin.as_str(),
+        created.secret.as_str(),
+        token.as_str(),
+        body,
+    ] {
+        assert!(
+            !support::contains(&bytes, secret),
+            "{secret:?} is stored in plain text"
+        );
+    }
+}
