@@ -795,36 +795,6 @@ impl Store for SledStore {
     }
 }
 
-type TokenTrees<'a> = (
-    &'a sled::transaction::TransactionalTree,
-    &'a sled::transaction::TransactionalTree,
-);
-
-/// Revokes, inside a transaction, the login's tokens active at `now` that `matches`.
-fn revoke_where(
-    (tokens, login_tokens): TokenTrees<'_>,
-    login: &str,
-    now: SystemTime,
-    matches: impl Fn(&Token) -> bool,
-) -> std::result::Result<(Vec<String>, u32), ConflictableTransactionError<StoreError>> {
-    let ids: Vec<String> = match login_tokens.get(login.as_bytes())? {
-        Some(bytes) => decode(login, &bytes).map_err(ConflictableTransactionError::Abort)?,
-        None => Vec::new(),
-    };
-    let mut revoked = 0;
-    for id in &ids {
-        let Some(bytes) = tokens.get(id.as_bytes())? else {
-            continue;
-        };
-        let mut token: Token = decode(id, &bytes).map_err(ConflictableTransactionError::Abort)?;
-        if matches(&token) && token.revoke(now) {
-            tokens.insert(id.as_bytes(), encode(&token))?;
-            revoked += 1;
-        }
-    }
-    Ok((ids, revoked))
-}
-
 fn purge_key(token: &Token) -> Vec<u8> {
     let mut k = time_key(token.purge_time()).to_vec();
     k.extend_from_slice(token.id.as_bytes());
@@ -833,30 +803,29 @@ fn purge_key(token: &Token) -> Vec<u8> {
 
 #[async_trait]
 impl TokenStore for SledStore {
+    /// Plain writes under the login's lock, in an order a crash may cut anywhere: the
+    /// purge entry first, the revocations, the token, the login's list, and last the
+    /// digest that makes the token usable. A cut leaves an unusable token of a request
+    /// that never answered, purged in its time.
     async fn issue_token(&self, token: &Token, now: SystemTime) -> Result<u32> {
-        let value = encode(token);
         let revoked = {
-            // Excludes swap_token's plain write of the login's tokens.
             let _login = self.lock(&token.login);
-            (
-                &self.tokens,
-                &self.token_digests,
-                &self.login_tokens,
-                &self.token_purge,
-            )
-                .transaction(|(tokens, digests, login_tokens, purge)| {
-                    let (mut ids, revoked) =
-                        revoke_where((tokens, login_tokens), &token.login, now, |t| {
-                            t.purpose == token.purpose
-                        })?;
-                    ids.push(token.id.clone());
-                    login_tokens.insert(token.login.as_bytes(), encode(&ids))?;
-                    tokens.insert(token.id.as_bytes(), value.as_slice())?;
-                    digests.insert(token.digest.as_bytes(), token.id.as_bytes())?;
-                    purge.insert(purge_key(token), &[])?;
-                    Ok(revoked)
-                })
-                .map_err(aborted)?
+            self.token_purge
+                .insert(purge_key(token), &[])
+                .map_err(unavailable)?;
+            let (mut ids, revoked) =
+                self.revoke_where(&token.login, now, |t| t.purpose == token.purpose)?;
+            self.tokens
+                .insert(token.id.as_bytes(), encode(token))
+                .map_err(unavailable)?;
+            ids.push(token.id.clone());
+            self.login_tokens
+                .insert(token.login.as_bytes(), encode(&ids))
+                .map_err(unavailable)?;
+            self.token_digests
+                .insert(token.digest.as_bytes(), token.id.as_bytes())
+                .map_err(unavailable)?;
+            revoked
         };
         self.durable().await?;
         Ok(revoked)
@@ -923,17 +892,13 @@ impl TokenStore for SledStore {
         organisation: Option<&str>,
         now: SystemTime,
     ) -> Result<u32> {
-        let _login = self.lock(login);
-        let revoked = (&self.tokens, &self.login_tokens)
-            .transaction(|(tokens, login_tokens)| {
-                let (_, revoked) = revoke_where((tokens, login_tokens), login, now, |t| {
-                    purpose.is_none_or(|p| t.purpose == p)
-                        && organisation.is_none_or(|o| t.organisation == o)
-                })?;
-                Ok(revoked)
-            })
-            .map_err(aborted)?;
-        drop(_login);
+        let (_, revoked) = {
+            let _login = self.lock(login);
+            self.revoke_where(login, now, |t| {
+                purpose.is_none_or(|p| t.purpose == p)
+                    && organisation.is_none_or(|o| t.organisation == o)
+            })?
+        };
         if revoked > 0 {
             self.durable().await?;
         }
@@ -1040,6 +1005,38 @@ impl TokenStore for SledStore {
 }
 
 impl SledStore {
+    /// Revokes the login's tokens active at `now` that `matches`, with plain writes: the
+    /// caller holds the login's lock. The login's token ids, and how many it revoked.
+    fn revoke_where(
+        &self,
+        login: &str,
+        now: SystemTime,
+        matches: impl Fn(&Token) -> bool,
+    ) -> Result<(Vec<String>, u32)> {
+        let ids: Vec<String> = match self
+            .login_tokens
+            .get(login.as_bytes())
+            .map_err(unavailable)?
+        {
+            Some(bytes) => decode(login, &bytes)?,
+            None => Vec::new(),
+        };
+        let mut revoked = 0;
+        for id in &ids {
+            let Some(bytes) = self.tokens.get(id.as_bytes()).map_err(unavailable)? else {
+                continue;
+            };
+            let mut token: Token = decode(id, &bytes)?;
+            if matches(&token) && token.revoke(now) {
+                self.tokens
+                    .insert(id.as_bytes(), encode(&token))
+                    .map_err(unavailable)?;
+                revoked += 1;
+            }
+        }
+        Ok((ids, revoked))
+    }
+
     /// This process's lock for `what` (a message id, a login, a rate-limit key): the
     /// compare-and-swap of single records written without a sled transaction.
     fn lock(&self, what: &str) -> std::sync::MutexGuard<'_, ()> {
