@@ -124,11 +124,11 @@ impl Mailroom {
             None => None,
         };
         if store.exclusive() {
-            let discarded = notify.recover_batches(args.clock.now()).await?;
-            if discarded > 0 {
+            let settled = notify.recover_batches(args.clock.now()).await?;
+            if settled > 0 {
                 tracing::info!(
-                    discarded,
-                    "batches of requests that never answered are dropped"
+                    settled,
+                    "batches a crash left halfway settled: uncommitted ones dropped, committed ones queued"
                 );
             }
             let released = notify.release_claims().await?;
