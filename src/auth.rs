@@ -210,7 +210,7 @@ impl Authenticator {
 
     /// The live key whose secret has `digest`.
     async fn key(&self, digest: &str) -> Result<Option<Arc<ApiKey>>, AuthError> {
-        if let Some(key) = self.known.get(&digest.to_string()) {
+        if let Some(key) = self.known.get(digest) {
             return Ok(Some(key));
         }
         let generation = self.known.generation();

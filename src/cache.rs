@@ -1,6 +1,7 @@
 //! Values kept in memory in front of the store (settings, API keys), forgotten when the
 //! store reports that another process changed them.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,11 @@ pub struct Cache<K, V> {
 
 impl<K: Eq + Hash, V: Clone> Cache<K, V> {
     /// The cached value of `key`.
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
         self.entries
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -96,13 +96,10 @@ async fn counters_move_with_messages_and_tokens() {
         .await;
     let mut tokens = server.tokens(&server.admin_key);
     let token = tokens
-        .issue_token(pb::IssueTokenRequest {
-            purpose: pb::TokenPurpose::PasswordReset.into(),
-            login: "alice".into(),
-            email: "alice@example.com".into(),
-            organisation: "acme".into(),
-            ..Default::default()
-        })
+        .issue_token(support::issue_request(
+            "alice",
+            pb::TokenPurpose::PasswordReset,
+        ))
         .await
         .unwrap()
         .into_inner()

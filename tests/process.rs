@@ -42,13 +42,10 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
     let mut tokens =
         pb::token_client::TokenClient::with_interceptor(channel.clone(), Bearer::new(admin));
     let token = tokens
-        .issue_token(pb::IssueTokenRequest {
-            purpose: pb::TokenPurpose::PasswordReset.into(),
-            login: "alice".into(),
-            email: "alice@example.com".into(),
-            organisation: "acme".into(),
-            ..Default::default()
-        })
+        .issue_token(support::issue_request(
+            "alice",
+            pb::TokenPurpose::PasswordReset,
+        ))
         .await
         .unwrap()
         .into_inner()

@@ -194,13 +194,10 @@ async fn a_token_is_consumed_once_across_replicas() {
     let admin = a.admin_key.clone();
     let token = a
         .tokens(&admin)
-        .issue_token(pb::IssueTokenRequest {
-            purpose: pb::TokenPurpose::PasswordReset.into(),
-            login: "alice".into(),
-            email: "alice@example.com".into(),
-            organisation: "acme".into(),
-            ..Default::default()
-        })
+        .issue_token(support::issue_request(
+            "alice",
+            pb::TokenPurpose::PasswordReset,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -492,13 +489,10 @@ async fn no_secret_reaches_etcd_in_plain_text() {
     let created = server.create_key_full("acme", &["manageUser"]).await;
     let token = server
         .tokens(&admin)
-        .issue_token(pb::IssueTokenRequest {
-            purpose: pb::TokenPurpose::Invitation.into(),
-            login: "carol".into(),
-            email: "carol@example.com".into(),
-            organisation: "acme".into(),
-            ..Default::default()
-        })
+        .issue_token(support::issue_request(
+            "carol",
+            pb::TokenPurpose::Invitation,
+        ))
         .await
         .unwrap()
         .into_inner()

@@ -9,22 +9,12 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use mailroom::proto::v1 as pb;
 use support::smtp::{Options, SmtpServer};
-use support::{all_bytes, contains, violated_fields, TestServer};
+use support::{all_bytes, contains, issue_request, violated_fields, TestServer};
 use tonic::Code;
 use tonic_types::StatusExt;
 
 const RESET: pb::TokenPurpose = pb::TokenPurpose::PasswordReset;
 const INVITATION: pb::TokenPurpose = pb::TokenPurpose::Invitation;
-
-fn issue_request(login: &str, purpose: pb::TokenPurpose) -> pb::IssueTokenRequest {
-    pb::IssueTokenRequest {
-        purpose: purpose.into(),
-        login: login.into(),
-        email: format!("{login}@example.com"),
-        organisation: "acme".into(),
-        ..Default::default()
-    }
-}
 
 async fn issue(
     server: &TestServer,

@@ -710,8 +710,7 @@ impl Store for EtcdStore {
         let values: Vec<Vec<u8>> = messages.iter().map(encode).collect();
         let bytes: usize = values.iter().map(Vec::len).sum();
         if messages.len() * 4 + 1 > MAX_OPS || bytes > MAX_BYTES {
-            self.stage_messages(batch, messages).await?;
-            return self.commit_batch(batch, idempotency).await;
+            return super::stage_and_commit(self, batch, messages, idempotency).await;
         }
         let mut ops = Vec::with_capacity(messages.len() * 4 + 1);
         for (message, value) in messages.iter().zip(values) {

@@ -139,8 +139,7 @@ pub trait Store: TokenStore + Send + Sync + 'static {
         messages: &[OutboxMessage],
         key: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>> {
-        self.stage_messages(batch, messages).await?;
-        self.commit_batch(batch, key).await
+        stage_and_commit(self, batch, messages, key).await
     }
 
     /// Forgets the messages staged in `batch` (a request that failed halfway).
@@ -248,6 +247,18 @@ pub(crate) fn time_key(t: SystemTime) -> [u8; 8] {
 /// The time of a [`time_key`].
 pub(crate) fn time_from_key(key: [u8; 8]) -> SystemTime {
     UNIX_EPOCH + std::time::Duration::from_micros(u64::from_be_bytes(key))
+}
+
+/// [`Store::stage_messages`] then [`Store::commit_batch`]: how any store queues a batch
+/// too large for one write.
+pub(crate) async fn stage_and_commit<S: Store + ?Sized>(
+    store: &S,
+    batch: &str,
+    messages: &[OutboxMessage],
+    key: Option<&Idempotency>,
+) -> Result<Option<Idempotency>> {
+    store.stage_messages(batch, messages).await?;
+    store.commit_batch(batch, key).await
 }
 
 /// A message state's name in index keys.

@@ -520,34 +520,23 @@ impl Store for SledStore {
         batch: &str,
         idempotency: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>> {
-        // Serialises the check of a key with its write (sled serves one process); the
-        // wait for durability happens after, so that concurrent batches share a flush.
-        let guard = match idempotency {
-            Some(k) => {
-                let guard = self.enqueue_lock.lock().await;
-                if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
-                    drop(guard);
-                    self.discard_batch(batch).await?;
-                    return Ok(Some(first));
-                }
-                Some(guard)
-            }
-            None => None,
+        let (chunk, staged) = self.queue_chunk(batch)?;
+        // Too large to queue in one write without holding every replaced page at once:
+        // commit a marker, then queue chunk by chunk (finished at the next start after a
+        // crash).
+        let (commit, queue_after) = if staged == QUEUE_CHUNK {
+            let mut marker = sled::Batch::default();
+            marker.insert(commit_marker(batch), &[]);
+            (marker, Some(chunk))
+        } else {
+            (chunk, None)
         };
-        let (mut writes, staged) = self.queue_chunk(batch)?;
-        if staged == QUEUE_CHUNK {
-            // Too large to queue in one write without holding every replaced page at
-            // once: commit a marker, then queue chunk by chunk (finished at the next start
-            // after a crash).
-            writes = sled::Batch::default();
-            writes.insert(commit_marker(batch), &[]);
+        if let Some(first) = self.write_once(commit, idempotency).await? {
+            self.discard_batch(batch).await?;
+            return Ok(Some(first));
         }
-        if let Some(k) = idempotency {
-            writes.insert(idempotency_key(&k.organisation, &k.key), encode(k));
-        }
-        self.outbox.apply_batch(writes).map_err(unavailable)?;
-        drop(guard);
-        if staged == QUEUE_CHUNK {
+        if let Some(first_chunk) = queue_after {
+            self.outbox.apply_batch(first_chunk).map_err(unavailable)?;
             self.queue_committed(batch)?;
         }
         self.durable().await?;
@@ -561,8 +550,7 @@ impl Store for SledStore {
         idempotency: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>> {
         if messages.len() > QUEUE_CHUNK {
-            self.stage_messages(batch, messages).await?;
-            return self.commit_batch(batch, idempotency).await;
+            return super::stage_and_commit(self, batch, messages, idempotency).await;
         }
         if let ([message], None) = (messages, idempotency) {
             // One message and no key: nothing to keep atomic with it, so plain writes under
@@ -587,19 +575,9 @@ impl Store for SledStore {
                 writes.insert(index, &[]);
             }
         }
-        let guard = match idempotency {
-            Some(k) => {
-                let guard = self.enqueue_lock.lock().await;
-                if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
-                    return Ok(Some(first));
-                }
-                writes.insert(idempotency_key(&k.organisation, &k.key), encode(k));
-                Some(guard)
-            }
-            None => None,
-        };
-        self.outbox.apply_batch(writes).map_err(unavailable)?;
-        drop(guard);
+        if let Some(first) = self.write_once(writes, idempotency).await? {
+            return Ok(Some(first));
+        }
         self.durable().await?;
         Ok(None)
     }
@@ -1005,6 +983,30 @@ impl TokenStore for SledStore {
 }
 
 impl SledStore {
+    /// Applies `writes` with the idempotency key `key` added to them, unless the key was
+    /// used before: then nothing is written and the key's first use is returned. The check
+    /// and the write are one step (sled serves one process); waiting for durability is the
+    /// caller's, after the lock, so that concurrent requests share a flush.
+    async fn write_once(
+        &self,
+        mut writes: sled::Batch,
+        key: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>> {
+        let _one_at_a_time = match key {
+            Some(k) => {
+                let guard = self.enqueue_lock.lock().await;
+                if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
+                    return Ok(Some(first));
+                }
+                writes.insert(idempotency_key(&k.organisation, &k.key), encode(k));
+                Some(guard)
+            }
+            None => None,
+        };
+        self.outbox.apply_batch(writes).map_err(unavailable)?;
+        Ok(None)
+    }
+
     /// Revokes the login's tokens active at `now` that `matches`, with plain writes: the
     /// caller holds the login's lock. The login's token ids, and how many it revoked.
     fn revoke_where(

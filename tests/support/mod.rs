@@ -276,6 +276,17 @@ pub type DirectoryClient =
     pb::directory_client::DirectoryClient<InterceptedService<Channel, Bearer>>;
 pub type KeysClient = pb::api_keys_client::ApiKeysClient<InterceptedService<Channel, Bearer>>;
 
+/// An IssueToken request for `login` (address `<login>@example.com`) in organisation acme.
+pub fn issue_request(login: &str, purpose: pb::TokenPurpose) -> pb::IssueTokenRequest {
+    pb::IssueTokenRequest {
+        purpose: purpose.into(),
+        login: login.into(),
+        email: format!("{login}@example.com"),
+        organisation: "acme".into(),
+        ..Default::default()
+    }
+}
+
 /// Adds `authorization: Bearer <key>` (nothing for an empty key).
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
