@@ -1,7 +1,7 @@
 //! Callers: every RPC refuses a missing, unknown or revoked key, a key without its
 //! permission, and a non-admin key acting for another organisation; the ApiKeys service.
 
-mod support;
+use crate::support;
 
 use mailroom::proto::v1 as pb;
 use prost::bytes::{Buf, BufMut};

@@ -1,6 +1,6 @@
 //! The Directory: users round trip, validation, paging, and organisation scoping.
 
-mod support;
+use crate::support;
 
 use mailroom::proto::v1 as pb;
 use support::{violated_fields, TestServer};

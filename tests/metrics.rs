@@ -1,7 +1,7 @@
 //! `/metrics`: Prometheus text whose counters move when messages are sent and tokens are
 //! consumed.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -2,7 +2,7 @@
 //! through the outbox; idempotency; header injection; retries while SMTP is down; a 5xx
 //! that kills one message, and RetryMessage; cancel; the outbox's status RPCs.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

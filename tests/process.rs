@@ -1,7 +1,7 @@
 //! The built binary as operators run it: JSON logs without secrets, SIGTERM exits 0, and a
 //! restart on the same data directory keeps settings and keys.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! once, a killed replica's claims are taken over, and an etcd outage is survived.
 #![cfg(feature = "etcd")]
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::Path;

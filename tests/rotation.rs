@@ -1,7 +1,7 @@
 //! Master-key rotation: `mailroom rotate-master-key` keeps every secret readable under a new
 //! key, and a wrong key stops the start with a clear error.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The server as a whole: health for every service, reflection (v1 and v1alpha), and
 //! NOT_SERVING first on shutdown.
 
-mod support;
+use crate::support;
 
 use support::TestServer;
 use tokio_stream::StreamExt;

@@ -1,7 +1,7 @@
 //! GetSmtpSettings and UpdateSmtpSettings over gRPC: round trip, defaults, every
 //! validation rule, update masks, etags, the password rule, and secrets at rest.
 
-mod support;
+use crate::support;
 
 use mailroom::proto::v1 as pb;
 use prost_types::FieldMask;

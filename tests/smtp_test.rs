@@ -2,7 +2,7 @@
 //! connection security, each failure at its stage with the server's code, the timeout, and
 //! the rules on unsaved settings and the stored password.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,8 +1,6 @@
 //! The store's behaviour, one suite run unchanged against every backend: sled always,
 //! etcd with the `etcd` feature (a real etcd started for each test, see support/etcd.rs).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,7 +39,7 @@ macro_rules! store_suite {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let Some(etcd) = super::support::etcd::Etcd::start().await else {
+                    let Some(etcd) = crate::support::etcd::Etcd::start().await else {
                         return;
                     };
                     let store = etcd.store("/suite/").await.expect("connect to etcd");

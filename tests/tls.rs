@@ -1,7 +1,7 @@
 //! Transport security: gRPC over TLS, and mTLS that refuses a client without a certificate;
 //! and the private-address guard on the SMTP settings.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

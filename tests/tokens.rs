@@ -2,7 +2,7 @@
 //! lifetimes from the settings, the rate limit, the emails and their links, account notices,
 //! the sweeper, and the secret never stored or shown twice.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
