@@ -58,6 +58,11 @@ struct Args {
     /// RPC cost: the numbers of requests in flight to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
     in_flight: Vec<usize>,
+    /// RPC cost: only these RPCs (VerifyToken, GetSmtpSettings, IssueToken, ConsumeToken,
+    /// SendToAddresses) beside Health/Check, e.g. under a profiler; all when empty.
+    /// ConsumeToken consumes what IssueToken issued.
+    #[arg(long, value_delimiter = ',')]
+    rpcs: Vec<String>,
     /// Run only these sections (rpc, delivery, scale); all when empty.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -385,6 +390,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
     let verify_token = issue_tokens(&server, 1, "verify").await?.remove(0);
     let consumable = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut rows = Vec::new();
+    let wanted = |rpc: &str| args.rpcs.is_empty() || args.rpcs.iter().any(|r| r == rpc);
     for &concurrency in &args.in_flight {
         let health = HealthClient::new(server.channel.clone());
         let floor = load(concurrency, duration, move |_| {
@@ -406,92 +412,102 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
             None,
         ));
 
-        let client = server.tokens();
-        let token = verify_token.clone();
-        let stats = load(concurrency, duration, move |_| {
-            let (mut c, token) = (client.clone(), token.clone());
-            async move {
-                c.verify_token(pb::VerifyTokenRequest {
-                    token,
-                    purpose: pb::TokenPurpose::PasswordReset.into(),
-                })
-                .await?;
-                Ok(true)
-            }
-        })
-        .await;
-        rows.push(("VerifyToken", concurrency, stats, floor, Some(0.8)));
+        if wanted("VerifyToken") {
+            let client = server.tokens();
+            let token = verify_token.clone();
+            let stats = load(concurrency, duration, move |_| {
+                let (mut c, token) = (client.clone(), token.clone());
+                async move {
+                    c.verify_token(pb::VerifyTokenRequest {
+                        token,
+                        purpose: pb::TokenPurpose::PasswordReset.into(),
+                    })
+                    .await?;
+                    Ok(true)
+                }
+            })
+            .await;
+            rows.push(("VerifyToken", concurrency, stats, floor, Some(0.8)));
+        }
 
-        let smtp = server.smtp();
-        let stats = load(concurrency, duration, move |_| {
-            let mut c = smtp.clone();
-            async move {
-                c.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await?;
-                Ok(true)
-            }
-        })
-        .await;
-        rows.push(("GetSmtpSettings", concurrency, stats, floor, Some(0.8)));
+        if wanted("GetSmtpSettings") {
+            let smtp = server.smtp();
+            let stats = load(concurrency, duration, move |_| {
+                let mut c = smtp.clone();
+                async move {
+                    c.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await?;
+                    Ok(true)
+                }
+            })
+            .await;
+            rows.push(("GetSmtpSettings", concurrency, stats, floor, Some(0.8)));
+        }
 
-        let client = server.tokens();
-        let issued = consumable.clone();
-        let stats = load(concurrency, duration, move |i| {
-            let (mut c, issued) = (client.clone(), issued.clone());
-            async move {
-                let token = c
-                    .issue_token(issue(&format!("c{concurrency}-{i}")))
-                    .await?
-                    .into_inner()
-                    .token;
-                issued.lock().unwrap().push(token);
-                Ok(true)
-            }
-        })
-        .await;
-        rows.push(("IssueToken", concurrency, stats, floor, Some(0.5)));
+        if wanted("IssueToken") {
+            let client = server.tokens();
+            let issued = consumable.clone();
+            let stats = load(concurrency, duration, move |i| {
+                let (mut c, issued) = (client.clone(), issued.clone());
+                async move {
+                    let token = c
+                        .issue_token(issue(&format!("c{concurrency}-{i}")))
+                        .await?
+                        .into_inner()
+                        .token;
+                    issued.lock().unwrap().push(token);
+                    Ok(true)
+                }
+            })
+            .await;
+            rows.push(("IssueToken", concurrency, stats, floor, Some(0.5)));
+        }
 
-        let client = server.tokens();
-        let pool = Arc::new(std::mem::take(&mut *consumable.lock().unwrap()));
-        let stats = load(concurrency, duration, move |i| {
-            let (mut c, pool) = (client.clone(), pool.clone());
-            async move {
-                let Some(token) = pool.get(i).cloned() else {
-                    return Ok(false);
-                };
-                c.consume_token(pb::ConsumeTokenRequest {
-                    token,
-                    purpose: pb::TokenPurpose::PasswordReset.into(),
-                })
-                .await?;
-                Ok(true)
-            }
-        })
-        .await;
-        rows.push(("ConsumeToken", concurrency, stats, floor, Some(0.5)));
+        if wanted("ConsumeToken") {
+            let client = server.tokens();
+            let pool = Arc::new(std::mem::take(&mut *consumable.lock().unwrap()));
+            let stats = load(concurrency, duration, move |i| {
+                let (mut c, pool) = (client.clone(), pool.clone());
+                async move {
+                    let Some(token) = pool.get(i).cloned() else {
+                        return Ok(false);
+                    };
+                    c.consume_token(pb::ConsumeTokenRequest {
+                        token,
+                        purpose: pb::TokenPurpose::PasswordReset.into(),
+                    })
+                    .await?;
+                    Ok(true)
+                }
+            })
+            .await;
+            rows.push(("ConsumeToken", concurrency, stats, floor, Some(0.5)));
+        }
 
-        let notifier = server.notifier();
-        let stats = load(concurrency, duration, move |_| {
-            let mut c = notifier.clone();
-            async move {
-                c.send_to_addresses(pb::SendToAddressesRequest {
-                    organisation: "bench".into(),
-                    to: vec!["soc@example.com".into()],
-                    subject: "Case {{n}}".into(),
-                    body: "Case {{n}} was opened.".into(),
-                    ..Default::default()
-                })
-                .await?;
-                Ok(true)
-            }
-        })
-        .await;
-        rows.push((
-            "SendToAddresses (1 recipient)",
-            concurrency,
-            stats,
-            floor,
-            (concurrency == 64).then_some(0.5),
-        ));
+        if wanted("SendToAddresses") {
+            let notifier = server.notifier();
+            let stats = load(concurrency, duration, move |_| {
+                let mut c = notifier.clone();
+                async move {
+                    c.send_to_addresses(pb::SendToAddressesRequest {
+                        organisation: "bench".into(),
+                        to: vec!["soc@example.com".into()],
+                        subject: "Case {{n}}".into(),
+                        body: "Case {{n}} was opened.".into(),
+                        ..Default::default()
+                    })
+                    .await?;
+                    Ok(true)
+                }
+            })
+            .await;
+            rows.push((
+                "SendToAddresses (1 recipient)",
+                concurrency,
+                stats,
+                floor,
+                (concurrency == 64).then_some(0.5),
+            ));
+        }
     }
     server.stop();
     let mut text = String::from(
