@@ -28,6 +28,7 @@ struct Inner {
     send_seconds: HistogramVec,
     outbox_depth: IntGauge,
     oldest_due_seconds: Gauge,
+    relay_paused: IntGauge,
     tokens: IntCounterVec,
     rate_limited: IntCounter,
 }
@@ -100,6 +101,14 @@ impl Metrics {
         registry
             .register(Box::new(oldest_due_seconds.clone()))
             .expect("registered once");
+        let relay_paused = IntGauge::new(
+            "relay_paused",
+            "1 from a failed connection to the SMTP server until one succeeds (delivery pauses meanwhile), else 0.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(relay_paused.clone()))
+            .expect("registered once");
         let tokens = counter(
             "tokens_total",
             "Token events: issued, consumed, or rejected with a reason.",
@@ -122,6 +131,7 @@ impl Metrics {
             send_seconds,
             outbox_depth,
             oldest_due_seconds,
+            relay_paused,
             tokens,
             rate_limited,
         }))
@@ -180,6 +190,11 @@ impl Metrics {
             .and_then(|due| now.duration_since(due).ok())
             .unwrap_or_default();
         self.0.oldest_due_seconds.set(age.as_secs_f64());
+    }
+
+    /// Whether the SMTP server could not be reached (delivery pauses) or was reached again.
+    pub fn relay_paused(&self, paused: bool) {
+        self.0.relay_paused.set(i64::from(paused));
     }
 
     /// The Prometheus text exposition of every metric.

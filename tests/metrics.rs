@@ -173,3 +173,37 @@ async fn counters_move_with_messages_and_tokens() {
     );
     assert_eq!(get(&after, "mailroom_outbox_depth"), 0.0);
 }
+
+#[tokio::test]
+async fn relay_paused_shows_an_smtp_server_that_cannot_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = Args::with_data_dir(dir.path());
+    args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    args.clock = mailroom::clock::Clock::manual(std::time::SystemTime::now());
+    let server = TestServer::start_with(args).await;
+    server.configure_smtp(support::smtp::refused_port()).await;
+    assert_eq!(get(&scrape(&server).await, "mailroom_relay_paused"), 0.0);
+
+    let sent = server
+        .notifier(&server.admin_key)
+        .send_to_addresses(pb::SendToAddressesRequest {
+            organisation: "acme".into(),
+            to: vec!["a@example.com".into()],
+            subject: "s".into(),
+            body: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = &sent.message_ids[0];
+    server.wait_for_state(id, pb::MessageState::Retrying).await;
+    assert_eq!(get(&scrape(&server).await, "mailroom_relay_paused"), 1.0);
+
+    // New settings end the pause; the retry, once due, reaches the server.
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    server.advance(std::time::Duration::from_secs(31));
+    server.wait_for_state(id, pb::MessageState::Sent).await;
+    assert_eq!(get(&scrape(&server).await, "mailroom_relay_paused"), 0.0);
+}

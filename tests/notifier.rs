@@ -379,31 +379,50 @@ async fn messages_wait_out_an_smtp_outage_and_none_is_lost() {
     let server = TestServer::start().await;
     let (port, listener) = held_listener();
     server.configure_smtp(port).await;
-    let answer = send(
+    let first = send(&server, to_addresses(&["a@example.com"], "s", "b")).await;
+    let first = &first.message_ids[0];
+    let waiting = server
+        .wait_for_state(first, pb::MessageState::Retrying)
+        .await;
+    assert_eq!(waiting.attempts, 1);
+    assert!(!waiting.last_error.is_empty());
+    let next = waiting.next_attempt_time.unwrap();
+    let created = waiting.create_time.unwrap();
+    let delay = next.seconds - created.seconds;
+    assert!(
+        (15..=30).contains(&delay),
+        "first retry after 30 s with jitter, got {delay} s"
+    );
+
+    // The server could not be reached: delivery pauses, and mail queued meanwhile waits
+    // untouched instead of failing attempts of its own. (The test clock stands still, so
+    // the pause lasts until it is advanced.)
+    let later = send(
         &server,
-        to_addresses(&["a@example.com", "b@example.com"], "s", "b"),
+        to_addresses(&["b@example.com", "c@example.com"], "s", "b"),
     )
     .await;
-    for id in &answer.message_ids {
-        let waiting = server.wait_for_state(id, pb::MessageState::Retrying).await;
-        assert_eq!(waiting.attempts, 1);
-        assert!(!waiting.last_error.is_empty());
-        let next = waiting.next_attempt_time.unwrap();
-        let created = waiting.create_time.unwrap();
-        let delay = next.seconds - created.seconds;
-        assert!(
-            (15..=30).contains(&delay),
-            "first retry after 30 s with jitter, got {delay} s"
-        );
+    let mut notifier = server.notifier(&server.admin_key);
+    for id in &later.message_ids {
+        let message = notifier
+            .get_message(pb::GetMessageRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(message.state(), pb::MessageState::Queued);
+        assert_eq!(message.attempts, 0);
     }
+
     let smtp = SmtpServer::start(Options {
         listener: Some(listener),
         ..Default::default()
     });
     server.advance(Duration::from_secs(31));
-    for id in &answer.message_ids {
+    let sent = server.wait_for_state(first, pb::MessageState::Sent).await;
+    assert_eq!(sent.attempts, 2);
+    for id in &later.message_ids {
         let sent = server.wait_for_state(id, pb::MessageState::Sent).await;
-        assert_eq!(sent.attempts, 2);
+        assert_eq!(sent.attempts, 1, "never tried during the outage");
     }
     let mut to: Vec<String> = smtp
         .seen()
@@ -412,7 +431,7 @@ async fn messages_wait_out_an_smtp_outage_and_none_is_lost() {
         .flat_map(|m| m.to)
         .collect();
     to.sort();
-    assert_eq!(to, ["a@example.com", "b@example.com"]);
+    assert_eq!(to, ["a@example.com", "b@example.com", "c@example.com"]);
 }
 
 #[tokio::test]

@@ -4,13 +4,17 @@
 //! records each outcome.
 //!
 //! One slow or bad message holds up only its own sender. The dispatcher sleeps until the
-//! next message is due or new mail is queued (a wake-up, not polling). A claim is a lease
+//! next message is due or new mail is queued (a wake-up, not polling). When the SMTP server
+//! cannot be reached (connecting, TLS, greeting or AUTH fails), the dispatcher claims
+//! nothing more for a pause (1 s doubling up to 30 s, ended early by new settings), as
+//! Postfix does with a dead destination: during an outage queued mail waits untouched
+//! instead of each message failing an attempt of its own. A claim is a lease
 //! longer than the longest send: if this process dies, the messages it held come back when
 //! their leases expire, and at most the message whose 250 was not yet recorded is sent
 //! twice.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
@@ -36,6 +40,12 @@ const SHARED_IDLE: Duration = Duration::from_secs(1);
 const FAILURE_PAUSE: Duration = Duration::from_secs(1);
 /// A connection idle longer is closed rather than reused: servers drop idle clients.
 const MAX_CONNECTION_IDLE: Duration = Duration::from_secs(30);
+/// The first pause after the SMTP server could not be reached; it doubles with each
+/// failure that follows one.
+const RELAY_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause: no longer than a message's first retry (`BACKOFF_BASE`), so that a
+/// message retried on its own schedule finds delivery running again.
+const MAX_RELAY_PAUSE: Duration = crate::notify::message::BACKOFF_BASE;
 
 /// The delivery workers of one process.
 pub struct Delivery {
@@ -47,6 +57,7 @@ pub struct Delivery {
     metrics: Metrics,
     claim_margin: Duration,
     max_idle: Duration,
+    relay: Arc<RelayGate>,
 }
 
 /// A claimed message and the settings to send it with.
@@ -67,6 +78,7 @@ impl Delivery {
         } else {
             SHARED_IDLE
         };
+        let relay = Arc::new(RelayGate::new(metrics.clone()));
         Self {
             store,
             settings,
@@ -76,6 +88,7 @@ impl Delivery {
             metrics,
             claim_margin: Duration::from_secs(60),
             max_idle,
+            relay,
         }
     }
 
@@ -96,7 +109,9 @@ impl Delivery {
                     settings: self.settings.clone(),
                     clock: self.clock.clone(),
                     connection: None,
+                    opening: false,
                     metrics: self.metrics.clone(),
+                    relay: self.relay.clone(),
                 };
                 tokio::spawn(
                     sender
@@ -131,6 +146,11 @@ impl Delivery {
                 }
             };
             let now = self.clock.now();
+            if let Some(pause) = self.relay.paused(settings.revision, now) {
+                // Looks again every second: new settings end the pause.
+                self.idle(pause.min(RELAY_PAUSE), stopping).await;
+                continue;
+            }
             let due = match self.store.due_messages(now, self.workers * 4).await {
                 Ok(due) => due,
                 Err(e) => {
@@ -236,7 +256,10 @@ struct Sender {
     settings: SettingsService,
     clock: Clock,
     connection: Option<Open>,
+    /// A connection is being opened (so a send that timed out never reached the server).
+    opening: bool,
     metrics: Metrics,
+    relay: Arc<RelayGate>,
 }
 
 impl Sender {
@@ -288,10 +311,15 @@ impl Sender {
             Ok(attempt) => attempt,
             Err(_) => {
                 self.connection = None;
-                Attempt::Transient {
+                let attempt = Attempt::Transient {
                     code: None,
                     error: format!("no answer within {}", human(bound)),
+                };
+                if std::mem::take(&mut self.opening) {
+                    self.relay
+                        .unreachable(settings.revision, self.clock.now(), &attempt);
                 }
+                attempt
             }
         }
     }
@@ -315,8 +343,13 @@ impl Sender {
                     let _ = stale.connection.quit().await;
                 }
                 let mut failure = LastFailure::default();
-                match connection::open(settings, self.settings.master_key(), &mut failure).await {
+                self.opening = true;
+                let opened =
+                    connection::open(settings, self.settings.master_key(), &mut failure).await;
+                self.opening = false;
+                match opened {
                     Ok(connection) => {
+                        self.relay.reached(settings.revision);
                         self.connection = Some(Open {
                             revision: settings.revision,
                             connection,
@@ -324,8 +357,13 @@ impl Sender {
                         });
                     }
                     // Connecting is the relay's or the settings' problem, not the message's:
-                    // retried whatever the code.
-                    Err(Failed) => return failure.transient(),
+                    // retried whatever the code, and delivery pauses.
+                    Err(Failed) => {
+                        let attempt = failure.transient();
+                        self.relay
+                            .unreachable(settings.revision, self.clock.now(), &attempt);
+                        return attempt;
+                    }
                 }
             }
             let open = self.connection.as_mut().expect("opened above");
@@ -410,6 +448,78 @@ impl Sender {
     }
 }
 
+/// Whether delivery waits out an SMTP server that could not be reached: shared by the
+/// dispatcher, which claims nothing while paused, and the senders, which report.
+struct RelayGate {
+    outage: std::sync::Mutex<Option<Outage>>,
+    metrics: Metrics,
+}
+
+/// An SMTP server (of one settings revision) that could not be reached.
+struct Outage {
+    revision: u64,
+    /// Pauses so far; each doubles the next.
+    pauses: u32,
+    until: SystemTime,
+}
+
+impl RelayGate {
+    fn new(metrics: Metrics) -> Self {
+        Self {
+            outage: std::sync::Mutex::new(None),
+            metrics,
+        }
+    }
+
+    fn outage(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
+        self.outage.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How much longer delivery with the settings of `revision` waits, if it does.
+    fn paused(&self, revision: u64, now: SystemTime) -> Option<Duration> {
+        let outage = self.outage();
+        let outage = outage.as_ref().filter(|o| o.revision == revision)?;
+        outage
+            .until
+            .duration_since(now)
+            .ok()
+            .filter(|d| !d.is_zero())
+    }
+
+    /// A connection with the settings of `revision` failed: pauses delivery, longer if the
+    /// failure ends a pause (several senders failing at once count once).
+    fn unreachable(&self, revision: u64, now: SystemTime, attempt: &Attempt) {
+        let mut outage = self.outage();
+        let pauses = match outage.as_ref() {
+            Some(o) if o.revision == revision && now < o.until => return,
+            Some(o) if o.revision == revision => o.pauses + 1,
+            _ => 1,
+        };
+        let pause = RELAY_PAUSE
+            .saturating_mul(1 << (pauses - 1).min(16))
+            .min(MAX_RELAY_PAUSE);
+        if let Attempt::Transient { error, .. } = attempt {
+            tracing::warn!(%error, pause = %human(pause), "the SMTP server cannot be reached; delivery paused");
+        }
+        *outage = Some(Outage {
+            revision,
+            pauses,
+            until: now + pause,
+        });
+        self.metrics.relay_paused(true);
+    }
+
+    /// A connection with the settings of `revision` opened: delivery runs.
+    fn reached(&self, revision: u64) {
+        let mut outage = self.outage();
+        if outage.as_ref().is_some_and(|o| o.revision <= revision) {
+            tracing::info!("the SMTP server is reachable again; delivery resumed");
+            *outage = None;
+            self.metrics.relay_paused(false);
+        }
+    }
+}
+
 /// The failing stage of a connection attempt.
 #[derive(Default)]
 struct LastFailure {
@@ -452,4 +562,48 @@ fn envelope(message: &OutboxMessage) -> Result<Envelope, String> {
         .parse()
         .map_err(|e| format!("bad recipient {:?}: {e}", message.to))?;
     Envelope::new(Some(from), vec![to]).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> Attempt {
+        Attempt::Transient {
+            code: None,
+            error: "CONNECT: connection refused".into(),
+        }
+    }
+
+    #[test]
+    fn an_unreachable_relay_pauses_delivery_1_s_doubling_to_30_s() {
+        let gate = RelayGate::new(Metrics::new());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(gate.paused(7, t0), None);
+
+        gate.unreachable(7, t0, &refused());
+        assert_eq!(gate.paused(7, t0), Some(Duration::from_secs(1)));
+        // Other senders failing within the pause do not lengthen it.
+        gate.unreachable(7, t0 + Duration::from_millis(500), &refused());
+        assert_eq!(gate.paused(7, t0), Some(Duration::from_secs(1)));
+        assert_eq!(gate.paused(7, t0 + Duration::from_secs(1)), None);
+
+        let mut now = t0;
+        for expected in [2, 4, 8, 16, 30, 30] {
+            now += Duration::from_secs(60);
+            gate.unreachable(7, now, &refused());
+            assert_eq!(gate.paused(7, now), Some(Duration::from_secs(expected)));
+        }
+        assert_eq!(gate.paused(8, now), None, "new settings deliver at once");
+
+        gate.reached(7);
+        assert_eq!(gate.paused(7, now), None);
+        now += Duration::from_secs(60);
+        gate.unreachable(7, now, &refused());
+        assert_eq!(
+            gate.paused(7, now),
+            Some(Duration::from_secs(1)),
+            "a success starts over"
+        );
+    }
 }
