@@ -181,6 +181,23 @@ impl Server {
     }
 
     /// Resident memory now and at its peak, in MiB (from /proc).
+    /// CPU time (user and system, every thread) the server has used: `/proc/<pid>/stat`'s
+    /// utime and stime, in Linux's fixed 100 ticks per second.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .unwrap_or_default();
+        // The fields after the command name (which may hold spaces), from field 3 on.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+            .sum();
+        Duration::from_millis(ticks * 10)
+    }
+
     fn memory(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -237,6 +254,9 @@ struct Stats {
     throughput: f64,
     p50: Duration,
     p99: Duration,
+    requests: usize,
+    /// CPU time of the server process per request (every thread), when measured.
+    server_cpu: Option<Duration>,
 }
 
 /// Runs `call(i)` from `concurrency` tasks for `duration` (or until a call says stop),
@@ -284,7 +304,21 @@ where
         throughput: all.len() as f64 / elapsed.as_secs_f64(),
         p50: at(0.50),
         p99: at(0.99),
+        requests: all.len(),
+        server_cpu: None,
     }
+}
+
+/// `run` (a [`load`]) with the CPU time the server spent per request: steadier from run to
+/// run than throughput, which shifts with whatever else the machine does.
+async fn costed(server: &Server, run: impl Future<Output = Stats>) -> Stats {
+    let before = server.cpu();
+    let mut stats = run.await;
+    let spent = server.cpu().saturating_sub(before);
+    stats.server_cpu = u32::try_from(stats.requests.max(1))
+        .ok()
+        .map(|n| spent / n);
+    stats
 }
 
 fn ms(d: Duration) -> String {
@@ -393,7 +427,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
     let wanted = |rpc: &str| args.rpcs.is_empty() || args.rpcs.iter().any(|r| r == rpc);
     for &concurrency in &args.in_flight {
         let health = HealthClient::new(server.channel.clone());
-        let floor = load(concurrency, duration, move |_| {
+        let floor = costed(&server, load(concurrency, duration, move |_| {
             let mut c = health.clone();
             async move {
                 c.check(HealthCheckRequest {
@@ -402,7 +436,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
                 .await?;
                 Ok(true)
             }
-        })
+        }))
         .await;
         rows.push((
             "grpc.health.v1.Health/Check",
@@ -415,7 +449,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("VerifyToken") {
             let client = server.tokens();
             let token = verify_token.clone();
-            let stats = load(concurrency, duration, move |_| {
+            let stats = costed(&server, load(concurrency, duration, move |_| {
                 let (mut c, token) = (client.clone(), token.clone());
                 async move {
                     c.verify_token(pb::VerifyTokenRequest {
@@ -425,20 +459,20 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
                     .await?;
                     Ok(true)
                 }
-            })
+            }))
             .await;
             rows.push(("VerifyToken", concurrency, stats, floor, Some(0.8)));
         }
 
         if wanted("GetSmtpSettings") {
             let smtp = server.smtp();
-            let stats = load(concurrency, duration, move |_| {
+            let stats = costed(&server, load(concurrency, duration, move |_| {
                 let mut c = smtp.clone();
                 async move {
                     c.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await?;
                     Ok(true)
                 }
-            })
+            }))
             .await;
             rows.push(("GetSmtpSettings", concurrency, stats, floor, Some(0.8)));
         }
@@ -446,7 +480,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("IssueToken") {
             let client = server.tokens();
             let issued = consumable.clone();
-            let stats = load(concurrency, duration, move |i| {
+            let stats = costed(&server, load(concurrency, duration, move |i| {
                 let (mut c, issued) = (client.clone(), issued.clone());
                 async move {
                     let token = c
@@ -457,7 +491,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
                     issued.lock().unwrap().push(token);
                     Ok(true)
                 }
-            })
+            }))
             .await;
             rows.push(("IssueToken", concurrency, stats, floor, Some(0.5)));
         }
@@ -465,7 +499,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("ConsumeToken") {
             let client = server.tokens();
             let pool = Arc::new(std::mem::take(&mut *consumable.lock().unwrap()));
-            let stats = load(concurrency, duration, move |i| {
+            let stats = costed(&server, load(concurrency, duration, move |i| {
                 let (mut c, pool) = (client.clone(), pool.clone());
                 async move {
                     let Some(token) = pool.get(i).cloned() else {
@@ -478,14 +512,14 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
                     .await?;
                     Ok(true)
                 }
-            })
+            }))
             .await;
             rows.push(("ConsumeToken", concurrency, stats, floor, Some(0.5)));
         }
 
         if wanted("SendToAddresses") {
             let notifier = server.notifier();
-            let stats = load(concurrency, duration, move |_| {
+            let stats = costed(&server, load(concurrency, duration, move |_| {
                 let mut c = notifier.clone();
                 async move {
                     c.send_to_addresses(pb::SendToAddressesRequest {
@@ -498,7 +532,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
                     .await?;
                     Ok(true)
                 }
-            })
+            }))
             .await;
             rows.push((
                 "SendToAddresses (1 recipient)",
@@ -517,10 +551,12 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
          the RPC's throughput over Health/Check's. `IssueToken`, `ConsumeToken` and\n\
          `SendToAddresses` answer only once durable (group-committed sled flush).\n\
          `ConsumeToken` consumes the tokens the `IssueToken` run issued (so its run can end\n\
-         early, when they run out). SMTP points at a closed port, so queued messages back off\n\
-         instead of being delivered: delivery is measured in section 2.\n\n\
-         | RPC | in flight | req/s | p50 ms | p99 ms | ceiling req/s | ratio | target | |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         early, when they run out). SMTP points at a closed port: delivery pauses after the\n\
+         first refused connection and queued messages wait (delivery is measured in section 2).\n\
+         Server CPU is the server process's CPU time (every thread) per request, from\n\
+         `/proc/<pid>/stat`: steadier from run to run than the ratios.\n\n\
+         | RPC | in flight | req/s | p50 ms | p99 ms | server CPU µs/req | ceiling req/s | ratio | target | |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for (name, concurrency, stats, floor, target) in rows {
         let ratio = stats.throughput / floor.throughput;
@@ -532,10 +568,13 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
             None => (String::new(), ""),
         };
         text.push_str(&format!(
-            "| {name} | {concurrency} | {:.0} | {} | {} | {:.0} | {:.0} % | {target} | {verdict} |\n",
+            "| {name} | {concurrency} | {:.0} | {} | {} | {} | {:.0} | {:.0} % | {target} | {verdict} |\n",
             stats.throughput,
             ms(stats.p50),
             ms(stats.p99),
+            stats
+                .server_cpu
+                .map_or_else(String::new, |c| format!("{:.0}", c.as_secs_f64() * 1e6)),
             floor.throughput,
             ratio * 100.0
         ));
@@ -595,6 +634,7 @@ async fn delivery(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
     server.configure_smtp(port).await?;
     let mut notifier = server.notifier();
     let started = Instant::now();
+    let cpu_before = server.cpu();
     let mut ids = Vec::with_capacity(args.messages);
     for batch in 0..args.messages.div_ceil(100) {
         let count = (args.messages - batch * 100).min(100);
@@ -629,6 +669,7 @@ async fn delivery(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         }
     }
     let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
+    let cpu = server.cpu().saturating_sub(cpu_before).as_secs_f64() * 1e6 / ids.len().max(1) as f64;
     let dead = notifier
         .list_messages(pb::ListMessagesRequest {
             organisation: "bench".into(),
@@ -647,7 +688,8 @@ async fn delivery(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         "## 2. Delivery\n\n\
          {} messages from `SendToAddresses` (batches of 100) until every one is `SENT` — accepted\n\
          by Postfix's `smtp-sink` on 127.0.0.1 — against Postfix's `smtp-source -d -s {c} -m {m} -l 600`\n\
-         into the same sink, over the same {c} connections (`--workers {c}`). Dead messages: {dead}.\n\n\
+         into the same sink, over the same {c} connections (`--workers {c}`). Dead messages: {dead}.\n\
+         mailroom's CPU time (every thread) per message, from the request to the recorded `SENT`: {cpu:.0} µs.\n\n\
          | sender | messages/s | ceiling | ratio | target | |\n|---|---:|---:|---:|---:|---|\n\
          | mailroom (enqueue → SENT) | {rate:.0} | {ceiling:.0} | {:.0} % | ≥ 70 % | {} |\n\
          | smtp-source (ceiling) | {ceiling:.0} | | | | |\n\n\
