@@ -39,24 +39,30 @@ impl Default for Metrics {
     }
 }
 
+/// `metric`, registered in `registry`.
+fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
 impl Metrics {
     /// A fresh set of metrics in its own registry.
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("mailroom".into()), None).expect("a valid prefix");
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
-            c
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("registered once");
-            h
+            registered(
+                &registry,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels),
+            )
         };
         let rpcs = counter(
             "rpcs_total",
@@ -85,43 +91,39 @@ impl Metrics {
             &["outcome"],
             prometheus::exponential_buckets(0.001, 2.5, 12).expect("valid buckets"),
         );
-        let outbox_depth = IntGauge::new(
-            "outbox_depth",
-            "Messages waiting for delivery (queued, retrying or being sent).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(outbox_depth.clone()))
-            .expect("registered once");
-        let oldest_due_seconds = Gauge::new(
-            "outbox_oldest_due_age_seconds",
-            "How long the most overdue message has been due.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(oldest_due_seconds.clone()))
-            .expect("registered once");
-        let relay_paused = IntGauge::new(
-            "relay_paused",
-            "1 from a failed connection to the SMTP server until one succeeds (delivery pauses meanwhile), else 0.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(relay_paused.clone()))
-            .expect("registered once");
+        let outbox_depth = registered(
+            &registry,
+            IntGauge::new(
+                "outbox_depth",
+                "Messages waiting for delivery (queued, retrying or being sent).",
+            ),
+        );
+        let oldest_due_seconds = registered(
+            &registry,
+            Gauge::new(
+                "outbox_oldest_due_age_seconds",
+                "How long the most overdue message has been due.",
+            ),
+        );
+        let relay_paused = registered(
+            &registry,
+            IntGauge::new(
+                "relay_paused",
+                "1 from a failed SMTP connection until one succeeds (delivery pauses), else 0.",
+            ),
+        );
         let tokens = counter(
             "tokens_total",
             "Token events: issued, consumed, or rejected with a reason.",
             &["event", "purpose", "reason"],
         );
-        let rate_limited = IntCounter::new(
-            "token_rate_limited_total",
-            "Token issues refused by the rate limit.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(rate_limited.clone()))
-            .expect("registered once");
+        let rate_limited = registered(
+            &registry,
+            IntCounter::new(
+                "token_rate_limited_total",
+                "Token issues refused by the rate limit.",
+            ),
+        );
         Self(Arc::new(Inner {
             registry,
             rpcs,

@@ -65,34 +65,46 @@ fn get(samples: &HashMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn counters_move_with_messages_and_tokens() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = Args::with_data_dir(dir.path());
+/// A server with `/metrics` on a free port and a manual clock, in `dir`.
+async fn metered_server(dir: &std::path::Path) -> TestServer {
+    let mut args = Args::with_data_dir(dir);
     args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = TestServer::start_with(args).await;
-    let smtp = SmtpServer::start(Options::default());
-    server.configure_smtp(smtp.addr.port()).await;
-    let before = scrape(&server).await;
-    assert_eq!(get(&before, "mailroom_outbox_depth"), 0.0);
+    args.clock = mailroom::clock::Clock::manual(std::time::SystemTime::now());
+    TestServer::start_with(args).await
+}
 
-    let sent = server
+/// Sends "s"/"b" to `to` for organisation acme; the ids of the messages.
+async fn send(server: &TestServer, to: &[&str]) -> Vec<String> {
+    server
         .notifier(&server.admin_key)
         .send_to_addresses(pb::SendToAddressesRequest {
             organisation: "acme".into(),
-            to: vec!["a@example.com".into(), "rejected@example.com".into()],
+            to: to.iter().map(|a| a.to_string()).collect(),
             subject: "s".into(),
             body: "b".into(),
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .message_ids
+}
+
+#[tokio::test]
+async fn counters_move_with_messages_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = metered_server(dir.path()).await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let before = scrape(&server).await;
+    assert_eq!(get(&before, "mailroom_outbox_depth"), 0.0);
+
+    let sent = send(&server, &["a@example.com", "rejected@example.com"]).await;
     server
-        .wait_for_state(&sent.message_ids[0], pb::MessageState::Sent)
+        .wait_for_state(&sent[0], pb::MessageState::Sent)
         .await;
     server
-        .wait_for_state(&sent.message_ids[1], pb::MessageState::Dead)
+        .wait_for_state(&sent[1], pb::MessageState::Dead)
         .await;
     let mut tokens = server.tokens(&server.admin_key);
     let token = tokens
@@ -177,26 +189,12 @@ async fn counters_move_with_messages_and_tokens() {
 #[tokio::test]
 async fn relay_paused_shows_an_smtp_server_that_cannot_be_reached() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = Args::with_data_dir(dir.path());
-    args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    args.clock = mailroom::clock::Clock::manual(std::time::SystemTime::now());
-    let server = TestServer::start_with(args).await;
+    let server = metered_server(dir.path()).await;
     server.configure_smtp(support::smtp::refused_port()).await;
     assert_eq!(get(&scrape(&server).await, "mailroom_relay_paused"), 0.0);
 
-    let sent = server
-        .notifier(&server.admin_key)
-        .send_to_addresses(pb::SendToAddressesRequest {
-            organisation: "acme".into(),
-            to: vec!["a@example.com".into()],
-            subject: "s".into(),
-            body: "b".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let id = &sent.message_ids[0];
+    let sent = send(&server, &["a@example.com"]).await;
+    let id = &sent[0];
     server.wait_for_state(id, pb::MessageState::Retrying).await;
     assert_eq!(get(&scrape(&server).await, "mailroom_relay_paused"), 1.0);
 
