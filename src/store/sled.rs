@@ -165,9 +165,11 @@ pub struct SledStore {
     users: sled::Tree,
     user_organisations: sled::Tree,
     outbox: sled::Tree,
+    /// Tokens by digest.
     tokens: sled::Tree,
-    token_digests: sled::Tree,
+    /// Each login's token digests, in a list.
     login_tokens: sled::Tree,
+    /// Purge time and digest of every token.
     token_purge: sled::Tree,
     rate_limits: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
@@ -199,10 +201,9 @@ impl SledStore {
             users: tree("users")?,
             user_organisations: tree("user_organisations")?,
             outbox: tree("outbox")?,
-            tokens: tree("tokens")?,
-            token_digests: tree("token_digests")?,
-            login_tokens: tree("login_tokens")?,
-            token_purge: tree("token_purge")?,
+            tokens: tree("tokens_by_digest")?,
+            login_tokens: tree("login_token_digests")?,
+            token_purge: tree("token_purge_by_digest")?,
             rate_limits: tree("rate_limits")?,
             enqueue_lock: tokio::sync::Mutex::new(()),
             locks: (0..LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
@@ -211,6 +212,10 @@ impl SledStore {
             flusher,
             flusher_task: Some(flusher_task),
         };
+        let migrated = store.migrate_tokens_by_id()?;
+        if migrated > 0 {
+            tracing::info!(migrated, "tokens moved to the by-digest layout");
+        }
         let repaired = store.repair_interrupted_swaps()?;
         if repaired > 0 {
             tracing::info!(
@@ -775,33 +780,31 @@ impl Store for SledStore {
 
 fn purge_key(token: &Token) -> Vec<u8> {
     let mut k = time_key(token.purge_time()).to_vec();
-    k.extend_from_slice(token.id.as_bytes());
+    k.extend_from_slice(token.digest.as_bytes());
     k
 }
 
 #[async_trait]
 impl TokenStore for SledStore {
     /// Plain writes under the login's lock, in an order a crash may cut anywhere: the
-    /// purge entry first, the revocations, the token, the login's list, and last the
-    /// digest that makes the token usable. A cut leaves an unusable token of a request
-    /// that never answered, purged in its time.
+    /// purge entry first, the revocations, the login's list, and last the token, which
+    /// makes it usable. A cut leaves nothing usable of a request that never answered: a
+    /// purge entry, purged in its time, and a digest in the login's list, which readers
+    /// skip and the login's next issue drops.
     async fn issue_token(&self, token: &Token, now: SystemTime) -> Result<u32> {
         let revoked = {
             let _login = self.lock(&token.login);
             self.token_purge
                 .insert(purge_key(token), &[])
                 .map_err(unavailable)?;
-            let (mut ids, revoked) =
+            let (mut digests, revoked) =
                 self.revoke_where(&token.login, now, |t| t.purpose == token.purpose)?;
-            self.tokens
-                .insert(token.id.as_bytes(), encode(token))
-                .map_err(unavailable)?;
-            ids.push(token.id.clone());
+            digests.push(token.digest.clone());
             self.login_tokens
-                .insert(token.login.as_bytes(), encode(&ids))
+                .insert(token.login.as_bytes(), encode(&digests))
                 .map_err(unavailable)?;
-            self.token_digests
-                .insert(token.digest.as_bytes(), token.id.as_bytes())
+            self.tokens
+                .insert(token.digest.as_bytes(), encode(token))
                 .map_err(unavailable)?;
             revoked
         };
@@ -810,17 +813,10 @@ impl TokenStore for SledStore {
     }
 
     async fn token_by_digest(&self, digest: &str) -> Result<Option<Token>> {
-        let Some(id) = self
-            .token_digests
+        self.tokens
             .get(digest.as_bytes())
             .map_err(unavailable)?
-        else {
-            return Ok(None);
-        };
-        self.tokens
-            .get(&id)
-            .map_err(unavailable)?
-            .map(|bytes| decode(&String::from_utf8_lossy(&id), &bytes))
+            .map(|bytes| decode(digest, &bytes))
             .transpose()
     }
 
@@ -830,7 +826,11 @@ impl TokenStore for SledStore {
     async fn swap_token(&self, expected: u64, token: &Token) -> Result<bool> {
         {
             let _login = self.lock(&token.login);
-            let Some(stored) = self.tokens.get(token.id.as_bytes()).map_err(unavailable)? else {
+            let Some(stored) = self
+                .tokens
+                .get(token.digest.as_bytes())
+                .map_err(unavailable)?
+            else {
                 return Ok(false);
             };
             let stored: Token = decode(&token.id, &stored)?;
@@ -838,7 +838,7 @@ impl TokenStore for SledStore {
                 return Ok(false);
             }
             self.tokens
-                .insert(token.id.as_bytes(), encode(token))
+                .insert(token.digest.as_bytes(), encode(token))
                 .map_err(unavailable)?;
         }
         self.durable().await?;
@@ -846,18 +846,10 @@ impl TokenStore for SledStore {
     }
 
     async fn tokens_of(&self, login: &str) -> Result<Vec<Token>> {
-        let ids: Vec<String> = match self
-            .login_tokens
-            .get(login.as_bytes())
-            .map_err(unavailable)?
-        {
-            Some(bytes) => decode(login, &bytes)?,
-            None => return Ok(Vec::new()),
-        };
-        let mut tokens = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(bytes) = self.tokens.get(id.as_bytes()).map_err(unavailable)? {
-                tokens.push(decode(&id, &bytes)?);
+        let mut tokens = Vec::new();
+        for digest in self.digests_of(login)? {
+            if let Some(token) = self.token_by_digest(&digest).await? {
+                tokens.push(token);
             }
         }
         Ok(tokens)
@@ -893,34 +885,28 @@ impl TokenStore for SledStore {
             .collect::<Result<_>>()?;
         let mut purged = 0;
         for key in due {
-            let id = String::from_utf8_lossy(&key[8..]).into_owned();
-            let login = match self.tokens.get(id.as_bytes()).map_err(unavailable)? {
-                Some(bytes) => decode::<Token>(&id, &bytes)?.login,
+            let digest = String::from_utf8_lossy(&key[8..]).into_owned();
+            let login = match self.token_by_digest(&digest).await? {
+                Some(token) => token.login,
                 None => String::new(),
             };
             let _login = self.lock(&login);
-            (
-                &self.tokens,
-                &self.token_digests,
-                &self.login_tokens,
-                &self.token_purge,
-            )
-                .transaction(|(tokens, digests, login_tokens, purge)| {
+            (&self.tokens, &self.login_tokens, &self.token_purge)
+                .transaction(|(tokens, login_tokens, purge)| {
                     purge.remove(&key)?;
-                    let Some(bytes) = tokens.remove(id.as_bytes())? else {
+                    let Some(bytes) = tokens.remove(digest.as_bytes())? else {
                         return Ok(());
                     };
                     let token: Token =
-                        decode(&id, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                    digests.remove(token.digest.as_bytes())?;
+                        decode(&digest, &bytes).map_err(ConflictableTransactionError::Abort)?;
                     if let Some(list) = login_tokens.get(token.login.as_bytes())? {
-                        let mut ids: Vec<String> = decode(&token.login, &list)
+                        let mut digests: Vec<String> = decode(&token.login, &list)
                             .map_err(ConflictableTransactionError::Abort)?;
-                        ids.retain(|i| *i != id);
-                        if ids.is_empty() {
+                        digests.retain(|d| *d != digest);
+                        if digests.is_empty() {
                             login_tokens.remove(token.login.as_bytes())?;
                         } else {
-                            login_tokens.insert(token.login.as_bytes(), encode(&ids))?;
+                            login_tokens.insert(token.login.as_bytes(), encode(&digests))?;
                         }
                     }
                     Ok::<_, ConflictableTransactionError<StoreError>>(())
@@ -1007,36 +993,83 @@ impl SledStore {
         Ok(None)
     }
 
+    /// The digests in the login's list (some may be of tokens a crash left unwritten).
+    fn digests_of(&self, login: &str) -> Result<Vec<String>> {
+        match self
+            .login_tokens
+            .get(login.as_bytes())
+            .map_err(unavailable)?
+        {
+            Some(bytes) => decode(login, &bytes),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Revokes the login's tokens active at `now` that `matches`, with plain writes: the
-    /// caller holds the login's lock. The login's token ids, and how many it revoked.
+    /// caller holds the login's lock. The digests of the login's tokens that exist, and
+    /// how many it revoked.
     fn revoke_where(
         &self,
         login: &str,
         now: SystemTime,
         matches: impl Fn(&Token) -> bool,
     ) -> Result<(Vec<String>, u32)> {
-        let ids: Vec<String> = match self
-            .login_tokens
-            .get(login.as_bytes())
-            .map_err(unavailable)?
-        {
-            Some(bytes) => decode(login, &bytes)?,
-            None => Vec::new(),
-        };
+        let mut existing = Vec::new();
         let mut revoked = 0;
-        for id in &ids {
-            let Some(bytes) = self.tokens.get(id.as_bytes()).map_err(unavailable)? else {
+        for digest in self.digests_of(login)? {
+            let Some(bytes) = self.tokens.get(digest.as_bytes()).map_err(unavailable)? else {
                 continue;
             };
-            let mut token: Token = decode(id, &bytes)?;
+            let mut token: Token = decode(&digest, &bytes)?;
             if matches(&token) && token.revoke(now) {
                 self.tokens
-                    .insert(id.as_bytes(), encode(&token))
+                    .insert(digest.as_bytes(), encode(&token))
                     .map_err(unavailable)?;
                 revoked += 1;
             }
+            existing.push(digest);
         }
-        Ok((ids, revoked))
+        Ok((existing, revoked))
+    }
+
+    /// Moves tokens from the layout of earlier versions (by id, with a digest index) to
+    /// the one by digest: every write is idempotent and the old trees are dropped last,
+    /// so an interrupted move is done again at the next open. How many tokens it moved.
+    fn migrate_tokens_by_id(&self) -> Result<usize> {
+        const OLD: [&str; 4] = ["tokens", "token_digests", "login_tokens", "token_purge"];
+        let names = self.db.tree_names();
+        if !OLD
+            .iter()
+            .any(|old| names.iter().any(|n| n == old.as_bytes()))
+        {
+            return Ok(0);
+        }
+        let old = self.db.open_tree("tokens").map_err(unavailable)?;
+        let mut lists: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut moved = 0;
+        for entry in old.iter() {
+            let (id, bytes) = entry.map_err(unavailable)?;
+            let token: Token = decode(&String::from_utf8_lossy(&id), &bytes)?;
+            self.tokens
+                .insert(token.digest.as_bytes(), bytes)
+                .map_err(unavailable)?;
+            self.token_purge
+                .insert(purge_key(&token), &[])
+                .map_err(unavailable)?;
+            lists.entry(token.login).or_default().push(token.digest);
+            moved += 1;
+        }
+        for (login, digests) in lists {
+            self.login_tokens
+                .insert(login.as_bytes(), encode(&digests))
+                .map_err(unavailable)?;
+        }
+        self.db.flush().map_err(unavailable)?;
+        for name in OLD {
+            self.db.drop_tree(name).map_err(unavailable)?;
+        }
+        self.db.flush().map_err(unavailable)?;
+        Ok(moved)
     }
 
     /// This process's lock for `what` (a message id, a login, a rate-limit key): the
@@ -1299,5 +1332,103 @@ mod tests {
         assert_eq!(store.all_messages(None, 5000).await.unwrap().len(), 2500);
         assert!(store.outbox.scan_prefix([COMMITTED]).next().is_none());
         assert!(store.outbox.scan_prefix([STAGED]).next().is_none());
+    }
+
+    /// An active password-reset token of `login`, issued at `now`.
+    fn sample_token(id: &str, digest: &str, login: &str, now: SystemTime) -> Token {
+        Token {
+            id: id.into(),
+            digest: digest.into(),
+            purpose: Purpose::PasswordReset,
+            login: login.into(),
+            email: format!("{login}@example.com"),
+            organisation: "acme".into(),
+            state: crate::tokens::TokenState::Active,
+            create_time: now,
+            expire_time: now + Duration::from_secs(600),
+            consume_time: None,
+            revoke_time: None,
+            metadata: Default::default(),
+            version: 0,
+        }
+    }
+
+    /// A store written by an earlier version: tokens by id, a digest index, the login's
+    /// list of ids, the purge index by id. Opening it moves them to the layout by digest.
+    #[tokio::test]
+    async fn tokens_of_the_layout_by_id_are_moved_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (first, second) = (
+            sample_token("tok_1", "d1", "alice", now),
+            sample_token("tok_2", "d2", "alice", now),
+        );
+        {
+            let db = sled::open(dir.path().join("sled")).unwrap();
+            let tree = |name: &str| db.open_tree(name).unwrap();
+            let (tokens, digests, lists, purge) = (
+                tree("tokens"),
+                tree("token_digests"),
+                tree("login_tokens"),
+                tree("token_purge"),
+            );
+            for t in [&first, &second] {
+                tokens.insert(t.id.as_bytes(), encode(t)).unwrap();
+                digests
+                    .insert(t.digest.as_bytes(), t.id.as_bytes())
+                    .unwrap();
+                let mut k = time_key(t.purge_time()).to_vec();
+                k.extend_from_slice(t.id.as_bytes());
+                purge.insert(k, &[]).unwrap();
+            }
+            lists.insert("alice", encode(&["tok_1", "tok_2"])).unwrap();
+            db.flush().unwrap();
+        }
+
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        assert_eq!(store.token_by_digest("d2").await.unwrap(), Some(second));
+        let ids: Vec<String> = store
+            .tokens_of("alice")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, ["tok_1", "tok_2"]);
+        let names = store.db.tree_names();
+        for old in ["tokens", "token_digests", "login_tokens", "token_purge"] {
+            assert!(!names.iter().any(|n| n == old.as_bytes()), "{old} dropped");
+        }
+        // Purged by digest in its time, from every tree.
+        let later = first.purge_time() + Duration::from_secs(1);
+        assert_eq!(store.purge_tokens(later, 10).await.unwrap(), 2);
+        assert!(store.tokens_of("alice").await.unwrap().is_empty());
+        assert!(store.login_tokens.is_empty());
+        store.close().await.unwrap();
+
+        // Opened again: nothing left to move.
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        assert_eq!(store.migrate_tokens_by_id().unwrap(), 0);
+        store.close().await.unwrap();
+    }
+
+    /// A crash cut an issue after the login's list and before the token: the digest in
+    /// the list leads nowhere; readers skip it and the login's next issue drops it.
+    #[tokio::test]
+    async fn a_digest_a_crash_left_in_a_login_s_list_is_skipped_then_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        store
+            .login_tokens
+            .insert("bob", encode(&["never-written"]))
+            .unwrap();
+        assert!(store.tokens_of("bob").await.unwrap().is_empty());
+        store
+            .issue_token(&sample_token("tok_b", "db", "bob", now), now)
+            .await
+            .unwrap();
+        assert_eq!(store.digests_of("bob").unwrap(), ["db"]);
+        store.close().await.unwrap();
     }
 }
