@@ -309,11 +309,15 @@ where
     }
 }
 
-/// `run` (a [`load`]) with the CPU time the server spent per request: steadier from run to
-/// run than throughput, which shifts with whatever else the machine does.
-async fn costed(server: &Server, run: impl Future<Output = Stats>) -> Stats {
+/// [`load`] on `server`, with the CPU time the server spent per request: steadier from run
+/// to run than throughput, which shifts with whatever else the machine does.
+async fn measure<F, Fut>(server: &Server, concurrency: usize, duration: Duration, call: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<bool>> + Send,
+{
     let before = server.cpu();
-    let mut stats = run.await;
+    let mut stats = load(concurrency, duration, call).await;
     let spent = server.cpu().saturating_sub(before);
     stats.server_cpu = u32::try_from(stats.requests.max(1)).ok().map(|n| spent / n);
     stats
@@ -425,19 +429,16 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
     let wanted = |rpc: &str| args.rpcs.is_empty() || args.rpcs.iter().any(|r| r == rpc);
     for &concurrency in &args.in_flight {
         let health = HealthClient::new(server.channel.clone());
-        let floor = costed(
-            &server,
-            load(concurrency, duration, move |_| {
-                let mut c = health.clone();
-                async move {
-                    c.check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await?;
-                    Ok(true)
-                }
-            }),
-        )
+        let floor = measure(&server, concurrency, duration, move |_| {
+            let mut c = health.clone();
+            async move {
+                c.check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?;
+                Ok(true)
+            }
+        })
         .await;
         rows.push((
             "grpc.health.v1.Health/Check",
@@ -450,36 +451,30 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("VerifyToken") {
             let client = server.tokens();
             let token = verify_token.clone();
-            let stats = costed(
-                &server,
-                load(concurrency, duration, move |_| {
-                    let (mut c, token) = (client.clone(), token.clone());
-                    async move {
-                        c.verify_token(pb::VerifyTokenRequest {
-                            token,
-                            purpose: pb::TokenPurpose::PasswordReset.into(),
-                        })
-                        .await?;
-                        Ok(true)
-                    }
-                }),
-            )
+            let stats = measure(&server, concurrency, duration, move |_| {
+                let (mut c, token) = (client.clone(), token.clone());
+                async move {
+                    c.verify_token(pb::VerifyTokenRequest {
+                        token,
+                        purpose: pb::TokenPurpose::PasswordReset.into(),
+                    })
+                    .await?;
+                    Ok(true)
+                }
+            })
             .await;
             rows.push(("VerifyToken", concurrency, stats, floor, Some(0.8)));
         }
 
         if wanted("GetSmtpSettings") {
             let smtp = server.smtp();
-            let stats = costed(
-                &server,
-                load(concurrency, duration, move |_| {
-                    let mut c = smtp.clone();
-                    async move {
-                        c.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await?;
-                        Ok(true)
-                    }
-                }),
-            )
+            let stats = measure(&server, concurrency, duration, move |_| {
+                let mut c = smtp.clone();
+                async move {
+                    c.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await?;
+                    Ok(true)
+                }
+            })
             .await;
             rows.push(("GetSmtpSettings", concurrency, stats, floor, Some(0.8)));
         }
@@ -487,21 +482,18 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("IssueToken") {
             let client = server.tokens();
             let issued = consumable.clone();
-            let stats = costed(
-                &server,
-                load(concurrency, duration, move |i| {
-                    let (mut c, issued) = (client.clone(), issued.clone());
-                    async move {
-                        let token = c
-                            .issue_token(issue(&format!("c{concurrency}-{i}")))
-                            .await?
-                            .into_inner()
-                            .token;
-                        issued.lock().unwrap().push(token);
-                        Ok(true)
-                    }
-                }),
-            )
+            let stats = measure(&server, concurrency, duration, move |i| {
+                let (mut c, issued) = (client.clone(), issued.clone());
+                async move {
+                    let token = c
+                        .issue_token(issue(&format!("c{concurrency}-{i}")))
+                        .await?
+                        .into_inner()
+                        .token;
+                    issued.lock().unwrap().push(token);
+                    Ok(true)
+                }
+            })
             .await;
             rows.push(("IssueToken", concurrency, stats, floor, Some(0.5)));
         }
@@ -509,46 +501,40 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("ConsumeToken") {
             let client = server.tokens();
             let pool = Arc::new(std::mem::take(&mut *consumable.lock().unwrap()));
-            let stats = costed(
-                &server,
-                load(concurrency, duration, move |i| {
-                    let (mut c, pool) = (client.clone(), pool.clone());
-                    async move {
-                        let Some(token) = pool.get(i).cloned() else {
-                            return Ok(false);
-                        };
-                        c.consume_token(pb::ConsumeTokenRequest {
-                            token,
-                            purpose: pb::TokenPurpose::PasswordReset.into(),
-                        })
-                        .await?;
-                        Ok(true)
-                    }
-                }),
-            )
+            let stats = measure(&server, concurrency, duration, move |i| {
+                let (mut c, pool) = (client.clone(), pool.clone());
+                async move {
+                    let Some(token) = pool.get(i).cloned() else {
+                        return Ok(false);
+                    };
+                    c.consume_token(pb::ConsumeTokenRequest {
+                        token,
+                        purpose: pb::TokenPurpose::PasswordReset.into(),
+                    })
+                    .await?;
+                    Ok(true)
+                }
+            })
             .await;
             rows.push(("ConsumeToken", concurrency, stats, floor, Some(0.5)));
         }
 
         if wanted("SendToAddresses") {
             let notifier = server.notifier();
-            let stats = costed(
-                &server,
-                load(concurrency, duration, move |_| {
-                    let mut c = notifier.clone();
-                    async move {
-                        c.send_to_addresses(pb::SendToAddressesRequest {
-                            organisation: "bench".into(),
-                            to: vec!["soc@example.com".into()],
-                            subject: "Case {{n}}".into(),
-                            body: "Case {{n}} was opened.".into(),
-                            ..Default::default()
-                        })
-                        .await?;
-                        Ok(true)
-                    }
-                }),
-            )
+            let stats = measure(&server, concurrency, duration, move |_| {
+                let mut c = notifier.clone();
+                async move {
+                    c.send_to_addresses(pb::SendToAddressesRequest {
+                        organisation: "bench".into(),
+                        to: vec!["soc@example.com".into()],
+                        subject: "Case {{n}}".into(),
+                        body: "Case {{n}} was opened.".into(),
+                        ..Default::default()
+                    })
+                    .await?;
+                    Ok(true)
+                }
+            })
             .await;
             rows.push((
                 "SendToAddresses (1 recipient)",
