@@ -180,24 +180,12 @@ impl Server {
         pb::directory_client::DirectoryClient::with_interceptor(self.channel.clone(), self.bearer())
     }
 
-    /// Resident memory now and at its peak, in MiB (from /proc).
-    /// CPU time (user and system, every thread) the server has used: `/proc/<pid>/stat`'s
-    /// utime and stime, in Linux's fixed 100 ticks per second.
+    /// CPU time the server has used (see [`cpu_of`]).
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // The fields after the command name (which may hold spaces), from field 3 on.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-            .sum();
-        Duration::from_millis(ticks * 10)
+        cpu_of(self.child.id())
     }
 
+    /// Resident memory now and at its peak, in MiB (from /proc).
     fn memory(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -257,6 +245,8 @@ struct Stats {
     requests: usize,
     /// CPU time of the server process per request (every thread), when measured.
     server_cpu: Option<Duration>,
+    /// CPU time of this client process per request, when measured.
+    client_cpu: Option<Duration>,
 }
 
 /// Runs `call(i)` from `concurrency` tasks for `duration` (or until a call says stop),
@@ -306,7 +296,24 @@ where
         p99: at(0.99),
         requests: all.len(),
         server_cpu: None,
+        client_cpu: None,
     }
+}
+
+/// CPU time (user and system, every thread) process `pid` has used: `/proc/<pid>/stat`'s
+/// utime and stime, in Linux's fixed 100 ticks per second.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 /// [`load`] on `server`, with the CPU time the server spent per request: steadier from run
@@ -316,11 +323,17 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<bool>> + Send,
 {
-    let before = server.cpu();
+    let (server_before, client_before) = (server.cpu(), cpu_of(std::process::id()));
     let mut stats = load(concurrency, duration, call).await;
-    let spent = server.cpu().saturating_sub(before);
-    stats.server_cpu = u32::try_from(stats.requests.max(1)).ok().map(|n| spent / n);
+    let per_request =
+        |spent: Duration| u32::try_from(stats.requests.max(1)).ok().map(|n| spent / n);
+    stats.server_cpu = per_request(server.cpu().saturating_sub(server_before));
+    stats.client_cpu = per_request(cpu_of(std::process::id()).saturating_sub(client_before));
     stats
+}
+
+fn micros(d: Option<Duration>) -> String {
+    d.map_or_else(String::new, |d| format!("{:.0}", d.as_secs_f64() * 1e6))
 }
 
 fn ms(d: Duration) -> String {
@@ -555,10 +568,11 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
          `ConsumeToken` consumes the tokens the `IssueToken` run issued (so its run can end\n\
          early, when they run out). SMTP points at a closed port: delivery pauses after the\n\
          first refused connection and queued messages wait (delivery is measured in section 2).\n\
-         Server CPU is the server process's CPU time (every thread) per request, from\n\
-         `/proc/<pid>/stat`: steadier from run to run than the ratios.\n\n\
-         | RPC | in flight | req/s | p50 ms | p99 ms | server CPU µs/req | ceiling req/s | ratio | target | |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         Server and client CPU are each process's CPU time (every thread) per request, from\n\
+         `/proc/<pid>/stat`: steadier from run to run than the ratios, and they show which\n\
+         side a ratio is bound by (both share the machine's cores).\n\n\
+         | RPC | in flight | req/s | p50 ms | p99 ms | server CPU µs/req | client CPU µs/req | ceiling req/s | ratio | target | |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for (name, concurrency, stats, floor, target) in rows {
         let ratio = stats.throughput / floor.throughput;
@@ -570,13 +584,12 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
             None => (String::new(), ""),
         };
         text.push_str(&format!(
-            "| {name} | {concurrency} | {:.0} | {} | {} | {} | {:.0} | {:.0} % | {target} | {verdict} |\n",
+            "| {name} | {concurrency} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} % | {target} | {verdict} |\n",
             stats.throughput,
             ms(stats.p50),
             ms(stats.p99),
-            stats
-                .server_cpu
-                .map_or_else(String::new, |c| format!("{:.0}", c.as_secs_f64() * 1e6)),
+            micros(stats.server_cpu),
+            micros(stats.client_cpu),
             floor.throughput,
             ratio * 100.0
         ));
