@@ -185,11 +185,10 @@ impl SledStore {
     /// memory (sled's default is 1 GiB). Must be called within a Tokio runtime: it starts
     /// the flusher task.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("sled"))
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(unavailable)?;
+            .cache_capacity(cache_bytes);
+        let db = open_when_released(&config).map_err(unavailable)?;
         let tree = |name: &str| db.open_tree(name).map_err(unavailable);
         let (flusher, requests) = mpsc::unbounded_channel();
         let flusher_task =
@@ -290,6 +289,28 @@ async fn group_commit(mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
         }
         for waiter in waiters {
             let _ = waiter.send(outcome.clone());
+        }
+    }
+}
+
+/// How long opening waits for the directory's lock to be let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Opens the database, waiting up to [`LOCK_WAIT`] for its lock: sled's own threads let go
+/// of it a moment after the last handle is dropped (spacejam/sled#1234), so a store opened
+/// again at once (a restart, a test) may find it still held. A directory in use by another
+/// running process stays locked, and opening it fails after the wait.
+fn open_when_released(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
         }
     }
 }
@@ -1430,5 +1451,23 @@ mod tests {
             .unwrap();
         assert_eq!(store.digests_of("bob").unwrap(), ["db"]);
         store.close().await.unwrap();
+    }
+
+    /// A directory held by a live store stays locked: opening it again fails (after the
+    /// wait). Once the store is closed, it opens at once, though sled's threads may hold
+    /// the lock a moment longer.
+    #[tokio::test]
+    async fn a_store_opens_once_its_directory_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        let Err(StoreError::Unavailable(e)) = SledStore::open(dir.path(), 16 << 20) else {
+            panic!("opened a directory in use");
+        };
+        assert!(e.contains("could not acquire lock"), "{e}");
+        store.close().await.unwrap();
+        for _ in 0..3 {
+            let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+            store.close().await.unwrap();
+        }
     }
 }
