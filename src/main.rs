@@ -30,12 +30,13 @@ fn main() -> ExitCode {
 /// default, and `SendToUsers` to 100,000 users then peaked at 232 MiB instead of 181.
 /// Before any thread starts (`mi_option_set` is not thread-safe).
 fn tune_allocator() {
-    /// `mi_option_purge_delay` in the header of the mimalloc v3 that libmimalloc-sys 0.1.49
-    /// builds; the crate exports no constant for it.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: sets one option of the allocator while no other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) }
 }
+
+/// `mi_option_purge_delay` in the header of the mimalloc v3 that libmimalloc-sys 0.1.49
+/// builds; the crate exports no constant for it (a test checks it against its default).
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 async fn serve() -> ExitCode {
     let args = Args::parse();
@@ -62,5 +63,19 @@ async fn serve() -> ExitCode {
             tracing::error!(error = format!("{e:#}"), "mailroom stopped on an error");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PURGE_DELAY;
+
+    /// The option number is the purge delay's: its default is mimalloc's 1000 ms. Another
+    /// mimalloc build may number its options otherwise.
+    #[test]
+    fn purge_delay_names_mimalloc_s_purge_delay() {
+        // SAFETY: reads one option.
+        let delay = unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) };
+        assert_eq!(delay, 1000);
     }
 }

@@ -402,13 +402,8 @@ async fn messages_wait_out_an_smtp_outage_and_none_is_lost() {
         to_addresses(&["b@example.com", "c@example.com"], "s", "b"),
     )
     .await;
-    let mut notifier = server.notifier(&server.admin_key);
     for id in &later.message_ids {
-        let message = notifier
-            .get_message(pb::GetMessageRequest { id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+        let message = server.wait_for_state(id, pb::MessageState::Queued).await;
         assert_eq!(message.state(), pb::MessageState::Queued);
         assert_eq!(message.attempts, 0);
     }

@@ -58,10 +58,9 @@ struct Args {
     /// RPC cost: the numbers of requests in flight to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
     in_flight: Vec<usize>,
-    /// RPC cost: only these RPCs (VerifyToken, GetSmtpSettings, IssueToken, ConsumeToken,
-    /// SendToAddresses) beside Health/Check, e.g. under a profiler; all when empty.
-    /// ConsumeToken consumes what IssueToken issued.
-    #[arg(long, value_delimiter = ',')]
+    /// RPC cost: only these RPCs beside Health/Check, e.g. under a profiler; all when
+    /// empty. ConsumeToken consumes what IssueToken issued.
+    #[arg(long, value_delimiter = ',', value_parser = RPCS)]
     rpcs: Vec<String>,
     /// Run only these sections (rpc, delivery, scale); all when empty.
     #[arg(long, value_delimiter = ',')]
@@ -316,8 +315,9 @@ fn cpu_of(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// [`load`] on `server`, with the CPU time the server spent per request: steadier from run
-/// to run than throughput, which shifts with whatever else the machine does.
+/// [`load`] on `server`, with the CPU time the server and this client spent per request:
+/// steadier from run to run than throughput, which shifts with whatever else the machine
+/// does.
 async fn measure<F, Fut>(server: &Server, concurrency: usize, duration: Duration, call: F) -> Stats
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -420,6 +420,15 @@ fn issue(login: &str) -> pb::IssueTokenRequest {
         ..Default::default()
     }
 }
+
+/// The RPCs the RPC-cost section measures beside Health/Check.
+const RPCS: [&str; 5] = [
+    "VerifyToken",
+    "GetSmtpSettings",
+    "IssueToken",
+    "ConsumeToken",
+    "SendToAddresses",
+];
 
 /// A port nobody listens on.
 fn refused_port() -> u16 {

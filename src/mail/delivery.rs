@@ -109,7 +109,6 @@ impl Delivery {
                     settings: self.settings.clone(),
                     clock: self.clock.clone(),
                     connection: None,
-                    opening: false,
                     metrics: self.metrics.clone(),
                     relay: self.relay.clone(),
                 };
@@ -256,8 +255,6 @@ struct Sender {
     settings: SettingsService,
     clock: Clock,
     connection: Option<Open>,
-    /// A connection is being opened (so a send that timed out never reached the server).
-    opening: bool,
     metrics: Metrics,
     relay: Arc<RelayGate>,
 }
@@ -310,16 +307,14 @@ impl Sender {
         match tokio::time::timeout(bound, self.send(settings, &envelope, &content)).await {
             Ok(attempt) => attempt,
             Err(_) => {
-                self.connection = None;
-                let attempt = Attempt::Transient {
-                    code: None,
-                    error: format!("no answer within {}", human(bound)),
-                };
-                if std::mem::take(&mut self.opening) {
+                let error = format!("no answer within {}", human(bound));
+                // Without a connection, the time ran out opening one: the server was
+                // never reached.
+                if self.connection.take().is_none() {
                     self.relay
-                        .unreachable(settings.revision, self.clock.now(), &attempt);
+                        .unreachable(settings.revision, self.clock.now(), &error);
                 }
-                attempt
+                Attempt::Transient { code: None, error }
             }
         }
     }
@@ -343,11 +338,7 @@ impl Sender {
                     let _ = stale.connection.quit().await;
                 }
                 let mut failure = LastFailure::default();
-                self.opening = true;
-                let opened =
-                    connection::open(settings, self.settings.master_key(), &mut failure).await;
-                self.opening = false;
-                match opened {
+                match connection::open(settings, self.settings.master_key(), &mut failure).await {
                     Ok(connection) => {
                         self.relay.reached(settings.revision);
                         self.connection = Some(Open {
@@ -359,10 +350,13 @@ impl Sender {
                     // Connecting is the relay's or the settings' problem, not the message's:
                     // retried whatever the code, and delivery pauses.
                     Err(Failed) => {
-                        let attempt = failure.transient();
+                        let error = failure.error();
                         self.relay
-                            .unreachable(settings.revision, self.clock.now(), &attempt);
-                        return attempt;
+                            .unreachable(settings.revision, self.clock.now(), &error);
+                        return Attempt::Transient {
+                            code: failure.code,
+                            error,
+                        };
                     }
                 }
             }
@@ -488,7 +482,7 @@ impl RelayGate {
 
     /// A connection with the settings of `revision` failed: pauses delivery, longer if the
     /// failure ends a pause (several senders failing at once count once).
-    fn unreachable(&self, revision: u64, now: SystemTime, attempt: &Attempt) {
+    fn unreachable(&self, revision: u64, now: SystemTime, error: &str) {
         let mut outage = self.outage();
         let pauses = match outage.as_ref() {
             Some(o) if o.revision == revision && now < o.until => return,
@@ -498,9 +492,7 @@ impl RelayGate {
         let pause = RELAY_PAUSE
             .saturating_mul(1 << (pauses - 1).min(16))
             .min(MAX_RELAY_PAUSE);
-        if let Attempt::Transient { error, .. } = attempt {
-            tracing::warn!(%error, pause = %human(pause), "the SMTP server cannot be reached; delivery paused");
-        }
+        tracing::warn!(%error, pause = %human(pause), "the SMTP server cannot be reached; delivery paused");
         *outage = Some(Outage {
             revision,
             pauses,
@@ -529,12 +521,10 @@ struct LastFailure {
 }
 
 impl LastFailure {
-    fn transient(self) -> Attempt {
+    /// What failed, at which stage.
+    fn error(&self) -> String {
         let stage = self.stage.map_or_else(String::new, |s| format!("{s}: "));
-        Attempt::Transient {
-            code: self.code,
-            error: format!("{stage}{}", self.detail),
-        }
+        format!("{stage}{}", self.detail)
     }
 }
 
@@ -568,12 +558,7 @@ fn envelope(message: &OutboxMessage) -> Result<Envelope, String> {
 mod tests {
     use super::*;
 
-    fn refused() -> Attempt {
-        Attempt::Transient {
-            code: None,
-            error: "CONNECT: connection refused".into(),
-        }
-    }
+    const REFUSED: &str = "CONNECT: connection refused";
 
     #[test]
     fn an_unreachable_relay_pauses_delivery_1_s_doubling_to_30_s() {
@@ -581,17 +566,17 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         assert_eq!(gate.paused(7, t0), None);
 
-        gate.unreachable(7, t0, &refused());
+        gate.unreachable(7, t0, REFUSED);
         assert_eq!(gate.paused(7, t0), Some(Duration::from_secs(1)));
         // Other senders failing within the pause do not lengthen it.
-        gate.unreachable(7, t0 + Duration::from_millis(500), &refused());
+        gate.unreachable(7, t0 + Duration::from_millis(500), REFUSED);
         assert_eq!(gate.paused(7, t0), Some(Duration::from_secs(1)));
         assert_eq!(gate.paused(7, t0 + Duration::from_secs(1)), None);
 
         let mut now = t0;
         for expected in [2, 4, 8, 16, 30, 30] {
             now += Duration::from_secs(60);
-            gate.unreachable(7, now, &refused());
+            gate.unreachable(7, now, REFUSED);
             assert_eq!(gate.paused(7, now), Some(Duration::from_secs(expected)));
         }
         assert_eq!(gate.paused(8, now), None, "new settings deliver at once");
@@ -599,7 +584,7 @@ mod tests {
         gate.reached(7);
         assert_eq!(gate.paused(7, now), None);
         now += Duration::from_secs(60);
-        gate.unreachable(7, now, &refused());
+        gate.unreachable(7, now, REFUSED);
         assert_eq!(
             gate.paused(7, now),
             Some(Duration::from_secs(1)),

@@ -799,6 +799,9 @@ impl Store for SledStore {
     }
 }
 
+/// The token trees of earlier versions, by id: moved at open by `migrate_tokens_by_id`.
+const TREES_BY_ID: [&str; 4] = ["tokens", "token_digests", "login_tokens", "token_purge"];
+
 fn purge_key(token: &Token) -> Vec<u8> {
     let mut k = time_key(token.purge_time()).to_vec();
     k.extend_from_slice(token.digest.as_bytes());
@@ -834,11 +837,7 @@ impl TokenStore for SledStore {
     }
 
     async fn token_by_digest(&self, digest: &str) -> Result<Option<Token>> {
-        self.tokens
-            .get(digest.as_bytes())
-            .map_err(unavailable)?
-            .map(|bytes| decode(digest, &bytes))
-            .transpose()
+        self.token(digest)
     }
 
     /// A plain write under the login's lock (issue, revoke and purge take it around
@@ -847,14 +846,9 @@ impl TokenStore for SledStore {
     async fn swap_token(&self, expected: u64, token: &Token) -> Result<bool> {
         {
             let _login = self.lock(&token.login);
-            let Some(stored) = self
-                .tokens
-                .get(token.digest.as_bytes())
-                .map_err(unavailable)?
-            else {
+            let Some(stored) = self.token(&token.digest)? else {
                 return Ok(false);
             };
-            let stored: Token = decode(&token.id, &stored)?;
             if stored.version != expected {
                 return Ok(false);
             }
@@ -869,7 +863,7 @@ impl TokenStore for SledStore {
     async fn tokens_of(&self, login: &str) -> Result<Vec<Token>> {
         let mut tokens = Vec::new();
         for digest in self.digests_of(login)? {
-            if let Some(token) = self.token_by_digest(&digest).await? {
+            if let Some(token) = self.token(&digest)? {
                 tokens.push(token);
             }
         }
@@ -907,10 +901,7 @@ impl TokenStore for SledStore {
         let mut purged = 0;
         for key in due {
             let digest = String::from_utf8_lossy(&key[8..]).into_owned();
-            let login = match self.token_by_digest(&digest).await? {
-                Some(token) => token.login,
-                None => String::new(),
-            };
+            let login = self.token(&digest)?.map(|t| t.login).unwrap_or_default();
             let _login = self.lock(&login);
             (&self.tokens, &self.login_tokens, &self.token_purge)
                 .transaction(|(tokens, login_tokens, purge)| {
@@ -1014,6 +1005,15 @@ impl SledStore {
         Ok(None)
     }
 
+    /// The token stored under `digest`.
+    fn token(&self, digest: &str) -> Result<Option<Token>> {
+        self.tokens
+            .get(digest.as_bytes())
+            .map_err(unavailable)?
+            .map(|bytes| decode(digest, &bytes))
+            .transpose()
+    }
+
     /// The digests in the login's list (some may be of tokens a crash left unwritten).
     fn digests_of(&self, login: &str) -> Result<Vec<String>> {
         match self
@@ -1038,10 +1038,9 @@ impl SledStore {
         let mut existing = Vec::new();
         let mut revoked = 0;
         for digest in self.digests_of(login)? {
-            let Some(bytes) = self.tokens.get(digest.as_bytes()).map_err(unavailable)? else {
+            let Some(mut token) = self.token(&digest)? else {
                 continue;
             };
-            let mut token: Token = decode(&digest, &bytes)?;
             if matches(&token) && token.revoke(now) {
                 self.tokens
                     .insert(digest.as_bytes(), encode(&token))
@@ -1057,9 +1056,8 @@ impl SledStore {
     /// the one by digest: every write is idempotent and the old trees are dropped last,
     /// so an interrupted move is done again at the next open. How many tokens it moved.
     fn migrate_tokens_by_id(&self) -> Result<usize> {
-        const OLD: [&str; 4] = ["tokens", "token_digests", "login_tokens", "token_purge"];
         let names = self.db.tree_names();
-        if !OLD
+        if !TREES_BY_ID
             .iter()
             .any(|old| names.iter().any(|n| n == old.as_bytes()))
         {
@@ -1086,7 +1084,7 @@ impl SledStore {
                 .map_err(unavailable)?;
         }
         self.db.flush().map_err(unavailable)?;
-        for name in OLD {
+        for name in TREES_BY_ID {
             self.db.drop_tree(name).map_err(unavailable)?;
         }
         self.db.flush().map_err(unavailable)?;
@@ -1249,6 +1247,7 @@ mod tests {
 
     use super::*;
     use crate::notify::message::sample;
+    use crate::tokens::sample as token_sample;
 
     /// A crash in the middle of replacing a message's record: the record is new, its
     /// index entries still the old ones. The next open moves them.
@@ -1355,25 +1354,6 @@ mod tests {
         assert!(store.outbox.scan_prefix([STAGED]).next().is_none());
     }
 
-    /// An active password-reset token of `login`, issued at `now`.
-    fn sample_token(id: &str, digest: &str, login: &str, now: SystemTime) -> Token {
-        Token {
-            id: id.into(),
-            digest: digest.into(),
-            purpose: Purpose::PasswordReset,
-            login: login.into(),
-            email: format!("{login}@example.com"),
-            organisation: "acme".into(),
-            state: crate::tokens::TokenState::Active,
-            create_time: now,
-            expire_time: now + Duration::from_secs(600),
-            consume_time: None,
-            revoke_time: None,
-            metadata: Default::default(),
-            version: 0,
-        }
-    }
-
     /// A store written by an earlier version: tokens by id, a digest index, the login's
     /// list of ids, the purge index by id. Opening it moves them to the layout by digest.
     #[tokio::test]
@@ -1381,18 +1361,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let (first, second) = (
-            sample_token("tok_1", "d1", "alice", now),
-            sample_token("tok_2", "d2", "alice", now),
+            token_sample("tok_1", "d1", "alice", now),
+            token_sample("tok_2", "d2", "alice", now),
         );
         {
             let db = sled::open(dir.path().join("sled")).unwrap();
-            let tree = |name: &str| db.open_tree(name).unwrap();
-            let (tokens, digests, lists, purge) = (
-                tree("tokens"),
-                tree("token_digests"),
-                tree("login_tokens"),
-                tree("token_purge"),
-            );
+            let [tokens, digests, lists, purge] =
+                TREES_BY_ID.map(|name| db.open_tree(name).unwrap());
             for t in [&first, &second] {
                 tokens.insert(t.id.as_bytes(), encode(t)).unwrap();
                 digests
@@ -1417,7 +1392,7 @@ mod tests {
             .collect();
         assert_eq!(ids, ["tok_1", "tok_2"]);
         let names = store.db.tree_names();
-        for old in ["tokens", "token_digests", "login_tokens", "token_purge"] {
+        for old in TREES_BY_ID {
             assert!(!names.iter().any(|n| n == old.as_bytes()), "{old} dropped");
         }
         // Purged by digest in its time, from every tree.
@@ -1446,7 +1421,7 @@ mod tests {
             .unwrap();
         assert!(store.tokens_of("bob").await.unwrap().is_empty());
         store
-            .issue_token(&sample_token("tok_b", "db", "bob", now), now)
+            .issue_token(&token_sample("tok_b", "db", "bob", now), now)
             .await
             .unwrap();
         assert_eq!(store.digests_of("bob").unwrap(), ["db"]);

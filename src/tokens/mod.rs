@@ -30,6 +30,8 @@ use crate::validation::{self, Violations};
 mod emails;
 mod model;
 
+#[cfg(test)]
+pub(crate) use model::sample;
 pub use model::{Purpose, RateWindow, Token, TokenState, KEEP_ENDED};
 
 /// The window of the issue rate limit.

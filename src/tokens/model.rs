@@ -153,6 +153,27 @@ impl RateWindow {
     }
 }
 
+/// An active password-reset token of `login` for organisation acme, issued at `now` for
+/// ten minutes, for unit tests.
+#[cfg(test)]
+pub(crate) fn sample(id: &str, digest: &str, login: &str, now: SystemTime) -> Token {
+    Token {
+        id: id.into(),
+        digest: digest.into(),
+        purpose: Purpose::PasswordReset,
+        login: login.into(),
+        email: format!("{login}@example.com"),
+        organisation: "acme".into(),
+        state: TokenState::Active,
+        create_time: now,
+        expire_time: now + std::time::Duration::from_secs(600),
+        consume_time: None,
+        revoke_time: None,
+        metadata: BTreeMap::new(),
+        version: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,21 +199,7 @@ mod tests {
     #[test]
     fn tokens_end_once() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let mut t = Token {
-            id: "tok_1".into(),
-            digest: String::new(),
-            purpose: Purpose::PasswordReset,
-            login: "a".into(),
-            email: "a@example.com".into(),
-            organisation: "acme".into(),
-            state: TokenState::Active,
-            create_time: now,
-            expire_time: now + Duration::from_secs(600),
-            consume_time: None,
-            revoke_time: None,
-            metadata: BTreeMap::new(),
-            version: 0,
-        };
+        let mut t = sample("tok_1", "", "a", now);
         assert_eq!(
             t.state_at(now + Duration::from_secs(600)),
             TokenState::Expired
