@@ -1355,7 +1355,8 @@ mod tests {
     }
 
     /// A store written by an earlier version: tokens by id, a digest index, the login's
-    /// list of ids, the purge index by id. Opening it moves them to the layout by digest.
+    /// list of ids, the purge index by id, all in JSON. Opening it moves them to the layout
+    /// by digest.
     #[tokio::test]
     async fn tokens_of_the_layout_by_id_are_moved_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -1369,7 +1370,9 @@ mod tests {
             let [tokens, digests, lists, purge] =
                 TREES_BY_ID.map(|name| db.open_tree(name).unwrap());
             for t in [&first, &second] {
-                tokens.insert(t.id.as_bytes(), encode(t)).unwrap();
+                tokens
+                    .insert(t.id.as_bytes(), serde_json::to_vec(t).unwrap())
+                    .unwrap();
                 digests
                     .insert(t.digest.as_bytes(), t.id.as_bytes())
                     .unwrap();
@@ -1377,7 +1380,9 @@ mod tests {
                 k.extend_from_slice(t.id.as_bytes());
                 purge.insert(k, &[]).unwrap();
             }
-            lists.insert("alice", encode(&["tok_1", "tok_2"])).unwrap();
+            lists
+                .insert("alice", serde_json::to_vec(&["tok_1", "tok_2"]).unwrap())
+                .unwrap();
             db.flush().unwrap();
         }
 
@@ -1417,7 +1422,7 @@ mod tests {
         let store = SledStore::open(dir.path(), 16 << 20).unwrap();
         store
             .login_tokens
-            .insert("bob", encode(&["never-written"]))
+            .insert("bob", encode(&vec!["never-written"]))
             .unwrap();
         assert!(store.tokens_of("bob").await.unwrap().is_empty());
         store
