@@ -268,6 +268,31 @@ async fn the_issue_rate_limit_answers_resource_exhausted_with_retry_info() {
 }
 
 #[tokio::test]
+async fn refused_issues_do_not_count_against_the_rate_limit() {
+    let server = TestServer::start().await;
+    let mut tokens = server.tokens(&server.admin_key);
+    for _ in 0..6 {
+        let mut no_address = issue_request("alice", RESET);
+        no_address.email.clear();
+        let status = tokens.issue_token(no_address).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        let mut no_settings = issue_request("alice", RESET);
+        no_settings.send_email = true;
+        no_settings.link_template = "https://soc.example.com/reset/{token}".into();
+        let status = tokens.issue_token(no_settings).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    }
+    for _ in 0..5 {
+        issue(&server, "alice", RESET).await;
+    }
+    let status = tokens
+        .issue_token(issue_request("alice", RESET))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "the sixth issue");
+}
+
+#[tokio::test]
 async fn bad_issue_requests_name_their_fields() {
     let server = TestServer::start().await;
     let mut tokens = server.tokens(&server.admin_key);

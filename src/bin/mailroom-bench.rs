@@ -719,7 +719,11 @@ async fn pending(notifier: &mut Notifier) -> anyhow::Result<bool> {
         pb::MessageState::Sending,
         pb::MessageState::Retrying,
     ] {
-        if !list(notifier, state, 1, String::new()).await?.messages.is_empty() {
+        if !list(notifier, state, 1, String::new())
+            .await?
+            .messages
+            .is_empty()
+        {
             return Ok(true);
         }
     }

@@ -141,16 +141,7 @@ impl TokenService {
     /// `send_email`, queues its email. `organisation` is the one acted for.
     pub async fn issue(&self, request: IssueRequest) -> Result<Issued, TokenError> {
         let (purpose, link) = check_issue(&request).map_err(TokenError::Invalid)?;
-        let limit_key = format!("{}\0{}", purpose.as_str(), request.login);
         let now = self.clock.now();
-        if let Some(wait) = self
-            .store
-            .hit_rate_limit(&limit_key, now, RATE_WINDOW, self.issue_limit)
-            .await?
-        {
-            self.metrics.rate_limited();
-            return Err(TokenError::RateLimited(wait));
-        }
         let (address, name) = self.address(&request).await?;
         let settings = self.settings.get().await?;
         if request.send_email && settings.is_none() {
@@ -162,6 +153,17 @@ impl TokenService {
             (None, Purpose::PasswordReset) => DEFAULT_RESET_PASSWORD,
             (None, Purpose::Invitation) => DEFAULT_INVITATION,
         };
+        // Counted once the request can succeed: a request refused for its address or for
+        // missing settings issues nothing and uses none of the login's allowance.
+        let limit_key = format!("{}\0{}", purpose.as_str(), request.login);
+        if let Some(wait) = self
+            .store
+            .hit_rate_limit(&limit_key, now, RATE_WINDOW, self.issue_limit)
+            .await?
+        {
+            self.metrics.rate_limited();
+            return Err(TokenError::RateLimited(wait));
+        }
         let secret = crypto::random_secret(purpose.prefix());
         let token = Token {
             id: crypto::time_ordered_id("tok_", now),
