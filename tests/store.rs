@@ -138,7 +138,7 @@ fn message(key: &MasterKey, id: &str, organisation: &str) -> OutboxMessage {
         envelope_from: "noreply@example.com".into(),
         to: "someone@example.com".into(),
         subject: "subject".into(),
-        content: key.seal("content", "body"),
+        content: Some(key.seal("content", "body")),
         message_id_header: format!("<{id}@example.com>"),
         state: MessageState::Queued,
         attempts: 0,

@@ -286,18 +286,18 @@ impl Sender {
     }
 
     async fn attempt(&mut self, message: &OutboxMessage, settings: &SmtpSettings) -> Attempt {
-        let content = match self
-            .settings
-            .master_key()
-            .open_bytes(CONTENT_PURPOSE, &message.content)
-        {
+        let opened = match &message.content {
+            Some(sealed) => self
+                .settings
+                .master_key()
+                .open_bytes(CONTENT_PURPOSE, sealed)
+                .map_err(|e| e.to_string()),
+            // Only a SENT or CANCELLED message has none, and neither is ever claimed.
+            None => Err("the message's content was dropped".to_string()),
+        };
+        let content = match opened {
             Ok(content) => content,
-            Err(e) => {
-                return Attempt::Permanent {
-                    code: None,
-                    error: e.to_string(),
-                }
-            }
+            Err(error) => return Attempt::Permanent { code: None, error },
         };
         let envelope = match envelope(message) {
             Ok(envelope) => envelope,

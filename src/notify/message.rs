@@ -72,8 +72,10 @@ pub struct OutboxMessage {
     pub to: String,
     /// The rendered subject.
     pub subject: String,
-    /// The sealed RFC 5322 message.
-    pub content: Sealed,
+    /// The sealed RFC 5322 message; dropped once the message is `SENT` or `CANCELLED`:
+    /// nothing reads it again, and a notification's text is not kept at rest after it went
+    /// out.
+    pub content: Option<Sealed>,
     /// Its Message-ID header.
     pub message_id_header: String,
     /// State.
@@ -187,6 +189,7 @@ impl OutboxMessage {
         match attempt {
             Attempt::Sent => {
                 self.state = MessageState::Sent;
+                self.content = None;
                 self.sent_time = Some(now);
                 self.last_error.clear();
                 self.last_smtp_code = 0;
@@ -227,6 +230,7 @@ impl OutboxMessage {
         match self.state {
             MessageState::Queued | MessageState::Retrying => {
                 self.state = MessageState::Cancelled;
+                self.content = None;
                 Ok(())
             }
             MessageState::Sending => Err(self.refuse("it is being sent; cancel it if it fails")),
@@ -253,7 +257,7 @@ pub(crate) fn sample(id: &str, now: SystemTime) -> OutboxMessage {
         envelope_from: "a@example.com".into(),
         to: "b@example.com".into(),
         subject: "s".into(),
-        content: serde_json::from_str("\"\"").unwrap(),
+        content: Some(serde_json::from_str("\"\"").unwrap()),
         message_id_header: "<1@example.com>".into(),
         state: MessageState::Queued,
         attempts: 0,
@@ -321,6 +325,32 @@ mod tests {
             (MessageState::Queued, 0)
         );
         assert!(m.cancel().is_err(), "a dead message is not pending");
+    }
+
+    #[test]
+    fn the_content_is_dropped_once_sent_or_cancelled_and_kept_while_it_may_be_sent() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let permanent = Attempt::Permanent {
+            code: Some(550),
+            error: "no such user".into(),
+        };
+        for (attempt, kept) in [
+            (transient(), true),
+            (permanent, true),
+            (Attempt::Sent, false),
+        ] {
+            let mut m = message(now);
+            m.claim("w", now, Duration::from_secs(60));
+            m.finish(attempt.clone(), now, 0.0);
+            assert_eq!(m.content.is_some(), kept, "{attempt:?}");
+        }
+        let mut cancelled = message(now);
+        cancelled.cancel().unwrap();
+        assert_eq!(cancelled.content, None);
+        let mut sending = message(now);
+        sending.claim("w", now, Duration::from_secs(60));
+        assert!(sending.cancel().is_err());
+        assert!(sending.content.is_some(), "a refused cancel keeps it");
     }
 
     #[test]

@@ -575,9 +575,12 @@ impl NotifyService {
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
             for message in page {
-                let content = key.open_bytes(CONTENT_PURPOSE, &message.content)?;
+                let Some(sealed) = &message.content else {
+                    continue;
+                };
+                let content = key.open_bytes(CONTENT_PURPOSE, sealed)?;
                 let mut next = message.clone();
-                next.content = key.seal_bytes(CONTENT_PURPOSE, &content);
+                next.content = Some(key.seal_bytes(CONTENT_PURPOSE, &content));
                 next.version += 1;
                 if self
                     .store
@@ -674,7 +677,7 @@ impl OutgoingEmail<'_> {
             envelope_from: self.from.email.to_string(),
             to: self.to.email.to_string(),
             subject: self.subject.to_string(),
-            content: key.seal_bytes(CONTENT_PURPOSE, &content),
+            content: Some(key.seal_bytes(CONTENT_PURPOSE, &content)),
             message_id_header: message_id,
             state: MessageState::Queued,
             attempts: 0,
