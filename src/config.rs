@@ -64,6 +64,12 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_CLAIM_MARGIN", default_value = "60s", value_parser = parse_duration)]
     pub claim_margin: Duration,
 
+    /// How long a finished message (`SENT`, `DEAD`, `CANCELLED`) stays listable after it was
+    /// queued (or requeued by RetryMessage); the hourly sweep then forgets it. `0` keeps
+    /// finished messages forever.
+    #[arg(long, env = "MAILROOM_MESSAGE_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub message_retention: Duration,
+
     /// Memory for the embedded store's page cache, in MiB.
     #[arg(long, env = "MAILROOM_CACHE_MB", default_value_t = 48)]
     pub cache_mb: u64,
@@ -165,11 +171,41 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_or((s, "s"), |i| s.split_at(i));
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 10s or 2m"))?;
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 10s, 2m, 1h or 30d"))?;
+    let seconds = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} is not a duration such as 500ms, 10s or 2m")),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(86_400),
+        _ => Err(format!(
+            "{s:?} is not a duration such as 500ms, 10s, 2m, 1h or 30d"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_from_milliseconds_to_days() {
+        let parsed = |s| parse_duration(s).unwrap();
+        assert_eq!(parsed("500ms"), Duration::from_millis(500));
+        assert_eq!(parsed("10"), Duration::from_secs(10));
+        assert_eq!(parsed("2m"), Duration::from_secs(120));
+        assert_eq!(parsed("1h"), Duration::from_secs(3600));
+        assert_eq!(parsed("30d"), Duration::from_secs(30 * 86_400));
+        for bad in ["", "d", "1w", "-1s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_duration("999999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
     }
 }

@@ -253,6 +253,7 @@ impl Mailroom {
             sweep(
                 self.tokens.clone(),
                 self.notify.clone(),
+                self.args.message_retention,
                 self.sweep.clone(),
                 stop_watch.clone(),
             )
@@ -551,14 +552,16 @@ async fn monitor_store(
     }
 }
 
-/// How often ended tokens are purged.
+/// How often the sweeper runs.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Hourly, or when `now` is notified: purges tokens ended more than a week ago, idle
-/// rate-limit windows, and idempotency keys older than a week.
+/// rate-limit windows, idempotency keys older than a week, and finished messages older
+/// than `message_retention`.
 async fn sweep(
     tokens: TokenService,
     notify: NotifyService,
+    message_retention: Duration,
     now: Arc<Notify>,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -572,6 +575,11 @@ async fn sweep(
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "old idempotency keys purged"),
             Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
+        }
+        match notify.purge_messages(message_retention).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "finished messages past their retention purged"),
+            Err(e) => tracing::warn!(error = %e, "message sweep failed"),
         }
         tokio::select! {
             () = tokio::time::sleep(SWEEP_INTERVAL) => {}

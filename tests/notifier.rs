@@ -712,6 +712,57 @@ async fn a_batch_never_queued_is_dropped_at_start() {
     assert_eq!(status.code(), Code::NotFound);
 }
 
+/// Finished messages are kept 30 days (`--message-retention`) after they were queued:
+/// one sent now and one sent 20 days later; 30 days after the first, the sweep forgets
+/// the first and keeps the second.
+#[tokio::test]
+async fn finished_messages_are_forgotten_after_the_retention() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let old = send(&server, to_addresses(&["soc@example.com"], "old", "b")).await;
+    let old = old.message_ids[0].clone();
+    server.wait_for_state(&old, pb::MessageState::Sent).await;
+    server.clock.advance(Duration::from_secs(20 * 86_400));
+    let young = send(&server, to_addresses(&["soc@example.com"], "young", "b")).await;
+    let young = young.message_ids[0].clone();
+    server.wait_for_state(&young, pb::MessageState::Sent).await;
+    server.clock.advance(Duration::from_secs(10 * 86_400 + 1));
+    server.sweep();
+    let mut notifier = server.notifier(&server.admin_key);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = notifier
+            .get_message(pb::GetMessageRequest { id: old.clone() })
+            .await;
+        match found {
+            Err(status) if status.code() == Code::NotFound => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never forgotten: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let listed: Vec<String> = notifier
+        .list_messages(pb::ListMessagesRequest {
+            organisation: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        listed,
+        [young],
+        "the younger one stays, and only it is listed"
+    );
+}
+
 #[tokio::test]
 async fn idempotency_keys_are_forgotten_after_a_week() {
     let server = TestServer::start().await;

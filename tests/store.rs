@@ -61,6 +61,7 @@ store_suite!(
     messages_queued_in_one_write_keep_their_idempotency_key,
     abandoned_staged_batches_are_dropped,
     a_message_swap_moves_its_indexes,
+    a_removed_message_leaves_no_index_entry,
     issuing_a_token_revokes_the_earlier_one_of_its_purpose,
     a_token_is_consumed_once_under_concurrency,
     ended_tokens_are_purged,
@@ -528,6 +529,42 @@ async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
     assert_eq!(
         store.message(&batch[0].id).await.unwrap().unwrap().state,
         MessageState::Sent
+    );
+}
+
+async fn a_removed_message_leaves_no_index_entry(store: Arc<dyn Store>) {
+    let batch = messages("remove", 2, "acme");
+    store.stage_messages("remove", &batch).await.unwrap();
+    store.commit_batch("remove", None).await.unwrap();
+    let mut sent = batch[0].clone();
+    sent.state = MessageState::Sent;
+    sent.sent_time = Some(now());
+    sent.version = 2;
+    assert!(store.swap_message(1, &sent, true).await.unwrap());
+    assert!(
+        !store.remove_message(1, &sent.id).await.unwrap(),
+        "stale version"
+    );
+    assert!(store.remove_message(2, &sent.id).await.unwrap());
+    assert!(!store.remove_message(2, &sent.id).await.unwrap(), "gone");
+    assert!(store.message(&sent.id).await.unwrap().is_none());
+    for state in [None, Some(MessageState::Sent)] {
+        assert!(
+            !ids(&store.list_messages("acme", state, None, 10).await.unwrap()).contains(&sent.id),
+            "listed under {state:?}"
+        );
+    }
+    assert_eq!(
+        ids(&store.all_messages(None, 10).await.unwrap()),
+        [batch[1].id.clone()]
+    );
+    assert_eq!(
+        ids(&store
+            .list_messages("acme", Some(MessageState::Queued), None, 10)
+            .await
+            .unwrap()),
+        [batch[1].id.clone()],
+        "the other message stays"
     );
 }
 

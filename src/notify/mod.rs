@@ -11,7 +11,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use lettre::message::Mailbox;
 use lettre::Address;
@@ -504,6 +504,38 @@ impl NotifyService {
         let now = self.clock.now();
         let before = now.checked_sub(KEEP_IDEMPOTENCY).unwrap_or(now);
         Ok(self.store.purge_idempotency(before).await?)
+    }
+
+    /// Forgets the finished messages (`SENT`, `DEAD`, `CANCELLED`) queued, or last requeued,
+    /// more than `retention` ago; a zero `retention` keeps them. How many.
+    pub async fn purge_messages(&self, retention: Duration) -> Result<usize, NotifyError> {
+        let now = self.clock.now();
+        let Some(before) = now.checked_sub(retention).filter(|_| !retention.is_zero()) else {
+            return Ok(0);
+        };
+        let mut after: Option<String> = None;
+        let mut purged = 0;
+        loop {
+            let page = self.store.all_messages(after.as_deref(), 500).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for message in &page {
+                // Ids follow the queuing time: the rest of the outbox is younger.
+                if message.create_time >= before {
+                    return Ok(purged);
+                }
+                if message.due_at().is_none()
+                    && message.window_start < before
+                    && self
+                        .store
+                        .remove_message(message.version, &message.id)
+                        .await?
+                {
+                    purged += 1;
+                }
+            }
+        }
+        Ok(purged)
     }
 
     /// Settles the batches of requests that stopped halfway, staged or committed before

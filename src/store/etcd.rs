@@ -795,6 +795,24 @@ impl Store for EtcdStore {
         self.delete_unchanged(old).await
     }
 
+    async fn remove_message(&self, expected: u64, id: &str) -> Result<bool> {
+        let key = self.message_key(id);
+        let Some((stored, rev)) = self.read::<OutboxMessage>(&key).await? else {
+            return Ok(false);
+        };
+        if stored.version != expected {
+            return Ok(false);
+        }
+        let mut ops: Vec<TxnOp> = self
+            .index_keys(&stored)
+            .into_iter()
+            .map(|k| TxnOp::delete(k, None))
+            .collect();
+        ops.push(TxnOp::delete(key.as_str(), None));
+        let txn = Txn::new().when([unchanged(&key, Some(rev))]).and_then(ops);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
     async fn idempotency(&self, organisation: &str, key: &str) -> Result<Option<Idempotency>> {
         Ok(self
             .read(&self.idempotency_key(organisation, key))

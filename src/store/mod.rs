@@ -155,6 +155,10 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// Forgets idempotency keys first used before `before`. How many.
     async fn purge_idempotency(&self, before: SystemTime) -> Result<usize>;
 
+    /// Forgets a message and its index entries if its stored version is still `expected`.
+    /// `Ok(false)` when it changed or is gone.
+    async fn remove_message(&self, expected: u64, id: &str) -> Result<bool>;
+
     /// The first use of an idempotency key.
     async fn idempotency(&self, organisation: &str, key: &str) -> Result<Option<Idempotency>>;
 
