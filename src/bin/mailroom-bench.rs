@@ -320,6 +320,41 @@ fn cpu_of(pid: u32) -> Duration {
 /// [`load`] on `server`, with the CPU time the server and this client spent per request:
 /// steadier from run to run than throughput, which shifts with whatever else the machine
 /// does.
+/// [`measure`]s `call`, between two Health/Check loads of half its duration each: the
+/// ceiling is their mean throughput, measured just before and just after, so that a drift
+/// of the shared machine over the section moves the RPC and its ceiling alike.
+async fn bracketed<F, Fut>(
+    server: &Server,
+    concurrency: usize,
+    duration: Duration,
+    call: F,
+) -> (Stats, f64)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<bool>> + Send,
+{
+    let before = health_load(server, concurrency, duration / 2).await;
+    let stats = measure(server, concurrency, duration, call).await;
+    let after = health_load(server, concurrency, duration / 2).await;
+    (stats, (before.throughput + after.throughput) / 2.0)
+}
+
+/// Health/Check from `concurrency` tasks for `duration`: the floor cost of one RPC.
+async fn health_load(server: &Server, concurrency: usize, duration: Duration) -> Stats {
+    let health = HealthClient::new(server.channel.clone());
+    measure(server, concurrency, duration, move |_| {
+        let mut c = health.clone();
+        async move {
+            c.check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+            Ok(true)
+        }
+    })
+    .await
+}
+
 async fn measure<F, Fut>(server: &Server, concurrency: usize, duration: Duration, call: F) -> Stats
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -452,22 +487,11 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
     let mut rows = Vec::new();
     let wanted = |rpc: &str| args.rpcs.is_empty() || args.rpcs.iter().any(|r| r == rpc);
     for &concurrency in &args.in_flight {
-        let health = HealthClient::new(server.channel.clone());
-        let floor = measure(&server, concurrency, duration, move |_| {
-            let mut c = health.clone();
-            async move {
-                c.check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await?;
-                Ok(true)
-            }
-        })
-        .await;
+        let floor = health_load(&server, concurrency, duration).await;
         rows.push((
             "grpc.health.v1.Health/Check",
             concurrency,
-            floor,
+            floor.throughput,
             floor,
             None,
         ));
@@ -475,7 +499,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("VerifyToken") {
             let client = server.tokens();
             let token = verify_token.clone();
-            let stats = measure(&server, concurrency, duration, move |_| {
+            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |_| {
                 let (mut c, token) = (client.clone(), token.clone());
                 async move {
                     c.verify_token(pb::VerifyTokenRequest {
@@ -487,12 +511,12 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
                 }
             })
             .await;
-            rows.push(("VerifyToken", concurrency, stats, floor, Some(0.8)));
+            rows.push(("VerifyToken", concurrency, ceiling, stats, Some(0.8)));
         }
 
         if wanted("GetSmtpSettings") {
             let smtp = server.smtp();
-            let stats = measure(&server, concurrency, duration, move |_| {
+            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |_| {
                 let mut c = smtp.clone();
                 async move {
                     c.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await?;
@@ -500,13 +524,13 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
                 }
             })
             .await;
-            rows.push(("GetSmtpSettings", concurrency, stats, floor, Some(0.8)));
+            rows.push(("GetSmtpSettings", concurrency, ceiling, stats, Some(0.8)));
         }
 
         if wanted("IssueToken") {
             let client = server.tokens();
             let issued = consumable.clone();
-            let stats = measure(&server, concurrency, duration, move |i| {
+            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |i| {
                 let (mut c, issued) = (client.clone(), issued.clone());
                 async move {
                     let token = c
@@ -519,13 +543,13 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
                 }
             })
             .await;
-            rows.push(("IssueToken", concurrency, stats, floor, Some(0.5)));
+            rows.push(("IssueToken", concurrency, ceiling, stats, Some(0.5)));
         }
 
         if wanted("ConsumeToken") {
             let client = server.tokens();
             let pool = Arc::new(std::mem::take(&mut *consumable.lock().unwrap()));
-            let stats = measure(&server, concurrency, duration, move |i| {
+            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |i| {
                 let (mut c, pool) = (client.clone(), pool.clone());
                 async move {
                     let Some(token) = pool.get(i).cloned() else {
@@ -540,12 +564,12 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
                 }
             })
             .await;
-            rows.push(("ConsumeToken", concurrency, stats, floor, Some(0.5)));
+            rows.push(("ConsumeToken", concurrency, ceiling, stats, Some(0.5)));
         }
 
         if wanted("SendToAddresses") {
             let notifier = server.notifier();
-            let stats = measure(&server, concurrency, duration, move |_| {
+            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |_| {
                 let mut c = notifier.clone();
                 async move {
                     c.send_to_addresses(pb::SendToAddressesRequest {
@@ -563,8 +587,8 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
             rows.push((
                 "SendToAddresses (1 recipient)",
                 concurrency,
+                ceiling,
                 stats,
-                floor,
                 (concurrency == 64).then_some(0.5),
             ));
         }
@@ -574,7 +598,9 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         "## 1. RPC cost\n\n\
          Each RPC against `grpc.health.v1.Health/Check` on the same server, through the same\n\
          client (one HTTP/2 channel), at the same number of requests in flight: the ratio is\n\
-         the RPC's throughput over Health/Check's. `IssueToken`, `ConsumeToken` and\n\
+         the RPC's throughput over Health/Check's, measured for half as long just before and\n\
+         just after the RPC's load (the ceiling column is their mean; the Health/Check rows are\n\
+         a load of their own). `IssueToken`, `ConsumeToken` and\n\
          `SendToAddresses` answer only once durable (group-committed sled flush).\n\
          `ConsumeToken` consumes the tokens the `IssueToken` run issued (so its run can end\n\
          early, when they run out). SMTP points at a closed port: delivery pauses after the\n\
@@ -585,8 +611,8 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
          | RPC | in flight | req/s | p50 ms | p99 ms | server CPU µs/req | client CPU µs/req | ceiling req/s | ratio | target | |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
-    for (name, concurrency, stats, floor, target) in rows {
-        let ratio = stats.throughput / floor.throughput;
+    for (name, concurrency, ceiling, stats, target) in rows {
+        let ratio = stats.throughput / ceiling;
         let (target, verdict) = match target {
             Some(t) => (
                 format!("≥ {:.0} %", t * 100.0),
@@ -601,7 +627,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
             ms(stats.p99),
             micros(stats.server_cpu),
             micros(stats.client_cpu),
-            floor.throughput,
+            ceiling,
             ratio * 100.0
         ));
     }
