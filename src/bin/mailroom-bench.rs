@@ -186,6 +186,19 @@ impl Server {
         cpu_of(self.child.id())
     }
 
+    /// Waits (at most 5 s) until the server spends under 5 % of a core: the writes a load
+    /// left for sled's background threads are done.
+    async fn wait_idle(&self) {
+        const WINDOW: Duration = Duration::from_millis(200);
+        for _ in 0..25 {
+            let before = self.cpu();
+            tokio::time::sleep(WINDOW).await;
+            if self.cpu().saturating_sub(before) < WINDOW / 20 {
+                return;
+            }
+        }
+    }
+
     /// Resident memory now and at its peak, in MiB (from /proc).
     fn memory(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -320,10 +333,11 @@ fn cpu_of(pid: u32) -> Duration {
 /// [`load`] on `server`, with the CPU time the server and this client spent per request:
 /// steadier from run to run than throughput, which shifts with whatever else the machine
 /// does.
-/// [`measure`]s `call`, between two Health/Check loads of half its duration each: the
-/// ceiling is their mean throughput, measured just before and just after, so that a drift
-/// of the shared machine over the section moves the RPC and its ceiling alike.
-async fn bracketed<F, Fut>(
+/// [`measure`]s `call` right after its ceiling: Health/Check for as long, once the server
+/// is idle, so that a drift of the shared machine over the section moves the RPC and its
+/// ceiling alike, and the work a durable load leaves behind (sled writing out its log) is
+/// not counted against the next ceiling. Not after the RPC: that load would pay for it.
+async fn against_ceiling<F, Fut>(
     server: &Server,
     concurrency: usize,
     duration: Duration,
@@ -333,10 +347,10 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<bool>> + Send,
 {
-    let before = health_load(server, concurrency, duration / 2).await;
+    server.wait_idle().await;
+    let ceiling = health_load(server, concurrency, duration).await;
     let stats = measure(server, concurrency, duration, call).await;
-    let after = health_load(server, concurrency, duration / 2).await;
-    (stats, (before.throughput + after.throughput) / 2.0)
+    (stats, ceiling.throughput)
 }
 
 /// Health/Check from `concurrency` tasks for `duration`: the floor cost of one RPC.
@@ -499,7 +513,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("VerifyToken") {
             let client = server.tokens();
             let token = verify_token.clone();
-            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |_| {
+            let (stats, ceiling) = against_ceiling(&server, concurrency, duration, move |_| {
                 let (mut c, token) = (client.clone(), token.clone());
                 async move {
                     c.verify_token(pb::VerifyTokenRequest {
@@ -516,7 +530,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
 
         if wanted("GetSmtpSettings") {
             let smtp = server.smtp();
-            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |_| {
+            let (stats, ceiling) = against_ceiling(&server, concurrency, duration, move |_| {
                 let mut c = smtp.clone();
                 async move {
                     c.get_smtp_settings(pb::GetSmtpSettingsRequest {}).await?;
@@ -530,7 +544,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("IssueToken") {
             let client = server.tokens();
             let issued = consumable.clone();
-            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |i| {
+            let (stats, ceiling) = against_ceiling(&server, concurrency, duration, move |i| {
                 let (mut c, issued) = (client.clone(), issued.clone());
                 async move {
                     let token = c
@@ -549,7 +563,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         if wanted("ConsumeToken") {
             let client = server.tokens();
             let pool = Arc::new(std::mem::take(&mut *consumable.lock().unwrap()));
-            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |i| {
+            let (stats, ceiling) = against_ceiling(&server, concurrency, duration, move |i| {
                 let (mut c, pool) = (client.clone(), pool.clone());
                 async move {
                     let Some(token) = pool.get(i).cloned() else {
@@ -569,7 +583,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
 
         if wanted("SendToAddresses") {
             let notifier = server.notifier();
-            let (stats, ceiling) = bracketed(&server, concurrency, duration, move |_| {
+            let (stats, ceiling) = against_ceiling(&server, concurrency, duration, move |_| {
                 let mut c = notifier.clone();
                 async move {
                     c.send_to_addresses(pb::SendToAddressesRequest {
@@ -598,9 +612,9 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
         "## 1. RPC cost\n\n\
          Each RPC against `grpc.health.v1.Health/Check` on the same server, through the same\n\
          client (one HTTP/2 channel), at the same number of requests in flight: the ratio is\n\
-         the RPC's throughput over Health/Check's, measured for half as long just before and\n\
-         just after the RPC's load (the ceiling column is their mean; the Health/Check rows are\n\
-         a load of their own). `IssueToken`, `ConsumeToken` and\n\
+         the RPC's throughput over Health/Check's, measured for as long just before the RPC's\n\
+         load, once the server is idle (the ceiling column; the Health/Check rows are a load\n\
+         of their own). `IssueToken`, `ConsumeToken` and\n\
          `SendToAddresses` answer only once durable (group-committed sled flush).\n\
          `ConsumeToken` consumes the tokens the `IssueToken` run issued (so its run can end\n\
          early, when they run out). SMTP points at a closed port: delivery pauses after the\n\
