@@ -71,7 +71,7 @@ pub struct Args {
     pub message_retention: Duration,
 
     /// Memory for the embedded store's page cache, in MiB.
-    #[arg(long, env = "MAILROOM_CACHE_MB", default_value_t = 48)]
+    #[arg(long, env = "MAILROOM_CACHE_MB", default_value_t = 40)]
     pub cache_mb: u64,
 
     /// File holding the 256-bit master key (64 hex digits) that encrypts stored secrets;

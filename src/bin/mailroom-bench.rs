@@ -642,7 +642,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
             micros(stats.server_cpu),
             micros(stats.client_cpu),
             ceiling,
-            ratio * 100.0
+            percent(ratio)
         ));
     }
     report.section(text);
@@ -744,7 +744,7 @@ async fn delivery(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
          | smtp-source (ceiling) | {ceiling:.0} | | | | |\n\n\
          For scale: Ory Kratos's courier pulls 10 messages a second per instance by default.\n",
         args.messages,
-        ratio * 100.0,
+        percent(ratio),
         if ratio >= 0.7 { "met" } else { "**missed**" },
         c = args.connections,
         m = args.messages,
@@ -798,6 +798,12 @@ async fn list(
         })
         .await?
         .into_inner())
+}
+
+/// A ratio in whole percent, rounded down: a ratio just under its target never shows as
+/// the target itself.
+fn percent(ratio: f64) -> f64 {
+    (ratio * 100.0).floor()
 }
 
 async fn scale(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Result<()> {
