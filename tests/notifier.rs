@@ -374,6 +374,31 @@ async fn the_same_idempotency_key_sends_once() {
     assert!(!send(&server, request).await.duplicate);
 }
 
+/// When the settings change, the sender leaves its connection to the old server: one that
+/// never answers QUIT must neither hold up the next message to the new server nor fail
+/// it (the send's bound running out) and pause delivery.
+#[tokio::test]
+async fn a_server_mute_at_quit_holds_up_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(dir.path());
+    args.workers = 1;
+    let server = TestServer::start_with(args).await;
+    let mute = support::smtp::mute_at_quit_server().await;
+    server.configure_smtp(mute.port()).await;
+    let first = send(&server, to_addresses(&["soc@example.com"], "first", "b")).await;
+    server
+        .wait_for_state(&first.message_ids[0], pb::MessageState::Sent)
+        .await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let second = send(&server, to_addresses(&["soc@example.com"], "second", "b")).await;
+    let sent = server
+        .wait_for_state(&second.message_ids[0], pb::MessageState::Sent)
+        .await;
+    assert_eq!(sent.attempts, 1, "{sent:?}");
+    assert_eq!(smtp.seen().messages.len(), 1);
+}
+
 #[tokio::test]
 async fn messages_wait_out_an_smtp_outage_and_none_is_lost() {
     let server = TestServer::start().await;

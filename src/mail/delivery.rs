@@ -249,6 +249,14 @@ struct Open {
     last_used: Instant,
 }
 
+/// How long a sender that stops waits for the server to answer its QUIT.
+const MAX_QUIT: Duration = Duration::from_secs(5);
+
+/// Says goodbye to the server of a connection no longer wanted, waiting at most `within`.
+async fn quit(mut open: Open, within: Duration) {
+    let _ = tokio::time::timeout(within, open.connection.quit()).await;
+}
+
 /// One sender: takes jobs, keeps a connection.
 struct Sender {
     store: Arc<dyn Store>,
@@ -280,8 +288,8 @@ impl Sender {
             self.metrics.attempt(outcome, code, started.elapsed());
             self.record(&message, attempt).instrument(span).await;
         }
-        if let Some(mut open) = self.connection.take() {
-            let _ = open.connection.quit().await;
+        if let Some(open) = self.connection.take() {
+            quit(open, MAX_QUIT).await;
         }
     }
 
@@ -334,8 +342,10 @@ impl Sender {
                     && open.last_used.elapsed() < MAX_CONNECTION_IDLE
             });
             if fresh || !reusable {
-                if let Some(mut stale) = self.connection.take() {
-                    let _ = stale.connection.quit().await;
+                if let Some(stale) = self.connection.take() {
+                    // Aside: a server that does not answer QUIT must not hold up this
+                    // message, nor run out its bound and pause delivery.
+                    tokio::spawn(quit(stale, settings.timeout));
                 }
                 let mut failure = LastFailure::default();
                 match connection::open(settings, self.settings.master_key(), &mut failure).await {

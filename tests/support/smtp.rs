@@ -328,6 +328,50 @@ pub async fn silent_server() -> SocketAddr {
     addr
 }
 
+/// A server that takes messages like any SMTP server but never answers QUIT, nor closes:
+/// what a client waits on when it says goodbye to a connection it no longer wants.
+pub async fn mute_at_quit_server() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = tcp.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                let mut in_data = false;
+                let mut reply: &[u8] = b"220 mute.example.com ESMTP\r\n";
+                loop {
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                    reply = loop {
+                        let Ok(Some(line)) = lines.next_line().await else {
+                            return;
+                        };
+                        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+                        match (in_data, verb.as_str()) {
+                            (true, _) if line == "." => {
+                                in_data = false;
+                                break b"250 2.0.0 queued\r\n";
+                            }
+                            (true, _) => continue,
+                            (false, "EHLO") => break b"250 mute.example.com\r\n",
+                            (false, "DATA") => {
+                                in_data = true;
+                                break b"354 go ahead\r\n";
+                            }
+                            (false, "QUIT") => std::future::pending::<()>().await,
+                            (false, _) => break b"250 2.1.0 ok\r\n",
+                        }
+                    };
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A port on which nothing listens.
 pub fn refused_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
