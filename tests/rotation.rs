@@ -36,6 +36,24 @@ async fn rotation_keeps_every_secret_readable_and_a_wrong_key_fails_clearly() {
         .message_ids
         .remove(0);
     server.wait_for_state(&dead, pb::MessageState::Dead).await;
+    // A delivered message has no body left to seal again: rotation passes it by.
+    let delivered = server
+        .notifier(&server.admin_key)
+        .send_to_addresses(pb::SendToAddressesRequest {
+            organisation: "acme".into(),
+            to: vec!["soc@example.com".into()],
+            subject: "delivered".into(),
+            body: "delivered before the rotation".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_ids
+        .remove(0);
+    server
+        .wait_for_state(&delivered, pb::MessageState::Sent)
+        .await;
     server.stop().await.unwrap();
 
     let key_file = dir.path().join("master.key");

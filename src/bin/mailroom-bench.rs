@@ -330,9 +330,6 @@ fn cpu_of(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// [`load`] on `server`, with the CPU time the server and this client spent per request:
-/// steadier from run to run than throughput, which shifts with whatever else the machine
-/// does.
 /// [`measure`]s `call` right after its ceiling: Health/Check for as long, once the server
 /// is idle, so that a drift of the shared machine over the section moves the RPC and its
 /// ceiling alike, and the work a durable load leaves behind (sled writing out its log) is
@@ -369,6 +366,9 @@ async fn health_load(server: &Server, concurrency: usize, duration: Duration) ->
     .await
 }
 
+/// [`load`] on `server`, with the CPU time the server and this client spent per request:
+/// steadier from run to run than throughput, which shifts with whatever else the machine
+/// does.
 async fn measure<F, Fut>(server: &Server, concurrency: usize, duration: Duration, call: F) -> Stats
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
