@@ -493,6 +493,24 @@ async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
     });
     let won = join_all(claimers).await.into_iter().filter(|w| *w).count();
     assert_eq!(won, 1, "one of ten concurrent claims");
+    let claimed_now = store.message(&batch[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        (claimed_now.state, claimed_now.version),
+        (MessageState::Sending, 2)
+    );
+    for (state, listed) in [
+        (MessageState::Sending, &batch[0].id),
+        (MessageState::Queued, &batch[1].id),
+    ] {
+        assert_eq!(
+            ids(&store
+                .list_messages("acme", Some(state), None, 10)
+                .await
+                .unwrap()),
+            [listed.clone()],
+            "listed under {state:?} while claimed"
+        );
+    }
     assert!(
         !store.swap_message(1, &claimed, true).await.unwrap(),
         "swapped once"

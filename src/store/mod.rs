@@ -167,7 +167,10 @@ pub trait Store: TokenStore + Send + Sync + 'static {
 
     /// Replaces a message if its stored version is still `expected_version`, keeping the
     /// due index in step with [`OutboxMessage::due_at`]. `Ok(false)` when it changed.
-    /// With `durable`, answers once the write is on disk.
+    /// With `durable`, answers once the write is on disk. An [`exclusive`](Store::exclusive)
+    /// store may hold a claim (a swap to `SENDING` from a pending state, not `durable`) in
+    /// memory only: every reader of the store sees it, and a crash forgets it, which leaves
+    /// the message due again at once.
     async fn swap_message(
         &self,
         expected_version: u64,
