@@ -507,7 +507,7 @@ async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
                 .list_messages("acme", Some(state), None, 10)
                 .await
                 .unwrap()),
-            [listed.clone()],
+            std::slice::from_ref(listed),
             "listed under {state:?} while claimed"
         );
     }
