@@ -380,9 +380,7 @@ async fn the_same_idempotency_key_sends_once() {
 #[tokio::test]
 async fn a_server_mute_at_quit_holds_up_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = mailroom::config::Args::with_data_dir(dir.path());
-    args.workers = 1;
-    let server = TestServer::start_with(args).await;
+    let server = TestServer::start_with(one_sender(dir.path())).await;
     let mute = support::smtp::mute_at_quit_server().await;
     server.configure_smtp(mute.port()).await;
     let first = send(&server, to_addresses(&["soc@example.com"], "first", "b")).await;
@@ -397,6 +395,72 @@ async fn a_server_mute_at_quit_holds_up_nothing() {
         .await;
     assert_eq!(sent.attempts, 1, "{sent:?}");
     assert_eq!(smtp.seen().messages.len(), 1);
+}
+
+/// Sends a message to `to` through a [`support::smtp::strict_server`] with one sender,
+/// and waits for it to reach `state`.
+async fn send_one_strictly(
+    server: &TestServer,
+    smtp: std::net::SocketAddr,
+    to: &str,
+    state: pb::MessageState,
+) -> pb::Message {
+    server.configure_smtp(smtp.port()).await;
+    let queued = send(server, to_addresses(&[to], "s", "b")).await;
+    server.wait_for_state(&queued.message_ids[0], state).await
+}
+
+/// A server's arguments with one sender, on `dir`.
+fn one_sender(dir: &std::path::Path) -> mailroom::config::Args {
+    let mut args = mailroom::config::Args::with_data_dir(dir);
+    args.workers = 1;
+    args
+}
+
+#[tokio::test]
+async fn a_server_that_offers_pipelining_gets_a_message_s_commands_in_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(one_sender(dir.path())).await;
+    let (smtp, reads) = support::smtp::strict_server(true).await;
+    let sent = send_one_strictly(&server, smtp, "a@example.com", pb::MessageState::Sent).await;
+    assert_eq!(sent.attempts, 1);
+    // A refused recipient is told apart from the other replies read with it.
+    let dead = send_one_strictly(
+        &server,
+        smtp,
+        "rejected@example.com",
+        pb::MessageState::Dead,
+    )
+    .await;
+    assert_eq!(dead.last_smtp_code, 550, "{dead:?}");
+    // The connection after that refusal is a fresh one, and in step.
+    send_one_strictly(&server, smtp, "b@example.com", pb::MessageState::Sent).await;
+    let reads = reads.lock().unwrap().clone();
+    assert_eq!(reads.messages, 2);
+    let grouped = reads
+        .groups
+        .iter()
+        .filter(|g| g.as_slice() == ["MAIL", "RCPT", "DATA"])
+        .count();
+    assert_eq!(grouped, 3, "{:?}", reads.groups);
+}
+
+#[tokio::test]
+async fn a_server_without_pipelining_gets_one_command_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(one_sender(dir.path())).await;
+    let (smtp, reads) = support::smtp::strict_server(false).await;
+    // The strict server would drop a client talking ahead of its replies.
+    let sent = send_one_strictly(&server, smtp, "a@example.com", pb::MessageState::Sent).await;
+    assert_eq!(sent.attempts, 1);
+    let reads = reads.lock().unwrap().clone();
+    assert_eq!(reads.messages, 1);
+    assert!(
+        reads.groups.iter().all(|g| g.len() == 1),
+        "{:?}",
+        reads.groups
+    );
+    assert!(reads.groups.iter().any(|g| g == &["DATA"]));
 }
 
 #[tokio::test]

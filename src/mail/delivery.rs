@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use lettre::address::Envelope;
-use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::Address;
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
@@ -245,7 +244,7 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
 /// An open connection, and what it was opened with.
 struct Open {
     revision: u64,
-    connection: AsyncSmtpConnection,
+    smtp: connection::Smtp,
     last_used: Instant,
 }
 
@@ -254,7 +253,7 @@ const MAX_QUIT: Duration = Duration::from_secs(5);
 
 /// Says goodbye to the server of a connection no longer wanted, waiting at most `within`.
 async fn quit(mut open: Open, within: Duration) {
-    let _ = tokio::time::timeout(within, open.connection.quit()).await;
+    let _ = tokio::time::timeout(within, open.smtp.connection.quit()).await;
 }
 
 /// One sender: takes jobs, keeps a connection.
@@ -338,7 +337,7 @@ impl Sender {
         for fresh in [false, true] {
             let reusable = self.connection.as_ref().is_some_and(|open| {
                 open.revision == settings.revision
-                    && !open.connection.has_broken()
+                    && !open.smtp.connection.has_broken()
                     && open.last_used.elapsed() < MAX_CONNECTION_IDLE
             });
             if fresh || !reusable {
@@ -349,11 +348,11 @@ impl Sender {
                 }
                 let mut failure = LastFailure::default();
                 match connection::open(settings, self.settings.master_key(), &mut failure).await {
-                    Ok(connection) => {
+                    Ok(smtp) => {
                         self.relay.reached(settings.revision);
                         self.connection = Some(Open {
                             revision: settings.revision,
-                            connection,
+                            smtp,
                             last_used: Instant::now(),
                         });
                     }
@@ -371,7 +370,7 @@ impl Sender {
                 }
             }
             let open = self.connection.as_mut().expect("opened above");
-            let result = open.connection.send(envelope, content).await;
+            let result = open.smtp.send(envelope, content).await;
             open.last_used = Instant::now();
             match result {
                 Ok(_) => return Attempt::Sent,

@@ -141,7 +141,7 @@ async fn exchange(
     to: &Address,
     now: SystemTime,
 ) -> Result<String, Failed> {
-    let mut conn = connection::open(settings, key, run).await?;
+    let mut conn = connection::open(settings, key, run).await?.connection;
 
     let from = settings.from.mailbox();
     let message_id = new_message_id(from.email.domain());

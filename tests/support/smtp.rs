@@ -372,6 +372,96 @@ pub async fn mute_at_quit_server() -> SocketAddr {
     addr
 }
 
+/// What a [`strict_server`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct Reads {
+    /// The commands (verbs) that came in each read from the socket, in order.
+    pub groups: Vec<Vec<String>>,
+    /// Messages accepted.
+    pub messages: usize,
+}
+
+/// An SMTP server strict about pipelining, as Exim is: it offers PIPELINING only when
+/// `pipelining`, and without it drops a client that sends a command before the reply to the
+/// one before ("synchronization error"). RCPT TO `rejected@example.com` answers 550, and
+/// DATA without an accepted recipient 554.
+pub async fn strict_server(pipelining: bool) -> (SocketAddr, Arc<Mutex<Reads>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reads = Arc::new(Mutex::new(Reads::default()));
+    let seen = reads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let reads = seen.clone();
+            tokio::spawn(async move {
+                let (mut pending, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
+                let (mut in_data, mut recipients) = (false, 0);
+                let mut replies = String::from("220 strict.example.com ESMTP\r\n");
+                loop {
+                    if tcp.write_all(replies.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    replies.clear();
+                    let mut commands = Vec::new();
+                    while commands.is_empty() && replies.is_empty() {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
+                            let line: Vec<u8> = pending.drain(..end + 2).collect();
+                            let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                            if in_data {
+                                if line == "." {
+                                    in_data = false;
+                                    reads.lock().unwrap().messages += 1;
+                                    replies.push_str("250 2.0.0 queued\r\n");
+                                }
+                                continue;
+                            }
+                            let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+                            replies.push_str(match verb.as_str() {
+                                "EHLO" if pipelining => {
+                                    "250-strict.example.com\r\n250 PIPELINING\r\n"
+                                }
+                                "EHLO" => "250 strict.example.com\r\n",
+                                "MAIL" => {
+                                    recipients = 0;
+                                    "250 2.1.0 ok\r\n"
+                                }
+                                "RCPT" if line.contains("rejected@example.com") => {
+                                    "550 5.1.1 no such user\r\n"
+                                }
+                                "RCPT" => {
+                                    recipients += 1;
+                                    "250 2.1.5 ok\r\n"
+                                }
+                                "DATA" if recipients == 0 => "554 5.5.1 no valid recipients\r\n",
+                                "DATA" => {
+                                    in_data = true;
+                                    "354 go ahead\r\n"
+                                }
+                                "QUIT" => "221 bye\r\n",
+                                _ => "250 ok\r\n",
+                            });
+                            commands.push(verb);
+                        }
+                    }
+                    if !pipelining && commands.len() > 1 {
+                        let _ = tcp.write_all(b"554 5.5.0 synchronization error\r\n").await;
+                        return;
+                    }
+                    if !commands.is_empty() {
+                        reads.lock().unwrap().groups.push(commands);
+                    }
+                }
+            });
+        }
+    });
+    (addr, reads)
+}
+
 /// A port on which nothing listens.
 pub fn refused_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
