@@ -397,15 +397,23 @@ async fn a_server_mute_at_quit_holds_up_nothing() {
     assert_eq!(smtp.seen().messages.len(), 1);
 }
 
-/// Sends a message to `to` through a [`support::smtp::strict_server`] with one sender,
-/// and waits for it to reach `state`.
-async fn send_one_strictly(
-    server: &TestServer,
-    smtp: std::net::SocketAddr,
-    to: &str,
-    state: pb::MessageState,
-) -> pb::Message {
+/// A server on `dir` with one sender, whose SMTP server is a
+/// [`support::smtp::strict_server`], and what that server saw.
+async fn with_a_strict_server(
+    dir: &std::path::Path,
+    pipelining: bool,
+) -> (
+    TestServer,
+    std::sync::Arc<std::sync::Mutex<support::smtp::Reads>>,
+) {
+    let server = TestServer::start_with(one_sender(dir)).await;
+    let (smtp, reads) = support::smtp::strict_server(pipelining).await;
     server.configure_smtp(smtp.port()).await;
+    (server, reads)
+}
+
+/// Sends a message to `to` and waits for it to reach `state`.
+async fn send_one(server: &TestServer, to: &str, state: pb::MessageState) -> pb::Message {
     let queued = send(server, to_addresses(&[to], "s", "b")).await;
     server.wait_for_state(&queued.message_ids[0], state).await
 }
@@ -420,21 +428,15 @@ fn one_sender(dir: &std::path::Path) -> mailroom::config::Args {
 #[tokio::test]
 async fn a_server_that_offers_pipelining_gets_a_message_s_commands_in_one_write() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(one_sender(dir.path())).await;
-    let (smtp, reads) = support::smtp::strict_server(true).await;
-    let sent = send_one_strictly(&server, smtp, "a@example.com", pb::MessageState::Sent).await;
+    let (server, reads) = with_a_strict_server(dir.path(), true).await;
+    let sent = send_one(&server, "a@example.com", pb::MessageState::Sent).await;
     assert_eq!(sent.attempts, 1);
-    // A refused recipient is told apart from the other replies read with it.
-    let dead = send_one_strictly(
-        &server,
-        smtp,
-        "rejected@example.com",
-        pb::MessageState::Dead,
-    )
-    .await;
+    // Over the same connection: a refused recipient is told apart from the other replies
+    // read with it.
+    let dead = send_one(&server, "rejected@example.com", pb::MessageState::Dead).await;
     assert_eq!(dead.last_smtp_code, 550, "{dead:?}");
     // The connection after that refusal is a fresh one, and in step.
-    send_one_strictly(&server, smtp, "b@example.com", pb::MessageState::Sent).await;
+    send_one(&server, "b@example.com", pb::MessageState::Sent).await;
     let reads = reads.lock().unwrap().clone();
     assert_eq!(reads.messages, 2);
     let grouped = reads
@@ -448,10 +450,9 @@ async fn a_server_that_offers_pipelining_gets_a_message_s_commands_in_one_write(
 #[tokio::test]
 async fn a_server_without_pipelining_gets_one_command_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(one_sender(dir.path())).await;
-    let (smtp, reads) = support::smtp::strict_server(false).await;
+    let (server, reads) = with_a_strict_server(dir.path(), false).await;
     // The strict server would drop a client talking ahead of its replies.
-    let sent = send_one_strictly(&server, smtp, "a@example.com", pb::MessageState::Sent).await;
+    let sent = send_one(&server, "a@example.com", pb::MessageState::Sent).await;
     assert_eq!(sent.attempts, 1);
     let reads = reads.lock().unwrap().clone();
     assert_eq!(reads.messages, 1);

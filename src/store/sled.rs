@@ -1345,23 +1345,30 @@ mod tests {
     use crate::notify::message::sample;
     use crate::tokens::sample as token_sample;
 
+    /// A store in `dir` holding one queued message; the message; it as a sender claims it;
+    /// the time of both.
+    async fn one_queued(dir: &Path) -> (SledStore, OutboxMessage, OutboxMessage, SystemTime) {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let queued = sample("m1", now);
+        let store = SledStore::open(dir, 16 << 20).unwrap();
+        store
+            .queue_messages("b", std::slice::from_ref(&queued), None)
+            .await
+            .unwrap();
+        let mut claimed = queued.clone();
+        claimed.claim("w", now, Duration::from_secs(60));
+        claimed.version += 1;
+        (store, queued, claimed, now)
+    }
+
     /// A claim is held in memory: readers see it, the next due time is its lease's end,
     /// and nothing of it is written, so a crash leaves the message due again at once.
     #[tokio::test]
     async fn a_claim_is_held_in_memory_and_forgotten_by_a_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let queued = sample("m1", now);
-        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
-        store
-            .queue_messages("b", std::slice::from_ref(&queued), None)
-            .await
-            .unwrap();
+        let (store, queued, claimed, now) = one_queued(dir.path()).await;
         let stored = || store.outbox.get(message_key("m1")).unwrap().unwrap();
         let before = stored();
-        let mut claimed = queued.clone();
-        claimed.claim("w", now, Duration::from_secs(60));
-        claimed.version += 1;
         assert!(store
             .swap_message(queued.version, &claimed, false)
             .await
@@ -1402,16 +1409,7 @@ mod tests {
     #[tokio::test]
     async fn an_outcome_replaces_the_claim_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let queued = sample("m1", now);
-        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
-        store
-            .queue_messages("b", std::slice::from_ref(&queued), None)
-            .await
-            .unwrap();
-        let mut claimed = queued.clone();
-        claimed.claim("w", now, Duration::from_secs(60));
-        claimed.version += 1;
+        let (store, queued, claimed, now) = one_queued(dir.path()).await;
         assert!(store
             .swap_message(queued.version, &claimed, false)
             .await
@@ -1442,16 +1440,7 @@ mod tests {
     #[tokio::test]
     async fn index_entries_a_crash_left_behind_are_repaired_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let queued = sample("m1", now);
-        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
-        store
-            .queue_messages("b", std::slice::from_ref(&queued), None)
-            .await
-            .unwrap();
-        let mut claimed = queued.clone();
-        claimed.claim("w", now, Duration::from_secs(60));
-        claimed.version += 1;
+        let (store, _, claimed, now) = one_queued(dir.path()).await;
         // What swap_message writes before it moves the index entries.
         store.outbox.insert(store.replacing_key("m1"), &[]).unwrap();
         store
