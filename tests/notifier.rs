@@ -429,7 +429,15 @@ fn one_sender(dir: &std::path::Path) -> mailroom::config::Args {
 async fn a_server_that_offers_pipelining_gets_a_message_s_commands_in_one_write() {
     let dir = tempfile::tempdir().unwrap();
     let (server, reads) = with_a_strict_server(dir.path(), true).await;
-    let sent = send_one(&server, "a@example.com", pb::MessageState::Sent).await;
+    // A line of the body that starts with a dot, which only the final one may.
+    let queued = send(
+        &server,
+        to_addresses(&["a@example.com"], "s", "first\n.dotted\n."),
+    )
+    .await;
+    let sent = server
+        .wait_for_state(&queued.message_ids[0], pb::MessageState::Sent)
+        .await;
     assert_eq!(sent.attempts, 1);
     // Over the same connection: a refused recipient is told apart from the other replies
     // read with it.
@@ -438,7 +446,12 @@ async fn a_server_that_offers_pipelining_gets_a_message_s_commands_in_one_write(
     // The connection after that refusal is a fresh one, and in step.
     send_one(&server, "b@example.com", pb::MessageState::Sent).await;
     let reads = reads.lock().unwrap().clone();
-    assert_eq!(reads.messages, 2);
+    assert_eq!(reads.messages.len(), 2);
+    assert!(
+        reads.messages[0].contains("first\r\n.dotted\r\n.\r\n"),
+        "{}",
+        reads.messages[0]
+    );
     let grouped = reads
         .groups
         .iter()
@@ -455,7 +468,7 @@ async fn a_server_without_pipelining_gets_one_command_at_a_time() {
     let sent = send_one(&server, "a@example.com", pb::MessageState::Sent).await;
     assert_eq!(sent.attempts, 1);
     let reads = reads.lock().unwrap().clone();
-    assert_eq!(reads.messages, 1);
+    assert_eq!(reads.messages.len(), 1);
     assert!(
         reads.groups.iter().all(|g| g.len() == 1),
         "{:?}",

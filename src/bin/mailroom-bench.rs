@@ -50,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     users: usize,
     /// Messages of the delivery figure.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 20_000)]
     messages: usize,
     /// SMTP connections of the delivery figure (mailroom's --workers, smtp-source's -s).
     #[arg(long, default_value_t = 16)]

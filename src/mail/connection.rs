@@ -9,7 +9,8 @@
 //!
 //! A message goes out with its `MAIL FROM`, `RCPT TO` and `DATA` in one write when the
 //! server offers PIPELINING (RFC 2920), as Postfix's client does: two round trips instead of
-//! four. lettre speaks lock-step only, so [`Smtp::send`] groups lettre's own commands.
+//! four. lettre speaks lock-step only, so [`Smtp::send`] groups lettre's own commands, and
+//! writes the content with its final dot in one piece.
 
 use std::io;
 use std::pin::Pin;
@@ -107,9 +108,10 @@ pub struct Smtp {
 
 impl Smtp {
     /// Sends one message. With PIPELINING, `MAIL FROM`, every `RCPT TO` and `DATA` go in
-    /// one write and every reply is read, the first refusal being the outcome; else (and for
-    /// a message that needs SMTPUTF8 or 8BITMIME, which lettre's exchange negotiates)
-    /// lettre's lock-step exchange. After an error the connection is not to be reused.
+    /// one write and every reply is read, the first refusal being the outcome, then the
+    /// content in another; else (and for a message that needs SMTPUTF8 or 8BITMIME, which
+    /// lettre's exchange negotiates) lettre's lock-step exchange. After an error the
+    /// connection is not to be reused.
     pub async fn send(
         &mut self,
         envelope: &Envelope,
@@ -138,8 +140,23 @@ impl Smtp {
             outcome = outcome.and(reply);
         }
         outcome?;
-        self.connection.message(email).await
+        // ASCII, checked above.
+        let email = String::from_utf8_lossy(email);
+        self.connection.command(data_block(&email)).await
     }
+}
+
+/// The content of DATA in one piece: a dot doubled at the start of every line that starts
+/// with one (RFC 5321, 4.5.2), then the final dot. lettre's `message` writes the content and
+/// the final dot apart: one more write and segment per message.
+fn data_block(email: &str) -> String {
+    let mut block = String::with_capacity(email.len() + 8);
+    if email.starts_with('.') {
+        block.push('.');
+    }
+    block.push_str(&email.replace("\r\n.", "\r\n.."));
+    block.push_str("\r\n.\r\n");
+    block
 }
 
 /// Opens a connection as `settings` say — CONNECT, TLS, EHLO, AUTH — telling `run` about
@@ -343,5 +360,19 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_block;
+
+    #[test]
+    fn a_line_starting_with_a_dot_gets_another_and_the_block_ends_with_one() {
+        assert_eq!(
+            data_block(".a\r\nb.\r\n.\r\n..c"),
+            "..a\r\nb.\r\n..\r\n...c\r\n.\r\n"
+        );
+        assert_eq!(data_block("plain"), "plain\r\n.\r\n");
     }
 }

@@ -680,7 +680,11 @@ impl Store for SledStore {
         let Some(stored) = self.decode_message(id.as_bytes())? else {
             return Ok(false);
         };
-        if self.claimed(id).map_or(stored.version, |claimed| claimed.version) != expected {
+        if self
+            .claimed(id)
+            .map_or(stored.version, |claimed| claimed.version)
+            != expected
+        {
             return Ok(false);
         }
         for index in index_keys(&stored) {

@@ -377,8 +377,8 @@ pub async fn mute_at_quit_server() -> SocketAddr {
 pub struct Reads {
     /// The commands (verbs) that came in each read from the socket, in order.
     pub groups: Vec<Vec<String>>,
-    /// Messages accepted.
-    pub messages: usize,
+    /// The content of every message accepted, its dots unstuffed.
+    pub messages: Vec<String>,
 }
 
 /// An SMTP server strict about pipelining, as Exim is: it offers PIPELINING only when
@@ -396,7 +396,7 @@ pub async fn strict_server(pipelining: bool) -> (SocketAddr, Arc<Mutex<Reads>>) 
             let reads = seen.clone();
             tokio::spawn(async move {
                 let (mut pending, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
-                let (mut in_data, mut recipients) = (false, 0);
+                let (mut in_data, mut recipients, mut data) = (false, 0, String::new());
                 let mut replies = String::from("220 strict.example.com ESMTP\r\n");
                 loop {
                     if tcp.write_all(replies.as_bytes()).await.is_err() {
@@ -415,8 +415,12 @@ pub async fn strict_server(pipelining: bool) -> (SocketAddr, Arc<Mutex<Reads>>) 
                             if in_data {
                                 if line == "." {
                                     in_data = false;
-                                    reads.lock().unwrap().messages += 1;
+                                    let message = std::mem::take(&mut data);
+                                    reads.lock().unwrap().messages.push(message);
                                     replies.push_str("250 2.0.0 queued\r\n");
+                                } else {
+                                    data.push_str(line.strip_prefix('.').unwrap_or(&line));
+                                    data.push_str("\r\n");
                                 }
                                 continue;
                             }
