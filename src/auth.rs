@@ -176,7 +176,11 @@ impl Caller {
                 self.organisation
             )));
         }
-        Span::current().record("organisation", target);
+        if target != self.organisation {
+            // The key's own organisation is on the span already (`authorize`); the JSON log
+            // format re-encodes every field of a span at each record.
+            Span::current().record("organisation", target);
+        }
         Ok(target)
     }
 }

@@ -83,6 +83,14 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_everything() {
         log.contains("token consumed"),
         "the token RPCs are logged: {log}"
     );
+    let issued = log
+        .lines()
+        .find(|line| line.contains("token issued"))
+        .unwrap_or_else(|| panic!("the token RPCs are logged: {log}"));
+    assert!(
+        issued.contains("\"organisation\":\"acme\""),
+        "the span names the organisation an admin key acts for: {issued}"
+    );
     for secret in [
         PASSWORD,
         admin,
