@@ -58,6 +58,10 @@ struct Args {
     /// RPC cost: the numbers of requests in flight to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
     in_flight: Vec<usize>,
+    /// RPC cost: rounds of every load; each row is the round with the median ratio, beside
+    /// the range of all rounds (a shared machine drifts from one load to the next).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// RPC cost: only these RPCs beside Health/Check, e.g. under a profiler; all when
     /// empty. ConsumeToken consumes what IssueToken issued.
     #[arg(long, value_delimiter = ',', value_parser = RPCS)]
@@ -472,6 +476,9 @@ fn issue(login: &str) -> pb::IssueTokenRequest {
     }
 }
 
+/// The ceiling's RPC.
+const HEALTH: &str = "grpc.health.v1.Health/Check";
+
 /// The RPCs the RPC-cost section measures beside Health/Check.
 const RPCS: [&str; 5] = [
     "VerifyToken",
@@ -500,15 +507,13 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
     let consumable = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut rows = Vec::new();
     let wanted = |rpc: &str| args.rpcs.is_empty() || args.rpcs.iter().any(|r| r == rpc);
-    for &concurrency in &args.in_flight {
+    for (&concurrency, _) in args
+        .in_flight
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(c, args.rounds as usize).zip(0..))
+    {
         let floor = health_load(&server, concurrency, duration).await;
-        rows.push((
-            "grpc.health.v1.Health/Check",
-            concurrency,
-            floor.throughput,
-            floor,
-            None,
-        ));
+        rows.push((HEALTH, concurrency, floor.throughput, floor, None));
 
         if wanted("VerifyToken") {
             let client = server.tokens();
@@ -621,12 +626,19 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
          first refused connection and queued messages wait (delivery is measured in section 2).\n\
          Server and client CPU are each process's CPU time (every thread) per request, from\n\
          `/proc/<pid>/stat`: steadier from run to run than the ratios, and they show which\n\
-         side a ratio is bound by (both share the machine's cores).\n\n\
-         | RPC | in flight | req/s | p50 ms | p99 ms | server CPU µs/req | client CPU µs/req | ceiling req/s | ratio | target | |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         side a ratio is bound by (both share the machine's cores). Every load runs in\n\
+         several rounds (`--rounds`); a row is the round with the median ratio, and the\n\
+         rounds column the lowest and highest ratio of all.\n\n\
+         | RPC | in flight | req/s | p50 ms | p99 ms | server CPU µs/req | client CPU µs/req | ceiling req/s | ratio | rounds | target | |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
-    for (name, concurrency, ceiling, stats, target) in rows {
+    for ((name, concurrency, ceiling, stats, target), (low, high)) in medians(rows) {
         let ratio = stats.throughput / ceiling;
+        let range = if target.is_some() || name != HEALTH {
+            format!("{:.0}–{:.0} %", percent(low), percent(high))
+        } else {
+            String::new()
+        };
         let (target, verdict) = match target {
             Some(t) => (
                 format!("≥ {:.0} %", t * 100.0),
@@ -635,7 +647,7 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
             None => (String::new(), ""),
         };
         text.push_str(&format!(
-            "| {name} | {concurrency} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} % | {target} | {verdict} |\n",
+            "| {name} | {concurrency} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} % | {range} | {target} | {verdict} |\n",
             stats.throughput,
             ms(stats.p50),
             ms(stats.p99),
@@ -647,6 +659,34 @@ async fn rpc_cost(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
     }
     report.section(text);
     Ok(())
+}
+
+/// A row of the RPC table: the RPC, requests in flight, the ceiling, the load, the target.
+type RpcRow = (&'static str, usize, f64, Stats, Option<f64>);
+
+/// For each RPC and number in flight, in the order first measured, the round with the
+/// median ratio and the lowest and highest ratio of all its rounds.
+fn medians(rows: Vec<RpcRow>) -> Vec<(RpcRow, (f64, f64))> {
+    let mut groups: Vec<Vec<RpcRow>> = Vec::new();
+    for row in rows {
+        match groups
+            .iter_mut()
+            .find(|g| (g[0].0, g[0].1) == (row.0, row.1))
+        {
+            Some(group) => group.push(row),
+            None => groups.push(vec![row]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut group| {
+            let ratio = |row: &RpcRow| row.3.throughput / row.2;
+            group.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+            let range = (ratio(&group[0]), ratio(&group[group.len() - 1]));
+            let median = group.swap_remove(group.len() / 2);
+            (median, range)
+        })
+        .collect()
 }
 
 /// `smtp-sink` on a free port; its port.
@@ -950,13 +990,14 @@ async fn main() -> anyhow::Result<()> {
     report.section(format!(
         "# Benchmarks\n\n\
          Produced by `scripts/bench` (`cargo build --release` then `target/release/mailroom-bench \
-         --seconds {} --tokens {} --users {} --messages {} --connections {}`), which rewrites this\n\
+         --seconds {} --rounds {} --tokens {} --users {} --messages {} --connections {}`), which rewrites this\n\
          file. Every figure is a ratio to a ceiling measured in the same run on the same machine,\n\
          because absolute times on a shared machine drift. Client and server share the machine.\n\
          What was profiled and fixed, and why the targets still missed are missed: see\n\
          [PERFORMANCE.md](PERFORMANCE.md).\n\n\
          Machine: {}.\n",
         args.seconds,
+        args.rounds,
         args.tokens,
         args.users,
         args.messages,
