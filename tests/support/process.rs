@@ -134,3 +134,14 @@ impl Process {
         (status, self.log.join("\n"))
     }
 }
+
+/// A test that fails before it stops its process kills it, rather than leaving it running
+/// after the test binary exits.
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
