@@ -241,7 +241,7 @@ async fn acknowledged_token_writes_survive_sigkill() {
                         issued.push(token.clone());
                         issued.len()
                     };
-                    if count == 100 {
+                    if count == 200 {
                         enough.notify_one();
                     }
                     if i % 2 == 1 {
@@ -276,7 +276,7 @@ async fn acknowledged_token_writes_survive_sigkill() {
         asked.lock().unwrap().clone(),
         consumed.lock().unwrap().clone(),
     );
-    assert!(issued.len() >= 100);
+    assert!(issued.len() >= 200);
     let mut checked = 0;
     for token in &issued {
         let verified = tokens
