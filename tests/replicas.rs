@@ -458,6 +458,29 @@ async fn send_to_users_beyond_one_etcd_transaction_reaches_each_user_once() {
     );
     assert_eq!(again.message_ids, answer.message_ids);
     each_received_once(&smtp, &everyone).await;
+    // 1,200 ids are stored apart from the key's record, under the first request's batch;
+    // the second request's copy went with its batch.
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let apart = client
+        .get(
+            format!("{PREFIX}outbox/ii/"),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    let batches: std::collections::BTreeSet<Vec<u8>> = apart
+        .kvs()
+        .iter()
+        .map(|kv| kv.key().rsplitn(2, |b| *b == b'/').nth(1).unwrap().to_vec())
+        .collect();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(apart.kvs().len(), 2, "1,200 ids in parts of 1,000");
 }
 
 #[tokio::test]

@@ -58,6 +58,7 @@ store_suite!(
     a_batch_is_invisible_until_committed,
     a_large_batch_commits_whole,
     an_idempotency_key_keeps_its_first_batch,
+    a_large_batch_s_idempotency_key_keeps_every_id,
     messages_queued_in_one_write_keep_their_idempotency_key,
     abandoned_staged_batches_are_dropped,
     a_message_swap_moves_its_indexes,
@@ -415,6 +416,39 @@ async fn an_idempotency_key_keeps_its_first_batch(store: Arc<dyn Store>) {
     assert_eq!(store.purge_idempotency(now()).await.unwrap(), 0);
     assert_eq!(store.purge_idempotency(now() + NOW).await.unwrap(), 1);
     assert!(store.idempotency("acme", "k").await.unwrap().is_none());
+}
+
+async fn a_large_batch_s_idempotency_key_keeps_every_id(store: Arc<dyn Store>) {
+    // More ids than one etcd record holds itself (100,000 are 3.3 MB, over etcd's request
+    // limit): stored apart, and read back whole for the key's later uses.
+    let stage = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            let batch = messages(name, 1500, "acme");
+            for page in batch.chunks(500) {
+                store.stage_messages(name, page).await.unwrap();
+            }
+            batch
+        }
+    };
+    let first = stage("ids-1").await;
+    assert!(store
+        .commit_batch("ids-1", Some(&idempotency("many", &first)))
+        .await
+        .unwrap()
+        .is_none());
+    let second = stage("ids-2").await;
+    let kept = store
+        .commit_batch("ids-2", Some(&idempotency("many", &second)))
+        .await
+        .unwrap()
+        .expect("the key's first use");
+    assert_eq!(kept.queued.message_ids, ids(&first));
+    let stored = store.idempotency("acme", "many").await.unwrap().unwrap();
+    assert_eq!(stored.queued.message_ids, ids(&first));
+    assert_eq!(stored.queued.recipients, 1500);
+    assert_eq!(store.purge_idempotency(now() + NOW).await.unwrap(), 1);
+    assert!(store.idempotency("acme", "many").await.unwrap().is_none());
 }
 
 async fn messages_queued_in_one_write_keep_their_idempotency_key(store: Arc<dyn Store>) {

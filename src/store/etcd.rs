@@ -1,6 +1,7 @@
 //! The shared store: etcd, for several mailroom replicas on one state (`--store etcd`).
 //!
-//! Every record lives under `--etcd-prefix` as JSON, keyed like the sled store's trees.
+//! Every record lives under `--etcd-prefix` in the stores' encoding (`store::encode`), keyed
+//! like the sled store's trees.
 //! Operations that must be atomic are etcd transactions guarded by the `mod_revision` of
 //! what they read (optimistic compare-and-swap, retried on conflict). Every etcd write is
 //! durable (raft and fsync) before it answers.
@@ -13,7 +14,9 @@
 //! idempotency key, after which the index entries are written in chunks. A replica that
 //! dies between the two leaves the marker, and [`Store::recover_batches`] on any replica
 //! finishes the job; a batch never committed is dropped the same way. A small batch is
-//! committed and queued in one transaction.
+//! committed and queued in one transaction. An idempotency record of more than
+//! [`IDS_INLINE`] messages keeps their ids apart (`outbox/ii/<batch>/`), written before the
+//! commit and named by the record.
 //!
 //! The settings and API keys are watched: another replica's change reaches
 //! [`Store::changes`] as it happens.
@@ -50,6 +53,14 @@ const PARALLEL_WRITES: usize = 4;
 const ONE_TXN_BATCH: usize = 32;
 /// Optimistic transactions retried on conflict before giving up.
 const CAS_ATTEMPTS: usize = 64;
+/// Message ids an idempotency record holds itself; a larger batch's ids (100,000 are about
+/// 3.3 MB, over etcd's request limit) are stored apart, in parts of this many.
+const IDS_INLINE: usize = 1000;
+/// What an idempotency record holds in place of ids stored apart, before the batch's name.
+/// Message ids start with `msg_`.
+const IDS_APART: &str = "@batch:";
+/// Parts of ids stored apart read at once (about 33 KB each).
+const IDS_PARTS_READ: usize = 16;
 
 /// The etcd store.
 pub struct EtcdStore {
@@ -109,6 +120,11 @@ impl EtcdStore {
 
     fn idempotency_key(&self, organisation: &str, key: &str) -> String {
         self.key(&format!("outbox/i/{organisation}\0{key}"))
+    }
+
+    /// Where the message ids of `batch` are stored apart from its idempotency record.
+    fn ids_prefix(&self, batch: &str) -> String {
+        self.key(&format!("outbox/ii/{batch}/"))
     }
 
     fn due_key(&self, message: &OutboxMessage) -> Option<String> {
@@ -322,6 +338,75 @@ impl EtcdStore {
             }
         }
         Ok(deleted)
+    }
+}
+
+impl EtcdStore {
+    /// The idempotency record to commit for `batch`: `record` itself, or, when its ids are
+    /// too many for one etcd request, a record naming the batch, once the ids are written
+    /// apart (under the batch's name: two requests racing with one key never mix them).
+    async fn ids_apart(&self, batch: &str, record: &Idempotency) -> Result<Idempotency> {
+        let ids = &record.queued.message_ids;
+        if ids.len() <= IDS_INLINE {
+            return Ok(record.clone());
+        }
+        let prefix = self.ids_prefix(batch);
+        let parts = ids
+            .chunks(IDS_INLINE)
+            .enumerate()
+            .map(|(n, part)| {
+                let value = encode(&part);
+                let size = value.len();
+                (put(format!("{prefix}{n:08}"), value), size)
+            })
+            .collect();
+        self.write_chunked(parts).await?;
+        let mut pointer = record.clone();
+        pointer.queued.message_ids = vec![format!("{IDS_APART}{batch}")];
+        Ok(pointer)
+    }
+
+    /// `record` with its ids, read back if they are stored apart.
+    async fn with_ids(&self, mut record: Idempotency) -> Result<Idempotency> {
+        let Some(batch) = apart(&record) else {
+            return Ok(record);
+        };
+        let prefix = self.ids_prefix(&batch);
+        let mut ids = Vec::with_capacity(record.queued.recipients as usize);
+        let mut after: Option<String> = None;
+        // A few parts per read: all of them may be more than one etcd response may carry.
+        loop {
+            let parts = self
+                .range(&prefix, after.as_deref(), IDS_PARTS_READ)
+                .await?;
+            let Some(last) = parts.last() else { break };
+            after = Some(String::from_utf8_lossy(&last.key()[prefix.len()..]).into_owned());
+            for part in &parts {
+                let key = String::from_utf8_lossy(part.key());
+                ids.extend(decode::<Vec<String>>(&key, part.value())?);
+            }
+        }
+        record.queued.message_ids = ids;
+        Ok(record)
+    }
+
+    /// Deletes the ids of `batch` stored apart, if any.
+    async fn forget_ids(&self, batch: &str) -> Result<()> {
+        let prefix = self.ids_prefix(batch);
+        self.txn(Txn::new().and_then([TxnOp::delete(
+            prefix.as_str(),
+            Some(DeleteOptions::new().with_prefix()),
+        )]))
+        .await?;
+        Ok(())
+    }
+}
+
+/// The batch whose ids `record` names in their place, if it does.
+fn apart(record: &Idempotency) -> Option<String> {
+    match record.queued.message_ids.as_slice() {
+        [only] => only.strip_prefix(IDS_APART).map(str::to_string),
+        _ => None,
     }
 }
 
@@ -647,7 +732,10 @@ impl Store for EtcdStore {
         let mut ops = Vec::new();
         if let (Some(key), Some(record)) = (&idempotency_key, idempotency) {
             compares.push(unchanged(key, None));
-            ops.push(put(key.as_str(), encode(record)));
+            ops.push(put(
+                key.as_str(),
+                encode(&self.ids_apart(batch, record).await?),
+            ));
         }
         let in_one = staged.len() <= ONE_TXN_BATCH;
         if !staged.is_empty() {
@@ -688,11 +776,14 @@ impl Store for EtcdStore {
                 Some(kv) => {
                     let first = decode(&String::from_utf8_lossy(kv.key()), kv.value())?;
                     self.discard_batch(batch).await?;
-                    Ok(Some(first))
+                    Ok(Some(self.with_ids(first).await?))
                 }
-                None => Err(StoreError::Unavailable(format!(
-                    "batch {batch} was dropped before it was committed (staged too long ago)"
-                ))),
+                None => {
+                    self.forget_ids(batch).await?;
+                    Err(StoreError::Unavailable(format!(
+                        "batch {batch} was dropped before it was committed (staged too long ago)"
+                    )))
+                }
             };
         }
         if !in_one {
@@ -735,13 +826,15 @@ impl Store for EtcdStore {
         if response.succeeded() {
             return Ok(None);
         }
-        Ok(self.read(&key).await?.map(|(first, _)| first))
+        let organisation = &record.organisation;
+        self.idempotency(organisation, &record.key).await
     }
 
     async fn discard_batch(&self, batch: &str) -> Result<()> {
         let staging = self.staging_key(batch);
         self.txn(Txn::new().and_then([TxnOp::delete(staging.as_str(), None)]))
             .await?;
+        self.forget_ids(batch).await?;
         let prefix = self.batch_prefix(batch);
         loop {
             let staged = self.range(&prefix, None, MAX_OPS * 8).await?;
@@ -786,13 +879,19 @@ impl Store for EtcdStore {
 
     async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
         let mut old = Vec::new();
+        let mut apart_from = Vec::new();
         for kv in self.range(&self.key("outbox/i/"), None, 0).await? {
             let record: Idempotency = decode("idempotency", kv.value())?;
             if record.create_time < before {
                 old.push((kv.key().to_vec(), kv.mod_revision()));
+                apart_from.extend(apart(&record));
             }
         }
-        self.delete_unchanged(old).await
+        let purged = self.delete_unchanged(old).await?;
+        for batch in apart_from {
+            self.forget_ids(&batch).await?;
+        }
+        Ok(purged)
     }
 
     async fn remove_message(&self, expected: u64, id: &str) -> Result<bool> {
@@ -814,10 +913,10 @@ impl Store for EtcdStore {
     }
 
     async fn idempotency(&self, organisation: &str, key: &str) -> Result<Option<Idempotency>> {
-        Ok(self
-            .read(&self.idempotency_key(organisation, key))
-            .await?
-            .map(|(v, _)| v))
+        match self.read(&self.idempotency_key(organisation, key)).await? {
+            Some((record, _)) => Ok(Some(self.with_ids(record).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn message(&self, id: &str) -> Result<Option<OutboxMessage>> {
