@@ -59,6 +59,7 @@ store_suite!(
     a_large_batch_commits_whole,
     an_idempotency_key_keeps_its_first_batch,
     a_large_batch_s_idempotency_key_keeps_every_id,
+    sweeps_walk_more_than_one_page,
     messages_queued_in_one_write_keep_their_idempotency_key,
     abandoned_staged_batches_are_dropped,
     a_message_swap_moves_its_indexes,
@@ -449,6 +450,27 @@ async fn a_large_batch_s_idempotency_key_keeps_every_id(store: Arc<dyn Store>) {
     assert_eq!(stored.queued.recipients, 1500);
     assert_eq!(store.purge_idempotency(now() + NOW).await.unwrap(), 1);
     assert!(store.idempotency("acme", "many").await.unwrap().is_none());
+}
+
+async fn sweeps_walk_more_than_one_page(store: Arc<dyn Store>) {
+    // More idempotency keys and rate-limit windows than an etcd sweep reads at once.
+    for n in 0..100 {
+        let batch = format!("page-{n:03}");
+        let queued = messages(&batch, 1, "acme");
+        let key = idempotency(&format!("key-{n:03}"), &queued);
+        assert!(store
+            .queue_messages(&batch, &queued, Some(&key))
+            .await
+            .unwrap()
+            .is_none());
+        let window = store
+            .hit_rate_limit(&format!("login-{n:03}"), now(), Duration::from_secs(60), 5)
+            .await
+            .unwrap();
+        assert!(window.is_none());
+    }
+    assert_eq!(store.purge_idempotency(now() + NOW).await.unwrap(), 100);
+    assert_eq!(store.purge_rate_limits(now() + NOW).await.unwrap(), 100);
 }
 
 async fn messages_queued_in_one_write_keep_their_idempotency_key(store: Arc<dyn Store>) {

@@ -59,8 +59,9 @@ const IDS_INLINE: usize = 1000;
 /// What an idempotency record holds in place of ids stored apart, before the batch's name.
 /// Message ids start with `msg_`.
 const IDS_APART: &str = "@batch:";
-/// Parts of ids stored apart read at once (about 33 KB each).
-const IDS_PARTS_READ: usize = 16;
+/// Entries read at once when a sweep walks a prefix: one response may carry at most what
+/// the client decodes (4 MiB), and an idempotency record up to about 33 KB.
+const SCAN_PAGE: usize = 64;
 
 /// The etcd store.
 pub struct EtcdStore {
@@ -373,21 +374,28 @@ impl EtcdStore {
         };
         let prefix = self.ids_prefix(&batch);
         let mut ids = Vec::with_capacity(record.queued.recipients as usize);
-        let mut after: Option<String> = None;
-        // A few parts per read: all of them may be more than one etcd response may carry.
+        let mut after = None;
         loop {
-            let parts = self
-                .range(&prefix, after.as_deref(), IDS_PARTS_READ)
-                .await?;
-            let Some(last) = parts.last() else { break };
-            after = Some(String::from_utf8_lossy(&last.key()[prefix.len()..]).into_owned());
+            let parts = self.next_page(&prefix, &mut after).await?;
+            if parts.is_empty() {
+                record.queued.message_ids = ids;
+                return Ok(record);
+            }
             for part in &parts {
                 let key = String::from_utf8_lossy(part.key());
                 ids.extend(decode::<Vec<String>>(&key, part.value())?);
             }
         }
-        record.queued.message_ids = ids;
-        Ok(record)
+    }
+
+    /// The next [`SCAN_PAGE`] entries under `prefix` after `after`, which moves to the last
+    /// of them; empty at the end.
+    async fn next_page(&self, prefix: &str, after: &mut Option<String>) -> Result<Vec<KeyValue>> {
+        let page = self.range(prefix, after.as_deref(), SCAN_PAGE).await?;
+        if let Some(last) = page.last() {
+            *after = Some(String::from_utf8_lossy(&last.key()[prefix.len()..]).into_owned());
+        }
+        Ok(page)
     }
 
     /// Deletes the ids of `batch` stored apart, if any.
@@ -878,20 +886,27 @@ impl Store for EtcdStore {
     }
 
     async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
-        let mut old = Vec::new();
-        let mut apart_from = Vec::new();
-        for kv in self.range(&self.key("outbox/i/"), None, 0).await? {
-            let record: Idempotency = decode("idempotency", kv.value())?;
-            if record.create_time < before {
-                old.push((kv.key().to_vec(), kv.mod_revision()));
-                apart_from.extend(apart(&record));
+        let prefix = self.key("outbox/i/");
+        let (mut after, mut purged) = (None, 0);
+        loop {
+            let page = self.next_page(&prefix, &mut after).await?;
+            if page.is_empty() {
+                return Ok(purged);
+            }
+            let mut old = Vec::new();
+            let mut apart_from = Vec::new();
+            for kv in page {
+                let record: Idempotency = decode("idempotency", kv.value())?;
+                if record.create_time < before {
+                    old.push((kv.key().to_vec(), kv.mod_revision()));
+                    apart_from.extend(apart(&record));
+                }
+            }
+            purged += self.delete_unchanged(old).await?;
+            for batch in apart_from {
+                self.forget_ids(&batch).await?;
             }
         }
-        let purged = self.delete_unchanged(old).await?;
-        for batch in apart_from {
-            self.forget_ids(&batch).await?;
-        }
-        Ok(purged)
     }
 
     async fn remove_message(&self, expected: u64, id: &str) -> Result<bool> {
@@ -1227,14 +1242,22 @@ impl TokenStore for EtcdStore {
     }
 
     async fn purge_rate_limits(&self, before: SystemTime) -> Result<usize> {
-        let mut idle = Vec::new();
-        for kv in self.range(&self.key("rate_limits/"), None, 0).await? {
-            let window: RateWindow = decode("rate_limit", kv.value())?;
-            if window.hits.iter().all(|t| *t < before) {
-                idle.push((kv.key().to_vec(), kv.mod_revision()));
+        let prefix = self.key("rate_limits/");
+        let (mut after, mut purged) = (None, 0);
+        loop {
+            let page = self.next_page(&prefix, &mut after).await?;
+            if page.is_empty() {
+                return Ok(purged);
             }
+            let mut idle = Vec::new();
+            for kv in page {
+                let window: RateWindow = decode("rate_limit", kv.value())?;
+                if window.hits.iter().all(|t| *t < before) {
+                    idle.push((kv.key().to_vec(), kv.mod_revision()));
+                }
+            }
+            purged += self.delete_unchanged(idle).await?;
         }
-        self.delete_unchanged(idle).await
     }
 
     async fn hit_rate_limit(
