@@ -397,6 +397,21 @@ async fn a_server_mute_at_quit_holds_up_nothing() {
     assert_eq!(smtp.seen().messages.len(), 1);
 }
 
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_refused_on_its_body() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let body = |kib: usize| "a notification line of text\n".repeat(kib * 1024 / 28);
+    let refused = send_err(&server, to_addresses(&["a@example.com"], "big", &body(800))).await;
+    assert_eq!(violated_fields(&refused), ["body"]);
+    assert!(refused.message().contains("at most 786432"), "{refused:?}");
+    let queued = send(&server, to_addresses(&["a@example.com"], "big", &body(600))).await;
+    server
+        .wait_for_state(&queued.message_ids[0], pb::MessageState::Sent)
+        .await;
+}
+
 /// A server on `dir` with one sender, whose SMTP server is a
 /// [`support::smtp::strict_server`], and what that server saw.
 async fn with_a_strict_server(

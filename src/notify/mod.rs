@@ -685,13 +685,24 @@ pub struct OutgoingEmail<'a> {
     pub html: Option<&'a str>,
 }
 
+/// The largest message, as sent, that is queued: a notification, not a file transfer.
+/// Sealed, it stays within one etcd request (1.5 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 768 * 1024;
+
+/// Why an email could not be made into an outbox message.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// lettre refused to build it.
+    #[error(transparent)]
+    Build(#[from] lettre::error::Error),
+    /// It came out too large.
+    #[error("the message comes to {0} bytes; at most {MAX_MESSAGE_BYTES} are queued")]
+    TooLarge(usize),
+}
+
 impl OutgoingEmail<'_> {
     /// The outbox message: a fresh id and Message-ID, the content sealed.
-    pub fn seal(
-        &self,
-        key: &MasterKey,
-        now: SystemTime,
-    ) -> Result<OutboxMessage, lettre::error::Error> {
+    pub fn seal(&self, key: &MasterKey, now: SystemTime) -> Result<OutboxMessage, SealError> {
         let message_id = new_message_id(self.from.email.domain());
         let content = compose(
             self.from.clone(),
@@ -702,6 +713,9 @@ impl OutgoingEmail<'_> {
             &message_id,
             now,
         )?;
+        if content.len() > MAX_MESSAGE_BYTES {
+            return Err(SealError::TooLarge(content.len()));
+        }
         Ok(OutboxMessage {
             id: crypto::time_ordered_id("msg_", now),
             organisation: self.organisation.to_string(),
