@@ -403,10 +403,14 @@ async fn a_message_over_the_size_limit_is_refused_on_its_body() {
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
     let body = |kib: usize| "a notification line of text\n".repeat(kib * 1024 / 28);
-    let refused = send_err(&server, to_addresses(&["a@example.com"], "big", &body(800))).await;
+    let refused = send_err(
+        &server,
+        to_addresses(&["a@example.com"], "big", &body(1100)),
+    )
+    .await;
     assert_eq!(violated_fields(&refused), ["body"]);
-    assert!(refused.message().contains("at most 786432"), "{refused:?}");
-    let queued = send(&server, to_addresses(&["a@example.com"], "big", &body(600))).await;
+    assert!(refused.message().contains("at most 1048576"), "{refused:?}");
+    let queued = send(&server, to_addresses(&["a@example.com"], "big", &body(900))).await;
     server
         .wait_for_state(&queued.message_ids[0], pb::MessageState::Sent)
         .await;

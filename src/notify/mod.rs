@@ -687,7 +687,7 @@ pub struct OutgoingEmail<'a> {
 
 /// The largest message, as sent, that is queued: a notification, not a file transfer.
 /// Sealed, it stays within one etcd request (1.5 MiB).
-pub const MAX_MESSAGE_BYTES: usize = 768 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// Why an email could not be made into an outbox message.
 #[derive(Debug, thiserror::Error)]
