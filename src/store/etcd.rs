@@ -398,6 +398,29 @@ impl EtcdStore {
         Ok(page)
     }
 
+    /// Walks the entries under `prefix` a page at a time and deletes those `stale` picks,
+    /// each if unchanged since it was read. How many it deleted.
+    async fn sweep(
+        &self,
+        prefix: &str,
+        mut stale: impl FnMut(&KeyValue) -> Result<bool>,
+    ) -> Result<usize> {
+        let (mut after, mut deleted) = (None, 0);
+        loop {
+            let page = self.next_page(prefix, &mut after).await?;
+            if page.is_empty() {
+                return Ok(deleted);
+            }
+            let mut old = Vec::new();
+            for kv in page {
+                if stale(&kv)? {
+                    old.push((kv.key().to_vec(), kv.mod_revision()));
+                }
+            }
+            deleted += self.delete_unchanged(old).await?;
+        }
+    }
+
     /// Deletes the ids of `batch` stored apart, if any.
     async fn forget_ids(&self, batch: &str) -> Result<()> {
         let prefix = self.ids_prefix(batch);
@@ -886,27 +909,21 @@ impl Store for EtcdStore {
     }
 
     async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
-        let prefix = self.key("outbox/i/");
-        let (mut after, mut purged) = (None, 0);
-        loop {
-            let page = self.next_page(&prefix, &mut after).await?;
-            if page.is_empty() {
-                return Ok(purged);
-            }
-            let mut old = Vec::new();
-            let mut apart_from = Vec::new();
-            for kv in page {
+        let mut apart_from = Vec::new();
+        let purged = self
+            .sweep(&self.key("outbox/i/"), |kv| {
                 let record: Idempotency = decode("idempotency", kv.value())?;
-                if record.create_time < before {
-                    old.push((kv.key().to_vec(), kv.mod_revision()));
+                let old = record.create_time < before;
+                if old {
                     apart_from.extend(apart(&record));
                 }
-            }
-            purged += self.delete_unchanged(old).await?;
-            for batch in apart_from {
-                self.forget_ids(&batch).await?;
-            }
+                Ok(old)
+            })
+            .await?;
+        for batch in apart_from {
+            self.forget_ids(&batch).await?;
         }
+        Ok(purged)
     }
 
     async fn remove_message(&self, expected: u64, id: &str) -> Result<bool> {
@@ -1242,22 +1259,11 @@ impl TokenStore for EtcdStore {
     }
 
     async fn purge_rate_limits(&self, before: SystemTime) -> Result<usize> {
-        let prefix = self.key("rate_limits/");
-        let (mut after, mut purged) = (None, 0);
-        loop {
-            let page = self.next_page(&prefix, &mut after).await?;
-            if page.is_empty() {
-                return Ok(purged);
-            }
-            let mut idle = Vec::new();
-            for kv in page {
-                let window: RateWindow = decode("rate_limit", kv.value())?;
-                if window.hits.iter().all(|t| *t < before) {
-                    idle.push((kv.key().to_vec(), kv.mod_revision()));
-                }
-            }
-            purged += self.delete_unchanged(idle).await?;
-        }
+        self.sweep(&self.key("rate_limits/"), |kv| {
+            let window: RateWindow = decode("rate_limit", kv.value())?;
+            Ok(window.hits.iter().all(|t| *t < before))
+        })
+        .await
     }
 
     async fn hit_rate_limit(
