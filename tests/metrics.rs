@@ -75,19 +75,7 @@ async fn metered_server(dir: &std::path::Path) -> TestServer {
 
 /// Sends "s"/"b" to `to` for organisation acme; the ids of the messages.
 async fn send(server: &TestServer, to: &[&str]) -> Vec<String> {
-    server
-        .notifier(&server.admin_key)
-        .send_to_addresses(pb::SendToAddressesRequest {
-            organisation: "acme".into(),
-            to: to.iter().map(|a| a.to_string()).collect(),
-            subject: "s".into(),
-            body: "b".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .message_ids
+    server.send_to(to, "s", "b").await
 }
 
 #[tokio::test]

@@ -460,27 +460,36 @@ async fn send_to_users_beyond_one_etcd_transaction_reaches_each_user_once() {
     each_received_once(&smtp, &everyone).await;
     // 1,200 ids are stored apart from the key's record, under the first request's batch;
     // the second request's copy went with its batch.
+    let apart = keys_under(&etcd, "outbox/ii/").await;
+    let batches: std::collections::BTreeSet<&[u8]> = apart
+        .iter()
+        .map(|key| key.rsplitn(2, |b| *b == b'/').nth(1).unwrap())
+        .collect();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(apart.len(), 2, "1,200 ids in parts of 1,000");
+    // They go with the key when it is purged.
+    let store = etcd.store(PREFIX).await.unwrap();
+    let week_on = std::time::SystemTime::now() + Duration::from_secs(8 * 86_400);
+    assert_eq!(store.purge_idempotency(week_on).await.unwrap(), 1);
+    assert!(
+        keys_under(&etcd, "outbox/ii/").await.is_empty(),
+        "parts left after the purge"
+    );
+}
+
+/// The keys under `path` of the store's prefix in `etcd`.
+async fn keys_under(etcd: &Etcd, path: &str) -> Vec<Vec<u8>> {
     let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
         .await
         .unwrap();
-    let apart = client
-        .get(
-            format!("{PREFIX}outbox/ii/"),
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only(),
-            ),
-        )
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let found = client
+        .get(format!("{PREFIX}{path}"), Some(options))
         .await
         .unwrap();
-    let batches: std::collections::BTreeSet<Vec<u8>> = apart
-        .kvs()
-        .iter()
-        .map(|kv| kv.key().rsplitn(2, |b| *b == b'/').nth(1).unwrap().to_vec())
-        .collect();
-    assert_eq!(batches.len(), 1, "{batches:?}");
-    assert_eq!(apart.kvs().len(), 2, "1,200 ids in parts of 1,000");
+    found.kvs().iter().map(|kv| kv.key().to_vec()).collect()
 }
 
 #[tokio::test]

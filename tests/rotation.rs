@@ -22,34 +22,18 @@ async fn rotation_keeps_every_secret_readable_and_a_wrong_key_fails_clearly() {
         .configure_secure_smtp(smtp.addr.port(), &pki.ca_pem)
         .await;
     let dead = server
-        .notifier(&server.admin_key)
-        .send_to_addresses(pb::SendToAddressesRequest {
-            organisation: "acme".into(),
-            to: vec!["rejected@example.com".into()],
-            subject: "kept".into(),
-            body: "sealed body".into(),
-            ..Default::default()
-        })
+        .send_to(&["rejected@example.com"], "kept", "sealed body")
         .await
-        .unwrap()
-        .into_inner()
-        .message_ids
         .remove(0);
     server.wait_for_state(&dead, pb::MessageState::Dead).await;
     // A delivered message has no body left to seal again: rotation passes it by.
     let delivered = server
-        .notifier(&server.admin_key)
-        .send_to_addresses(pb::SendToAddressesRequest {
-            organisation: "acme".into(),
-            to: vec!["soc@example.com".into()],
-            subject: "delivered".into(),
-            body: "delivered before the rotation".into(),
-            ..Default::default()
-        })
+        .send_to(
+            &["soc@example.com"],
+            "delivered",
+            "delivered before the rotation",
+        )
         .await
-        .unwrap()
-        .into_inner()
-        .message_ids
         .remove(0);
     server
         .wait_for_state(&delivered, pb::MessageState::Sent)

@@ -513,12 +513,12 @@ impl NotifyService {
         let Some(before) = now.checked_sub(retention).filter(|_| !retention.is_zero()) else {
             return Ok(0);
         };
-        let mut after: Option<String> = None;
-        let mut purged = 0;
+        let (mut after, mut purged) = (None, 0);
         loop {
-            let page = self.store.all_messages(after.as_deref(), 500).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
+            let page = self.next_page(&mut after).await?;
+            if page.is_empty() {
+                return Ok(purged);
+            }
             for message in &page {
                 // Ids follow the queuing time: the rest of the outbox is younger.
                 if message.create_time >= before {
@@ -535,7 +535,19 @@ impl NotifyService {
                 }
             }
         }
-        Ok(purged)
+    }
+
+    /// The next page of the whole outbox, in id order, after `after`, which moves to its
+    /// last message; empty at the end.
+    async fn next_page(
+        &self,
+        after: &mut Option<String>,
+    ) -> Result<Vec<OutboxMessage>, NotifyError> {
+        let page = self.store.all_messages(after.as_deref(), 500).await?;
+        if let Some(last) = page.last() {
+            *after = Some(last.id.clone());
+        }
+        Ok(page)
     }
 
     /// Settles the batches of requests that stopped halfway, staged or committed before
@@ -600,12 +612,12 @@ impl NotifyService {
     /// rotation). How many.
     pub async fn reseal(&self) -> Result<usize, NotifyError> {
         let key = self.settings.master_key();
-        let mut after: Option<String> = None;
-        let mut count = 0;
+        let (mut after, mut count) = (None, 0);
         loop {
-            let page = self.store.all_messages(after.as_deref(), 500).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
+            let page = self.next_page(&mut after).await?;
+            if page.is_empty() {
+                break;
+            }
             for message in page {
                 let Some(sealed) = &message.content else {
                     continue;

@@ -340,9 +340,7 @@ impl EtcdStore {
         }
         Ok(deleted)
     }
-}
 
-impl EtcdStore {
     /// The idempotency record to commit for `batch`: `record` itself, or, when its ids are
     /// too many for one etcd request, a record naming the batch, once the ids are written
     /// apart (under the batch's name: two requests racing with one key never mix them).
@@ -857,8 +855,7 @@ impl Store for EtcdStore {
         if response.succeeded() {
             return Ok(None);
         }
-        let organisation = &record.organisation;
-        self.idempotency(organisation, &record.key).await
+        self.idempotency(&record.organisation, &record.key).await
     }
 
     async fn discard_batch(&self, batch: &str) -> Result<()> {

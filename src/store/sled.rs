@@ -680,11 +680,8 @@ impl Store for SledStore {
         let Some(stored) = self.decode_message(id.as_bytes())? else {
             return Ok(false);
         };
-        if self
-            .claimed(id)
-            .map_or(stored.version, |claimed| claimed.version)
-            != expected
-        {
+        let (version, _) = self.claim_of(id).unwrap_or((stored.version, stored.state));
+        if version != expected {
             return Ok(false);
         }
         for index in index_keys(&stored) {
@@ -729,14 +726,12 @@ impl Store for SledStore {
                 return Ok(false);
             };
             let stored: OutboxMessage = decode(&message.id, &stored)?;
-            let claimed = self.claimed(&message.id);
-            let current = claimed.as_ref().unwrap_or(&stored);
-            if current.version != expected {
+            let claim = self.claim_of(&message.id);
+            let (version, state) = claim.unwrap_or((stored.version, stored.state));
+            if version != expected {
                 return Ok(false);
             }
-            if !durable
-                && message.state == MessageState::Sending
-                && current.state != MessageState::Sending
+            if !durable && message.state == MessageState::Sending && state != MessageState::Sending
             {
                 self.claims_held()
                     .insert(message.id.clone(), message.clone());
@@ -750,7 +745,7 @@ impl Store for SledStore {
             // On failure the intent stays, for the next start to repair.
             self.move_indexes(&stored, message)?;
             self.outbox.remove(&intent).map_err(unavailable)?;
-            if claimed.is_some() {
+            if claim.is_some() {
                 self.claims_held().remove(&message.id);
             }
             true
@@ -1309,6 +1304,11 @@ impl SledStore {
     /// The message as this process claimed it, if it did.
     fn claimed(&self, id: &str) -> Option<OutboxMessage> {
         self.claims_held().get(id).cloned()
+    }
+
+    /// The version and state of this process's claim on `id`, if it holds one.
+    fn claim_of(&self, id: &str) -> Option<(u64, MessageState)> {
+        self.claims_held().get(id).map(|c| (c.version, c.state))
     }
 
     fn is_claimed(&self, id: &[u8]) -> bool {

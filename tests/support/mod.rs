@@ -201,6 +201,23 @@ impl TestServer {
             .expect("upsert user");
     }
 
+    /// Sends `subject`/`body` to `to` for organisation acme with the admin key; the ids of
+    /// the messages.
+    pub async fn send_to(&self, to: &[&str], subject: &str, body: &str) -> Vec<String> {
+        self.notifier(&self.admin_key)
+            .send_to_addresses(pb::SendToAddressesRequest {
+                organisation: "acme".into(),
+                to: to.iter().map(|a| a.to_string()).collect(),
+                subject: subject.into(),
+                body: body.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("send to addresses")
+            .into_inner()
+            .message_ids
+    }
+
     /// Waits (10 s at most) until message `id` is in `state`; the message.
     pub async fn wait_for_state(&self, id: &str, state: pb::MessageState) -> pb::Message {
         self.wait_for_state_as(&self.admin_key, id, state).await
