@@ -318,18 +318,22 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Deletes `keys`, each if still at the revision read.
-    async fn delete_unchanged(&self, keys: Vec<(Vec<u8>, i64)>) -> Result<usize> {
+    /// Deletes `entries`, each if still at the revision read, with the keys that go with it.
+    async fn delete_unchanged(&self, entries: Vec<Stale>) -> Result<usize> {
         let mut deleted = 0;
-        for chunk in keys.chunks(MAX_OPS) {
+        // Two operations at the most for each: the entry and what goes with it.
+        for chunk in entries.chunks(MAX_OPS / 2) {
             let compares: Vec<Compare> = chunk
                 .iter()
-                .map(|(k, rev)| Compare::mod_revision(k.clone(), CompareOp::Equal, *rev))
+                .map(|e| Compare::mod_revision(e.key.clone(), CompareOp::Equal, e.revision))
                 .collect();
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|(k, _)| TxnOp::delete(k.clone(), None))
-                .collect();
+            let mut ops = Vec::with_capacity(chunk.len() * 2);
+            for e in chunk {
+                ops.push(TxnOp::delete(e.key.clone(), None));
+                if let Some(prefix) = &e.with_prefix {
+                    ops.push(delete_prefix(prefix));
+                }
+            }
             if self
                 .txn(Txn::new().when(compares).and_then(ops))
                 .await?
@@ -396,12 +400,13 @@ impl EtcdStore {
         Ok(page)
     }
 
-    /// Walks the entries under `prefix` a page at a time and deletes those `stale` picks,
-    /// each if unchanged since it was read. How many it deleted.
+    /// Walks the entries under `prefix` a page at a time and deletes those `verdict`
+    /// finds stale, each if unchanged since it was read and in one transaction with the
+    /// keys that go with it. How many entries it deleted.
     async fn sweep(
         &self,
         prefix: &str,
-        mut stale: impl FnMut(&KeyValue) -> Result<bool>,
+        mut verdict: impl FnMut(&KeyValue) -> Result<Verdict>,
     ) -> Result<usize> {
         let (mut after, mut deleted) = (None, 0);
         loop {
@@ -411,8 +416,12 @@ impl EtcdStore {
             }
             let mut old = Vec::new();
             for kv in page {
-                if stale(&kv)? {
-                    old.push((kv.key().to_vec(), kv.mod_revision()));
+                if let Verdict::Stale { with_prefix } = verdict(&kv)? {
+                    old.push(Stale {
+                        key: kv.key().to_vec(),
+                        revision: kv.mod_revision(),
+                        with_prefix,
+                    });
                 }
             }
             deleted += self.delete_unchanged(old).await?;
@@ -422,13 +431,31 @@ impl EtcdStore {
     /// Deletes the ids of `batch` stored apart, if any.
     async fn forget_ids(&self, batch: &str) -> Result<()> {
         let prefix = self.ids_prefix(batch);
-        self.txn(Txn::new().and_then([TxnOp::delete(
-            prefix.as_str(),
-            Some(DeleteOptions::new().with_prefix()),
-        )]))
-        .await?;
+        self.txn(Txn::new().and_then([delete_prefix(&prefix)]))
+            .await?;
         Ok(())
     }
+}
+
+/// Deletes every key under `prefix`.
+fn delete_prefix(prefix: &str) -> TxnOp {
+    TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix()))
+}
+
+/// What a sweep does with an entry.
+enum Verdict {
+    Keep,
+    /// Delete it, and the keys under `with_prefix` with it.
+    Stale {
+        with_prefix: Option<String>,
+    },
+}
+
+/// An entry a sweep deletes, if still at `revision`, with the keys under `with_prefix`.
+struct Stale {
+    key: Vec<u8>,
+    revision: i64,
+    with_prefix: Option<String>,
 }
 
 /// The batch whose ids `record` names in their place, if it does.
@@ -780,10 +807,7 @@ impl Store for EtcdStore {
                         decode(&String::from_utf8_lossy(entry.key()), entry.value())?;
                     ops.extend(keys.into_iter().map(|k| put(k, Vec::new())));
                 }
-                ops.push(TxnOp::delete(
-                    self.batch_prefix(batch),
-                    Some(DeleteOptions::new().with_prefix()),
-                ));
+                ops.push(delete_prefix(&self.batch_prefix(batch)));
             } else {
                 let started = self.get(&staging).await?.map(|kv| kv.value().to_vec());
                 ops.push(put(self.commit_marker(batch), started.unwrap_or_default()));
@@ -906,21 +930,19 @@ impl Store for EtcdStore {
     }
 
     async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
-        let mut apart_from = Vec::new();
-        let purged = self
-            .sweep(&self.key("outbox/i/"), |kv| {
-                let record: Idempotency = decode("idempotency", kv.value())?;
-                let old = record.create_time < before;
-                if old {
-                    apart_from.extend(apart(&record));
+        // A record goes with the ids it keeps apart, in one transaction: a crash between
+        // the two would leave ids nothing names.
+        self.sweep(&self.key("outbox/i/"), |kv| {
+            let record: Idempotency = decode("idempotency", kv.value())?;
+            Ok(if record.create_time < before {
+                Verdict::Stale {
+                    with_prefix: apart(&record).map(|batch| self.ids_prefix(&batch)),
                 }
-                Ok(old)
+            } else {
+                Verdict::Keep
             })
-            .await?;
-        for batch in apart_from {
-            self.forget_ids(&batch).await?;
-        }
-        Ok(purged)
+        })
+        .await
     }
 
     async fn remove_message(&self, expected: u64, id: &str) -> Result<bool> {
@@ -1258,7 +1280,11 @@ impl TokenStore for EtcdStore {
     async fn purge_rate_limits(&self, before: SystemTime) -> Result<usize> {
         self.sweep(&self.key("rate_limits/"), |kv| {
             let window: RateWindow = decode("rate_limit", kv.value())?;
-            Ok(window.hits.iter().all(|t| *t < before))
+            Ok(if window.hits.iter().all(|t| *t < before) {
+                Verdict::Stale { with_prefix: None }
+            } else {
+                Verdict::Keep
+            })
         })
         .await
     }
