@@ -10,6 +10,7 @@ mod directory;
 mod metrics;
 mod notifier;
 mod process;
+mod readme;
 mod replicas;
 mod rotation;
 mod server;
