@@ -3,7 +3,8 @@
 //! message (reopened when the settings change, when it fails, or after it idled), and
 //! records each outcome.
 //!
-//! One slow or bad message holds up only its own sender. The dispatcher sleeps until the
+//! One slow or bad message holds up only its own sender; a panic while sending one ends
+//! that message (`DEAD`), not the sender. The dispatcher sleeps until the
 //! next message is due or new mail is queued (a wake-up, not polling). When the SMTP server
 //! cannot be reached (connecting, TLS, greeting or AUTH fails), the dispatcher claims
 //! nothing more for a pause (1 s doubling up to 30 s, ended early by new settings), as
@@ -13,8 +14,12 @@
 //! their leases expire, and at most the message whose 250 was not yet recorded is sent
 //! twice.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::FutureExt;
 
 use lettre::address::Envelope;
 use lettre::Address;
@@ -275,10 +280,14 @@ impl Sender {
             };
             let span = tracing::info_span!("deliver", message = %message.id, organisation = %message.organisation, attempt = message.attempts);
             let started = Instant::now();
-            let attempt = self
-                .attempt(&message, &settings)
+            let attempt = guarded(self.attempt(&message, &settings))
                 .instrument(span.clone())
-                .await;
+                .await
+                .unwrap_or_else(|failed| {
+                    // Mid-exchange, perhaps: not a connection to reuse.
+                    self.connection = None;
+                    failed
+                });
             let (outcome, code) = match &attempt {
                 Attempt::Sent => ("sent", None),
                 Attempt::Permanent { code, .. } => ("permanent_failure", *code),
@@ -451,6 +460,24 @@ impl Sender {
     }
 }
 
+/// What a panic while sending leaves in the message's `last_error`; the panic itself goes
+/// to the server's log (it may quote the message, which the API does not show).
+const PANICKED: &str = "internal error while sending (see the server log)";
+
+/// Awaits one attempt. A panic in it (a bug met on this message) ends the attempt as a
+/// permanent failure (`Err`) instead of ending the sender: otherwise the message would stay
+/// claimed, and once its claim came back it would take the next sender down too, until
+/// none was left.
+async fn guarded(attempt: impl Future<Output = Attempt>) -> Result<Attempt, Attempt> {
+    AssertUnwindSafe(attempt).catch_unwind().await.map_err(|_| {
+        tracing::error!("sending panicked; the message is dead (RetryMessage once fixed)");
+        Attempt::Permanent {
+            code: None,
+            error: PANICKED.into(),
+        }
+    })
+}
+
 /// Whether delivery waits out an SMTP server that could not be reached: shared by the
 /// dispatcher, which claims nothing while paused, and the senders, which report.
 struct RelayGate {
@@ -568,6 +595,19 @@ mod tests {
     use super::*;
 
     const REFUSED: &str = "CONNECT: connection refused";
+
+    #[tokio::test]
+    async fn a_panic_while_sending_ends_the_attempt_not_the_sender() {
+        let failed = guarded(async { panic!("a bug met on this message") }).await;
+        match failed {
+            Err(Attempt::Permanent { code: None, error }) => assert_eq!(error, PANICKED),
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+        assert!(matches!(
+            guarded(async { Attempt::Sent }).await,
+            Ok(Attempt::Sent)
+        ));
+    }
 
     #[test]
     fn an_unreachable_relay_pauses_delivery_1_s_doubling_to_30_s() {
