@@ -10,7 +10,7 @@ use mailroom::proto::v1 as pb;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use support::smtp::install_crypto_provider;
 use support::{violated_fields, Bearer, TestServer};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -49,24 +49,47 @@ fn certificates(dir: &Path) -> Certificates {
     }
 }
 
-async fn start(data: &Path, files: &Path, mtls: bool) -> TestServer {
-    let mut args = Args::with_data_dir(data);
-    args.tls_cert = Some(files.join("server.crt"));
-    args.tls_key = Some(files.join("server.key"));
-    if mtls {
-        args.tls_client_ca = Some(files.join("ca.crt"));
-    }
-    TestServer::start_with(args).await
+/// A server over TLS (requiring a client certificate with `mtls`), its certificates, and a
+/// client configuration that trusts its CA.
+struct TlsServer {
+    server: TestServer,
+    certs: Certificates,
+    tls: ClientTlsConfig,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
-async fn health(server: &TestServer, tls: ClientTlsConfig) -> Result<i32, String> {
-    let channel = Endpoint::from_shared(format!("https://localhost:{}", server.addr.port()))
+async fn tls_server(mtls: bool) -> TlsServer {
+    install_crypto_provider();
+    let (files, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let certs = certificates(files.path());
+    let mut args = Args::with_data_dir(data.path());
+    args.tls_cert = Some(files.path().join("server.crt"));
+    args.tls_key = Some(files.path().join("server.key"));
+    if mtls {
+        args.tls_client_ca = Some(files.path().join("ca.crt"));
+    }
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&certs.ca))
+        .domain_name("localhost");
+    TlsServer {
+        server: TestServer::start_with(args).await,
+        certs,
+        tls,
+        _dirs: (files, data),
+    }
+}
+
+async fn connect(server: &TestServer, tls: ClientTlsConfig) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("https://localhost:{}", server.addr.port()))
         .unwrap()
         .tls_config(tls)
         .unwrap()
         .connect()
         .await
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| format!("{e:?}"))
+}
+
+async fn health(channel: Channel) -> Result<i32, String> {
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
@@ -78,26 +101,9 @@ async fn health(server: &TestServer, tls: ClientTlsConfig) -> Result<i32, String
 
 #[tokio::test]
 async fn grpc_over_tls() {
-    install_crypto_provider();
-    let files = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let certs = certificates(files.path());
-    let server = start(data.path(), files.path(), false).await;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&certs.ca))
-        .domain_name("localhost");
-    assert_eq!(
-        health(&server, tls.clone()).await,
-        Ok(1),
-        "SERVING over TLS"
-    );
-    let channel = Endpoint::from_shared(format!("https://localhost:{}", server.addr.port()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let TlsServer { server, tls, .. } = tls_server(false).await;
+    let channel = connect(&server, tls).await.unwrap();
+    assert_eq!(health(channel.clone()).await, Ok(1), "SERVING over TLS");
     let settings = pb::smtp_admin_client::SmtpAdminClient::with_interceptor(
         channel,
         Bearer::new(&server.admin_key),
@@ -105,31 +111,25 @@ async fn grpc_over_tls() {
     .get_smtp_settings(pb::GetSmtpSettingsRequest {})
     .await;
     assert!(settings.is_ok(), "API keys still apply: {settings:?}");
-    let plaintext = server.channel();
-    let refused = HealthClient::new(plaintext)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await;
-    assert!(refused.is_err(), "no plaintext gRPC on a TLS port");
+    assert!(
+        health(server.channel()).await.is_err(),
+        "no plaintext gRPC on a TLS port"
+    );
 }
 
 #[tokio::test]
 async fn mtls_refuses_a_client_without_a_certificate() {
-    install_crypto_provider();
-    let files = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let certs = certificates(files.path());
-    let server = start(data.path(), files.path(), true).await;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&certs.ca))
-        .domain_name("localhost");
+    let TlsServer {
+        server, certs, tls, ..
+    } = tls_server(true).await;
+    let without = async { health(connect(&server, tls.clone()).await?).await };
     assert!(
-        health(&server, tls.clone()).await.is_err(),
+        without.await.is_err(),
         "a client without a certificate is refused"
     );
     let with_identity = tls.identity(Identity::from_pem(&certs.client_cert, &certs.client_key));
-    assert_eq!(health(&server, with_identity).await, Ok(1));
+    let channel = connect(&server, with_identity).await.unwrap();
+    assert_eq!(health(channel).await, Ok(1));
 }
 
 #[tokio::test]
