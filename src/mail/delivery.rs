@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
-
 use lettre::address::Envelope;
 use lettre::Address;
 use rand::Rng;

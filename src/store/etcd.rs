@@ -319,7 +319,7 @@ impl EtcdStore {
     }
 
     /// Deletes `entries`, each if still at the revision read, with the keys that go with it.
-    async fn delete_unchanged(&self, entries: Vec<Stale>) -> Result<usize> {
+    async fn delete_unchanged(&self, entries: Vec<StaleEntry>) -> Result<usize> {
         let mut deleted = 0;
         // Two operations at the most for each: the entry and what goes with it.
         for chunk in entries.chunks(MAX_OPS / 2) {
@@ -417,7 +417,7 @@ impl EtcdStore {
             let mut old = Vec::new();
             for kv in page {
                 if let Verdict::Stale { with_prefix } = verdict(&kv)? {
-                    old.push(Stale {
+                    old.push(StaleEntry {
                         key: kv.key().to_vec(),
                         revision: kv.mod_revision(),
                         with_prefix,
@@ -452,7 +452,7 @@ enum Verdict {
 }
 
 /// An entry a sweep deletes, if still at `revision`, with the keys under `with_prefix`.
-struct Stale {
+struct StaleEntry {
     key: Vec<u8>,
     revision: i64,
     with_prefix: Option<String>,
