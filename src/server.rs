@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -181,10 +181,14 @@ impl Mailroom {
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
         let (stopping, stop_watch) = watch::channel(false);
-        let monitor = tokio::spawn(
+        let (failed, mut failures) = mpsc::unbounded_channel();
+        let monitor = tokio::spawn(essential(
+            "health monitor",
             monitor_store(self.store.clone(), health.clone(), stop_watch.clone())
                 .instrument(tracing::info_span!("health_monitor")),
-        );
+            stop_watch.clone(),
+            failed.clone(),
+        ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -203,11 +207,14 @@ impl Mailroom {
             self.metrics.clone(),
         )
         .claim_margin(self.args.claim_margin);
-        let delivery = tokio::spawn(
+        let delivery = tokio::spawn(essential(
+            "delivery",
             delivery
                 .run(stop_watch.clone(), self.args.shutdown_grace)
                 .instrument(tracing::info_span!("delivery")),
-        );
+            stop_watch.clone(),
+            failed.clone(),
+        ));
         let metrics_server = self.metrics_listener.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "serving Prometheus metrics at /metrics");
@@ -240,16 +247,20 @@ impl Mailroom {
                 .instrument(tracing::info_span!("cache_invalidation")),
         );
         let recovery = (!self.store.exclusive()).then(|| {
-            tokio::spawn(
+            tokio::spawn(essential(
+                "batch recovery",
                 recover_batches(
                     self.notify.clone(),
                     self.args.clock.clone(),
                     stop_watch.clone(),
                 )
                 .instrument(tracing::info_span!("batch_recovery")),
-            )
+                stop_watch.clone(),
+                failed.clone(),
+            ))
         });
-        let sweeper = tokio::spawn(
+        let sweeper = tokio::spawn(essential(
+            "sweeper",
             sweep(
                 self.tokens.clone(),
                 self.notify.clone(),
@@ -258,11 +269,20 @@ impl Mailroom {
                 stop_watch.clone(),
             )
             .instrument(tracing::info_span!("sweeper")),
-        );
+            stop_watch.clone(),
+            failed,
+        ));
         let addr = listener.local_addr()?;
         let signal_health = health.clone();
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let failed_task = failure.clone();
         let drained = async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                Some(task) = failures.recv() => {
+                    *failed_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+                }
+            }
             tracing::info!("shutting down: NOT_SERVING, draining in-flight RPCs");
             set_health(&signal_health, ServingStatus::NotServing).await;
             let _ = stopping.send(true);
@@ -354,6 +374,9 @@ impl Mailroom {
         }
         self.store.flush().await.context("flushing the store")?;
         served.context("serving gRPC")?;
+        if let Some(task) = *failure.lock().unwrap_or_else(|e| e.into_inner()) {
+            anyhow::bail!("the {task} task stopped while serving; a restart resumes it");
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -632,6 +655,32 @@ async fn recover_batches(notify: NotifyService, clock: Clock, mut stopping: watc
 }
 
 /// Resolves once shutdown has begun.
+/// Runs a background task the service cannot do without (delivery, the sweeps, the store's
+/// health monitor, batch recovery on a shared store). If it ends while the server is not
+/// stopping, by a panic or a return, it reports its name on `failed`: the server then
+/// stops with an error, so that its supervisor (systemd, Kubernetes) starts it again
+/// instead of it answering RPCs with, say, mail no longer delivered.
+async fn essential(
+    name: &'static str,
+    task: impl Future<Output = ()>,
+    stopping: watch::Receiver<bool>,
+    failed: mpsc::UnboundedSender<&'static str>,
+) {
+    use futures_util::FutureExt;
+    let panicked = std::panic::AssertUnwindSafe(task)
+        .catch_unwind()
+        .await
+        .is_err();
+    if !*stopping.borrow() {
+        tracing::error!(
+            task = name,
+            panicked,
+            "a background task ended while serving; stopping"
+        );
+        let _ = failed.send(name);
+    }
+}
+
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|s| *s).await;
 }
@@ -647,4 +696,30 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     builder
         .create(dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_essential_task_that_ends_while_serving_is_reported() {
+        let (stop, stopping) = watch::channel(false);
+        let (failed, mut failures) = mpsc::unbounded_channel();
+        let bug = async { panic!("a bug met by the dispatcher") };
+        essential("delivery", bug, stopping.clone(), failed.clone()).await;
+        assert_eq!(failures.try_recv().ok(), Some("delivery"));
+        essential("sweeper", async {}, stopping.clone(), failed.clone()).await;
+        assert_eq!(
+            failures.try_recv().ok(),
+            Some("sweeper"),
+            "a return counts too"
+        );
+        stop.send(true).unwrap();
+        essential("delivery", async {}, stopping, failed).await;
+        assert!(
+            failures.try_recv().is_err(),
+            "ending once the server stops is the normal end"
+        );
+    }
 }
