@@ -671,7 +671,9 @@ async fn essential(
         .catch_unwind()
         .await
         .is_err();
-    if !*stopping.borrow() {
+    // A dropped sender: the server itself is gone.
+    let server_stopping = *stopping.borrow() || stopping.has_changed().is_err();
+    if !server_stopping {
         tracing::error!(
             task = name,
             panicked,
@@ -716,10 +718,13 @@ mod tests {
             "a return counts too"
         );
         stop.send(true).unwrap();
-        essential("delivery", async {}, stopping, failed).await;
+        essential("delivery", async {}, stopping, failed.clone()).await;
+        let (gone, stopping) = watch::channel(false);
+        drop(gone);
+        essential("sweeper", async {}, stopping, failed).await;
         assert!(
             failures.try_recv().is_err(),
-            "ending once the server stops is the normal end"
+            "ending once the server stops, or is gone, is the normal end"
         );
     }
 }
