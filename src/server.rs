@@ -274,13 +274,13 @@ impl Mailroom {
         ));
         let addr = listener.local_addr()?;
         let signal_health = health.clone();
-        let failure = Arc::new(std::sync::Mutex::new(None));
+        let failure = Arc::new(std::sync::OnceLock::new());
         let failed_task = failure.clone();
         let drained = async move {
             tokio::select! {
                 () = shutdown => {}
                 Some(task) = failures.recv() => {
-                    *failed_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+                    let _ = failed_task.set(task);
                 }
             }
             tracing::info!("shutting down: NOT_SERVING, draining in-flight RPCs");
@@ -374,7 +374,7 @@ impl Mailroom {
         }
         self.store.flush().await.context("flushing the store")?;
         served.context("serving gRPC")?;
-        if let Some(task) = *failure.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(task) = failure.get() {
             anyhow::bail!("the {task} task stopped while serving; a restart resumes it");
         }
         tracing::info!("stopped");
@@ -654,7 +654,6 @@ async fn recover_batches(notify: NotifyService, clock: Clock, mut stopping: watc
     }
 }
 
-/// Resolves once shutdown has begun.
 /// Runs a background task the service cannot do without (delivery, the sweeps, the store's
 /// health monitor, batch recovery on a shared store). If it ends while the server is not
 /// stopping, by a panic or a return, it reports its name on `failed`: the server then
@@ -683,6 +682,7 @@ async fn essential(
     }
 }
 
+/// Resolves once shutdown has begun.
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|s| *s).await;
 }
