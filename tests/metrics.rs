@@ -73,11 +73,6 @@ async fn metered_server(dir: &std::path::Path) -> TestServer {
     TestServer::start_with(args).await
 }
 
-/// Sends "s"/"b" to `to` for organisation acme; the ids of the messages.
-async fn send(server: &TestServer, to: &[&str]) -> Vec<String> {
-    server.send_to(to, "s", "b").await
-}
-
 #[tokio::test]
 async fn counters_move_with_messages_and_tokens() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,7 +82,9 @@ async fn counters_move_with_messages_and_tokens() {
     let before = scrape(&server).await;
     assert_eq!(get(&before, "mailroom_outbox_depth"), 0.0);
 
-    let sent = send(&server, &["a@example.com", "rejected@example.com"]).await;
+    let sent = server
+        .send_to(&["a@example.com", "rejected@example.com"], "s", "b")
+        .await;
     server
         .wait_for_state(&sent[0], pb::MessageState::Sent)
         .await;
@@ -181,7 +178,7 @@ async fn relay_paused_shows_an_smtp_server_that_cannot_be_reached() {
     server.configure_smtp(support::smtp::refused_port()).await;
     assert_eq!(get(&scrape(&server).await, "mailroom_relay_paused"), 0.0);
 
-    let sent = send(&server, &["a@example.com"]).await;
+    let sent = server.send_to(&["a@example.com"], "s", "b").await;
     let id = &sent[0];
     server.wait_for_state(id, pb::MessageState::Retrying).await;
     assert_eq!(get(&scrape(&server).await, "mailroom_relay_paused"), 1.0);
@@ -190,7 +187,7 @@ async fn relay_paused_shows_an_smtp_server_that_cannot_be_reached() {
     // out. The retry, once due, reaches the server too.
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
-    let after = send(&server, &["b@example.com"]).await;
+    let after = server.send_to(&["b@example.com"], "s", "b").await;
     server
         .wait_for_state(&after[0], pb::MessageState::Sent)
         .await;

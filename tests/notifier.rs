@@ -388,7 +388,20 @@ async fn a_server_mute_at_quit_holds_up_nothing() {
         .wait_for_state(&first.message_ids[0], pb::MessageState::Sent)
         .await;
     let smtp = SmtpServer::start(Options::default());
-    server.configure_smtp(smtp.addr.port()).await;
+    // A long timeout: a QUIT to the old server waited on (bounded by it) would outlast
+    // wait_for_state's 10 s.
+    server
+        .save_smtp(pb::SmtpSettings {
+            host: "127.0.0.1".into(),
+            port: smtp.addr.port().into(),
+            from: "thehive@example.com".into(),
+            timeout: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await;
     let second = send(&server, to_addresses(&["soc@example.com"], "second", "b")).await;
     let sent = server
         .wait_for_state(&second.message_ids[0], pb::MessageState::Sent)

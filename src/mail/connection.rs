@@ -154,7 +154,12 @@ fn data_block(email: &str) -> String {
     if email.starts_with('.') {
         block.push('.');
     }
-    block.push_str(&email.replace("\r\n.", "\r\n.."));
+    for (n, piece) in email.split("\r\n.").enumerate() {
+        if n > 0 {
+            block.push_str("\r\n..");
+        }
+        block.push_str(piece);
+    }
     block.push_str("\r\n.\r\n");
     block
 }

@@ -355,6 +355,7 @@ mod tests {
             Err(StoreError::Corrupt { .. })
         ));
     }
+
     /// Checks that `json`, read as a `T`, is stored as `hex` (and that `hex` reads back).
     fn pinned<T: Serialize + DeserializeOwned>(json: &str, hex: &str) {
         let record: T = serde_json::from_str(json).unwrap();

@@ -174,7 +174,8 @@ impl TestServer {
         .await
     }
 
-    async fn save_smtp(&self, settings: pb::SmtpSettings) -> pb::SmtpSettings {
+    /// Replaces the SMTP settings with `settings`.
+    pub async fn save_smtp(&self, settings: pb::SmtpSettings) -> pb::SmtpSettings {
         self.smtp(&self.admin_key)
             .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
                 settings: Some(settings),

@@ -331,45 +331,7 @@ pub async fn silent_server() -> SocketAddr {
 /// A server that takes messages like any SMTP server but never answers QUIT, nor closes:
 /// what a client waits on when it says goodbye to a connection it no longer wants.
 pub async fn mute_at_quit_server() -> SocketAddr {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (read, mut write) = tcp.into_split();
-                let mut lines = tokio::io::BufReader::new(read).lines();
-                let mut in_data = false;
-                let mut reply: &[u8] = b"220 mute.example.com ESMTP\r\n";
-                loop {
-                    if write.write_all(reply).await.is_err() {
-                        return;
-                    }
-                    reply = loop {
-                        let Ok(Some(line)) = lines.next_line().await else {
-                            return;
-                        };
-                        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
-                        match (in_data, verb.as_str()) {
-                            (true, _) if line == "." => {
-                                in_data = false;
-                                break b"250 2.0.0 queued\r\n";
-                            }
-                            (true, _) => continue,
-                            (false, "EHLO") => break b"250 mute.example.com\r\n",
-                            (false, "DATA") => {
-                                in_data = true;
-                                break b"354 go ahead\r\n";
-                            }
-                            (false, "QUIT") => std::future::pending::<()>().await,
-                            (false, _) => break b"250 2.1.0 ok\r\n",
-                        }
-                    };
-                }
-            });
-        }
-    });
-    addr
+    scripted_server(false, false).await.0
 }
 
 /// What a [`strict_server`] saw.
@@ -386,6 +348,11 @@ pub struct Reads {
 /// one before ("synchronization error"). RCPT TO `rejected@example.com` answers 550, and
 /// DATA without an accepted recipient 554.
 pub async fn strict_server(pipelining: bool) -> (SocketAddr, Arc<Mutex<Reads>>) {
+    scripted_server(pipelining, true).await
+}
+
+/// A [`strict_server`], which answers QUIT only if `answers_quit`.
+async fn scripted_server(pipelining: bool, answers_quit: bool) -> (SocketAddr, Arc<Mutex<Reads>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -446,7 +413,8 @@ pub async fn strict_server(pipelining: bool) -> (SocketAddr, Arc<Mutex<Reads>>) 
                                     in_data = true;
                                     "354 go ahead\r\n"
                                 }
-                                "QUIT" => "221 bye\r\n",
+                                "QUIT" if answers_quit => "221 bye\r\n",
+                                "QUIT" => std::future::pending().await,
                                 _ => "250 ok\r\n",
                             });
                             commands.push(verb);
