@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 use tracing::Span;
@@ -162,6 +163,19 @@ impl Caller {
         (!self.is_admin()).then_some(self.organisation.as_str())
     }
 
+    /// The organisation a request that may span organisations acts for: the one named
+    /// (see [`Caller::act_for`]), else the key's own, except that an admin key naming none
+    /// acts for every organisation (`None`).
+    pub fn act_for_named<'a>(
+        &'a self,
+        organisation: &'a str,
+    ) -> Result<Option<&'a str>, AuthError> {
+        if organisation.is_empty() && self.is_admin() {
+            return Ok(None);
+        }
+        self.act_for(organisation).map(Some)
+    }
+
     /// The organisation a request acts for: the one named, which the key must be allowed
     /// to act for, or the key's own when none is named.
     pub fn act_for<'a>(&'a self, organisation: &'a str) -> Result<&'a str, AuthError> {
@@ -186,11 +200,12 @@ impl Caller {
 }
 
 /// A new key and its secret, shown once.
+#[derive(Debug)]
 pub struct NewKey {
     /// The key.
     pub key: ApiKey,
     /// The secret (`mrk_…`).
-    pub secret: Zeroizing<String>,
+    pub secret: SecretString,
 }
 
 /// Checks callers' keys and manages keys. Keys that authenticated are kept in memory by
@@ -199,7 +214,8 @@ pub struct NewKey {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     clock: Clock,
-    known: Arc<Cache<String, Arc<ApiKey>>>,
+    /// Keys by digest, each with the store's [`Store::watch_epoch`] it was read in.
+    known: Arc<Cache<String, (Arc<ApiKey>, u64)>>,
 }
 
 impl Authenticator {
@@ -212,10 +228,14 @@ impl Authenticator {
         }
     }
 
-    /// The live key whose secret has `digest`.
+    /// The live key whose secret has `digest`. A key is served from memory only while the
+    /// store can tell this process of its revocation by another (the same watch epoch).
     async fn key(&self, digest: &str) -> Result<Option<Arc<ApiKey>>, AuthError> {
-        if let Some(key) = self.known.get(digest) {
-            return Ok(Some(key));
+        let epoch = self.store.watch_epoch();
+        if let (Some(epoch), Some((key, kept))) = (epoch, self.known.get(digest)) {
+            if kept == epoch {
+                return Ok(Some(key));
+            }
         }
         let generation = self.known.generation();
         let Some(key) = self
@@ -227,7 +247,10 @@ impl Authenticator {
             return Ok(None);
         };
         let key = Arc::new(key);
-        self.known.keep(digest.to_string(), key.clone(), generation);
+        if let Some(epoch) = epoch {
+            self.known
+                .keep(digest.to_string(), (key.clone(), epoch), generation);
+        }
         Ok(Some(key))
     }
 
@@ -299,7 +322,7 @@ impl Authenticator {
                 permissions,
                 create_time: self.clock.now(),
                 revoked: false,
-                secret_digest: crypto::digest(&secret),
+                secret_digest: crypto::digest(secret.expose_secret()),
             },
             secret,
         }
@@ -339,8 +362,10 @@ impl Authenticator {
 
     /// On a store that never held a key, creates `bootstrap-admin` (admin organisation,
     /// every permission) and writes its secret to `<data_dir>/admin.key`, mode 0600.
-    /// Returns the file's path when it did.
+    /// Returns the file's path when it did. An `admin.key` left open to group or others
+    /// is refused.
     pub async fn bootstrap(&self, data_dir: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
+        crypto::check_private_file(&data_dir.join(BOOTSTRAP_KEY_FILE))?;
         let new = self.new_key(
             BOOTSTRAP_KEY_NAME,
             ADMIN_ORGANISATION,
@@ -351,7 +376,8 @@ impl Authenticator {
         let _ = std::fs::remove_file(&staged);
         // The secret reaches the disk before the key exists, so a crash in between never
         // leaves a key nobody can use.
-        crypto::write_private_file(&staged, format!("{}\n", *new.secret).as_bytes())?;
+        let line = Zeroizing::new(format!("{}\n", new.secret.expose_secret()));
+        crypto::write_private_file(&staged, line.as_bytes())?;
         if self.store.insert_api_key(&new.key, true).await? {
             std::fs::rename(&staged, &path)?;
             Ok(Some(path))

@@ -50,8 +50,10 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
             .insert(key, value);
     }
 
-    /// Drops one value.
+    /// Drops one value, and that value being read from the store right now: a reader that
+    /// read it before the change this removal follows must not put it back.
     pub fn remove(&self, key: &K) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -92,5 +94,19 @@ mod tests {
         assert_eq!(cache.get(&"k"), Some(2));
         cache.forget();
         assert_eq!(cache.get(&"k"), None);
+    }
+
+    #[test]
+    fn a_value_read_before_its_removal_is_not_put_back() {
+        let cache: Cache<&str, u32> = Cache::default();
+        cache.keep("k", 1, cache.generation());
+        let before = cache.generation();
+        cache.remove(&"k");
+        cache.keep("k", 1, before);
+        assert_eq!(
+            cache.get(&"k"),
+            None,
+            "a read from before the removal came back"
+        );
     }
 }

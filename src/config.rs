@@ -58,6 +58,43 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_ETCD_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
     pub etcd_timeout: Duration,
 
+    /// PEM file of the CA that signed etcd's server certificate: etcd is then reached over
+    /// TLS, trusting this CA alone. `https://` endpoints without it are checked against the
+    /// public web roots.
+    #[arg(long, env = "MAILROOM_ETCD_CA", global = true)]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// PEM certificate chain shown to etcd over TLS (with --etcd-key), for an etcd that
+    /// requires client certificates (`--client-cert-auth`).
+    #[arg(long, env = "MAILROOM_ETCD_CERT", requires = "etcd_key", global = true)]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "MAILROOM_ETCD_KEY", requires = "etcd_cert", global = true)]
+    pub etcd_key: Option<PathBuf>,
+
+    /// The etcd user to authenticate as, when etcd's auth is enabled (with
+    /// --etcd-password-file).
+    #[arg(
+        long,
+        env = "MAILROOM_ETCD_USER",
+        requires = "etcd_password_file",
+        global = true
+    )]
+    pub etcd_user: Option<String>,
+
+    /// File holding the password of --etcd-user (trailing line breaks are ignored). Like
+    /// ssh with a private key, mailroom refuses a file that group or others may read;
+    /// except that a file owned by root may be readable by its group, as Kubernetes mounts
+    /// a Secret for a pod with an fsGroup.
+    #[arg(
+        long,
+        env = "MAILROOM_ETCD_PASSWORD_FILE",
+        requires = "etcd_user",
+        global = true
+    )]
+    pub etcd_password_file: Option<PathBuf>,
+
     /// How long a claim on a message outlives the longest send (four SMTP timeouts): the
     /// margin covers clock differences between replicas. A claim of a replica that died is
     /// taken over by another once it ran out.

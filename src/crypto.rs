@@ -2,7 +2,10 @@
 //!
 //! Stored secrets (the SMTP password, the client key) are sealed with XChaCha20-Poly1305
 //! under a 256-bit master key kept in a file of mode 0600 beside the store, or named by
-//! `--master-key-file`. Bearer secrets (API keys, tokens) are stored only as SHA-256.
+//! `--master-key-file`; a key file open to others stops the start ([`check_private_file`]).
+//! Bearer secrets (API keys, tokens) are stored only as SHA-256. In memory a secret is a
+//! [`SecretString`] (secrecy): wiped when dropped, `[REDACTED]` under `Debug`, read only
+//! through `expose_secret`.
 
 use std::fmt;
 use std::io::Write;
@@ -13,6 +16,7 @@ use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -34,6 +38,22 @@ pub enum CryptoError {
     /// The key file does not hold a key.
     #[error("master key file {0} does not hold keys of 64 hex digits, one per line")]
     KeyFormat(String),
+    /// A file holding a secret could not be examined.
+    #[error("{path}: {source}")]
+    PrivateFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file holding a secret that others than its owner could read or replace.
+    #[error("{path} holds a secret but {why}")]
+    LooseFile {
+        /// The file.
+        path: String,
+        /// Why, and the fix.
+        why: String,
+    },
     /// A sealed value did not open: wrong master key, or damaged data.
     #[error("a stored secret cannot be decrypted with this master key")]
     Open,
@@ -44,19 +64,22 @@ pub enum CryptoError {
 /// holds one key per line (64 hex digits), the sealing key first.
 pub struct MasterKey {
     ciphers: Vec<XChaCha20Poly1305>,
-    hex: Vec<Zeroizing<String>>,
+    hex: Vec<SecretString>,
 }
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MasterKey({} keys)", self.ciphers.len())
+        f.debug_struct("MasterKey")
+            .field("keys", &self.hex)
+            .finish_non_exhaustive()
     }
 }
 
 impl MasterKey {
     /// Reads the keyring at `path`, creating it (mode 0600, one key of 256 random bits)
-    /// when absent.
+    /// when absent. A key file open to group or others is refused.
     pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
+        check_private_file(path)?;
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(path, &Zeroizing::new(text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -69,27 +92,27 @@ impl MasterKey {
     }
 
     fn parse(path: &Path, text: &str) -> Result<Self, CryptoError> {
-        let lines: Vec<Zeroizing<String>> = text
+        let lines: Vec<SecretString> = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| Zeroizing::new(l.to_string()))
+            .map(SecretString::from)
             .collect();
         let valid = !lines.is_empty()
-            && lines
-                .iter()
-                .all(|l| hex::decode(l.as_str()).is_ok_and(|b| b.len() == KEY_LEN));
+            && lines.iter().all(|l| {
+                hex::decode(l.expose_secret()).is_ok_and(|b| Zeroizing::new(b).len() == KEY_LEN)
+            });
         if !valid {
             return Err(CryptoError::KeyFormat(path.display().to_string()));
         }
         Ok(Self::from_hex(lines))
     }
 
-    fn from_hex(hex_keys: Vec<Zeroizing<String>>) -> Self {
+    fn from_hex(hex_keys: Vec<SecretString>) -> Self {
         let ciphers = hex_keys
             .iter()
             .map(|h| {
-                let bytes = Zeroizing::new(hex::decode(h.as_str()).expect("checked hex"));
+                let bytes = Zeroizing::new(hex::decode(h.expose_secret()).expect("checked hex"));
                 XChaCha20Poly1305::new(bytes.as_slice().into())
             })
             .collect();
@@ -105,7 +128,7 @@ impl MasterKey {
         let _ = std::fs::remove_file(&staged);
         let mut text = Zeroizing::new(String::new());
         for key in &self.hex {
-            text.push_str(key);
+            text.push_str(key.expose_secret());
             text.push('\n');
         }
         write_private_file(&staged, text.as_bytes()).map_err(|e| key_file_error(path, e))?;
@@ -162,10 +185,10 @@ impl MasterKey {
     }
 
     /// Opens a value sealed for `purpose`.
-    pub fn open(&self, purpose: &str, sealed: &Sealed) -> Result<Zeroizing<String>, CryptoError> {
+    pub fn open(&self, purpose: &str, sealed: &Sealed) -> Result<SecretString, CryptoError> {
         let plain = self.open_bytes(purpose, sealed)?;
-        String::from_utf8(plain.to_vec())
-            .map(Zeroizing::new)
+        std::str::from_utf8(&plain)
+            .map(SecretString::from)
             .map_err(|_| CryptoError::Open)
     }
 
@@ -192,10 +215,16 @@ impl MasterKey {
     }
 }
 
-fn new_key_hex() -> Zeroizing<String> {
+fn new_key_hex() -> SecretString {
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     rand::rngs::OsRng.fill_bytes(key.as_mut());
-    Zeroizing::new(hex::encode(key.as_ref()))
+    secret(Zeroizing::new(hex::encode(key.as_ref())))
+}
+
+/// `text` as a secret. From `&str`, a copy of its exact length: `From<String>` may shrink
+/// the buffer and leave the old one unwiped. `text` is wiped when dropped.
+fn secret(text: Zeroizing<String>) -> SecretString {
+    SecretString::from(text.as_str())
 }
 
 fn key_file_error(path: &Path, source: std::io::Error) -> CryptoError {
@@ -217,10 +246,13 @@ impl fmt::Debug for Sealed {
 }
 
 /// A new random bearer secret: `prefix` then 256 random bits, URL-safe.
-pub fn random_secret(prefix: &str) -> Zeroizing<String> {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    Zeroizing::new(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes)))
+pub fn random_secret(prefix: &str) -> SecretString {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+    secret(Zeroizing::new(format!(
+        "{prefix}{}",
+        URL_SAFE_NO_PAD.encode(bytes.as_ref())
+    )))
 }
 
 /// A short random identifier (not a secret): `prefix` then 64 random bits in hex.
@@ -249,6 +281,56 @@ pub fn digest(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// Refuses the file at `path`, when there is one, if it holds a secret (the master key,
+/// `admin.key`) that others than its owner could read or replace ([`too_open`]), as ssh
+/// refuses a loose private key: the secret may have been read already, and only the
+/// operator can fix the mode or replace the secret. Starting anyway would hide the mistake.
+pub fn check_private_file(path: &Path) -> Result<(), CryptoError> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(CryptoError::PrivateFile {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    let path = path.display().to_string();
+    let me = nix::unistd::geteuid().as_raw();
+    match too_open(&path, metadata.mode(), metadata.uid(), me) {
+        Some(why) => Err(CryptoError::LooseFile { path, why }),
+        None => Ok(()),
+    }
+}
+
+/// Why the file at `path`, of `mode` and owned by `owner`, is too open to hold a secret for
+/// a process running as `me`, and the fix (`None`: private enough). PostgreSQL's rule for
+/// its key file: owned by this user and closed to group and others (as ssh wants a private
+/// key), or owned by root and at most readable by its group: how Kubernetes mounts a Secret
+/// for a pod with an `fsGroup` (root, that group, 0440).
+fn too_open(path: &str, mode: u32, owner: u32, me: u32) -> Option<String> {
+    let mode = mode & 0o777;
+    if owner == me {
+        (mode & 0o077 != 0).then(|| {
+            format!("is open to group or others (mode {mode:04o}): run `chmod 600 {path}`")
+        })
+    } else if owner == 0 {
+        (mode & 0o037 != 0).then(|| {
+            format!(
+                "is writable by its group or open to others (mode {mode:04o}): run \
+                 `chmod 640 {path}` at most"
+            )
+        })
+    } else {
+        Some(format!(
+            "belongs to user {owner}, neither this one ({me}) nor root, who could replace \
+             it: run `chown {me} {path}` and `chmod 600 {path}`"
+        ))
+    }
+}
+
 /// Writes a new file readable by its owner only, failing if it exists.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
@@ -272,12 +354,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::load_or_create(&dir.path().join("k")).unwrap();
         let sealed = key.seal("smtp.password", "hunter2");
-        assert_eq!(*key.open("smtp.password", &sealed).unwrap(), "hunter2");
+        assert_eq!(
+            key.open("smtp.password", &sealed).unwrap().expose_secret(),
+            "hunter2"
+        );
         assert!(key.open("smtp.client_key", &sealed).is_err());
         let other = MasterKey::load_or_create(&dir.path().join("other")).unwrap();
         assert!(other.open("smtp.password", &sealed).is_err());
         let again = MasterKey::load_or_create(&dir.path().join("k")).unwrap();
-        assert_eq!(*again.open("smtp.password", &sealed).unwrap(), "hunter2");
+        assert_eq!(
+            again
+                .open("smtp.password", &sealed)
+                .unwrap()
+                .expose_secret(),
+            "hunter2"
+        );
     }
 
     #[test]
@@ -288,18 +379,25 @@ mod tests {
         let before = old.seal("p", "secret");
         let rotated = old.rotated(&path).unwrap();
         assert_eq!(rotated.len(), 2);
-        assert_eq!(*rotated.open("p", &before).unwrap(), "secret");
+        assert_eq!(
+            rotated.open("p", &before).unwrap().expose_secret(),
+            "secret"
+        );
         let after = rotated.seal("p", "secret");
         assert!(old.open("p", &after).is_err(), "sealed with the new key");
         let reloaded = MasterKey::load_or_create(&path).unwrap();
-        assert_eq!(*reloaded.open("p", &before).unwrap(), "secret");
+        assert_eq!(
+            reloaded.open("p", &before).unwrap().expose_secret(),
+            "secret"
+        );
         let current = reloaded.retire_old_keys(&path).unwrap();
         assert!(current.open("p", &before).is_err());
         assert_eq!(
-            *MasterKey::load_or_create(&path)
+            MasterKey::load_or_create(&path)
                 .unwrap()
                 .open("p", &after)
-                .unwrap(),
+                .unwrap()
+                .expose_secret(),
             "secret"
         );
         std::fs::write(&path, "not hex\n").unwrap();
@@ -310,11 +408,60 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_open_to_group_or_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        MasterKey::load_or_create(&path).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = MasterKey::load_or_create(&path).unwrap_err().to_string();
+            let fix = format!("chmod 600 {}", path.display());
+            assert!(error.contains(&fix), "mode {mode:o}: {error}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            MasterKey::load_or_create(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_secret_file_is_its_owner_s_alone_or_root_s_shared_with_a_group() {
+        let me = 10001;
+        for private in [0o100600, 0o100400] {
+            assert_eq!(too_open("k", private, me, me), None);
+        }
+        for loose in [0o644, 0o640, 0o604, 0o620, 0o660] {
+            let why = too_open("k", 0o100000 | loose, me, me).expect("refused");
+            assert!(why.contains("chmod 600 k"), "{loose:o}: {why}");
+        }
+        // A Kubernetes Secret mounted for a pod with an fsGroup: root's, group-readable.
+        for shared in [0o100440, 0o100640] {
+            assert_eq!(too_open("k", shared, 0, me), None);
+        }
+        for loose in [0o660, 0o644, 0o604] {
+            assert!(
+                too_open("k", 0o100000 | loose, 0, me).is_some(),
+                "{loose:o}"
+            );
+        }
+        assert!(
+            too_open("k", 0o100600, 1000, me).is_some(),
+            "another user's"
+        );
+        assert!(
+            too_open("k", 0o100640, 0, 0).is_some(),
+            "root's own, run as root"
+        );
+    }
+
+    #[test]
     fn secrets_are_long_prefixed_and_distinct() {
         let a = random_secret("mrk_");
         let b = random_secret("mrk_");
+        let (a, b) = (a.expose_secret(), b.expose_secret());
         assert!(a.starts_with("mrk_") && a.len() == 4 + 43);
-        assert_ne!(*a, *b);
+        assert_ne!(a, b);
         assert_eq!(digest("abc").len(), 64);
     }
 }

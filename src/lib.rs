@@ -19,6 +19,8 @@
 //!   templates and the delivery workers.
 //! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`, and
 //!   `store::etcd` for several replicas with the `etcd` feature).
+//! - `etcd_access` (the `etcd` feature): TLS and the etcd user, read from the files the
+//!   `--etcd-*` flags name and checked before connecting.
 //! - [`cache`]: settings and API keys kept in memory, forgotten when another replica
 //!   changes them.
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
@@ -34,6 +36,8 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod directory;
+#[cfg(feature = "etcd")]
+pub mod etcd_access;
 pub mod mail;
 pub mod metrics;
 pub mod notify;

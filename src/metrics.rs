@@ -4,9 +4,10 @@
 //! rate-limit rejections. Always counted; served at `/metrics` only with
 //! `--metrics-listen`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -245,7 +246,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_string();
+        let method = method_label(request.uri().path());
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let future = self.inner.call(request);
@@ -259,10 +260,51 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .map_or("Ok".to_string(), |c| format!("{:?}", tonic::Code::from(c)));
-            metrics.rpc(&method, &code, started.elapsed());
+            metrics.rpc(method, &code, started.elapsed());
             Ok(response)
         })
     }
+}
+
+/// The `method` label of a request path: one of the served methods, or `unknown`. Any
+/// caller, with no key, can send any path: each raw path a label of its own would grow the
+/// metrics (and the memory holding them) without end.
+fn method_label(path: &str) -> &'static str {
+    static KNOWN: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]
+        .into_iter()
+        .flat_map(served_methods)
+        // Built once per process, a few dozen paths: labels must be 'static.
+        .map(|path| &*Box::leak(path.into_boxed_str()))
+        .collect()
+    });
+    known.get(path).copied().unwrap_or("unknown")
+}
+
+/// The paths (`/package.Service/Method`) of every method an encoded descriptor set declares.
+fn served_methods(encoded: &[u8]) -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(encoded).expect("built-in descriptors decode");
+    let mut paths = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                paths.push(format!(
+                    "/{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    paths
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves; `refresh` runs before each

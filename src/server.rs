@@ -410,20 +410,26 @@ async fn open_store(args: &Args) -> anyhow::Result<Arc<dyn Store>> {
             })?,
         ),
         #[cfg(feature = "etcd")]
-        StoreKind::Etcd => Arc::new(
-            crate::store::etcd::EtcdStore::connect(
-                &args.etcd_endpoints,
-                &args.etcd_prefix,
-                args.etcd_timeout,
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to etcd at {} (--etcd-endpoints)",
-                    args.etcd_endpoints.join(",")
+        StoreKind::Etcd => {
+            let security = crate::etcd_access::security(args)?;
+            Arc::new(
+                crate::store::etcd::EtcdStore::connect(
+                    &args.etcd_endpoints,
+                    &args.etcd_prefix,
+                    args.etcd_timeout,
+                    &security,
                 )
-            })?,
-        ),
+                .await
+                .with_context(|| {
+                    // A refused handshake reads "connection closed": say what was tried.
+                    format!(
+                        "connecting to etcd at {} (--etcd-endpoints) {}",
+                        args.etcd_endpoints.join(","),
+                        crate::etcd_access::describe(&security)
+                    )
+                })?,
+            )
+        }
         #[cfg(not(feature = "etcd"))]
         StoreKind::Etcd => anyhow::bail!(
             "this mailroom was built without the `etcd` feature: --store etcd is unavailable \

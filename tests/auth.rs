@@ -93,8 +93,18 @@ fn rpcs() -> Vec<Rpc> {
         }),
         rpc("/mailroom.v1.Token/VerifyToken", USER, |_| Raw::default()),
         rpc("/mailroom.v1.Token/ConsumeToken", USER, |_| Raw::default()),
-        rpc("/mailroom.v1.Token/RevokeTokens", USER, |_| Raw::default()),
-        rpc("/mailroom.v1.Token/ListTokens", USER, |_| Raw::default()),
+        scoped("/mailroom.v1.Token/RevokeTokens", USER, |o| {
+            raw(pb::RevokeTokensRequest {
+                organisation: o.into(),
+                ..Default::default()
+            })
+        }),
+        scoped("/mailroom.v1.Token/ListTokens", USER, |o| {
+            raw(pb::ListTokensRequest {
+                organisation: o.into(),
+                ..Default::default()
+            })
+        }),
         scoped("/mailroom.v1.Notifier/SendToAddresses", CONFIG, |o| {
             raw(pb::SendToAddressesRequest {
                 organisation: o.into(),
@@ -426,4 +436,65 @@ async fn keys_list_in_pages() {
     unique.dedup();
     assert_eq!(seen.len(), 5);
     assert_eq!(unique.len(), 5);
+}
+
+/// A revoked key is dead at once: calls with it race its revocation on real threads, and
+/// none that starts after the revocation's answer succeeds (the key cache must not put back
+/// a key a lookup read before the revocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_call_that_starts_after_a_revocation_succeeds() {
+    use std::sync::{Arc, OnceLock};
+    use tokio::time::Instant;
+
+    let server = TestServer::start().await;
+    let victim = server.create_key_full("acme", &["manageUser"]).await;
+    let revoked_at: Arc<OnceLock<Instant>> = Arc::default();
+    let succeeded = Arc::new(tokio::sync::Semaphore::new(0));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut directory = server.directory(&victim.secret);
+            let (revoked_at, succeeded) = (revoked_at.clone(), succeeded.clone());
+            tokio::spawn(async move {
+                let mut calls = Vec::new();
+                let mut after = 0;
+                // Calls until 50 of them started after the revocation answered.
+                while after < 50 {
+                    let start = Instant::now();
+                    let ok = directory
+                        .list_users(pb::ListUsersRequest::default())
+                        .await
+                        .is_ok();
+                    if ok {
+                        succeeded.add_permits(1);
+                    }
+                    if revoked_at.get().is_some_and(|at| start > *at) {
+                        after += 1;
+                    }
+                    calls.push((start, ok));
+                }
+                calls
+            })
+        })
+        .collect();
+    // The key is cached and in use on every thread before it is revoked.
+    drop(succeeded.acquire_many(200).await.unwrap());
+    server
+        .keys(&server.admin_key)
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            id: victim.key.unwrap().id,
+        })
+        .await
+        .expect("revoke");
+    let at = Instant::now();
+    revoked_at.set(at).unwrap();
+    let mut late = 0;
+    for caller in callers {
+        for (start, ok) in caller.await.unwrap() {
+            if start > at {
+                assert!(!ok, "a call started after the revocation succeeded");
+                late += 1;
+            }
+        }
+    }
+    assert!(late >= 400, "only {late} calls after the revocation");
 }

@@ -196,3 +196,39 @@ async fn relay_paused_shows_an_smtp_server_that_cannot_be_reached() {
     server.wait_for_state(id, pb::MessageState::Sent).await;
     assert_eq!(get(&scrape(&server).await, "mailroom_relay_paused"), 0.0);
 }
+
+/// Any caller, with no key, can send any path: the `method` label holds only the served
+/// methods and `unknown`, so made-up paths add no series.
+#[tokio::test]
+async fn made_up_methods_add_no_series() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let server = metered_server(dir.path()).await;
+    let check = pb::VerifyTokenRequest::default();
+    let _ = server.tokens("").verify_token(check).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel());
+    for i in 0..50 {
+        grpc.ready().await.expect("channel ready");
+        let path = PathAndQuery::try_from(format!("/made.up.Service{i}/Method{i}")).unwrap();
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let status = grpc
+            .unary(tonic::Request::new(()), path, codec)
+            .await
+            .expect_err("no such method");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+    let samples = scrape(&server).await;
+    let methods: std::collections::BTreeSet<&str> = samples
+        .keys()
+        .filter(|series| series.starts_with("mailroom_rpcs_total{"))
+        .filter_map(|series| series.split("method=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(
+        methods.into_iter().collect::<Vec<_>>(),
+        ["/mailroom.v1.Token/VerifyToken", "unknown"]
+    );
+    assert_eq!(
+        samples[r#"mailroom_rpcs_total{code="Unimplemented",method="unknown"}"#],
+        50.0
+    );
+}

@@ -927,3 +927,105 @@ async fn idempotency_keys_are_forgotten_after_a_week() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn senders_come_only_from_the_sender_domains() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    // From `TheHive <thehive@example.com>`, no sender domains: example.com alone.
+    server.configure_smtp(smtp.addr.port()).await;
+    let from = |from: &str| {
+        let mut r = to_addresses(&["soc@example.com"], "s", "b");
+        r.from = from.into();
+        r
+    };
+    let accepted = send(&server, from("SOC <alerts@EXAMPLE.com>")).await;
+    let sent = server
+        .wait_for_state(&accepted.message_ids[0], pb::MessageState::Sent)
+        .await;
+    assert_eq!(sent.from, "SOC <alerts@EXAMPLE.com>");
+    send(&server, from("{{case.owner}}")).await;
+    for refused in [
+        "alerts@evil.org",
+        "alerts@mail.example.com",
+        "alerts@example.com.evil.org",
+        "alerts@notexample.com",
+        "Example.com <alerts@evil.org>",
+    ] {
+        let status = send_err(&server, from(refused)).await;
+        assert_eq!(violated_fields(&status), ["from"], "{refused}: {status:?}");
+    }
+    let mut templated = from("{{sender}}");
+    templated.context = context(&[("sender", string("ceo@evil.org"))]);
+    let status = send_err(&server, templated).await;
+    assert_eq!(violated_fields(&status), ["from"]);
+
+    // Named sender domains replace the default, exactly.
+    let mut settings = server.configure_smtp(smtp.addr.port()).await;
+    settings.sender_domains = vec!["example.com".into(), "alerts.example.org".into()];
+    server.save_smtp(settings).await;
+    send(&server, from("noc@Alerts.Example.org")).await;
+    send(&server, from("soc@example.com")).await;
+    for refused in ["noc@example.org", "noc@sub.alerts.example.org"] {
+        let status = send_err(&server, from(refused)).await;
+        assert_eq!(violated_fields(&status), ["from"], "{refused}: {status:?}");
+    }
+
+    // SendToUsers too.
+    server
+        .add_user("alice", "Alice", "alice@example.com", &["acme"])
+        .await;
+    let mut notifier = server.notifier(&server.admin_key);
+    let to_users = |from: &str| pb::SendToUsersRequest {
+        organisation: "acme".into(),
+        from: from.into(),
+        subject: "s".into(),
+        body: "b".into(),
+        ..Default::default()
+    };
+    let status = notifier
+        .send_to_users(to_users("ceo@evil.org"))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["from"]);
+    notifier
+        .send_to_users(to_users("noc@alerts.example.org"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn opportunistic_starttls_not_offered_never_authenticates_a_delivery() {
+    let server = TestServer::start().await;
+    let (relay, reads) = support::smtp::plain_auth_server().await;
+    server
+        .save_smtp(pb::SmtpSettings {
+            host: "127.0.0.1".into(),
+            port: relay.port().into(),
+            from: "thehive@example.com".into(),
+            security: pb::ConnectionSecurity::StarttlsOpportunistic.into(),
+            username: "relay".into(),
+            password: "stored-relay-password".into(),
+            timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await;
+    let ids = server.send_to(&["soc@example.com"], "s", "b").await;
+    let failed = server
+        .wait_for_state(&ids[0], pb::MessageState::Retrying)
+        .await;
+    assert!(
+        failed.last_error.starts_with("AUTH: ") && failed.last_error.contains("not encrypted"),
+        "{failed:?}"
+    );
+    let seen = reads.lock().unwrap().clone();
+    assert!(
+        seen.auth.is_empty(),
+        "credentials in clear: {:?}",
+        seen.auth
+    );
+    assert!(seen.messages.is_empty());
+}

@@ -299,3 +299,86 @@ async fn acknowledged_token_writes_survive_sigkill() {
     let (status, log) = second.terminate().await;
     assert!(status.success(), "{log}");
 }
+
+/// A retry with an idempotency key answers the first call's ids only once they are durable:
+/// pairs of calls with one key race, the process is killed mid-burst, and every id that
+/// either call of a pair acknowledged is still there after the restart.
+#[tokio::test]
+async fn an_acknowledged_replay_survives_sigkill() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let first = Process::start(dir.path(), &[]);
+    let admin = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
+    let admin = admin.trim().to_string();
+    // Nothing listens there: the messages stay pending, which is all this needs.
+    first.configure_smtp(&admin, support::free_port(), 1).await;
+    let channel = first.channel().await;
+    let (acknowledged, replays) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let clients: Vec<_> = (0..8)
+        .map(|n| {
+            let notifier = pb::notifier_client::NotifierClient::with_interceptor(
+                channel.clone(),
+                Bearer::new(&admin),
+            );
+            let (acknowledged, replays, enough) =
+                (acknowledged.clone(), replays.clone(), enough.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let request = pb::SendToAddressesRequest {
+                        organisation: "acme".into(),
+                        to: vec![format!("r{n}-{i}@example.com")],
+                        subject: "s".into(),
+                        body: "b".into(),
+                        idempotency_key: format!("k{n}-{i}"),
+                        ..Default::default()
+                    };
+                    let (mut a, mut b) = (notifier.clone(), notifier.clone());
+                    let (one, two) = tokio::join!(
+                        a.send_to_addresses(request.clone()),
+                        b.send_to_addresses(request)
+                    );
+                    let answers: Vec<_> = [one, two].into_iter().flatten().collect();
+                    if answers.is_empty() {
+                        return;
+                    }
+                    let mut replayed = replays.lock().unwrap();
+                    for answer in answers {
+                        let answer = answer.into_inner();
+                        *replayed += usize::from(answer.duplicate);
+                        acknowledged.lock().unwrap().extend(answer.message_ids);
+                    }
+                    if *replayed == 100 {
+                        enough.notify_one();
+                    }
+                }
+            })
+        })
+        .collect();
+    enough.notified().await;
+    first.kill();
+    for client in clients {
+        client.await.unwrap();
+    }
+
+    let second = Process::start(dir.path(), &[]);
+    let mut notifier = pb::notifier_client::NotifierClient::with_interceptor(
+        second.channel().await,
+        Bearer::new(&admin),
+    );
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() >= 200,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    for id in &acknowledged {
+        notifier
+            .get_message(pb::GetMessageRequest { id: id.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged message {id} lost: {e:?}"));
+    }
+    drop(notifier);
+    let (status, log) = second.terminate().await;
+    assert!(status.success(), "{log}");
+}

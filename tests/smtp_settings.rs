@@ -447,9 +447,12 @@ async fn secrets_never_leave_and_are_encrypted_at_rest() {
 async fn settings_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = TestServer::start_in(dir.path()).await;
+    let mut settings = valid();
+    settings.link_origins = vec!["https://thehive.example.com".into()];
+    settings.sender_domains = vec!["example.com".into(), "example.org".into()];
     let saved = first
         .smtp(&first.admin_key)
-        .update_smtp_settings(update(valid(), &[]))
+        .update_smtp_settings(update(settings, &[]))
         .await
         .unwrap()
         .into_inner();
@@ -485,4 +488,360 @@ async fn settings_survive_a_restart() {
         Code::PermissionDenied,
         "the key is still known: {status:?}"
     );
+}
+
+/// The `BadRequest` description of `field` in an `INVALID_ARGUMENT` status.
+fn description(status: &tonic::Status, field: &str) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .and_then(|b| b.field_violations.into_iter().find(|v| v.field == field))
+        .map(|v| v.description)
+        .unwrap_or_else(|| panic!("no violation on {field}: {status:?}"))
+}
+
+#[tokio::test]
+async fn link_origins_and_sender_domains_round_trip_normalised() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    let mut settings = valid();
+    settings.link_origins = vec![
+        "https://TheHive.example.com/".into(),
+        "http://10.0.0.1:9000".into(),
+        "https://thehive.example.com:443".into(),
+    ];
+    settings.sender_domains = vec!["Example.COM".into(), "alerts.example.org.".into()];
+    let saved = smtp
+        .update_smtp_settings(update(settings, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        saved.link_origins,
+        ["https://thehive.example.com", "http://10.0.0.1:9000"],
+        "origins as compared: lower case, default port left out, duplicates dropped"
+    );
+    assert_eq!(saved.sender_domains, ["example.com", "alerts.example.org"]);
+
+    // The mask names each list on its own; an empty list named clears it.
+    let changed = smtp
+        .update_smtp_settings(update(
+            pb::SmtpSettings {
+                link_origins: vec!["https://portal.example.com".into()],
+                ..Default::default()
+            },
+            &["link_origins"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(changed.link_origins, ["https://portal.example.com"]);
+    assert_eq!(
+        changed.sender_domains,
+        ["example.com", "alerts.example.org"]
+    );
+    let cleared = smtp
+        .update_smtp_settings(update(pb::SmtpSettings::default(), &["sender_domains"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cleared.sender_domains.is_empty());
+    assert_eq!(cleared.link_origins, ["https://portal.example.com"]);
+}
+
+#[tokio::test]
+async fn bad_link_origins_and_sender_domains_name_their_entry() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    type Spoil = Box<dyn Fn(&mut pb::SmtpSettings)>;
+    let cases: Vec<(&str, Spoil)> = vec![
+        (
+            "settings.link_origins[1]",
+            Box::new(|s| {
+                s.link_origins = vec![
+                    "https://thehive.example.com".into(),
+                    "https://thehive.example.com/login".into(),
+                ]
+            }),
+        ),
+        (
+            "settings.link_origins[0]",
+            Box::new(|s| s.link_origins = vec!["thehive.example.com".into()]),
+        ),
+        (
+            "settings.link_origins[0]",
+            Box::new(|s| s.link_origins = vec!["ftp://thehive.example.com".into()]),
+        ),
+        (
+            "settings.link_origins[0]",
+            Box::new(|s| s.link_origins = vec!["https://thehive.example.com/?next=x".into()]),
+        ),
+        (
+            "settings.link_origins[0]",
+            Box::new(|s| s.link_origins = vec!["https://admin@thehive.example.com".into()]),
+        ),
+        (
+            "settings.link_origins",
+            Box::new(|s| {
+                s.link_origins = (0..33)
+                    .map(|i| format!("https://h{i}.example.com"))
+                    .collect()
+            }),
+        ),
+        (
+            "settings.sender_domains[0]",
+            Box::new(|s| s.sender_domains = vec!["soc@example.com".into()]),
+        ),
+        (
+            "settings.sender_domains[1]",
+            Box::new(|s| s.sender_domains = vec!["example.com".into(), "bad domain".into()]),
+        ),
+        (
+            "settings.sender_domains[0]",
+            Box::new(|s| s.sender_domains = vec![String::new()]),
+        ),
+        // The settings' own sender must be at one of the sender domains.
+        (
+            "settings.from",
+            Box::new(|s| s.sender_domains = vec!["example.org".into()]),
+        ),
+        (
+            "settings.from",
+            Box::new(|s| s.sender_domains = vec!["mail.example.com".into()]),
+        ),
+    ];
+    for (field, spoil) in cases {
+        let mut settings = valid();
+        spoil(&mut settings);
+        let status = smtp
+            .update_smtp_settings(update(settings.clone(), &[]))
+            .await
+            .expect_err(field);
+        assert_eq!(
+            violated_fields(&status),
+            [field],
+            "{settings:?}: {status:?}"
+        );
+    }
+}
+
+/// What each change that weakens where or how a stored secret travels does to the stored
+/// settings, with the words the refusal gives for it.
+fn weakenings(other_ca: &str) -> Vec<(&'static str, &'static str, pb::SmtpSettings)> {
+    let tls = |t: pb::TlsSettings| Some(t);
+    vec![
+        (
+            "security",
+            "security lowered from STARTTLS to NONE",
+            pb::SmtpSettings {
+                security: pb::ConnectionSecurity::None.into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "security",
+            "security lowered from STARTTLS to STARTTLS_OPPORTUNISTIC",
+            pb::SmtpSettings {
+                security: pb::ConnectionSecurity::StarttlsOpportunistic.into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "tls.accept_invalid_certificates",
+            "tls.accept_invalid_certificates turned on",
+            pb::SmtpSettings {
+                tls: tls(pb::TlsSettings {
+                    accept_invalid_certificates: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "tls.ca_certificates_pem",
+            "tls.ca_certificates_pem changed",
+            pb::SmtpSettings {
+                tls: tls(pb::TlsSettings {
+                    ca_certificates_pem: other_ca.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "tls.server_name",
+            "tls.server_name changed",
+            pb::SmtpSettings {
+                tls: tls(pb::TlsSettings {
+                    server_name: "mx.evil.example.org".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "host",
+            "host changed",
+            pb::SmtpSettings {
+                host: "evil.example.org".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "port",
+            "port changed",
+            pb::SmtpSettings {
+                port: 2525,
+                ..Default::default()
+            },
+        ),
+        (
+            "username",
+            "username changed",
+            pb::SmtpSettings {
+                username: "other".into(),
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_weakening_of_the_stored_secrets_needs_them_again() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.example.com".into()]).unwrap();
+    let other_ca = rcgen::generate_simple_self_signed(vec!["evil.example.org".into()]).unwrap();
+    let client = rcgen::generate_simple_self_signed(vec!["mailroom.example.com".into()]).unwrap();
+    let mut stored = valid();
+    stored.tls = Some(pb::TlsSettings {
+        ca_certificates_pem: ca.cert.pem(),
+        server_name: "relay.example.com".into(),
+        client_certificate_pem: client.cert.pem(),
+        client_key_pem: client.key_pair.serialize_pem(),
+        ..Default::default()
+    });
+    for (field, why, change) in weakenings(&other_ca.cert.pem()) {
+        let before = smtp
+            .update_smtp_settings(update(stored.clone(), &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        // Named in the mask, and as a full replace without the secrets.
+        let status = smtp
+            .update_smtp_settings(update(change.clone(), &[field]))
+            .await
+            .unwrap_err();
+        let mut expected = vec!["settings.password"];
+        if field != "username" {
+            // The client key does not travel with the username.
+            expected.push("settings.tls.client_key_pem");
+        }
+        let mut fields = violated_fields(&status);
+        fields.sort();
+        assert_eq!(fields, expected, "{field}: {status:?}");
+        assert!(
+            description(&status, "settings.password").contains(why),
+            "{field}: {status:?}"
+        );
+        let mut full = stored.clone();
+        full.password.clear();
+        full.tls.as_mut().unwrap().client_key_pem.clear();
+        let full = apply(full, change.clone(), field);
+        let status = smtp
+            .update_smtp_settings(update(full, &[]))
+            .await
+            .unwrap_err();
+        let mut fields = violated_fields(&status);
+        fields.sort();
+        assert_eq!(fields, expected, "full {field}: {status:?}");
+        let unchanged = smtp
+            .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(unchanged, before, "{field}: nothing saved");
+
+        // With the secrets again, the same change is accepted.
+        let mut given = change.clone();
+        given.password = "given-again".into();
+        let mut tls = given.tls.take().unwrap_or_default();
+        tls.client_key_pem = client.key_pair.serialize_pem();
+        given.tls = Some(tls);
+        smtp.update_smtp_settings(update(given, &[field, "password", "tls.client_key_pem"]))
+            .await
+            .unwrap_or_else(|e| panic!("{field} with the secrets again: {e:?}"));
+    }
+}
+
+/// `change`'s value of `field` set in `settings`.
+fn apply(
+    mut settings: pb::SmtpSettings,
+    change: pb::SmtpSettings,
+    field: &str,
+) -> pb::SmtpSettings {
+    let tls = settings.tls.get_or_insert_with(Default::default);
+    let new_tls = change.tls.clone().unwrap_or_default();
+    match field {
+        "security" => settings.security = change.security,
+        "tls.accept_invalid_certificates" => {
+            tls.accept_invalid_certificates = new_tls.accept_invalid_certificates
+        }
+        "tls.ca_certificates_pem" => tls.ca_certificates_pem = new_tls.ca_certificates_pem,
+        "tls.server_name" => tls.server_name = new_tls.server_name,
+        "host" => settings.host = change.host,
+        "port" => settings.port = change.port,
+        "username" => settings.username = change.username,
+        other => panic!("no such weakening: {other}"),
+    }
+    settings
+}
+
+#[tokio::test]
+async fn changes_as_strict_or_stricter_keep_the_stored_password() {
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    let mut stored = valid();
+    stored.security = pb::ConnectionSecurity::StarttlsOpportunistic.into();
+    stored.tls = Some(pb::TlsSettings {
+        accept_invalid_certificates: true,
+        ..Default::default()
+    });
+    smtp.update_smtp_settings(update(stored, &[]))
+        .await
+        .unwrap();
+    for (field, change) in [
+        (
+            "security",
+            pb::SmtpSettings {
+                security: pb::ConnectionSecurity::Starttls.into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "security",
+            pb::SmtpSettings {
+                security: pb::ConnectionSecurity::Ssl.into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "tls.accept_invalid_certificates",
+            pb::SmtpSettings::default(),
+        ),
+        (
+            "from",
+            pb::SmtpSettings {
+                from: "alerts@example.com".into(),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let kept = smtp
+            .update_smtp_settings(update(change, &[field]))
+            .await
+            .unwrap_or_else(|e| panic!("{field}: {e:?}"))
+            .into_inner();
+        assert!(kept.password_set, "{field}");
+    }
 }

@@ -480,3 +480,149 @@ async fn bad_requests_name_their_field() {
         "nothing stored to test"
     );
 }
+
+/// Every AUTH the careless relay got.
+fn auths(reads: &std::sync::Mutex<support::smtp::Reads>) -> Vec<(String, String)> {
+    reads.lock().unwrap().auth.clone()
+}
+
+#[tokio::test]
+async fn a_weakened_copy_of_the_stored_settings_never_gets_the_stored_password() {
+    let server = TestServer::start().await;
+    let (relay, reads) = support::smtp::plain_auth_server().await;
+    let (other, other_reads) = support::smtp::plain_auth_server().await;
+    let pki = Pki::new();
+    let mut stored = with_auth(
+        with_ca(
+            settings(relay.port(), pb::ConnectionSecurity::Starttls),
+            &pki,
+        ),
+        PASSWORD,
+    );
+    stored.tls.as_mut().unwrap().server_name = "localhost".into();
+    server
+        .smtp(&server.admin_key)
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(stored.clone()),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    type Weaken = Box<dyn Fn(&mut pb::SmtpSettings)>;
+    let cases: Vec<(&str, Weaken)> = vec![
+        (
+            "security lowered from STARTTLS to NONE",
+            Box::new(|s| s.security = pb::ConnectionSecurity::None.into()),
+        ),
+        (
+            "security lowered from STARTTLS to STARTTLS_OPPORTUNISTIC",
+            Box::new(|s| s.security = pb::ConnectionSecurity::StarttlsOpportunistic.into()),
+        ),
+        (
+            "tls.accept_invalid_certificates turned on",
+            Box::new(|s| s.tls.as_mut().unwrap().accept_invalid_certificates = true),
+        ),
+        (
+            "tls.ca_certificates_pem changed",
+            Box::new(|s| s.tls.as_mut().unwrap().ca_certificates_pem = Pki::new().ca_pem),
+        ),
+        (
+            "tls.server_name changed",
+            Box::new(|s| s.tls.as_mut().unwrap().server_name = "127.0.0.1".into()),
+        ),
+        ("host changed", Box::new(|s| s.host = "localhost".into())),
+        (
+            "port changed",
+            Box::new(move |s| s.port = other.port().into()),
+        ),
+        (
+            "username changed",
+            Box::new(|s| s.username = "someone-else".into()),
+        ),
+    ];
+    let mut admin = server.smtp(&server.admin_key);
+    for (why, weaken) in &cases {
+        let mut candidate = stored.clone();
+        weaken(&mut candidate);
+        candidate.password.clear();
+        let status = admin
+            .test_smtp_settings(pb::TestSmtpSettingsRequest {
+                settings: Some(candidate.clone()),
+                recipient: RECIPIENT.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&status), ["settings.password"], "{why}");
+        assert!(status.message().contains(why), "{why}: {status:?}");
+
+        // With the password given again, the test runs, with that password.
+        candidate.password = "given-with-the-change".into();
+        admin
+            .test_smtp_settings(pb::TestSmtpSettingsRequest {
+                settings: Some(candidate),
+                recipient: RECIPIENT.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{why}, password given: {e:?}"));
+    }
+    for (user, password) in auths(&reads).into_iter().chain(auths(&other_reads)) {
+        assert_ne!(password, PASSWORD, "the stored password went to {user}");
+    }
+    // The relay does take credentials in clear: with security NONE and the password given
+    // with it, it got them.
+    assert_eq!(
+        auths(&reads),
+        [("relay".to_string(), "given-with-the-change".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn opportunistic_starttls_not_offered_sends_no_credentials() {
+    let server = TestServer::start().await;
+    let (relay, reads) = support::smtp::plain_auth_server().await;
+    let stored = with_auth(
+        settings(relay.port(), pb::ConnectionSecurity::StarttlsOpportunistic),
+        PASSWORD,
+    );
+    server
+        .smtp(&server.admin_key)
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(stored.clone()),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    for given in [None, Some(stored.clone())] {
+        let report = test(&server, given, RECIPIENT).await;
+        assert!(!report.success, "{report:#?}");
+        let step = last(&report);
+        assert_eq!(
+            (step.stage(), step.ok),
+            (pb::TestStage::Auth, false),
+            "{report:#?}"
+        );
+        assert!(
+            step.detail.contains("not encrypted") && step.detail.contains("STARTTLS"),
+            "{}",
+            step.detail
+        );
+    }
+    let seen = reads.lock().unwrap().clone();
+    assert!(
+        seen.auth.is_empty(),
+        "credentials in clear: {:?}",
+        seen.auth
+    );
+    assert!(
+        !seen.groups.iter().flatten().any(|verb| verb == "MAIL"),
+        "nothing sent after the refused AUTH: {:?}",
+        seen.groups
+    );
+
+    // Security NONE, with the password given with it, is the one way to AUTH in clear.
+    let mut plain = stored;
+    plain.security = pb::ConnectionSecurity::None.into();
+    let report = test(&server, Some(plain), RECIPIENT).await;
+    assert!(report.success, "{report:#?}");
+    assert_eq!(auths(&reads), [("relay".to_string(), PASSWORD.to_string())]);
+}

@@ -14,6 +14,7 @@ use mailroom::settings::SmtpSettings;
 use mailroom::store::sled::SledStore;
 use mailroom::store::Store;
 use mailroom::tokens::{Purpose, Token, TokenState};
+use secrecy::ExposeSecret;
 
 const NOW: Duration = Duration::from_secs(1_800_000_000);
 
@@ -777,7 +778,10 @@ async fn the_key_check_is_kept(store: Arc<dyn Store>) {
     let sealed = key.seal("check", "mailroom");
     store.set_key_check(&sealed).await.unwrap();
     let stored = store.key_check().await.unwrap().unwrap();
-    assert_eq!(*key.open("check", &stored).unwrap(), "mailroom");
+    assert_eq!(
+        key.open("check", &stored).unwrap().expose_secret(),
+        "mailroom"
+    );
     store.ping().await.unwrap();
     store.flush().await.unwrap();
     let other = master_key();

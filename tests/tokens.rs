@@ -162,7 +162,7 @@ async fn expired_revoked_and_wrong_purpose() {
         .tokens(&server.admin_key)
         .revoke_tokens(pb::RevokeTokensRequest {
             login: "bob".into(),
-            purpose: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -502,9 +502,11 @@ async fn account_notices_reach_the_user_and_both_addresses_on_an_email_change() 
         .unwrap_err();
     assert_eq!(
         status.code(),
-        Code::FailedPrecondition,
+        Code::PermissionDenied,
         "alice is not a user of other"
     );
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "LOGIN_NOT_IN_ORGANISATION");
 }
 
 #[tokio::test]
@@ -636,11 +638,94 @@ async fn a_key_sees_only_its_organisation_s_tokens() {
     let revoked = tokens
         .revoke_tokens(pb::RevokeTokensRequest {
             login: "alice".into(),
-            purpose: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(revoked.revoked, 0);
     assert!(verify(&server, &issued.token, RESET).await.is_ok());
+}
+
+#[tokio::test]
+async fn token_links_go_only_to_the_link_origins() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    // https://thehive.example.com and https://portal.example.com.
+    let settings = server.configure_smtp(smtp.addr.port()).await;
+    let mut tokens = server.tokens(&server.admin_key);
+    let emailed = |login: &str, link: &str| {
+        let mut request = issue_request(login, RESET);
+        request.send_email = true;
+        request.link_template = link.into();
+        request
+    };
+    for (n, accepted) in [
+        "https://thehive.example.com/login/resetPassword/{token}",
+        "https://THEHIVE.example.com:443/reset?token={token}",
+        "https://portal.example.com/#/invite/{token}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let issued = tokens
+            .issue_token(emailed(&format!("ok{n}"), accepted))
+            .await
+            .unwrap_or_else(|e| panic!("{accepted}: {e:?}"))
+            .into_inner();
+        server
+            .wait_for_state(&issued.message_id, pb::MessageState::Sent)
+            .await;
+    }
+    for (n, refused) in [
+        "https://thehive.example.com.evil.org/reset/{token}",
+        "https://thehive.example.com@evil.org/reset/{token}",
+        "https://evil.org/https://thehive.example.com/{token}",
+        "http://thehive.example.com/reset/{token}",
+        "https://thehive.example.com:8443/reset/{token}",
+        "https://{token}.thehive.example.com/reset",
+        "https://evil.org/?next=https://thehive.example.com/{token}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let login = format!("refused{n}");
+        let status = tokens
+            .issue_token(emailed(&login, refused))
+            .await
+            .unwrap_err();
+        assert_eq!(violated_fields(&status), ["link_template"], "{refused}");
+        let listed = tokens
+            .list_tokens(pb::ListTokensRequest {
+                login,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.tokens.is_empty(), "{refused}: nothing issued");
+    }
+    assert_eq!(smtp.seen().messages.len(), 3, "no email for a refused link");
+
+    // With no link origins, no token email at all; tokens without one still issue.
+    let mut none = settings;
+    none.link_origins.clear();
+    server.save_smtp(none).await;
+    let status = tokens
+        .issue_token(emailed(
+            "alice",
+            "https://thehive.example.com/reset/{token}",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("settings.link_origins"),
+        "{status:?}"
+    );
+    let failure = status
+        .get_details_precondition_failure()
+        .expect("a PreconditionFailure");
+    assert_eq!(failure.violations[0].subject, "settings.link_origins");
+    issue(&server, "alice", RESET).await;
 }

@@ -1,5 +1,6 @@
 //! `mailroom.v1.ApiKeys`: callers' keys (permission managePlatform).
 
+use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
 use super::convert::Page;
@@ -38,7 +39,7 @@ impl ApiKeys for ApiKeysApi {
             .await?;
         tracing::info!(new_key_id = %new.key.id, new_key_organisation = %new.key.organisation, "API key created");
         Ok(Response::new(pb::CreateApiKeyResponse {
-            secret: new.secret.to_string(),
+            secret: new.secret.expose_secret().to_string(),
             key: Some(new.key.into()),
         }))
     }

@@ -88,8 +88,6 @@ impl Page {
 }
 
 mod settings {
-    use zeroize::Zeroizing;
-
     use super::{duration, duration_from, timestamp};
     use crate::proto::v1 as pb;
     use crate::settings::{
@@ -129,18 +127,20 @@ mod settings {
                 from: p.from,
                 security: security_from(p.security),
                 username: p.username,
-                password: Zeroizing::new(p.password),
+                password: p.password.into(),
                 tls: TlsDraft {
                     ca_certificates_pem: tls.ca_certificates_pem,
                     accept_invalid_certificates: tls.accept_invalid_certificates,
                     server_name: tls.server_name,
                     client_certificate_pem: tls.client_certificate_pem,
-                    client_key_pem: Zeroizing::new(tls.client_key_pem),
+                    client_key_pem: tls.client_key_pem.into(),
                 },
                 helo_name: p.helo_name,
                 timeout: duration_from(p.timeout),
                 reset_password_expiration: duration_from(expiration.reset_password),
                 invitation_expiration: duration_from(expiration.invitation),
+                link_origins: p.link_origins,
+                sender_domains: p.sender_domains,
                 etag: p.etag,
             }
         }
@@ -187,6 +187,8 @@ mod settings {
             update_time: Some(timestamp(s.update_time)),
             updated_by: s.updated_by.clone(),
             configured: true,
+            link_origins: s.link_origins.iter().map(|o| o.as_str().into()).collect(),
+            sender_domains: s.sender_domains.iter().map(|d| d.as_str().into()).collect(),
         }
     }
 }

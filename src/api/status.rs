@@ -7,9 +7,9 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::auth::AuthError;
-use crate::directory::DirectoryError;
+use crate::directory::{DirectoryError, NotInOrganisation};
 use crate::notify::NotifyError;
-use crate::settings::SettingsError;
+use crate::settings::{SettingsError, Unset};
 use crate::store::StoreError;
 use crate::tokens::TokenError;
 use crate::validation::Violations;
@@ -28,6 +28,28 @@ pub fn invalid(violations: &Violations) -> Status {
         format!("invalid request: {violations}"),
         ErrorDetails::with_bad_request(details),
     )
+}
+
+impl From<NotInOrganisation> for Status {
+    fn from(e: NotInOrganisation) -> Self {
+        let info = ErrorDetails::with_error_info(
+            "LOGIN_NOT_IN_ORGANISATION",
+            ERROR_DOMAIN,
+            HashMap::new(),
+        );
+        Status::with_error_details(Code::PermissionDenied, e.to_string(), info)
+    }
+}
+
+impl From<Unset> for Status {
+    fn from(e: Unset) -> Self {
+        let failure = tonic_types::PreconditionViolation::new("SETTINGS", e.field, e.why);
+        Status::with_error_details(
+            Code::FailedPrecondition,
+            e.to_string(),
+            ErrorDetails::with_precondition_failure(vec![failure]),
+        )
+    }
 }
 
 impl From<StoreError> for Status {
@@ -61,6 +83,7 @@ impl From<SettingsError> for Status {
                 "{e}: read the settings again and retry with their etag"
             )),
             SettingsError::NotConfigured => Status::failed_precondition(e.to_string()),
+            SettingsError::Unset(e) => e.into(),
             SettingsError::Crypto(e) => {
                 tracing::error!(error = %e, "stored SMTP secret unreadable");
                 Status::failed_precondition(
@@ -89,8 +112,10 @@ impl From<NotifyError> for Status {
         match e {
             NotifyError::Invalid(v) => invalid(&v),
             NotifyError::NotConfigured => Status::failed_precondition(e.to_string()),
+            NotifyError::Unset(e) => e.into(),
             NotifyError::NotFound(_) => Status::not_found(e.to_string()),
             NotifyError::NoUser(_) => Status::failed_precondition(e.to_string()),
+            NotifyError::NotInOrganisation(e) => e.into(),
             NotifyError::State(_) => Status::failed_precondition(e.to_string()),
             NotifyError::Crypto(e) => {
                 tracing::error!(error = %e, "sealed value unreadable");
@@ -116,6 +141,7 @@ impl From<TokenError> for Status {
             TokenError::Expired => ended("TOKEN_EXPIRED"),
             TokenError::Consumed => ended("TOKEN_CONSUMED"),
             TokenError::Revoked => ended("TOKEN_REVOKED"),
+            TokenError::NotInOrganisation(e) => e.into(),
             TokenError::NoAddress(_) => Status::failed_precondition(message),
             TokenError::RateLimited(wait) => Status::with_error_details(
                 Code::ResourceExhausted,

@@ -1,5 +1,6 @@
 //! `mailroom.v1.Token`: password-reset and invitation tokens (permission manageUser).
 
+use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, Page};
@@ -57,7 +58,7 @@ impl Token for TokenApi {
             })
             .await?;
         Ok(Response::new(pb::IssueTokenResponse {
-            token: issued.secret.to_string(),
+            token: issued.secret.expose_secret().to_string(),
             message_id: issued.message_id.unwrap_or_default(),
             info: Some(self.info(issued.token)),
         }))
@@ -106,7 +107,11 @@ impl Token for TokenApi {
         let r = request.get_ref();
         let revoked = self
             .tokens
-            .revoke(&r.login, purpose_filter(r.purpose)?, caller.scope())
+            .revoke(
+                &r.login,
+                purpose_filter(r.purpose)?,
+                caller.act_for_named(&r.organisation)?,
+            )
             .await?;
         Ok(Response::new(pb::RevokeTokensResponse { revoked }))
     }
@@ -127,7 +132,7 @@ impl Token for TokenApi {
             .list(
                 &r.login,
                 purpose,
-                caller.scope(),
+                caller.act_for_named(&r.organisation)?,
                 page.after.as_deref(),
                 page.fetch(),
             )

@@ -81,6 +81,35 @@ pub enum DirectoryError {
     Store(#[from] StoreError),
 }
 
+/// A login that another organisation's Directory holds and the organisation acted for
+/// does not: refused whatever else the request says (an address given with it included),
+/// so that no key reaches, greets, rate-limits or revokes another organisation's users.
+#[derive(Debug, thiserror::Error)]
+#[error("login {login:?} is not a user of organisation {organisation:?}")]
+pub struct NotInOrganisation {
+    /// The login named.
+    pub login: String,
+    /// The organisation acted for.
+    pub organisation: String,
+}
+
+/// The rule every request that names a login follows: `found` (the Directory's user of
+/// that login, if any) must belong to `organisation`. A login in no Directory (an
+/// invitation to a new user) passes as `None`.
+pub fn member_of(
+    found: Option<User>,
+    login: &str,
+    organisation: &str,
+) -> Result<Option<User>, NotInOrganisation> {
+    match found {
+        Some(user) if !user.belongs_to(organisation) => Err(NotInOrganisation {
+            login: login.to_string(),
+            organisation: organisation.to_string(),
+        }),
+        found => Ok(found),
+    }
+}
+
 /// Checks a login: 1 to 256 characters, no control characters.
 pub fn check_login(login: &str) -> Result<(), String> {
     validation::text(login, true, 256)

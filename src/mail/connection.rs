@@ -5,7 +5,10 @@
 //! stage; delivery keeps the connection for the next messages.
 //!
 //! `STARTTLS` is required when the settings say so: if the server does not offer it, the
-//! connection ends there, before any credentials or message.
+//! connection ends there, before any credentials or message. Credentials go over an
+//! unencrypted connection only with security `NONE` (whose password was given with `NONE`:
+//! lowering `security` needs the password again); with `STARTTLS_OPPORTUNISTIC` and no
+//! STARTTLS offered, the AUTH stage fails without sending them.
 //!
 //! A message goes out with its `MAIL FROM`, `RCPT TO` and `DATA` in one write when the
 //! server offers PIPELINING (RFC 2920), as Postfix's client does: two round trips instead of
@@ -22,6 +25,7 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
+use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -213,6 +217,7 @@ pub async fn open(
         run.begin(Stage::Tls);
         run.pass(None, "not used: connection security NONE".into());
     }
+    let mut encrypted = settings.security == Security::Ssl;
 
     let hello = client_id(settings);
     run.begin(Stage::Ehlo);
@@ -233,6 +238,7 @@ pub async fn open(
             conn.starttls(params, &hello)
                 .await
                 .map_err(|e| run.smtp_fail(e))?;
+            encrypted = true;
             run.pass(
                 Some(220),
                 format!(
@@ -262,12 +268,28 @@ pub async fn open(
     run.begin(Stage::Auth);
     if settings.username.is_empty() {
         run.pass(None, "skipped: no username".into());
+    } else if !encrypted && settings.security != Security::None {
+        let failed = run.fail(
+            None,
+            format!(
+                "not sent: the connection is not encrypted (the server did not offer \
+                 STARTTLS), and credentials go in clear only with connection security NONE, \
+                 not {}: use a server that offers STARTTLS, or set security NONE and give the \
+                 password again",
+                settings.security.name()
+            ),
+        );
+        conn.abort().await;
+        return Err(failed);
     } else {
         let password = settings
             .password(key)
             .map_err(|e| run.fail(None, e.to_string()))?
             .unwrap_or_default();
-        let credentials = Credentials::new(settings.username.clone(), password.to_string());
+        let credentials = Credentials::new(
+            settings.username.clone(),
+            password.expose_secret().to_string(),
+        );
         let response = conn
             .auth(&[Mechanism::Plain, Mechanism::Login], &credentials)
             .await

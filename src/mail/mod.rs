@@ -10,6 +10,7 @@ use crate::crypto::CryptoError;
 pub mod connection;
 pub mod delivery;
 pub mod probe;
+pub mod sandbox;
 pub mod template;
 pub mod tls;
 

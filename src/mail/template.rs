@@ -15,10 +15,11 @@ use std::sync::{Arc, LazyLock, Mutex};
 use chrono::{DateTime, Locale, Utc};
 use handlebars::{
     handlebars_helper, no_escape, Context, Handlebars, Helper, HelperResult, Output, RenderContext,
-    RenderError, RenderErrorReason, TemplateError,
+    RenderError, RenderErrorReason,
 };
 use serde_json::Value;
 
+use super::sandbox;
 use crate::validation::Violations;
 
 /// How a body is rendered.
@@ -98,8 +99,9 @@ impl Templates {
             } else {
                 &mut headers
             };
-            if let Err(e) = target.register_template_string(name, template) {
-                v.add(*name, template_error(&e));
+            match sandbox::parse(template) {
+                Ok(parsed) => target.register_template(name, parsed),
+                Err(why) => v.add(*name, why),
             }
         }
         v.into_result(Self { headers, body })
@@ -115,9 +117,24 @@ impl Templates {
         if !registry.has_template(field) {
             return Ok(String::new());
         }
-        registry
-            .render(field, data)
-            .map_err(|e| crate::validation::violation(field, render_error(&e)))
+        sandbox::Budget::start();
+        let mut out = sandbox::Bounded::new(sandbox::MAX_OUTPUT_BYTES);
+        match registry.render_to_write(field, data, &mut out) {
+            Ok(()) => Ok(out.into_string()),
+            Err(e) => {
+                let why = if out.overflowed {
+                    format!(
+                        "renders to more than {} bytes, the most a message holds",
+                        sandbox::MAX_OUTPUT_BYTES
+                    )
+                } else if sandbox::Budget::exhausted() {
+                    sandbox::too_much_work()
+                } else {
+                    render_error(&e)
+                };
+                Err(crate::validation::violation(field, why))
+            }
+        }
     }
 }
 
@@ -160,23 +177,15 @@ impl Builtin {
 
 fn registry() -> Handlebars<'static> {
     let mut hb = Handlebars::new();
+    // The sandbox (see sandbox.rs): `log` would write values into the server log, and
+    // `each` must spend the render budget.
+    hb.unregister_helper("log");
+    hb.register_helper("each", Box::new(sandbox::Each));
     hb.register_helper("tlpLabel", Box::new(tlp_label));
     hb.register_helper("papLabel", Box::new(pap_label));
     hb.register_helper("severityLabel", Box::new(severity_label));
     hb.register_helper("dateFormat", Box::new(date_format));
     hb
-}
-
-fn template_error(e: &TemplateError) -> String {
-    match e.pos() {
-        Some((line, column)) => {
-            format!(
-                "template error at line {line}, column {column}: {}",
-                e.reason()
-            )
-        }
-        None => format!("template error: {}", e.reason()),
-    }
 }
 
 fn render_error(e: &RenderError) -> String {

@@ -12,7 +12,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::MailError;
 use crate::crypto::MasterKey;
@@ -28,7 +28,7 @@ pub struct TlsPolicy {
 
 struct ClientIdentity {
     certificate_pem: String,
-    key_pem: Zeroizing<String>,
+    key_pem: SecretString,
 }
 
 impl TlsPolicy {
@@ -74,9 +74,11 @@ impl TlsPolicy {
             builder = builder.add_root_certificate(cert);
         }
         if let Some(client) = &self.client {
-            let identity =
-                Identity::from_pem(client.certificate_pem.as_bytes(), client.key_pem.as_bytes())
-                    .map_err(tls_error)?;
+            let identity = Identity::from_pem(
+                client.certificate_pem.as_bytes(),
+                client.key_pem.expose_secret().as_bytes(),
+            )
+            .map_err(tls_error)?;
             builder = builder.identify_with(identity);
         }
         builder.build_rustls().map_err(tls_error)
@@ -105,8 +107,8 @@ impl TlsPolicy {
                 let chain = CertificateDer::pem_slice_iter(client.certificate_pem.as_bytes())
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(tls_error)?;
-                let key =
-                    PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).map_err(tls_error)?;
+                let key = PrivateKeyDer::from_pem_slice(client.key_pem.expose_secret().as_bytes())
+                    .map_err(tls_error)?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(tls_error)?

@@ -100,9 +100,15 @@ pub enum NotifyError {
     /// SMTP was never configured.
     #[error("SMTP is not configured: set it with UpdateSmtpSettings first")]
     NotConfigured,
+    /// A setting the request needs is not set.
+    #[error(transparent)]
+    Unset(#[from] crate::settings::Unset),
     /// No directory user (with an address) for this login in the organisation.
     #[error("no user {0:?} with an email address in this organisation")]
     NoUser(String),
+    /// The login is a user of another organisation.
+    #[error(transparent)]
+    NotInOrganisation(#[from] crate::directory::NotInOrganisation),
     /// No such message (for this caller).
     #[error("message {0:?} not found")]
     NotFound(String),
@@ -124,6 +130,7 @@ impl From<SettingsError> for NotifyError {
             SettingsError::NotConfigured | SettingsError::Stale { .. } => {
                 NotifyError::NotConfigured
             }
+            SettingsError::Unset(e) => NotifyError::Unset(e),
             SettingsError::Crypto(e) => NotifyError::Crypto(e),
             SettingsError::Store(e) => NotifyError::Store(e),
         }
@@ -292,11 +299,8 @@ impl NotifyService {
         };
         v.into_result(()).map_err(NotifyError::Invalid)?;
         let kind = kind.expect("checked above");
-        let user = self
-            .store
-            .user(login)
-            .await?
-            .filter(|u| u.belongs_to(organisation))
+        let found = self.store.user(login).await?;
+        let user = crate::directory::member_of(found, login, organisation)?
             .ok_or_else(|| NotifyError::NoUser(login.to_string()))?;
         let address = user
             .address()
@@ -389,7 +393,10 @@ impl NotifyService {
                 .render("from", data)
                 .map_err(|e| merge(&mut v, e))
                 .ok()
-                .and_then(|from| v.check("from", mailbox(&from)))
+                .and_then(|from| {
+                    let from = mailbox(&from).and_then(|m| settings.check_sender(&m).map(|()| m));
+                    v.check("from", from)
+                })
         };
         let to = match &draft.to {
             Recipient::Address(address, name) => {
@@ -431,18 +438,30 @@ impl NotifyService {
             .map_err(|e| validation::violation("body", format!("cannot build the message: {e}")))
     }
 
+    /// The first use of the notification's key, once durable.
     async fn seen(&self, n: &Notification) -> Result<Option<Queued>, NotifyError> {
         if n.idempotency_key.is_empty() {
             return Ok(None);
         }
-        Ok(self
+        let Some(first) = self
             .store
             .idempotency(&n.organisation, &n.idempotency_key)
             .await?
-            .map(|i| Queued {
-                duplicate: true,
-                ..i.queued
-            }))
+        else {
+            return Ok(None);
+        };
+        self.replay(first).await.map(Some)
+    }
+
+    /// Answers a key's first use again. The first call may still be waiting for its write
+    /// to reach the disk (a group commit in flight): a retry that answered before it would
+    /// hand out ids that a crash could still lose, so it waits for the same durability.
+    async fn replay(&self, first: Idempotency) -> Result<Queued, NotifyError> {
+        self.store.flush().await?;
+        Ok(Queued {
+            duplicate: true,
+            ..first.queued
+        })
     }
 
     async fn configured(&self) -> Result<Arc<SmtpSettings>, NotifyError> {
@@ -489,10 +508,7 @@ impl NotifyService {
             None => self.store.commit_batch(batch, key.as_ref()).await?,
         };
         if let Some(first) = first {
-            return Ok(Queued {
-                duplicate: true,
-                ..first.queued
-            });
+            return self.replay(first).await;
         }
         self.metrics.messages("queued", queued.message_ids.len());
         self.wake.notify_one();

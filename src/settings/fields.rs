@@ -169,6 +169,146 @@ pub enum Security {
     Ssl,
 }
 
+impl Security {
+    /// How well a secret is protected on the way: NONE < STARTTLS_OPPORTUNISTIC < STARTTLS
+    /// and SSL (both always encrypted).
+    pub fn strength(self) -> u8 {
+        match self {
+            Security::None => 0,
+            Security::StartTlsOpportunistic => 1,
+            Security::StartTls | Security::Ssl => 2,
+        }
+    }
+
+    /// The name a caller knows it by (without the `CONNECTION_SECURITY_` prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Security::None => "NONE",
+            Security::StartTls => "STARTTLS",
+            Security::StartTlsOpportunistic => "STARTTLS_OPPORTUNISTIC",
+            Security::Ssl => "SSL",
+        }
+    }
+}
+
+/// An origin token emails may link to: `http` or `https`, a host and an optional port,
+/// nothing else. Kept as the `url` crate serialises an origin (`https://thehive.example.com`,
+/// host in lower case and punycode, default port left out), which is how links compare.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LinkOrigin(String);
+
+impl LinkOrigin {
+    /// The origin, normalised.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `url` leads to this origin. Origins compare whole (scheme, host, port):
+    /// `https://thehive.example.com.evil.org` and `https://thehive.example.com@evil.org`
+    /// are other hosts.
+    fn admits(&self, url: &url::Url) -> bool {
+        url.origin().ascii_serialization() == self.0
+    }
+}
+
+impl TryFrom<String> for LinkOrigin {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        const EXAMPLE: &str = "such as https://thehive.example.com";
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain spaces or control characters".into());
+        }
+        let url = url::Url::parse(&value)
+            .map_err(|e| format!("is not an http(s) origin {EXAMPLE} ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("must be an http or https origin {EXAMPLE}"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not contain a user name or password".into());
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "must be an origin only (scheme, host, optional port), without path, query \
+                 or fragment, {EXAMPLE}"
+            ));
+        }
+        Ok(Self(url.origin().ascii_serialization()))
+    }
+}
+
+impl From<LinkOrigin> for String {
+    fn from(origin: LinkOrigin) -> String {
+        origin.0
+    }
+}
+
+/// Checks that every link `template` makes (with `{token}` replaced by a secret) leads to one
+/// of `origins`. The origin is taken with `{token}` standing for two different values: a
+/// `{token}` in the host would let the secret choose where the link goes.
+pub fn link_within(origins: &[LinkOrigin], template: &str) -> Result<(), String> {
+    for stand_in in ["TOKEN", "0"] {
+        let url = url::Url::parse(&template.replace("{token}", stand_in))
+            .map_err(|e| format!("is not an absolute URL ({e})"))?;
+        if !origins.iter().any(|o| o.admits(&url)) {
+            let allowed: Vec<&str> = origins.iter().map(LinkOrigin::as_str).collect();
+            return Err(format!(
+                "must link to one of the SMTP settings' link_origins ({}), not to {}",
+                allowed.join(", "),
+                url.origin().ascii_serialization()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A domain notifications may be sent from: a DNS name, kept in lower case without a
+/// final dot. An address is at it only when its domain is exactly this one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SenderDomain(String);
+
+impl SenderDomain {
+    /// The domain.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `domain` (an address's) is this one, ignoring case and a final dot.
+    pub fn admits(&self, domain: &str) -> bool {
+        domain
+            .strip_suffix('.')
+            .unwrap_or(domain)
+            .eq_ignore_ascii_case(&self.0)
+    }
+}
+
+impl TryFrom<String> for SenderDomain {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        if value.is_empty() {
+            return Err("must not be empty: a domain such as example.com".into());
+        }
+        if value.contains('@') {
+            return Err("must be a domain such as example.com, not an address".into());
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain spaces or control characters".into());
+        }
+        dns_name(&value)?;
+        let domain = value.strip_suffix('.').unwrap_or(&value);
+        Ok(Self(domain.to_ascii_lowercase()))
+    }
+}
+
+impl From<SenderDomain> for String {
+    fn from(domain: SenderDomain) -> String {
+        domain.0
+    }
+}
+
 /// Resolves `host` and refuses it when any of its addresses is loopback, private,
 /// link-local, shared (CGNAT) or unspecified.
 pub async fn public_host(host: &Host, port: Port) -> Result<(), String> {
@@ -274,6 +414,78 @@ mod tests {
         for ip in ["192.0.2.1", "8.8.8.8", "2001:db8::1"] {
             assert!(!private(&ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn link_origins_compare_whole() {
+        let origin = |s: &str| LinkOrigin::try_from(s.to_string());
+        assert_eq!(
+            origin("https://TheHive.example.com/").unwrap().as_str(),
+            "https://thehive.example.com"
+        );
+        assert_eq!(
+            origin("https://thehive.example.com:443").unwrap().as_str(),
+            "https://thehive.example.com"
+        );
+        assert_eq!(
+            origin("http://10.0.0.1:9000").unwrap().as_str(),
+            "http://10.0.0.1:9000"
+        );
+        for bad in [
+            "",
+            "thehive.example.com",
+            "ftp://thehive.example.com",
+            "https://thehive.example.com/login",
+            "https://thehive.example.com/?a=b",
+            "https://thehive.example.com/#x",
+            "https://user@thehive.example.com",
+            "https://thehive .example.com",
+        ] {
+            assert!(origin(bad).is_err(), "{bad}");
+        }
+        let origins = [origin("https://thehive.example.com").unwrap()];
+        for ok in [
+            "https://thehive.example.com/reset/{token}",
+            "https://THEHIVE.example.com:443/r?t={token}",
+            "https://thehive.example.com/#/{token}",
+        ] {
+            assert!(link_within(&origins, ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://thehive.example.com.evil.org/{token}",
+            "https://thehive.example.com@evil.org/{token}",
+            "https://evil.org/thehive.example.com/{token}",
+            "http://thehive.example.com/{token}",
+            "https://thehive.example.com:8443/{token}",
+            "https://{token}.thehive.example.com/",
+            "https://thehive.example.com{token}/",
+        ] {
+            assert!(link_within(&origins, bad).is_err(), "{bad}");
+        }
+        let token_host = [origin("https://token.example.com").unwrap()];
+        assert!(
+            link_within(&token_host, "https://{token}.example.com/").is_err(),
+            "a secret in the host chooses the host"
+        );
+    }
+
+    #[test]
+    fn sender_domains_are_exact() {
+        let domain = SenderDomain::try_from("Example.COM.".to_string()).unwrap();
+        assert_eq!(domain.as_str(), "example.com");
+        assert!(domain.admits("EXAMPLE.com"));
+        assert!(!domain.admits("mail.example.com"));
+        assert!(!domain.admits("evilexample.com"));
+        for bad in ["", "soc@example.com", "exa mple.com", "-x.com", "a..b"] {
+            assert!(SenderDomain::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn security_strength_orders_the_modes() {
+        assert!(Security::None.strength() < Security::StartTlsOpportunistic.strength());
+        assert!(Security::StartTlsOpportunistic.strength() < Security::StartTls.strength());
+        assert_eq!(Security::StartTls.strength(), Security::Ssl.strength());
     }
 
     #[test]

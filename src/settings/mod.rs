@@ -3,16 +3,23 @@
 //! and [`SettingsService::update`].
 //!
 //! Secrets (the password, the client key) are sealed with the master key before they
-//! reach the store and are never returned. Changing `host`, `port` or `username` while a
-//! password is stored requires the password again, so that a stolen admin key cannot
-//! point the stored password at a server of its choosing.
+//! reach the store and are never returned. A stored secret is reused only on terms at least
+//! as strict as those it was given with ([`weakened`]): another host, port or username, a
+//! lower `security`, or weaker TLS verification needs it again, so that a stolen admin key
+//! can neither point the stored password at a server of its choosing nor have it travel
+//! in clear or to an unverified server.
+//!
+//! The settings also bound what callers may send: token emails link only to `link_origins`
+//! ([`SmtpSettings::check_link`]), notifications come only from `sender_domains`
+//! ([`SmtpSettings::check_sender`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use lettre::message::Mailbox;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use crate::cache::Cache;
 use crate::clock::Clock;
@@ -22,7 +29,7 @@ use crate::validation::{self, Violations};
 
 mod fields;
 
-pub use fields::{Host, Port, Security, Sender};
+pub use fields::{Host, LinkOrigin, Port, Security, Sender, SenderDomain};
 
 /// Default bound on an SMTP exchange.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +47,9 @@ pub const INVITATION_RANGE: (Duration, Duration) = (
     Duration::from_secs(15 * 60),
     Duration::from_secs(30 * 86_400),
 );
+
+/// Most entries in `link_origins` and in `sender_domains`.
+pub const MAX_LIST: usize = 32;
 
 const PASSWORD_PURPOSE: &str = "smtp.password";
 const CLIENT_KEY_PURPOSE: &str = "smtp.tls.client_key";
@@ -69,6 +79,12 @@ pub struct SmtpSettings {
     pub reset_password_expiration: Duration,
     /// Invitation token lifetime.
     pub invitation_expiration: Duration,
+    /// The origins token emails may link to; none: no token email is sent.
+    #[serde(default)]
+    pub link_origins: Vec<LinkOrigin>,
+    /// The domains notifications may come from; none: the domain of `from`.
+    #[serde(default)]
+    pub sender_domains: Vec<SenderDomain>,
     /// Incremented by every update; the etag.
     pub revision: u64,
     /// When last updated.
@@ -99,7 +115,7 @@ impl SmtpSettings {
     }
 
     /// The stored password, opened.
-    pub fn password(&self, key: &MasterKey) -> Result<Option<Zeroizing<String>>, CryptoError> {
+    pub fn password(&self, key: &MasterKey) -> Result<Option<SecretString>, CryptoError> {
         self.password
             .as_ref()
             .map(|s| key.open(PASSWORD_PURPOSE, s))
@@ -107,16 +123,60 @@ impl SmtpSettings {
     }
 
     /// The stored client key (PEM), opened.
-    pub fn client_key_pem(
-        &self,
-        key: &MasterKey,
-    ) -> Result<Option<Zeroizing<String>>, CryptoError> {
+    pub fn client_key_pem(&self, key: &MasterKey) -> Result<Option<SecretString>, CryptoError> {
         self.tls
             .client_key
             .as_ref()
             .map(|s| key.open(CLIENT_KEY_PURPOSE, s))
             .transpose()
     }
+
+    /// Checks the link template of a token email (already an absolute http(s) URL): it
+    /// must lead to one of `link_origins` (else a violation on `link_template`); with none
+    /// configured, no token email is sent at all.
+    pub fn check_link(&self, template: &str) -> Result<(), SettingsError> {
+        if self.link_origins.is_empty() {
+            return Err(Unset {
+                field: "settings.link_origins",
+                why: "token emails link only to the platform's own origins, and none is \
+                      configured: set them with UpdateSmtpSettings \
+                      (e.g. https://thehive.example.com)",
+            }
+            .into());
+        }
+        fields::link_within(&self.link_origins, template)
+            .map_err(|why| SettingsError::Invalid(validation::violation("link_template", why)))
+    }
+
+    /// Checks the sender of a notification: an address at one of `sender_domains`, or at
+    /// the domain of `from` when there are none.
+    pub fn check_sender(&self, sender: &Mailbox) -> Result<(), String> {
+        sender_within(&self.sender_domains, &self.from, sender)
+    }
+}
+
+/// Whether `sender` is at one of `domains` (at the domain of `own` when there are none).
+fn sender_within(domains: &[SenderDomain], own: &Sender, sender: &Mailbox) -> Result<(), String> {
+    let domain = sender.email.domain();
+    if domains.is_empty() {
+        let own = own.mailbox();
+        let own = own.email.domain();
+        if !own.eq_ignore_ascii_case(domain) {
+            return Err(format!(
+                "must be an address at {own}, the domain of the SMTP settings' `from` \
+                 (settings.sender_domains names the others allowed), not at {domain}"
+            ));
+        }
+        return Ok(());
+    }
+    if domains.iter().any(|d| d.admits(domain)) {
+        return Ok(());
+    }
+    let allowed: Vec<&str> = domains.iter().map(SenderDomain::as_str).collect();
+    Err(format!(
+        "must be an address at one of the SMTP settings' sender_domains ({}), not at {domain}",
+        allowed.join(", ")
+    ))
 }
 
 /// Settings as a caller sends them: raw values, checked by [`SettingsService::update`].
@@ -134,7 +194,7 @@ pub struct Draft {
     /// See [`SmtpSettings::username`].
     pub username: String,
     /// The password in clear (input only).
-    pub password: Zeroizing<String>,
+    pub password: SecretString,
     /// TLS parameters.
     pub tls: TlsDraft,
     /// See [`SmtpSettings::helo_name`].
@@ -145,6 +205,10 @@ pub struct Draft {
     pub reset_password_expiration: Option<Duration>,
     /// See [`SmtpSettings::invitation_expiration`].
     pub invitation_expiration: Option<Duration>,
+    /// See [`SmtpSettings::link_origins`].
+    pub link_origins: Vec<String>,
+    /// See [`SmtpSettings::sender_domains`].
+    pub sender_domains: Vec<String>,
     /// The etag the caller last read; empty to skip the check.
     pub etag: String,
 }
@@ -161,7 +225,7 @@ pub struct TlsDraft {
     /// See [`Tls::client_certificate_pem`].
     pub client_certificate_pem: String,
     /// The client key in clear (input only).
-    pub client_key_pem: Zeroizing<String>,
+    pub client_key_pem: SecretString,
 }
 
 /// Errors of the settings service.
@@ -181,12 +245,25 @@ pub enum SettingsError {
     /// SMTP was never configured.
     #[error("SMTP is not configured: set it with UpdateSmtpSettings first")]
     NotConfigured,
+    /// A setting the request needs is not set.
+    #[error(transparent)]
+    Unset(#[from] Unset),
     /// A stored secret cannot be opened with this master key.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A setting a request needs is not configured (`FAILED_PRECONDITION`).
+#[derive(Debug, thiserror::Error)]
+#[error("{field} is not configured: {why}")]
+pub struct Unset {
+    /// Which setting, as a path in `UpdateSmtpSettings` (`settings.link_origins`).
+    pub field: &'static str,
+    /// Why the request needs it, and how to set it.
+    pub why: &'static str,
 }
 
 /// The settings fields an update mask may name; a message name covers its fields.
@@ -206,6 +283,8 @@ const FIELDS: &[&str] = &[
     "timeout",
     "token_expiration.reset_password",
     "token_expiration.invitation",
+    "link_origins",
+    "sender_domains",
 ];
 
 /// Fields that are output only: naming them in a mask is a mistake worth reporting.
@@ -267,7 +346,7 @@ impl Mask {
 /// What to do with a stored secret.
 enum SecretChange {
     Keep,
-    Set(Zeroizing<String>),
+    Set(SecretString),
     Clear,
 }
 
@@ -275,8 +354,12 @@ impl SecretChange {
     /// An empty value keeps the stored secret on a full replace (secrets are never read
     /// back, so a read-modify-write cannot carry them), and clears it when the mask names
     /// the field.
-    fn decide(mask: &Mask, field: &str, given: Zeroizing<String>) -> Self {
-        match (mask.has(field), given.is_empty(), mask.explicit) {
+    fn decide(mask: &Mask, field: &str, given: SecretString) -> Self {
+        match (
+            mask.has(field),
+            given.expose_secret().is_empty(),
+            mask.explicit,
+        ) {
             (false, _, _) => Self::Keep,
             (true, false, _) => Self::Set(given),
             (true, true, true) => Self::Clear,
@@ -287,7 +370,7 @@ impl SecretChange {
     fn apply(self, key: &MasterKey, purpose: &str, stored: Option<Sealed>) -> Option<Sealed> {
         match self {
             Self::Keep => stored,
-            Self::Set(plain) => Some(key.seal(purpose, &plain)),
+            Self::Set(plain) => Some(key.seal(purpose, plain.expose_secret())),
             Self::Clear => None,
         }
     }
@@ -365,8 +448,8 @@ impl SettingsService {
     }
 
     /// The settings a test uses: `draft` applied over the stored settings as a full update
-    /// would apply it, but not saved (so the stored password is used only when host, port
-    /// and username are unchanged); the stored settings when there is no draft.
+    /// would apply it, but not saved (so a stored secret is used only on terms at least as
+    /// strict as those it was given with); the stored settings when there is no draft.
     pub async fn candidate(&self, draft: Option<Draft>) -> Result<SmtpSettings, SettingsError> {
         let current = self.store.smtp_settings().await?;
         let candidate = match draft {
@@ -395,10 +478,10 @@ impl SettingsService {
         let key = &self.master_key;
         next.password = current
             .password(key)?
-            .map(|p| key.seal(PASSWORD_PURPOSE, &p));
+            .map(|p| key.seal(PASSWORD_PURPOSE, p.expose_secret()));
         next.tls.client_key = current
             .client_key_pem(key)?
-            .map(|k| key.seal(CLIENT_KEY_PURPOSE, &k));
+            .map(|k| key.seal(CLIENT_KEY_PURPOSE, k.expose_secret()));
         if !self
             .store
             .swap_smtp_settings(current.revision, &next)
@@ -544,6 +627,27 @@ fn merge(
         current.map(|c| c.invitation_expiration),
         DEFAULT_INVITATION,
     );
+    let list = |field: &str, given: Vec<String>, stored: Vec<String>| {
+        if mask.has(field) {
+            given
+        } else {
+            stored
+        }
+    };
+    let link_origins = list(
+        "link_origins",
+        draft.link_origins,
+        current.map_or_else(Vec::new, |c| {
+            c.link_origins.iter().cloned().map(String::from).collect()
+        }),
+    );
+    let sender_domains = list(
+        "sender_domains",
+        draft.sender_domains,
+        current.map_or_else(Vec::new, |c| {
+            c.sender_domains.iter().cloned().map(String::from).collect()
+        }),
+    );
     let password = SecretChange::decide(&mask, "password", draft.password);
     let client_key = SecretChange::decide(&mask, "tls.client_key_pem", draft.tls.client_key_pem);
 
@@ -558,7 +662,10 @@ fn merge(
     }
     v.check("settings.username", validation::text(&username, false, 256));
     if let SecretChange::Set(p) = &password {
-        v.check("settings.password", validation::text(p, false, 1024));
+        v.check(
+            "settings.password",
+            validation::text(p.expose_secret(), false, 1024),
+        );
         if username.is_empty() {
             v.add("settings.username", "is required when a password is set");
         }
@@ -582,7 +689,10 @@ fn merge(
         );
     }
     if let SecretChange::Set(k) = &client_key {
-        v.check("settings.tls.client_key_pem", fields::private_key_pem(k));
+        v.check(
+            "settings.tls.client_key_pem",
+            fields::private_key_pem(k.expose_secret()),
+        );
     }
     let key_stored = ct.is_some_and(|t| t.client_key.is_some());
     let has_key = match &client_key {
@@ -614,22 +724,52 @@ fn merge(
         "settings.token_expiration.invitation",
         within(invitation, INVITATION_RANGE),
     );
-
-    let password_stored = current.is_some_and(|c| c.password.is_some());
-    if password_stored && matches!(password, SecretChange::Keep) && !username.is_empty() {
-        let moved = current.is_some_and(|c| {
-            Some(&c.host) != host.as_ref() || Some(c.port) != port || c.username != username
-        });
-        if moved {
-            v.add(
-                "settings.password",
-                "is required again: host, port or username changed, and the stored password \
-                 is never sent to a server it was not set for",
+    let link_origins = checked_list::<LinkOrigin>(&mut v, "settings.link_origins", link_origins);
+    let sender_domains =
+        checked_list::<SenderDomain>(&mut v, "settings.sender_domains", sender_domains);
+    if let (Some(from), Some(domains)) = (&from, &sender_domains) {
+        if !domains.is_empty() {
+            v.check(
+                "settings.from",
+                sender_within(domains, from, &from.mailbox()),
             );
         }
     }
 
-    let (Some(host), Some(port), Some(from), Some(security)) = (host, port, from, security) else {
+    // A stored secret stays only on terms at least as strict as those it was given with.
+    if let Some(c) = current {
+        let next = Terms {
+            host: host.as_ref(),
+            port,
+            security,
+            tls: (&ca, accept_invalid, &server_name),
+        };
+        let mut why = weakened(c, &next);
+        let keeps_key = c.tls.client_key.is_some() && matches!(client_key, SecretChange::Keep);
+        if keeps_key && !client_cert.is_empty() && !why.is_empty() {
+            v.add(
+                "settings.tls.client_key_pem",
+                required_again("client key", &why),
+            );
+        }
+        if c.username != username {
+            why.insert(0, "username changed".into());
+        }
+        let keeps_password = c.password.is_some() && matches!(password, SecretChange::Keep);
+        if keeps_password && !username.is_empty() && !why.is_empty() {
+            v.add("settings.password", required_again("password", &why));
+        }
+    }
+
+    let (
+        Some(host),
+        Some(port),
+        Some(from),
+        Some(security),
+        Some(link_origins),
+        Some(sender_domains),
+    ) = (host, port, from, security, link_origins, sender_domains)
+    else {
         return Err(v);
     };
     let password = if username.is_empty() {
@@ -664,10 +804,88 @@ fn merge(
         timeout,
         reset_password_expiration: reset,
         invitation_expiration: invitation,
+        link_origins,
+        sender_domains,
         revision: current.map_or(0, |c| c.revision) + 1,
         update_time: now,
         updated_by: updated_by.to_string(),
     })
+}
+
+/// Each entry of a list setting parsed as a `T` (violations on `field[i]`), at most
+/// [`MAX_LIST`] of them, duplicates dropped.
+fn checked_list<T>(v: &mut Violations, field: &str, given: Vec<String>) -> Option<Vec<T>>
+where
+    T: TryFrom<String, Error = String> + PartialEq,
+{
+    if given.len() > MAX_LIST {
+        v.add(field, format!("must hold at most {MAX_LIST} entries"));
+        return None;
+    }
+    let mut list: Vec<T> = Vec::with_capacity(given.len());
+    let mut ok = true;
+    for (i, value) in given.into_iter().enumerate() {
+        match T::try_from(value) {
+            Ok(item) if !list.contains(&item) => list.push(item),
+            Ok(_) => {}
+            Err(why) => {
+                v.add(format!("{field}[{i}]"), why);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(list)
+}
+
+/// Where and how a stored secret would travel under new settings.
+struct Terms<'a> {
+    host: Option<&'a Host>,
+    port: Option<Port>,
+    security: Option<Security>,
+    /// CA certificates, accept invalid certificates, server name.
+    tls: (&'a str, bool, &'a str),
+}
+
+/// Why `next` would send a secret stored with `stored` elsewhere or less protected: the
+/// changes that weaken where or how it travels (empty: none). The username, which concerns
+/// the password only, is the caller's to add.
+fn weakened(stored: &SmtpSettings, next: &Terms<'_>) -> Vec<String> {
+    let mut why = Vec::new();
+    if next.host != Some(&stored.host) {
+        why.push("host changed".to_string());
+    }
+    if next.port != Some(stored.port) {
+        why.push("port changed".to_string());
+    }
+    if let Some(security) = next.security {
+        if security.strength() < stored.security.strength() {
+            why.push(format!(
+                "security lowered from {} to {}",
+                stored.security.name(),
+                security.name()
+            ));
+        }
+    }
+    let (ca, accept_invalid, server_name) = next.tls;
+    if accept_invalid && !stored.tls.accept_invalid_certificates {
+        why.push("tls.accept_invalid_certificates turned on".to_string());
+    }
+    if server_name != stored.tls.server_name {
+        why.push("tls.server_name changed".to_string());
+    }
+    if ca != stored.tls.ca_certificates_pem {
+        why.push("tls.ca_certificates_pem changed".to_string());
+    }
+    why
+}
+
+/// The violation of a stored secret that the new settings would weaken.
+fn required_again(secret: &str, why: &[String]) -> String {
+    format!(
+        "is required again ({}): the stored {secret} is reused only on terms at least as \
+         strict as those it was given with",
+        why.join(", ")
+    )
 }
 
 fn within(value: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {

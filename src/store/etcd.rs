@@ -20,21 +20,28 @@
 //!
 //! The settings and API keys are watched: another replica's change reaches
 //! [`Store::changes`] as it happens.
+//!
+//! The connection may be TLS (etcd's CA, a client certificate) and authenticated as an etcd
+//! user: [`EtcdSecurity`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
-    TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    KeyValue, KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use futures_util::future::try_join_all;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tracing::Instrument;
+use zeroize::Zeroizing;
 
 use super::{
-    decode, encode, state_name, time_key, After, Changed, Result, Store, StoreError, TokenStore,
+    decode, encode, state_name, time_key, After, Changed, Record, Result, Store, StoreError,
+    TokenStore,
 };
 use crate::auth::ApiKey;
 use crate::crypto::Sealed;
@@ -63,36 +70,107 @@ const IDS_APART: &str = "@batch:";
 /// the client decodes (4 MiB), and an idempotency record up to about 33 KB.
 const SCAN_PAGE: usize = 64;
 
+/// How mailroom reaches etcd beyond its endpoints. The default, plain text and no user, is
+/// etcd's own default: fit for an etcd that only this host can reach.
+#[derive(Clone, Default)]
+pub struct EtcdSecurity {
+    /// Speak TLS to every endpoint.
+    pub tls: Option<EtcdTls>,
+    /// Authenticate as this user (etcd's `auth enable`).
+    pub user: Option<EtcdUser>,
+}
+
+/// TLS to etcd.
+#[derive(Clone, Default)]
+pub struct EtcdTls {
+    /// PEM certificates of the CA that signed etcd's; `None`: the public web roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate chain and private key shown to etcd (its `--client-cert-auth`).
+    pub identity: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+}
+
+/// An etcd user and its password.
+#[derive(Clone)]
+pub struct EtcdUser {
+    /// The user's name.
+    pub name: String,
+    /// Its password.
+    pub password: Zeroizing<String>,
+}
+
+impl EtcdSecurity {
+    /// `options` with this TLS and user.
+    fn apply(&self, mut options: ConnectOptions) -> ConnectOptions {
+        if let Some(tls) = &self.tls {
+            let config = match &tls.ca_pem {
+                Some(ca) => TlsOptions::new().ca_certificate(Certificate::from_pem(ca)),
+                None => {
+                    TlsOptions::new().trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
+                }
+            };
+            options = options.with_tls(match &tls.identity {
+                Some((cert, key)) => config.identity(Identity::from_pem(cert, key.as_slice())),
+                None => config,
+            });
+        }
+        if let Some(user) = &self.user {
+            // etcd forgets a token after 5 idle minutes (its --auth-token-ttl), when the
+            // user's password is set, and across a restart from a snapshot: without a new
+            // one on refusal, every request would fail until mailroom restarts.
+            options = options
+                .with_user(user.name.as_str(), user.password.as_str())
+                .with_auto_token_refresh(true);
+        }
+        options
+    }
+}
+
 /// The etcd store.
 pub struct EtcdStore {
     kv: KvClient,
     prefix: String,
     changes: broadcast::Sender<Changed>,
+    /// [`Store::watch_epoch`]: 0 while the watch is not established.
+    epoch: Arc<AtomicU64>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
 impl EtcdStore {
-    /// Connects to the cluster at `endpoints`, keeping state under `prefix`; every request
-    /// fails after `timeout`. Must be called within a Tokio runtime: it starts the watch
-    /// on the settings and API keys.
-    pub async fn connect(endpoints: &[String], prefix: &str, timeout: Duration) -> Result<Self> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(10), timeout);
+    /// Connects to the cluster at `endpoints` as `security` says, keeping state under
+    /// `prefix`; every request fails after `timeout`. Must be called within a Tokio
+    /// runtime: it starts the watch on the settings and API keys.
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        timeout: Duration,
+        security: &EtcdSecurity,
+    ) -> Result<Self> {
+        let options = security.apply(
+            ConnectOptions::new()
+                .with_connect_timeout(timeout)
+                .with_timeout(timeout)
+                .with_keep_alive(Duration::from_secs(10), timeout),
+        );
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(unavailable)?;
         let store_prefix = prefix.to_string();
         let (changes, _) = broadcast::channel(64);
+        let epoch = Arc::new(AtomicU64::new(0));
         let watcher = tokio::spawn(
-            watch_cached(client.clone(), store_prefix.clone(), changes.clone())
-                .instrument(tracing::info_span!("etcd_watch")),
+            watch_cached(
+                client.clone(),
+                store_prefix.clone(),
+                changes.clone(),
+                epoch.clone(),
+            )
+            .instrument(tracing::info_span!("etcd_watch")),
         );
         let store = Self {
             kv: client.kv_client(),
             prefix: store_prefix,
             changes,
+            epoch,
             watcher,
         };
         store.ping().await?;
@@ -178,7 +256,7 @@ impl EtcdStore {
     }
 
     /// A record and the revision it was last written at (for a compare-and-swap).
-    async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, i64)>> {
+    async fn read<T: Record + DeserializeOwned>(&self, key: &str) -> Result<Option<(T, i64)>> {
         self.get(key)
             .await?
             .map(|kv| Ok((decode(key, kv.value())?, kv.mod_revision())))
@@ -228,7 +306,7 @@ impl EtcdStore {
     }
 
     /// Records whose keys end in the ids of `index` entries (after `skip` bytes of key).
-    async fn records_of<T: DeserializeOwned>(
+    async fn records_of<T: Record + DeserializeOwned>(
         &self,
         index: &[KeyValue],
         skip: usize,
@@ -519,11 +597,20 @@ fn time_of_hex(hex_time: &[u8]) -> Option<SystemTime> {
 
 /// Follows changes to the settings and the API keys into `changes`. After a broken watch,
 /// reports both as changed once it watches again (changes in between were missed).
-async fn watch_cached(mut client: Client, prefix: String, changes: broadcast::Sender<Changed>) {
+/// `epoch` is 0 until etcd confirmed both watches, and from then a number no earlier
+/// watch had: what was cached under another epoch may have missed a change.
+async fn watch_cached(
+    mut client: Client,
+    prefix: String,
+    changes: broadcast::Sender<Changed>,
+    epoch: Arc<AtomicU64>,
+) {
     let settings = format!("{prefix}meta/smtp_settings");
     let keys = format!("{prefix}keys/");
     let mut resumed = false;
+    let mut watches: u64 = 0;
     loop {
+        epoch.store(0, Ordering::Release);
         let watched = async {
             let mut stream = client.watch(settings.as_str(), None).await?;
             stream
@@ -545,9 +632,19 @@ async fn watch_cached(mut client: Client, prefix: String, changes: broadcast::Se
             let _ = changes.send(Changed::ApiKeys);
         }
         resumed = true;
+        // The stream opens before etcd creates the watches: until both are confirmed, a
+        // change could still be missed.
+        let mut created = 0;
         loop {
             match stream.message().await {
                 Ok(Some(response)) => {
+                    if response.created() {
+                        created += 1;
+                        if created == 2 {
+                            watches += 1;
+                            epoch.store(watches, Ordering::Release);
+                        }
+                    }
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
                         let change = if kv.key().starts_with(keys.as_bytes()) {
@@ -577,6 +674,13 @@ impl Store for EtcdStore {
 
     fn changes(&self) -> Option<broadcast::Receiver<Changed>> {
         Some(self.changes.subscribe())
+    }
+
+    fn watch_epoch(&self) -> Option<u64> {
+        match self.epoch.load(Ordering::Acquire) {
+            0 => None,
+            epoch => Some(epoch),
+        }
     }
 
     async fn ping(&self) -> Result<()> {
@@ -1158,7 +1262,7 @@ impl TokenStore for EtcdStore {
         self.revoke_where(
             &token.login,
             now,
-            |t| t.purpose == token.purpose,
+            |t| t.purpose == token.purpose && t.organisation == token.organisation,
             |mut ids| {
                 ids.push(token.id.clone());
                 vec![

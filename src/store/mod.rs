@@ -1,6 +1,8 @@
 //! Persistence: the [`Store`] trait, one atomic operation per need of the domain, and its
-//! backends (`sled.rs`, the embedded default). Backends keep domain records as JSON;
-//! nothing backend-specific crosses this trait.
+//! backends (`sled.rs`, the embedded default). Backends keep domain records in one encoding
+//! (`encode`, `decode`: a format byte, then postcard; JSON from earlier versions), each
+//! record's earlier layouts still read (`layouts.rs`); nothing backend-specific crosses this
+//! trait.
 //!
 //! Every write answers only once it is durable: a caller that got `Ok` never loses it to a
 //! crash of this process.
@@ -14,10 +16,11 @@ use crate::auth::ApiKey;
 use crate::directory::User;
 use crate::notify::{Idempotency, OutboxMessage};
 use crate::settings::SmtpSettings;
-use crate::tokens::{Purpose, Token};
+use crate::tokens::{Purpose, RateWindow, Token};
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+mod layouts;
 pub mod sled;
 
 /// Errors of a store.
@@ -61,6 +64,15 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// Changes made by other processes to what this one caches (settings, API keys);
     /// `None` when no other process can write to the store.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Changed>>;
+
+    /// Whether what this process caches of the store (API keys) can be served now: `None`
+    /// while changes by other processes might not reach [`Store::changes`] (etcd's watch not
+    /// yet established, or broken); otherwise a number that differs from any earlier one
+    /// whenever changes may have been missed in between, so that nothing cached before is
+    /// served. A store no other process writes is always `Some(0)`.
+    fn watch_epoch(&self) -> Option<u64> {
+        Some(0)
+    }
 
     /// Answers when the store is reachable (health).
     async fn ping(&self) -> Result<()>;
@@ -205,8 +217,9 @@ pub trait Store: TokenStore + Send + Sync + 'static {
 /// atomic; each answers once durable.
 #[async_trait]
 pub trait TokenStore: Send + Sync {
-    /// Inserts `token`, first revoking the login's tokens of its purpose that are active at
-    /// `now`, in one atomic, durable write. How many it revoked.
+    /// Inserts `token`, first revoking the login's tokens of its purpose and organisation
+    /// that are active at `now` (another organisation's are not touched), in one atomic,
+    /// durable write. How many it revoked.
     async fn issue_token(&self, token: &Token, now: SystemTime) -> Result<u32>;
 
     /// The token whose secret has this digest.
@@ -281,38 +294,82 @@ pub(crate) fn state_name(state: crate::notify::MessageState) -> &'static str {
     }
 }
 
-/// The first byte of a record in the compact encoding (postcard). Records written before
-/// it are JSON, whose first byte is never this one, and are still read. postcard is not
-/// self-describing: a change to a stored record's fields needs a new format byte (the test
+/// The first byte of a record in the compact encoding (postcard): the first layout of every
+/// record. Records written before it are JSON, whose first byte is never a control
+/// character, and are still read. postcard is not self-describing: a change to a stored
+/// record's fields needs a new format byte (see [`Record`]; the test
 /// `the_stored_layout_of_every_record_is_pinned` fails on such a change).
 const POSTCARD: u8 = 1;
 
-/// Encodes a record for storage: the format byte, then postcard. Against JSON it halves
-/// the stored size of a token and cuts ConsumeToken's and SendToAddresses' server CPU by
-/// a fifth (docs/PERFORMANCE.md, fix 15).
-pub(crate) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    postcard::to_extend(record, vec![POSTCARD]).expect("domain records serialize")
+/// A record kept in a store: the format byte its current layout is written with, and how
+/// the layouts earlier versions wrote are read (`layouts.rs`, where a record whose fields
+/// changed keeps them). A record that never changed keeps the defaults.
+pub(crate) trait Record: Serialize {
+    /// The format byte this version writes the record with.
+    const FORMAT: u8 = POSTCARD;
+
+    /// The record an earlier version stored under format byte `format`, from the bytes
+    /// after it; `None` when `format` is not one of this record's earlier layouts.
+    fn earlier(format: u8, compact: &[u8]) -> Option<postcard::Result<Self>>
+    where
+        Self: Sized,
+    {
+        let _ = (format, compact);
+        None
+    }
 }
 
-/// Decodes a stored record, compact or JSON; `key` names it in the error.
-pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+impl Record for Token {}
+impl Record for RateWindow {}
+impl Record for OutboxMessage {}
+impl Record for Idempotency {}
+impl Record for ApiKey {}
+impl Record for User {}
+impl Record for crate::crypto::Sealed {}
+/// Lists of strings: ids, digests, index keys.
+impl<S: AsRef<str> + Serialize> Record for [S] {}
+impl<S: AsRef<str> + Serialize> Record for Vec<S> {}
+impl<T: Record + ?Sized> Record for &T {
+    const FORMAT: u8 = T::FORMAT;
+}
+
+/// Encodes a record for storage: its format byte, then postcard. Against JSON it halves
+/// the stored size of a token and cuts ConsumeToken's and SendToAddresses' server CPU by
+/// a fifth (docs/PERFORMANCE.md, fix 15).
+pub(crate) fn encode<T: Record + ?Sized>(record: &T) -> Vec<u8> {
+    postcard::to_extend(record, vec![T::FORMAT]).expect("domain records serialize")
+}
+
+/// Decodes a stored record, in its current layout, an earlier one, or JSON; `key` names it
+/// in the error.
+pub(crate) fn decode<T: Record + DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: key.to_string(),
         reason,
     };
-    match bytes.split_first() {
-        Some((&POSTCARD, compact)) => {
-            postcard::from_bytes(compact).map_err(|e| corrupt(e.to_string()))
+    if let Some((&format, compact)) = bytes.split_first() {
+        let read = if format == T::FORMAT {
+            Some(postcard::from_bytes(compact))
+        } else {
+            T::earlier(format, compact)
+        };
+        if let Some(read) = read {
+            return read.map_err(|e| corrupt(e.to_string()));
         }
-        _ => serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string())),
+        if format.is_ascii_control() && !format.is_ascii_whitespace() {
+            return Err(corrupt(format!(
+                "format {format} is not a layout this version reads (written by a newer one?)"
+            )));
+        }
     }
+    serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crypto::Sealed;
-    use crate::tokens::{sample, RateWindow};
+    use crate::tokens::sample;
 
     fn token(now: SystemTime) -> Token {
         sample("tok_1", &"ab".repeat(32), "alice@example.com", now)
@@ -357,7 +414,7 @@ mod tests {
     }
 
     /// Checks that `json`, read as a `T`, is stored as `hex` (and that `hex` reads back).
-    fn pinned<T: Serialize + DeserializeOwned>(json: &str, hex: &str) {
+    fn pinned<T: Record + DeserializeOwned>(json: &str, hex: &str) {
         let record: T = serde_json::from_str(json).unwrap();
         let bytes = encode(&record);
         assert_eq!(
@@ -371,9 +428,26 @@ mod tests {
         assert_eq!(encode(&read), bytes);
     }
 
+    /// Checks that `hex`, stored by an earlier version, reads as `json` (read as a `T`, its
+    /// fields missing there at their defaults) and is written back in `T`'s current layout.
+    fn earlier<T: Record + DeserializeOwned>(json: &str, hex: &str) {
+        let expected: T = serde_json::from_str(json).unwrap();
+        let stored = hex::decode(hex).unwrap();
+        assert_ne!(stored[0], T::FORMAT, "an earlier layout");
+        let read: T = decode("pinned", &stored).unwrap_or_else(|e| {
+            panic!(
+                "a {} stored by an earlier version no longer reads: {e}",
+                std::any::type_name::<T>()
+            )
+        });
+        assert_eq!(encode(&read), encode(&expected));
+        assert_eq!(encode(&read)[0], T::FORMAT);
+    }
+
     /// postcard is not self-describing: a change to a stored type's fields (added, removed,
     /// reordered or retyped) leaves every record on disk unreadable (`Corrupt`). This pins
-    /// the layout of every stored type, so that such a change fails here first.
+    /// the layout of every stored type, so that such a change fails here first, and checks
+    /// that every earlier layout still reads (see `layouts.rs`).
     #[test]
     fn the_stored_layout_of_every_record_is_pinned() {
         pinned::<Token>(
@@ -394,6 +468,11 @@ mod tests {
             "010461636d65026b3102056d73675f31056d73675f320280e2cfaa0605",
         );
         pinned::<SmtpSettings>(
+            r#"{"host":"smtp.example.com","port":587,"from":"SOC <soc@example.com>","security":"StartTls","username":"soc","password":"c2VhbGVk","tls":{"ca_certificates_pem":"pem","accept_invalid_certificates":true,"server_name":"mx.example.com","client_certificate_pem":"cert","client_key":"a2V5"},"helo_name":"mailroom","timeout":{"secs":30,"nanos":0},"reset_password_expiration":{"secs":600,"nanos":0},"invitation_expiration":{"secs":86400,"nanos":0},"link_origins":["https://thehive.example.com"],"sender_domains":["example.com"],"revision":4,"update_time":{"secs_since_epoch":1700000000,"nanos_since_epoch":5},"updated_by":"key_1"}"#,
+            "0210736d74702e6578616d706c652e636f6dcb0415534f43203c736f63406578616d706c652e636f6d3e0103736f630108633256686247566b0370656d010e6d782e6578616d706c652e636f6d0463657274010461325635086d61696c726f6f6d1e00d8040080a30500011b68747470733a2f2f746865686976652e6578616d706c652e636f6d010b6578616d706c652e636f6d0480e2cfaa0605056b65795f31",
+        );
+        // Format 1, as the version before link_origins and sender_domains stored it.
+        earlier::<SmtpSettings>(
             r#"{"host":"smtp.example.com","port":587,"from":"SOC <soc@example.com>","security":"StartTls","username":"soc","password":"c2VhbGVk","tls":{"ca_certificates_pem":"pem","accept_invalid_certificates":true,"server_name":"mx.example.com","client_certificate_pem":"cert","client_key":"a2V5"},"helo_name":"mailroom","timeout":{"secs":30,"nanos":0},"reset_password_expiration":{"secs":600,"nanos":0},"invitation_expiration":{"secs":86400,"nanos":0},"revision":4,"update_time":{"secs_since_epoch":1700000000,"nanos_since_epoch":5},"updated_by":"key_1"}"#,
             "0110736d74702e6578616d706c652e636f6dcb0415534f43203c736f63406578616d706c652e636f6d3e0103736f630108633256686247566b0370656d010e6d782e6578616d706c652e636f6d0463657274010461325635086d61696c726f6f6d1e00d8040080a305000480e2cfaa0605056b65795f31",
         );

@@ -890,8 +890,9 @@ impl TokenStore for SledStore {
             self.token_purge
                 .insert(purge_key(token), &[])
                 .map_err(unavailable)?;
-            let (mut digests, revoked) =
-                self.revoke_where(&token.login, now, |t| t.purpose == token.purpose)?;
+            let (mut digests, revoked) = self.revoke_where(&token.login, now, |t| {
+                t.purpose == token.purpose && t.organisation == token.organisation
+            })?;
             digests.push(token.digest.clone());
             self.login_tokens
                 .insert(token.login.as_bytes(), encode(&digests))

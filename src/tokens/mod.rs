@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use lettre::message::Mailbox;
 use lettre::Address;
+use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
 use crate::crypto;
-use crate::directory::check_login;
+use crate::directory::{check_login, member_of, NotInOrganisation};
 use crate::mail::rfc3339;
 use crate::metrics::Metrics;
 use crate::notify::{NotifyError, NotifyService, OutgoingEmail};
@@ -59,9 +60,10 @@ pub struct IssueRequest {
 }
 
 /// A new token.
+#[derive(Debug)]
 pub struct Issued {
     /// The secret: only here, once.
-    pub secret: Zeroizing<String>,
+    pub secret: SecretString,
     /// What is stored.
     pub token: Token,
     /// The queued email's message id.
@@ -86,6 +88,9 @@ pub enum TokenError {
     /// The token was revoked.
     #[error("the token was revoked")]
     Revoked,
+    /// The login is a user of another organisation.
+    #[error(transparent)]
+    NotInOrganisation(#[from] NotInOrganisation),
     /// No address for the login.
     #[error("no email address for login {0:?}: give `email`, or add the user to the directory")]
     NoAddress(String),
@@ -147,6 +152,9 @@ impl TokenService {
         if request.send_email && settings.is_none() {
             return Err(NotifyError::NotConfigured.into());
         }
+        if let (Some(settings), Some(link)) = (&settings, &link) {
+            settings.check_link(link)?;
+        }
         let lifetime = match (&settings, purpose) {
             (Some(s), Purpose::PasswordReset) => s.reset_password_expiration,
             (Some(s), Purpose::Invitation) => s.invitation_expiration,
@@ -155,7 +163,13 @@ impl TokenService {
         };
         // Counted once the request can succeed: a request refused for its address or for
         // missing settings issues nothing and uses none of the login's allowance.
-        let limit_key = format!("{}\0{}", purpose.as_str(), request.login);
+        // Per organisation and login: no organisation spends another's allowance.
+        let limit_key = format!(
+            "{}\0{}\0{}",
+            purpose.as_str(),
+            request.organisation,
+            request.login
+        );
         if let Some(wait) = self
             .store
             .hit_rate_limit(&limit_key, now, RATE_WINDOW, self.issue_limit)
@@ -167,7 +181,7 @@ impl TokenService {
         let secret = crypto::random_secret(purpose.prefix());
         let token = Token {
             id: crypto::time_ordered_id("tok_", now),
-            digest: crypto::digest(&secret),
+            digest: crypto::digest(secret.expose_secret()),
             purpose,
             login: request.login.clone(),
             email: address.to_string(),
@@ -182,7 +196,7 @@ impl TokenService {
         };
         let email = match (&settings, link) {
             (Some(settings), Some(link)) => {
-                let link = Zeroizing::new(link.replace("{token}", &secret));
+                let link = Zeroizing::new(link.replace("{token}", secret.expose_secret()));
                 let data = serde_json::json!({
                     "name": if name.is_empty() { &request.login } else { &name },
                     "login": request.login,
@@ -234,8 +248,12 @@ impl TokenService {
         })
     }
 
-    /// Where the token's email goes: the request's address, else the directory's.
+    /// Where the token's email goes, and the name it greets: the request's address, else
+    /// the Directory's. A login of another organisation's Directory is refused, whatever
+    /// the request's address.
     async fn address(&self, request: &IssueRequest) -> Result<(Address, String), TokenError> {
+        let user = self.member(&request.login, &request.organisation).await?;
+        let name = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
         if !request.email.is_empty() {
             let address = Address::from_str(&request.email).map_err(|e| {
                 TokenError::Invalid(validation::violation(
@@ -243,26 +261,26 @@ impl TokenService {
                     format!("is not an email address ({e})"),
                 ))
             })?;
-            let name = self
-                .store
-                .user(&request.login)
-                .await?
-                .map(|u| u.name)
-                .unwrap_or_default();
             return Ok((address, name));
         }
-        let user = self
-            .store
-            .user(&request.login)
-            .await?
-            .filter(|u| u.belongs_to(&request.organisation));
-        match user
-            .as_ref()
-            .and_then(|u| u.address().map(|a| (a, u.name.clone())))
-        {
-            Some(found) => Ok(found),
+        match user.as_ref().and_then(|u| u.address()) {
+            Some(address) => Ok((address, name)),
             None => Err(TokenError::NoAddress(request.login.clone())),
         }
+    }
+
+    /// The Directory's user `login` when it belongs to `organisation`, `None` when no
+    /// Directory holds it; refused when another organisation's does.
+    async fn member(
+        &self,
+        login: &str,
+        organisation: &str,
+    ) -> Result<Option<crate::directory::User>, TokenError> {
+        Ok(member_of(
+            self.store.user(login).await?,
+            login,
+            organisation,
+        )?)
     }
 
     /// What is known of a token; never consumes it.
@@ -351,46 +369,56 @@ impl TokenService {
             .ok_or(TokenError::NotFound)
     }
 
-    /// Revokes a login's active tokens (of `purpose` when given). How many.
+    /// Revokes a login's active tokens (of `purpose` when given) in `organisation` (every
+    /// organisation's when `None`: an admin key naming none). How many.
     pub async fn revoke(
         &self,
         login: &str,
         purpose: Option<Purpose>,
-        scope: Option<&str>,
+        organisation: Option<&str>,
     ) -> Result<u32, TokenError> {
-        check_login(login)
-            .map_err(|why| TokenError::Invalid(validation::violation("login", why)))?;
+        self.check_named(login, organisation).await?;
         let revoked = self
             .store
-            .revoke_tokens(login, purpose, scope, self.clock.now())
+            .revoke_tokens(login, purpose, organisation, self.clock.now())
             .await?;
         tracing::info!(revoked, "tokens revoked");
         Ok(revoked)
     }
 
-    /// A login's tokens (of `purpose` when given) in id order after `after`.
+    /// A login's tokens (of `purpose` when given) in `organisation` (every organisation's
+    /// when `None`) in id order after `after`.
     pub async fn list(
         &self,
         login: &str,
         purpose: Option<Purpose>,
-        scope: Option<&str>,
+        organisation: Option<&str>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Token>, TokenError> {
-        check_login(login)
-            .map_err(|why| TokenError::Invalid(validation::violation("login", why)))?;
+        self.check_named(login, organisation).await?;
         let mut tokens: Vec<Token> = self
             .store
             .tokens_of(login)
             .await?
             .into_iter()
             .filter(|t| purpose.is_none_or(|p| t.purpose == p))
-            .filter(|t| scope.is_none_or(|org| t.organisation == org))
+            .filter(|t| organisation.is_none_or(|org| t.organisation == org))
             .filter(|t| after.is_none_or(|a| t.id.as_str() > a))
             .collect();
         tokens.sort_by(|a, b| a.id.cmp(&b.id));
         tokens.truncate(limit);
         Ok(tokens)
+    }
+
+    /// Checks a login a request names, and that it is not another organisation's user.
+    async fn check_named(&self, login: &str, organisation: Option<&str>) -> Result<(), TokenError> {
+        check_login(login)
+            .map_err(|why| TokenError::Invalid(validation::violation("login", why)))?;
+        if let Some(organisation) = organisation {
+            self.member(login, organisation).await?;
+        }
+        Ok(())
     }
 
     /// The state a token is in now.

@@ -1,20 +1,91 @@
 //! A real etcd for the tests: started on free 127.0.0.1 ports with a temporary data
-//! directory, stopped (and restartable on the same directory and ports) at will.
+//! directory, stopped (and restartable on the same directory and ports) at will; in plain
+//! text, or over TLS requiring a client certificate ([`Etcd::start_tls`]).
 //!
 //! Without an `etcd` binary on PATH the etcd tests are skipped, saying so, except under CI
 //! (`CI` set), where a missing etcd fails them.
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mailroom::store::etcd::EtcdStore;
+use mailroom::store::etcd::{EtcdSecurity, EtcdStore, EtcdTls, EtcdUser};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 pub struct Etcd {
     pub endpoint: String,
     peer: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The certificates of an etcd over TLS.
+    pub pki: Option<EtcdPki>,
+    /// Who [`Etcd::store`] (and so the wait for etcd to answer) authenticates as, once a
+    /// test enabled auth.
+    pub user: Option<EtcdUser>,
+}
+
+/// PEM files: a test CA, etcd's certificate for 127.0.0.1, and a client certificate (common
+/// name [`EtcdPki::CLIENT_NAME`]) that the CA signed.
+pub struct EtcdPki {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl EtcdPki {
+    /// The client certificate's common name. With auth enabled, etcd takes it for the user
+    /// of a request that carries no token: it names no etcd user, so that the certificate
+    /// alone is no login.
+    pub const CLIENT_NAME: &str = "mailroom client";
+
+    /// Creates the CA and both certificates as files in `dir`.
+    pub fn create(dir: &Path) -> Self {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mailroom test etcd CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let issue = |name: &str, common_name: &str, sans: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            (
+                write(&format!("{name}.crt"), cert.pem()),
+                write(&format!("{name}.key"), key.serialize_pem()),
+            )
+        };
+        let (server_cert, server_key) = issue("server", "etcd", vec!["127.0.0.1".into()]);
+        let (client_cert, client_key) = issue("client", Self::CLIENT_NAME, Vec::new());
+        Self {
+            ca: write("ca.crt", ca.pem()),
+            client_cert,
+            client_key,
+            server_cert,
+            server_key,
+        }
+    }
+
+    /// TLS that trusts the CA and shows the client certificate.
+    pub fn tls(&self) -> EtcdTls {
+        let read = |path: &Path| std::fs::read(path).unwrap();
+        EtcdTls {
+            ca_pem: Some(read(&self.ca)),
+            identity: Some((read(&self.client_cert), read(&self.client_key).into())),
+        }
+    }
 }
 
 /// A port free right now on 127.0.0.1.
@@ -28,6 +99,16 @@ fn free_port() -> u16 {
 impl Etcd {
     /// A running etcd; `None` (test skipped) when there is no etcd binary outside CI.
     pub async fn start() -> Option<Self> {
+        Self::start_with(false).await
+    }
+
+    /// A running etcd served over TLS only, requiring a client certificate signed by its
+    /// CA (`--client-cert-auth`); `None` as for [`Etcd::start`].
+    pub async fn start_tls() -> Option<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Option<Self> {
         if which("etcd").is_none() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -36,11 +117,15 @@ impl Etcd {
             eprintln!("etcd is not on PATH: skipping this etcd test (apt-get install etcd-server)");
             return None;
         }
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let scheme = if tls { "https" } else { "http" };
         let mut etcd = Self {
-            endpoint: format!("http://127.0.0.1:{}", free_port()),
+            endpoint: format!("{scheme}://127.0.0.1:{}", free_port()),
             peer: format!("http://127.0.0.1:{}", free_port()),
-            dir: tempfile::tempdir().expect("temporary directory"),
+            pki: tls.then(|| EtcdPki::create(dir.path())),
+            dir,
             child: None,
+            user: None,
         };
         etcd.resume().await;
         Some(etcd)
@@ -49,7 +134,18 @@ impl Etcd {
     /// Starts etcd again on the same data and ports, and waits until it answers.
     pub async fn resume(&mut self) {
         assert!(self.child.is_none(), "etcd is already running");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(pki) = &self.pki {
+            command
+                .arg("--cert-file")
+                .arg(&pki.server_cert)
+                .arg("--key-file")
+                .arg(&pki.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&pki.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "test"])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
@@ -82,12 +178,18 @@ impl Etcd {
         }
     }
 
-    /// A store on this etcd under `prefix`.
+    /// A store on this etcd under `prefix` (over TLS with the client certificate, for an
+    /// etcd over TLS; as [`Etcd::user`]).
     pub async fn store(&self, prefix: &str) -> mailroom::store::Result<EtcdStore> {
+        let security = EtcdSecurity {
+            tls: self.pki.as_ref().map(EtcdPki::tls),
+            user: self.user.clone(),
+        };
         EtcdStore::connect(
             std::slice::from_ref(&self.endpoint),
             prefix,
             Duration::from_secs(2),
+            &security,
         )
         .await
     }

@@ -24,6 +24,19 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+/// The manual clock test servers start with.
+pub fn test_clock() -> Clock {
+    Clock::manual(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+}
+
+/// A port free right now on 127.0.0.1 (nothing listens on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A running server.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -52,7 +65,7 @@ impl TestServer {
     /// A server on `data_dir` (kept after it stops).
     pub async fn start_in(data_dir: &Path) -> Self {
         let mut args = Args::with_data_dir(data_dir);
-        args.clock = Clock::manual(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        args.clock = test_clock();
         Self::start_with(args).await
     }
 
@@ -139,7 +152,8 @@ impl TestServer {
         pb::directory_client::DirectoryClient::with_interceptor(self.channel(), Bearer::new(key))
     }
 
-    /// Points the SMTP settings at a plain server on 127.0.0.1:`port`, 1 s timeout.
+    /// Points the SMTP settings at a plain server on 127.0.0.1:`port`, 1 s timeout; token
+    /// emails may link to [`LINK_ORIGINS`].
     pub async fn configure_smtp(&self, port: u16) -> pb::SmtpSettings {
         self.save_smtp(pb::SmtpSettings {
             host: "127.0.0.1".into(),
@@ -149,6 +163,7 @@ impl TestServer {
                 seconds: 1,
                 nanos: 0,
             }),
+            link_origins: link_origins(),
             ..Default::default()
         })
         .await
@@ -169,6 +184,7 @@ impl TestServer {
                 ca_certificates_pem: ca_pem.into(),
                 ..Default::default()
             }),
+            link_origins: link_origins(),
             ..Default::default()
         })
         .await
@@ -293,6 +309,14 @@ pub type NotifierClient = pb::notifier_client::NotifierClient<InterceptedService
 pub type DirectoryClient =
     pb::directory_client::DirectoryClient<InterceptedService<Channel, Bearer>>;
 pub type KeysClient = pb::api_keys_client::ApiKeysClient<InterceptedService<Channel, Bearer>>;
+
+/// The origins the helpers' SMTP settings let token emails link to.
+pub const LINK_ORIGINS: [&str; 2] = ["https://thehive.example.com", "https://portal.example.com"];
+
+/// [`LINK_ORIGINS`], as settings hold them.
+pub fn link_origins() -> Vec<String> {
+    LINK_ORIGINS.iter().map(|o| o.to_string()).collect()
+}
 
 /// An IssueToken request for `login` (address `<login>@example.com`) in organisation acme.
 pub fn issue_request(login: &str, purpose: pb::TokenPurpose) -> pb::IssueTokenRequest {

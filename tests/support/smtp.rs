@@ -331,7 +331,7 @@ pub async fn silent_server() -> SocketAddr {
 /// A server that takes messages like any SMTP server but never answers QUIT, nor closes:
 /// what a client waits on when it says goodbye to a connection it no longer wants.
 pub async fn mute_at_quit_server() -> SocketAddr {
-    scripted_server(false, false).await.0
+    scripted_server(false, false, false).await.0
 }
 
 /// What a [`strict_server`] saw.
@@ -341,6 +341,8 @@ pub struct Reads {
     pub groups: Vec<Vec<String>>,
     /// The content of every message accepted, its dots unstuffed.
     pub messages: Vec<String>,
+    /// Every AUTH PLAIN received: (user, password), decoded.
+    pub auth: Vec<(String, String)>,
 }
 
 /// An SMTP server strict about pipelining, as Exim is: it offers PIPELINING only when
@@ -348,11 +350,23 @@ pub struct Reads {
 /// one before ("synchronization error"). RCPT TO `rejected@example.com` answers 550, and
 /// DATA without an accepted recipient 554.
 pub async fn strict_server(pipelining: bool) -> (SocketAddr, Arc<Mutex<Reads>>) {
-    scripted_server(pipelining, true).await
+    scripted_server(pipelining, true, false).await
 }
 
-/// A [`strict_server`], which answers QUIT only if `answers_quit`.
-async fn scripted_server(pipelining: bool, answers_quit: bool) -> (SocketAddr, Arc<Mutex<Reads>>) {
+/// A careless relay: it offers AUTH PLAIN on a plain connection and no STARTTLS, accepts any
+/// credentials and records them ([`Reads::auth`]): what an eavesdropper on the way would
+/// read. Otherwise a [`strict_server`] without PIPELINING.
+pub async fn plain_auth_server() -> (SocketAddr, Arc<Mutex<Reads>>) {
+    scripted_server(false, true, true).await
+}
+
+/// A [`strict_server`], which answers QUIT only if `answers_quit`, and offers and takes AUTH
+/// PLAIN in clear if `auth`.
+async fn scripted_server(
+    pipelining: bool,
+    answers_quit: bool,
+    auth: bool,
+) -> (SocketAddr, Arc<Mutex<Reads>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -392,7 +406,12 @@ async fn scripted_server(pipelining: bool, answers_quit: bool) -> (SocketAddr, A
                                 continue;
                             }
                             let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+                            if verb == "AUTH" {
+                                reads.lock().unwrap().auth.push(plain_credentials(&line));
+                            }
                             replies.push_str(match verb.as_str() {
+                                "EHLO" if auth => "250-strict.example.com\r\n250 AUTH PLAIN\r\n",
+                                "AUTH" if auth => "235 2.7.0 authenticated\r\n",
                                 "EHLO" if pipelining => {
                                     "250-strict.example.com\r\n250 PIPELINING\r\n"
                                 }
@@ -432,6 +451,18 @@ async fn scripted_server(pipelining: bool, answers_quit: bool) -> (SocketAddr, A
         }
     });
     (addr, reads)
+}
+
+/// The (user, password) of an `AUTH PLAIN <base64>` line; empty when it holds none.
+fn plain_credentials(line: &str) -> (String, String) {
+    use base64::Engine;
+    let encoded = line.split_whitespace().nth(2).unwrap_or_default();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap_or_default();
+    let mut parts = decoded.split(|&b| b == 0).skip(1);
+    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    (next(), next())
 }
 
 /// A port on which nothing listens.

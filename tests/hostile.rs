@@ -1,0 +1,185 @@
+//! Hostile templates: any `manageConfig` key writes them, so each class that could crash
+//! the process, fill its memory or hold a worker is refused as `INVALID_ARGUMENT` naming
+//! its field, and the server goes on serving and delivering for everyone.
+
+use mailroom::proto::v1 as pb;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::support::smtp::{Options, SmtpServer};
+use crate::support::{violated_fields, TestServer};
+
+/// A context with `list`: `n` numbers.
+fn with_list(n: usize) -> Option<prost_types::Struct> {
+    let number = |i: usize| prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(i as f64)),
+    };
+    let list = prost_types::Value {
+        kind: Some(prost_types::value::Kind::ListValue(
+            prost_types::ListValue {
+                values: (0..n).map(number).collect(),
+            },
+        )),
+    };
+    Some(prost_types::Struct {
+        fields: [("list".to_string(), list)].into_iter().collect(),
+    })
+}
+
+#[tokio::test]
+async fn hostile_templates_are_refused_and_the_server_goes_on() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let deep = format!("{}x{}", "{{#if list}}".repeat(20), "{{/if}}".repeat(20));
+    let deep_subexpression = format!("{{{{eq 1 {}1{}}}}}", "(eq 1 ".repeat(20), ")".repeat(20));
+    let cases: Vec<(&str, String, Option<prost_types::Struct>, &str)> = vec![
+        ("a partial", "{{> body}}".into(), None, "partials"),
+        (
+            "a self-recursive inline partial",
+            r#"{{#*inline "p"}}{{> p}}{{/inline}}{{> p}}"#.into(),
+            None,
+            "not allowed",
+        ),
+        (
+            "mutually recursive partials",
+            r#"{{#*inline "a"}}{{> b}}{{/inline}}{{#*inline "b"}}{{> a}}{{/inline}}{{> a}}"#.into(),
+            None,
+            "not allowed",
+        ),
+        (
+            "a partial block",
+            "{{#> layout}}x{{/layout}}".into(),
+            None,
+            "partials",
+        ),
+        ("deep nesting", deep, None, "nest at most"),
+        (
+            "deep subexpressions",
+            deep_subexpression,
+            None,
+            "nest at most",
+        ),
+        (
+            "the log helper",
+            "{{log list}}".into(),
+            with_list(3),
+            "not available",
+        ),
+        (
+            "an output bomb",
+            format!(
+                "{{{{#each list}}}}{{{{#each ../list}}}}{}{{{{/each}}}}{{{{/each}}}}",
+                "x".repeat(200)
+            ),
+            with_list(100),
+            "more than 1048576 bytes",
+        ),
+        (
+            "loops that write nothing",
+            "{{#each list}}{{#each ../list}}{{#each ../../list}}{{/each}}{{/each}}{{/each}}".into(),
+            with_list(1000),
+            "too much work",
+        ),
+        (
+            "an oversized source",
+            "x".repeat(1024 * 1024 + 1),
+            None,
+            "a template has at most",
+        ),
+    ];
+    let mut notifier = server.notifier(&server.admin_key);
+    for (what, body, context, why) in cases {
+        let request = pb::SendToAddressesRequest {
+            organisation: "acme".into(),
+            to: vec!["soc@example.com".into()],
+            subject: "hostile".into(),
+            body,
+            context,
+            ..Default::default()
+        };
+        let status = notifier.send_to_addresses(request).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert_eq!(violated_fields(&status), ["body"], "{what}: {status:?}");
+        assert!(status.message().contains(why), "{what}: {status:?}");
+    }
+
+    // Still serving, and still delivering.
+    let mut health = HealthClient::new(server.channel());
+    let serving = health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(serving.status(), ServingStatus::Serving);
+    let ids = server
+        .send_to(
+            &["soc@example.com"],
+            "after",
+            "{{#each list}}{{this}},{{/each}}",
+        )
+        .await;
+    server.wait_for_state(&ids[0], pb::MessageState::Sent).await;
+    assert_eq!(smtp.seen().messages.len(), 1);
+}
+
+/// What a template may do still works: `each` over lists and objects with `@index`,
+/// `@key`, `@first`, `@last`, block parameters, `../` and `{{else}}`.
+#[tokio::test]
+async fn each_keeps_what_handlebars_offers() {
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let body =
+        "{{#each list}}{{@index}}={{this}}{{#if @first}}F{{/if}}{{#if @last}}L{{/if}};{{/each}}\
+                {{#each list as |n i|}}[{{i}}:{{n}}]{{/each}}\
+                {{#each obj}}{{@key}}:{{this}}/{{../title}};{{/each}}\
+                {{#each empty}}x{{else}}none{{/each}}";
+    let mut context = with_list(3).unwrap();
+    let text = |s: &str| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.into())),
+    };
+    context.fields.insert("title".into(), text("T"));
+    context.fields.insert(
+        "obj".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+                fields: [("a".to_string(), text("1")), ("b".to_string(), text("2"))]
+                    .into_iter()
+                    .collect(),
+            })),
+        },
+    );
+    context.fields.insert(
+        "empty".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::ListValue(Default::default())),
+        },
+    );
+    let queued = server
+        .notifier(&server.admin_key)
+        .send_to_addresses(pb::SendToAddressesRequest {
+            organisation: "acme".into(),
+            to: vec!["soc@example.com".into()],
+            subject: "each".into(),
+            body: body.into(),
+            context: Some(context),
+            ..Default::default()
+        })
+        .await
+        .expect("send")
+        .into_inner();
+    server
+        .wait_for_state(&queued.message_ids[0], pb::MessageState::Sent)
+        .await;
+    let seen = smtp.seen();
+    let message = mailparse::parse_mail(seen.messages[0].data.as_bytes()).unwrap();
+    let text = message.get_body().unwrap();
+    assert_eq!(
+        text.trim_end(),
+        "0=0F;1=1;2=2L;[0:0][1:1][2:2]a:1/T;b:2/T;none",
+        "{text:?}"
+    );
+}
