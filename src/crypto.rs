@@ -239,6 +239,13 @@ fn key_file_error(path: &Path, source: std::io::Error) -> CryptoError {
 #[serde(transparent)]
 pub struct Sealed(String);
 
+impl Sealed {
+    /// Its size as stored, in bytes.
+    pub fn stored_len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Sealed(..)")

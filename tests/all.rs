@@ -7,8 +7,8 @@ mod support;
 
 mod auth;
 mod directory;
-mod hostile;
 mod etcd_security;
+mod hostile;
 mod metrics;
 mod notifier;
 mod process;

@@ -2,15 +2,14 @@
 //! helpers — `eq` (built in), `tlpLabel`, `papLabel`, `severityLabel` and `dateFormat`
 //! (Java-style patterns such as `EEEE dd MMMM yyyy HH:mm`, English and French names).
 //!
-//! [`Templates::compile`] parses every template of a request once, so that a broken one is
-//! reported before anything is queued, naming its field and position; rendering then runs
-//! once per recipient. Compiled templates are kept (up to [`KEPT_TEMPLATES`] distinct
-//! sets): notifiers send the same templates again and again, and parsing them cost more
-//! than a quarter of a `SendToAddresses` (docs/PERFORMANCE.md).
+//! [`Templates::compile`] parses every template of a request once, in the sandbox
+//! (`sandbox.rs`), so that a broken or hostile one is reported before anything is queued,
+//! naming its field; rendering then runs per message. A [`TemplateCache`] keeps compiled
+//! sets, bounded in bytes: notifiers send the same templates again and again, and parsing
+//! them cost more than a quarter of a `SendToAddresses` (docs/PERFORMANCE.md).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Locale, Utc};
 use handlebars::{
@@ -32,13 +31,67 @@ pub enum BodyFormat {
     Html,
 }
 
-/// How many distinct sets of compiled templates are kept; all are dropped when full.
-pub const KEPT_TEMPLATES: usize = 256;
-
 /// A set of templates: the body format and each (field, template).
 type TemplatesKey = (BodyFormat, Vec<(String, String)>);
 
-static KEPT: LazyLock<Mutex<HashMap<TemplatesKey, Arc<Templates>>>> = LazyLock::new(Mutex::default);
+/// Compiled template sets by their sources, at most a given number of source bytes in all
+/// (least recently and least often used go first): notifiers send the same templates again
+/// and again, and any caller can send new ones.
+pub struct TemplateCache(quick_cache::sync::Cache<TemplatesKey, Arc<Templates>, SourceBytes>);
+
+/// Weighs a cached set by its source, field names included.
+#[derive(Clone)]
+struct SourceBytes;
+
+impl quick_cache::Weighter<TemplatesKey, Arc<Templates>> for SourceBytes {
+    fn weight(&self, (_, fields): &TemplatesKey, _: &Arc<Templates>) -> u64 {
+        let bytes: usize = fields.iter().map(|(f, t)| f.len() + t.len()).sum();
+        u64::try_from(bytes).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+impl TemplateCache {
+    /// A cache of at most `bytes` of template source.
+    pub fn new(bytes: u64) -> Self {
+        // quick_cache sizes its tables from the expected count: sets of a few KiB.
+        let expected = usize::try_from(bytes / 4096).unwrap_or(usize::MAX).max(16);
+        Self(quick_cache::sync::Cache::with_weighter(
+            expected,
+            bytes,
+            SourceBytes,
+        ))
+    }
+
+    /// The compiled set of `fields` (see [`Templates::compile`]), from the cache or
+    /// compiled and kept.
+    pub fn compile(
+        &self,
+        fields: &[(&str, &str)],
+        format: BodyFormat,
+    ) -> Result<Arc<Templates>, Violations> {
+        let key: TemplatesKey = (
+            format,
+            fields
+                .iter()
+                .map(|(name, template)| (name.to_string(), template.to_string()))
+                .collect(),
+        );
+        if let Some(templates) = self.0.get(&key) {
+            return Ok(templates);
+        }
+        let templates = Arc::new(Templates::compile(fields, format)?);
+        self.0.insert(key, templates.clone());
+        Ok(templates)
+    }
+
+    /// The bytes of source kept now.
+    pub fn weight(&self) -> u64 {
+        self.0.weight()
+    }
+}
+
+/// The built-in emails' templates: the binary's own, a fixed few.
+static BUILTIN: LazyLock<TemplateCache> = LazyLock::new(|| TemplateCache::new(1024 * 1024));
 
 /// One request's templates, by field name, ready to render.
 pub struct Templates {
@@ -63,29 +116,7 @@ impl Templates {
     /// Compiles `fields` (name, template) — headers (`from`, `to…`, `subject`) without
     /// escaping, `body` with HTML escaping for [`BodyFormat::Html`]. Every broken template
     /// is a violation naming its field, line and column.
-    pub fn compile(fields: &[(&str, &str)], format: BodyFormat) -> Result<Arc<Self>, Violations> {
-        let key: TemplatesKey = (
-            format,
-            fields
-                .iter()
-                .map(|(name, template)| (name.to_string(), template.to_string()))
-                .collect(),
-        );
-        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(templates) = kept.get(&key) {
-            return Ok(templates.clone());
-        }
-        drop(kept);
-        let templates = Arc::new(Self::parse(fields, format)?);
-        kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() >= KEPT_TEMPLATES {
-            kept.clear();
-        }
-        kept.insert(key, templates.clone());
-        Ok(templates)
-    }
-
-    fn parse(fields: &[(&str, &str)], format: BodyFormat) -> Result<Self, Violations> {
+    pub fn compile(fields: &[(&str, &str)], format: BodyFormat) -> Result<Self, Violations> {
         let mut headers = registry();
         headers.register_escape_fn(no_escape);
         let mut body = registry();
@@ -162,11 +193,11 @@ pub struct RenderedBuiltin {
 impl Builtin {
     /// Renders the three parts over `data`.
     pub fn render(&self, data: &Value) -> Result<RenderedBuiltin, Violations> {
-        let text = Templates::compile(
+        let text = BUILTIN.compile(
             &[("subject", self.subject), ("body", self.text)],
             BodyFormat::Text,
         )?;
-        let html = Templates::compile(&[("body", self.html)], BodyFormat::Html)?;
+        let html = BUILTIN.compile(&[("body", self.html)], BodyFormat::Html)?;
         Ok(RenderedBuiltin {
             subject: text.render("subject", data)?,
             text: text.render("body", data)?,

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::crypto::{self, CryptoError, MasterKey};
 use crate::directory::User;
-use crate::mail::template::{html_to_text, BodyFormat, Templates};
+use crate::mail::template::{html_to_text, BodyFormat, TemplateCache, Templates};
 use crate::mail::{compose, new_message_id};
 use crate::metrics::Metrics;
 use crate::settings::{SettingsError, SettingsService, SmtpSettings};
@@ -31,6 +31,9 @@ use crate::validation::{self, Violations};
 
 pub mod message;
 mod notices;
+mod stage;
+
+use stage::Stager;
 
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
 pub use notices::NoticeKind;
@@ -39,9 +42,9 @@ pub use notices::NoticeKind;
 pub const CONTENT_PURPOSE: &str = "outbox.content";
 /// Most recipients of one SendToAddresses.
 pub const MAX_ADDRESSES: usize = 100;
-/// Most violations reported for one request (a bad template over 100,000 users is one
-/// mistake, not 100,000).
-const MAX_VIOLATIONS: usize = 20;
+/// Template source kept compiled, in bytes (the cache's bound; compiled templates take a
+/// few times their source).
+const KEPT_TEMPLATE_BYTES: u64 = 16 * 1024 * 1024;
 /// How long an idempotency key is remembered.
 pub const KEEP_IDEMPOTENCY: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 /// Users read from the directory at a time by SendToUsers.
@@ -137,26 +140,20 @@ impl From<SettingsError> for NotifyError {
     }
 }
 
-/// One message ready to render: its recipient, and the data its templates see.
-pub struct Draft {
-    /// A rendered address, or the template field (`to[3]`) that renders it.
-    pub to: Recipient,
-    /// The template data.
-    pub data: Value,
-}
-
-/// Who a message goes to.
-pub enum Recipient {
-    /// A known address (a directory user).
-    Address(Address, String),
-    /// A template field rendering to one mailbox.
-    Template(String),
+/// What a notification's message holds besides its recipient, rendered.
+struct Parts {
+    from: Mailbox,
+    subject: String,
+    text: String,
+    html: Option<String>,
 }
 
 /// Queues and manages notifications.
 #[derive(Clone)]
 pub struct NotifyService {
     store: Arc<dyn Store>,
+    /// Compiled request templates, bounded in bytes: any caller sends templates.
+    templates: Arc<TemplateCache>,
     settings: SettingsService,
     clock: Clock,
     wake: Arc<Notify>,
@@ -174,6 +171,7 @@ impl NotifyService {
     ) -> Self {
         Self {
             store,
+            templates: Arc::new(TemplateCache::new(KEPT_TEMPLATE_BYTES)),
             settings,
             clock,
             wake,
@@ -207,14 +205,36 @@ impl NotifyService {
             .enumerate()
             .map(|(i, t)| (format!("to[{i}]"), t.as_str()))
             .collect();
-        let templates = compile(&n, &fields)?;
-        let data = Value::Object(n.context.clone());
-        let drafts = fields.into_iter().map(|(field, _)| Draft {
-            to: Recipient::Template(field),
-            data: data.clone(),
-        });
-        let messages = self.render_all(&n, &settings, &templates, drafts)?;
-        self.enqueue(&n, messages).await
+        let templates = self.compile(&n, &fields)?;
+        let mut stager = Stager::new(&*self.store, crypto::random_id("batch_"));
+        let staged = async {
+            // Every recipient sees the same data: all but `to` renders once.
+            let data = Value::Object(n.context.clone());
+            let parts = self.render_parts(&n, &settings, &templates, &data);
+            let parts = match parts {
+                Ok(parts) => Some(parts),
+                Err(found) => {
+                    stager.take(Err(found)).await?;
+                    None
+                }
+            };
+            for (field, _) in &fields {
+                let to = templates
+                    .render(field, &data)
+                    .and_then(|to| mailbox(&to).map_err(|why| validation::violation(field, why)));
+                let message = match (&parts, to) {
+                    (Some(parts), Ok(to)) => self.build(&n, parts, to),
+                    (_, Err(found)) => Err(found),
+                    (None, Ok(_)) => continue,
+                };
+                if !stager.take(message).await? {
+                    break;
+                }
+            }
+            stager.check()
+        }
+        .await;
+        self.finish(&n, stager, staged).await
     }
 
     /// EmailerToUser: one message per unlocked user of the organisation that has an
@@ -227,14 +247,14 @@ impl NotifyService {
             return Ok(queued);
         }
         let settings = self.configured().await?;
-        let templates = compile(&n, &[])?;
-        // Rendered a page of users at a time and staged as it goes, so that memory stays
-        // bounded however large the organisation; queued all at once at the end.
-        let batch = crypto::random_id("batch_");
-        let mut ids = Vec::new();
-        let mut after: Option<String> = None;
-        let staged: Result<(), NotifyError> = async {
-            loop {
+        let templates = self.compile(&n, &[])?;
+        // Users are read a page at a time and each message staged as it is rendered, so
+        // that memory stays bounded however large the organisation; all are queued at once
+        // at the end.
+        let mut stager = Stager::new(&*self.store, crypto::random_id("batch_"));
+        let staged = async {
+            let mut after: Option<String> = None;
+            'pages: loop {
                 let users = self
                     .store
                     .list_users(&n.organisation, after.as_deref(), USER_PAGE)
@@ -242,30 +262,31 @@ impl NotifyService {
                 let Some(last) = users.last() else { break };
                 after = Some(last.login.clone());
                 let full = users.len() == USER_PAGE;
-                let drafts = users.iter().filter(|u| !u.locked).filter_map(|u| {
-                    let address = u.address()?;
+                for user in users.iter().filter(|u| !u.locked) {
+                    let Some(address) = user.address() else {
+                        continue;
+                    };
                     let mut data = n.context.clone();
-                    data.insert("user".into(), user_value(u, &address));
-                    Some(Draft {
-                        to: Recipient::Address(address, u.name.clone()),
-                        data: Value::Object(data),
-                    })
-                });
-                let messages = self.render_all(&n, &settings, &templates, drafts)?;
-                self.store.stage_messages(&batch, &messages).await?;
-                ids.extend(messages.into_iter().map(|m| m.id));
+                    data.insert("user".into(), user_value(user, &address));
+                    let message = self
+                        .render_parts(&n, &settings, &templates, &Value::Object(data))
+                        .and_then(|parts| {
+                            let name = (!user.name.is_empty() && !has_line_break(&user.name))
+                                .then(|| user.name.clone());
+                            self.build(&n, &parts, Mailbox::new(name, address))
+                        });
+                    if !stager.take(message).await? {
+                        break 'pages;
+                    }
+                }
                 if !full {
                     break;
                 }
             }
-            Ok(())
+            stager.check()
         }
         .await;
-        if let Err(e) = staged {
-            self.store.discard_batch(&batch).await?;
-            return Err(e);
-        }
-        self.commit(&n, &batch, ids, None).await
+        self.finish(&n, stager, staged).await
     }
 
     /// TheHive's account-change email to a directory user of `organisation`; an email
@@ -351,40 +372,15 @@ impl NotifyService {
         Ok(())
     }
 
-    /// Renders the drafts into messages, or every violation (up to a bound).
-    fn render_all(
+    /// Renders what a notification's message holds besides its recipient: sender, subject
+    /// and body over `data`, or every violation.
+    fn render_parts(
         &self,
         n: &Notification,
         settings: &SmtpSettings,
         templates: &Templates,
-        drafts: impl Iterator<Item = Draft>,
-    ) -> Result<Vec<OutboxMessage>, NotifyError> {
-        let mut v = Violations::new();
-        let mut messages = Vec::new();
-        for draft in drafts {
-            match self.render(n, settings, templates, &draft) {
-                Ok(message) => messages.push(message),
-                Err(found) => {
-                    for violation in found.iter() {
-                        v.add(violation.field.clone(), violation.description.clone());
-                    }
-                    if v.iter().count() >= MAX_VIOLATIONS {
-                        break;
-                    }
-                }
-            }
-        }
-        v.into_result(messages).map_err(NotifyError::Invalid)
-    }
-
-    fn render(
-        &self,
-        n: &Notification,
-        settings: &SmtpSettings,
-        templates: &Templates,
-        draft: &Draft,
-    ) -> Result<OutboxMessage, Violations> {
-        let data = &draft.data;
+        data: &Value,
+    ) -> Result<Parts, Violations> {
         let mut v = Violations::new();
         let from = if n.from.is_empty() {
             Some(settings.from.mailbox())
@@ -398,17 +394,6 @@ impl NotifyService {
                     v.check("from", from)
                 })
         };
-        let to = match &draft.to {
-            Recipient::Address(address, name) => {
-                let name = (!name.is_empty() && !has_line_break(name)).then(|| name.clone());
-                Some(Mailbox::new(name, address.clone()))
-            }
-            Recipient::Template(field) => templates
-                .render(field, data)
-                .map_err(|e| merge(&mut v, e))
-                .ok()
-                .and_then(|to| v.check(field, mailbox(&to))),
-        };
         let subject = templates
             .render("subject", data)
             .map_err(|e| merge(&mut v, e))
@@ -418,24 +403,56 @@ impl NotifyService {
             .render("body", data)
             .map_err(|e| merge(&mut v, e))
             .ok();
-        let (Some(from), Some(to), Some(subject), Some(body)) = (from, to, subject, body) else {
+        let (Some(from), Some(subject), Some(body)) = (from, subject, body) else {
             return Err(v);
         };
         let (text, html) = match n.format {
             BodyFormat::Text => (body, None),
             BodyFormat::Html => (html_to_text(&body), Some(body)),
         };
+        Ok(Parts {
+            from,
+            subject,
+            text,
+            html,
+        })
+    }
+
+    /// Builds and seals the message of `parts` to `to`.
+    fn build(
+        &self,
+        n: &Notification,
+        parts: &Parts,
+        to: Mailbox,
+    ) -> Result<OutboxMessage, Violations> {
         let built = OutgoingEmail {
             organisation: &n.organisation,
-            from,
+            from: parts.from.clone(),
             to,
-            subject: &subject,
-            text: &text,
-            html: html.as_deref(),
+            subject: &parts.subject,
+            text: &parts.text,
+            html: parts.html.as_deref(),
         };
         built
             .seal(self.settings.master_key(), self.clock.now())
             .map_err(|e| validation::violation("body", format!("cannot build the message: {e}")))
+    }
+
+    /// Compiles a notification's templates (and `recipients`, `to[i]` fields), through
+    /// this service's cache.
+    fn compile(
+        &self,
+        n: &Notification,
+        recipients: &[(String, &str)],
+    ) -> Result<Arc<Templates>, NotifyError> {
+        let mut fields: Vec<(&str, &str)> = vec![("subject", &n.subject), ("body", &n.body)];
+        if !n.from.is_empty() {
+            fields.push(("from", &n.from));
+        }
+        fields.extend(recipients.iter().map(|(f, t)| (f.as_str(), *t)));
+        self.templates
+            .compile(&fields, n.format)
+            .map_err(NotifyError::Invalid)
     }
 
     /// The first use of the notification's key, once durable.
@@ -468,45 +485,34 @@ impl NotifyService {
         self.settings.get().await?.ok_or(NotifyError::NotConfigured)
     }
 
-    /// Queues `messages` with the notification's idempotency key.
-    async fn enqueue(
+    /// Ends a request whose messages went to `stager`: queues them with the notification's
+    /// idempotency key when `staged` went well (or answers the key's first use), else
+    /// forgets what was staged and answers why.
+    async fn finish(
         &self,
         n: &Notification,
-        messages: Vec<OutboxMessage>,
+        stager: Stager<'_>,
+        staged: Result<(), NotifyError>,
     ) -> Result<Queued, NotifyError> {
-        let batch = crypto::random_id("batch_");
-        let ids = messages.iter().map(|m| m.id.clone()).collect();
-        self.commit(n, &batch, ids, Some(&messages)).await
-    }
-
-    /// Queues the messages `ids`, given (`messages`) or staged as `batch`, with the
-    /// notification's idempotency key.
-    async fn commit(
-        &self,
-        n: &Notification,
-        batch: &str,
-        ids: Vec<String>,
-        messages: Option<&[OutboxMessage]>,
-    ) -> Result<Queued, NotifyError> {
+        if let Err(e) = staged {
+            stager.abandon().await?;
+            return Err(e);
+        }
+        let now = self.clock.now();
+        let key = |queued: Queued| Idempotency {
+            organisation: n.organisation.clone(),
+            key: n.idempotency_key.clone(),
+            queued,
+            create_time: now,
+        };
+        let ids = stager.ids().to_vec();
         let queued = Queued {
             recipients: u32::try_from(ids.len()).unwrap_or(u32::MAX),
             message_ids: ids,
             duplicate: false,
         };
-        let key = (!n.idempotency_key.is_empty()).then(|| Idempotency {
-            organisation: n.organisation.clone(),
-            key: n.idempotency_key.clone(),
-            queued: queued.clone(),
-            create_time: self.clock.now(),
-        });
-        let first = match messages {
-            Some(messages) => {
-                self.store
-                    .queue_messages(batch, messages, key.as_ref())
-                    .await?
-            }
-            None => self.store.commit_batch(batch, key.as_ref()).await?,
-        };
+        let key = (!n.idempotency_key.is_empty()).then(|| key(queued.clone()));
+        let first = stager.commit(key.as_ref()).await?;
         if let Some(first) = first {
             return self.replay(first).await;
         }
@@ -781,15 +787,6 @@ fn check_notification(n: &Notification) -> Violations {
         validation::text(&n.idempotency_key, false, 200),
     );
     v
-}
-
-fn compile(n: &Notification, recipients: &[(String, &str)]) -> Result<Arc<Templates>, NotifyError> {
-    let mut fields: Vec<(&str, &str)> = vec![("subject", &n.subject), ("body", &n.body)];
-    if !n.from.is_empty() {
-        fields.push(("from", &n.from));
-    }
-    fields.extend(recipients.iter().map(|(f, t)| (f.as_str(), *t)));
-    Templates::compile(&fields, n.format).map_err(NotifyError::Invalid)
 }
 
 fn merge(into: &mut Violations, found: Violations) {

@@ -179,6 +179,8 @@ pub struct SledStore {
     /// The messages this process has claimed, as claimed: held in memory only (see
     /// `swap_message`), over their pending records.
     claims: std::sync::Mutex<std::collections::HashMap<String, OutboxMessage>>,
+    /// Message records read (with their sealed content) since open.
+    records_read: std::sync::atomic::AtomicU64,
     flusher: mpsc::UnboundedSender<FlushRequest>,
     flusher_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -211,6 +213,7 @@ impl SledStore {
             locks: (0..LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
             swaps: std::sync::atomic::AtomicU64::new(0),
             claims: std::sync::Mutex::new(std::collections::HashMap::new()),
+            records_read: std::sync::atomic::AtomicU64::new(0),
             db,
             flusher,
             flusher_task: Some(flusher_task),
@@ -241,6 +244,12 @@ impl SledStore {
                 .map_err(|e| StoreError::Unavailable(format!("the sled flusher failed: {e}")))?;
         }
         Ok(())
+    }
+
+    /// How many message records (each with its sealed content) this store has read since
+    /// it was opened: what start must keep independent of the backlog (a test counts them).
+    pub fn records_read(&self) -> u64 {
+        self.records_read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until every write made before the call is on disk.
@@ -725,7 +734,7 @@ impl Store for SledStore {
             let Some(stored) = self.outbox.get(&key).map_err(unavailable)? else {
                 return Ok(false);
             };
-            let stored: OutboxMessage = decode(&message.id, &stored)?;
+            let stored = self.decode_record(&message.id, &stored)?;
             let claim = self.claim_of(&message.id);
             let (version, state) = claim.unwrap_or((stored.version, stored.state));
             if version != expected {
@@ -808,7 +817,7 @@ impl Store for SledStore {
             let id = String::from_utf8_lossy(&k[1..]);
             match self.claimed(&id) {
                 Some(claimed) => messages.push(claimed),
-                None => messages.push(decode(&id, &bytes)?),
+                None => messages.push(self.decode_record(&id, &bytes)?),
             }
         }
         Ok(messages)
@@ -1331,8 +1340,15 @@ impl SledStore {
         self.outbox
             .get(message_key(&id))
             .map_err(unavailable)?
-            .map(|bytes| decode(&id, &bytes))
+            .map(|bytes| self.decode_record(&id, &bytes))
             .transpose()
+    }
+
+    /// Every message record read goes through here, counted: see [`SledStore::records_read`].
+    fn decode_record(&self, id: &str, bytes: &[u8]) -> Result<OutboxMessage> {
+        self.records_read
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        decode(id, bytes)
     }
 }
 
@@ -1534,6 +1550,81 @@ mod tests {
         assert_eq!(store.all_messages(None, 5000).await.unwrap().len(), 2500);
         assert!(store.outbox.scan_prefix([COMMITTED]).next().is_none());
         assert!(store.outbox.scan_prefix([STAGED]).next().is_none());
+    }
+
+    /// The notifier over `store`, as the server builds it.
+    fn notifier_over(
+        store: &std::sync::Arc<SledStore>,
+        dir: &Path,
+        now: SystemTime,
+    ) -> crate::notify::NotifyService {
+        let store: std::sync::Arc<dyn Store> = store.clone();
+        let clock = crate::clock::Clock::manual(now);
+        let key = crate::crypto::MasterKey::load_or_create(&dir.join("master.key")).unwrap();
+        let settings = crate::settings::SettingsService::new(
+            store.clone(),
+            std::sync::Arc::new(key),
+            clock.clone(),
+        );
+        crate::notify::NotifyService::new(
+            store,
+            settings,
+            clock,
+            std::sync::Arc::new(tokio::sync::Notify::new()),
+            crate::metrics::Metrics::new(),
+        )
+    }
+
+    /// Start on a backlog reads no pending message's record: what the server runs at start
+    /// on this store (recovery of batches, release of claims) walks index keys and reads
+    /// only the records a dead process left claimed. It read every pending record, sealed
+    /// content included, before (2,002 reads here): a large backlog ran each restart out
+    /// of memory.
+    #[tokio::test]
+    async fn start_reads_only_the_records_a_crash_left_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
+        for chunk in 0..2 {
+            let batch: Vec<_> = (0..1000)
+                .map(|n| sample(&format!("p{chunk}{n:04}"), now))
+                .collect();
+            store
+                .queue_messages(&format!("b{chunk}"), &batch, None)
+                .await
+                .unwrap();
+        }
+        // Claims on disk: a claim taken over once its lease ran out is written.
+        for id in ["p00001", "p10001"] {
+            let queued = store.message(id).await.unwrap().unwrap();
+            let mut claimed = queued.clone();
+            claimed.claim("dead", now, Duration::from_secs(60));
+            claimed.version += 1;
+            assert!(store
+                .swap_message(queued.version, &claimed, true)
+                .await
+                .unwrap());
+        }
+        store
+            .stage_messages("abandoned", &[sample("a1", now)])
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+
+        let store = std::sync::Arc::new(SledStore::open(dir.path(), 16 << 20).unwrap());
+        let notify = notifier_over(&store, dir.path(), now);
+        assert_eq!(notify.recover_batches(now).await.unwrap(), 1);
+        assert_eq!(notify.release_claims().await.unwrap(), 2);
+        assert!(
+            store.records_read() <= 4,
+            "start read {} message records; only the 2 claimed ones (found, then replaced) \
+             may be read",
+            store.records_read()
+        );
+        let released = store.message("p10001").await.unwrap().unwrap();
+        assert_eq!(released.due_at(), Some(now), "due again at once");
+        assert_eq!(store.pending_messages().await.unwrap(), 2000);
+        assert!(store.message("a1").await.unwrap().is_none());
     }
 
     /// A store written by an earlier version: tokens by id, a digest index, the login's

@@ -1,0 +1,127 @@
+//! How a request's messages reach the outbox as they are rendered: a few MiB at a time
+//! ([`STAGE_BYTES`]), so that the memory a request holds stays bounded however many
+//! messages it makes and however large each is, then queued in one atomic write at the end.
+
+use crate::store::Store;
+use crate::validation::{self, Violations};
+
+use super::{Idempotency, NotifyError, OutboxMessage};
+
+/// Most violations reported for one request (a bad template over 100,000 users is one
+/// mistake, not 100,000).
+const MAX_VIOLATIONS: usize = 20;
+
+/// Bytes of sealed messages held before they are written to the store as staged.
+pub const STAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes one request may queue in all (sealed), however many messages it makes.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024 * 1024;
+
+/// The messages of one request, staged as they come.
+pub struct Stager<'a> {
+    store: &'a dyn Store,
+    batch: String,
+    held: Vec<OutboxMessage>,
+    held_bytes: usize,
+    total_bytes: usize,
+    staged: bool,
+    ids: Vec<String>,
+    violations: Violations,
+}
+
+impl<'a> Stager<'a> {
+    /// An empty batch `batch` of `store`.
+    pub fn new(store: &'a dyn Store, batch: String) -> Self {
+        Self {
+            store,
+            batch,
+            held: Vec::new(),
+            held_bytes: 0,
+            total_bytes: 0,
+            staged: false,
+            ids: Vec::new(),
+            violations: Violations::new(),
+        }
+    }
+
+    /// The ids of the messages taken so far.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// Takes a rendered message, or why one could not be rendered: once anything was
+    /// refused, messages are no longer kept, but rendering may go on to report more.
+    /// Whether to go on (false once [`MAX_VIOLATIONS`] were gathered).
+    pub async fn take(
+        &mut self,
+        rendered: Result<OutboxMessage, Violations>,
+    ) -> Result<bool, NotifyError> {
+        match rendered {
+            Ok(message) if self.violations.is_empty() => self.push(message, "body").await?,
+            Ok(_) => {}
+            Err(found) => {
+                for v in found.iter() {
+                    self.violations.add(v.field.clone(), v.description.clone());
+                }
+            }
+        }
+        Ok(self.violations.iter().count() < MAX_VIOLATIONS)
+    }
+
+    /// Refuses the request with what [`Stager::take`] gathered, if anything.
+    pub fn check(&self) -> Result<(), NotifyError> {
+        if self.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(NotifyError::Invalid(self.violations.clone()))
+        }
+    }
+
+    /// Adds a message; writes what is held as staged once it reaches [`STAGE_BYTES`].
+    /// Refused (on `field`) past [`MAX_REQUEST_BYTES`] in all.
+    pub async fn push(&mut self, message: OutboxMessage, field: &str) -> Result<(), NotifyError> {
+        let size = message.content.as_ref().map_or(0, |c| c.stored_len());
+        self.total_bytes += size;
+        if self.total_bytes > MAX_REQUEST_BYTES {
+            return Err(NotifyError::Invalid(validation::violation(
+                field,
+                format!("the request comes to more than {MAX_REQUEST_BYTES} bytes of messages"),
+            )));
+        }
+        self.ids.push(message.id.clone());
+        self.held.push(message);
+        self.held_bytes += size;
+        if self.held_bytes >= STAGE_BYTES {
+            self.store.stage_messages(&self.batch, &self.held).await?;
+            self.held.clear();
+            self.held_bytes = 0;
+            self.staged = true;
+        }
+        Ok(())
+    }
+
+    /// Queues every message pushed, with `key` when given, in one atomic, durable write
+    /// (one write of the store when nothing was staged yet). The key's first use when it
+    /// was used before: then nothing is queued.
+    pub async fn commit(
+        self,
+        key: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>, NotifyError> {
+        let first = if self.staged {
+            self.store.stage_messages(&self.batch, &self.held).await?;
+            self.store.commit_batch(&self.batch, key).await?
+        } else {
+            self.store
+                .queue_messages(&self.batch, &self.held, key)
+                .await?
+        };
+        Ok(first)
+    }
+
+    /// Forgets what was staged (a request that failed halfway).
+    pub async fn abandon(self) -> Result<(), NotifyError> {
+        if self.staged {
+            self.store.discard_batch(&self.batch).await?;
+        }
+        Ok(())
+    }
+}
