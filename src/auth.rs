@@ -379,7 +379,7 @@ impl Authenticator {
         let line = Zeroizing::new(format!("{}\n", new.secret.expose_secret()));
         crypto::write_private_file(&staged, line.as_bytes())?;
         if self.store.insert_api_key(&new.key, true).await? {
-            std::fs::rename(&staged, &path)?;
+            crypto::rename_durably(&staged, &path)?;
             Ok(Some(path))
         } else {
             std::fs::remove_file(&staged)?;

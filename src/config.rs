@@ -145,10 +145,25 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Refuse SMTP settings (updates and tests) whose host is or resolves to a loopback,
-    /// private or link-local address.
+    /// Refuse SMTP hosts that are or resolve to a loopback, private, link-local or other
+    /// special-purpose address (IPv4 and IPv6): at update, at test, and before every
+    /// connection, which goes only to an address checked.
     #[arg(long, env = "MAILROOM_SMTP_DENY_PRIVATE_ADDRESSES")]
     pub smtp_deny_private_addresses: bool,
+
+    /// Most messages one organisation may have pending (queued, retrying or being sent).
+    #[arg(long, env = "MAILROOM_ORG_PENDING_MESSAGES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub org_pending_messages: u64,
+
+    /// Most messages one organisation may queue within an hour.
+    #[arg(long, env = "MAILROOM_ORG_MESSAGES_PER_HOUR", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub org_messages_per_hour: u64,
+
+    /// Most bytes (as stored, sealed) one organisation may queue within 24 hours: this
+    /// bounds what it can hold in the outbox. On etcd, keep it times the number of
+    /// organisations under etcd's space quota.
+    #[arg(long, env = "MAILROOM_ORG_BYTES_PER_DAY", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub org_bytes_per_day: u64,
 
     /// How many tokens one login may be issued per purpose and hour.
     #[arg(long, env = "MAILROOM_TOKEN_ISSUE_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -157,6 +172,11 @@ pub struct Args {
     /// The clock the domain asks (tests set a manual one).
     #[arg(skip)]
     pub clock: Clock,
+
+    /// How SMTP hosts are resolved: the system resolver; tests give their own (one that
+    /// changes its answer, as DNS rebinding does).
+    #[arg(skip)]
+    pub resolver: crate::settings::Resolver,
 }
 
 impl Args {

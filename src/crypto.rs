@@ -122,7 +122,7 @@ impl MasterKey {
         }
     }
 
-    /// Writes the keyring to `path` (mode 0600), replacing it atomically.
+    /// Writes the keyring to `path` (mode 0600), replacing it atomically and durably.
     fn write(&self, path: &Path) -> Result<(), CryptoError> {
         let staged = path.with_extension("new");
         let _ = std::fs::remove_file(&staged);
@@ -132,7 +132,7 @@ impl MasterKey {
             text.push('\n');
         }
         write_private_file(&staged, text.as_bytes()).map_err(|e| key_file_error(path, e))?;
-        std::fs::rename(&staged, path).map_err(|e| key_file_error(path, e))
+        rename_durably(&staged, path).map_err(|e| key_file_error(path, e))
     }
 
     /// A keyring with a new sealing key before these keys, written to `path`: what
@@ -350,6 +350,21 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(contents)?;
     file.sync_all()
+}
+
+/// Renames `staged` (written by [`write_private_file`], so synced) to `path`, then syncs the
+/// directory: once this returns, a power cut leaves the new file under its name.
+pub fn rename_durably(staged: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::rename(staged, path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_directory(dir),
+        _ => sync_directory(Path::new(".")),
+    }
+}
+
+/// Syncs a directory: the names of the files created, renamed or removed in it.
+pub fn sync_directory(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::crypto::MasterKey;
 use crate::directory::DirectoryService;
 use crate::mail::delivery::Delivery;
 use crate::metrics::{Metrics, RpcLayer};
-use crate::notify::NotifyService;
+use crate::notify::{NotifyService, Quotas};
 use crate::proto::v1::{
     api_keys_server::ApiKeysServer, directory_server::DirectoryServer,
     notifier_server::NotifierServer, smtp_admin_server::SmtpAdminServer, token_server::TokenServer,
@@ -96,7 +96,8 @@ impl Mailroom {
         }
         let settings =
             SettingsService::new(store.clone(), Arc::new(master_key), args.clock.clone())
-                .deny_private_addresses(args.smtp_deny_private_addresses);
+                .deny_private_addresses(args.smtp_deny_private_addresses)
+                .resolver(args.resolver.clone());
         let directory = DirectoryService::new(store.clone(), args.clock.clone());
         let wake = Arc::new(Notify::new());
         let metrics = Metrics::new();
@@ -106,7 +107,12 @@ impl Mailroom {
             args.clock.clone(),
             wake.clone(),
             metrics.clone(),
-        );
+        )
+        .with_quotas(Quotas {
+            pending_messages: args.org_pending_messages,
+            messages_per_hour: args.org_messages_per_hour,
+            bytes_per_day: args.org_bytes_per_day,
+        });
         let tokens = TokenService::new(
             store.clone(),
             settings.clone(),

@@ -183,3 +183,112 @@ async fn each_keeps_what_handlebars_offers() {
         "{text:?}"
     );
 }
+
+/// Sends one message to `to` for `organisation` with `key`.
+async fn send_as(
+    server: &TestServer,
+    key: &str,
+    organisation: &str,
+    to: &[&str],
+    body: &str,
+) -> Result<pb::SendResponse, tonic::Status> {
+    server
+        .notifier(key)
+        .send_to_addresses(pb::SendToAddressesRequest {
+            organisation: organisation.into(),
+            to: to.iter().map(|t| t.to_string()).collect(),
+            subject: "quota".into(),
+            body: body.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The quota `status` names, and when to retry.
+#[track_caller]
+fn over_quota(status: &tonic::Status) -> (String, std::time::Duration) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "QUOTA_EXCEEDED");
+    let retry = status.get_details_retry_info().expect("RetryInfo");
+    (
+        info.metadata["quota"].clone(),
+        retry.retry_delay.expect("a delay"),
+    )
+}
+
+/// One organisation reaching each of its quotas is refused, naming the quota; another
+/// organisation still sends.
+#[tokio::test]
+async fn an_organisation_over_its_quota_leaves_the_others_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(dir.path());
+    args.clock = crate::support::test_clock();
+    args.org_pending_messages = 3;
+    args.org_messages_per_hour = 4;
+    args.org_bytes_per_day = 64 * 1024;
+    let server = TestServer::start_with(args).await;
+    // Nothing listens there: messages stay pending.
+    server.configure_smtp(crate::support::free_port()).await;
+    let acme = server.create_key("acme", &["manageConfig"]).await;
+    let beta = server.create_key("beta", &["manageConfig"]).await;
+
+    send_as(&server, &acme, "", &["a@example.com", "b@example.com"], "x")
+        .await
+        .expect("two pending of three");
+    let status = send_as(&server, &acme, "", &["c@example.com", "d@example.com"], "x")
+        .await
+        .expect_err("four pending");
+    assert_eq!(over_quota(&status).0, "pending_messages");
+    let listed = server
+        .notifier(&acme)
+        .list_messages(pb::ListMessagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert_eq!(listed.len(), 2, "the refused request queued nothing");
+
+    // beta is untouched by acme's quota; its own bytes quota stops a large request.
+    send_as(&server, &beta, "", &["a@example.com"], "x")
+        .await
+        .expect("beta sends");
+    let status = send_as(
+        &server,
+        &beta,
+        "",
+        &["a@example.com"],
+        &"x".repeat(100 * 1024),
+    )
+    .await
+    .expect_err("over beta's bytes");
+    let (quota, retry) = over_quota(&status);
+    assert_eq!(quota, "bytes_per_day");
+    assert!(retry >= std::time::Duration::from_secs(3600), "{retry:?}");
+
+    // Cancelled messages are no longer pending, but still count for the hour.
+    for m in &listed {
+        server
+            .notifier(&acme)
+            .cancel_message(pb::CancelMessageRequest { id: m.id.clone() })
+            .await
+            .unwrap();
+    }
+    send_as(&server, &acme, "", &["e@example.com", "f@example.com"], "x")
+        .await
+        .expect("pending again: two of three");
+    let status = send_as(&server, &acme, "", &["g@example.com"], "x")
+        .await
+        .expect_err("five within the hour");
+    assert_eq!(over_quota(&status).0, "messages_per_hour");
+    server.advance(std::time::Duration::from_secs(3601));
+    send_as(&server, &acme, "", &["g@example.com"], "x")
+        .await
+        .expect("a new hour: three pending of three");
+    let status = send_as(&server, &acme, "", &["h@example.com"], "x")
+        .await
+        .expect_err("four pending");
+    assert_eq!(over_quota(&status).0, "pending_messages");
+}

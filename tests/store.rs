@@ -69,6 +69,7 @@ store_suite!(
     a_token_is_consumed_once_under_concurrency,
     ended_tokens_are_purged,
     the_rate_limit_counts_a_window,
+    quota_counts_are_per_organisation,
     the_key_check_is_kept,
 );
 
@@ -736,6 +737,45 @@ async fn ended_tokens_are_purged(store: Arc<dyn Store>) {
         .unwrap()
         .is_none());
     assert!(store.tokens_of("dave").await.unwrap().is_empty());
+}
+
+async fn quota_counts_are_per_organisation(store: Arc<dyn Store>) {
+    let acme = messages("a", 5, "acme");
+    store.queue_messages("a", &acme, None).await.unwrap();
+    store
+        .queue_messages("b", &messages("b", 2, "beta"), None)
+        .await
+        .unwrap();
+    assert_eq!(store.pending_of("acme", 100).await.unwrap(), 5);
+    assert_eq!(store.pending_of("beta", 100).await.unwrap(), 2);
+    assert_eq!(store.pending_of("gamma", 100).await.unwrap(), 0);
+    // A message that ends is no longer pending.
+    let mut sent = acme[0].clone();
+    sent.state = MessageState::Sent;
+    sent.version += 1;
+    assert!(store.swap_message(1, &sent, true).await.unwrap());
+    assert_eq!(store.pending_of("acme", 100).await.unwrap(), 4);
+    // Tallies: concurrent adds never pass the limit, and each key is its own.
+    let hour = Duration::from_secs(3600);
+    let racers = (0..10).map(|_| {
+        let store = store.clone();
+        async move { store.tally("acme", now(), hour, 3, 10).await.unwrap() }
+    });
+    let allowed = join_all(racers)
+        .await
+        .into_iter()
+        .filter(Option::is_none)
+        .count();
+    assert_eq!(allowed, 3, "three adds of 3 fit under 10");
+    assert_eq!(
+        store.tally("beta", now(), hour, 10, 10).await.unwrap(),
+        None
+    );
+    assert!(store
+        .tally("beta", now(), hour, 1, 10)
+        .await
+        .unwrap()
+        .is_some());
 }
 
 async fn the_rate_limit_counts_a_window(store: Arc<dyn Store>) {

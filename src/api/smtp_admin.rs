@@ -75,6 +75,7 @@ impl SmtpAdmin for SmtpAdminApi {
         let report = probe::run(
             &settings,
             self.settings.master_key(),
+            self.settings.address_guard(),
             &to,
             self.settings.now(),
         )

@@ -116,6 +116,16 @@ impl From<NotifyError> for Status {
             NotifyError::NotFound(_) => Status::not_found(e.to_string()),
             NotifyError::NoUser(_) => Status::failed_precondition(e.to_string()),
             NotifyError::NotInOrganisation(e) => e.into(),
+            NotifyError::OverQuota(over) => {
+                let message = e.to_string();
+                let metadata = HashMap::from([
+                    ("quota".to_string(), over.quota.to_string()),
+                    ("limit".to_string(), over.limit.to_string()),
+                ]);
+                let mut details = ErrorDetails::with_retry_info(Some(over.retry_after));
+                details.set_error_info("QUOTA_EXCEEDED", ERROR_DOMAIN, metadata);
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             NotifyError::State(_) => Status::failed_precondition(e.to_string()),
             NotifyError::Crypto(e) => {
                 tracing::error!(error = %e, "sealed value unreadable");

@@ -4,6 +4,10 @@
 //! and delayed ACKs would hold back 40 ms per message). The staged test reports every
 //! stage; delivery keeps the connection for the next messages.
 //!
+//! CONNECT resolves the host once through the settings' [`AddressGuard`] (which, with
+//! `--smtp-deny-private-addresses`, refuses special-purpose addresses) and connects only to
+//! an address it checked; TLS still verifies the certificate for the host's name.
+//!
 //! `STARTTLS` is required when the settings say so: if the server does not offer it, the
 //! connection ends there, before any credentials or message. Credentials go over an
 //! unencrypted connection only with security `NONE` (whose password was given with `NONE`:
@@ -13,9 +17,12 @@
 //! A message goes out with its `MAIL FROM`, `RCPT TO` and `DATA` in one write when the
 //! server offers PIPELINING (RFC 2920), as Postfix's client does: two round trips instead of
 //! four. lettre speaks lock-step only, so [`Smtp::send`] groups lettre's own commands, and
-//! writes the content with its final dot in one piece.
+//! writes the content with its final dot in one piece. Either way the content's bare CRs and
+//! LFs become CRLF before its dots are stuffed ([`crlf_line_ends`]).
 
+use std::borrow::Cow;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -31,7 +38,7 @@ use tokio::net::TcpStream;
 
 use super::tls::TlsPolicy;
 use crate::crypto::MasterKey;
-use crate::settings::{Security, SmtpSettings};
+use crate::settings::{AddressGuard, Security, SmtpSettings};
 
 /// The stages of an SMTP exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +93,12 @@ pub trait Stages {
         self.pass(Some(u16::from(response.code())), text.join(" "));
     }
 
+    /// The stage was refused before anything was sent: a problem of the settings that no
+    /// retry fixes (the private-address guard). A failure unless the observer cares.
+    fn refuse(&mut self, detail: String) -> Failed {
+        self.fail(None, detail)
+    }
+
     /// The stage failed with this lettre error (and the server's code, if it replied).
     fn smtp_fail(&mut self, e: lettre::transport::smtp::Error) -> Failed {
         let code = e.status().map(u16::from);
@@ -121,13 +134,15 @@ impl Smtp {
         envelope: &Envelope,
         email: &[u8],
     ) -> Result<Response, lettre::transport::smtp::Error> {
+        // At send time, so that messages queued before this rule are covered too.
+        let email = crlf_line_ends(email);
         let ascii = envelope
             .from()
             .into_iter()
             .chain(envelope.to())
             .all(|address| AsRef::<str>::as_ref(address).is_ascii());
         if !self.pipelining || !ascii || !email.is_ascii() {
-            return self.connection.send(envelope, email).await;
+            return self.connection.send(envelope, &email).await;
         }
         let mut group = Mail::new(envelope.from().cloned(), vec![]).to_string();
         for to in envelope.to() {
@@ -145,14 +160,46 @@ impl Smtp {
         }
         outcome?;
         // ASCII, checked above.
-        let email = String::from_utf8_lossy(email);
+        let email = String::from_utf8_lossy(&email);
         self.connection.command(data_block(&email)).await
     }
 }
 
+/// `email` with every bare CR and every bare LF made a CRLF, the only line end of SMTP
+/// (RFC 5321, 2.3.8), before the dots are stuffed. A bare one would let a body end DATA
+/// early at a relay that takes `<LF>.<LF>` or `<CR>.<CR><LF>` for the end of the data, and
+/// what follows be read as its commands (SMTP smuggling): the dot after a bare line end is
+/// not one that stuffing sees at the start of a line. Borrowed when there is none.
+pub fn crlf_line_ends(email: &[u8]) -> Cow<'_, [u8]> {
+    let bare = |i: usize| match email[i] {
+        b'\r' => email.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || email[i - 1] != b'\r',
+        _ => false,
+    };
+    let Some(first) = (0..email.len()).find(|&i| bare(i)) else {
+        return Cow::Borrowed(email);
+    };
+    let mut out = Vec::with_capacity(email.len() + 64);
+    out.extend_from_slice(&email[..first]);
+    let mut rest = email[first..].iter().peekable();
+    while let Some(&byte) = rest.next() {
+        match byte {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                rest.next_if_eq(&&b'\n');
+            }
+            // A CR took the LF after it: this one is bare.
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            other => out.push(other),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// The content of DATA in one piece: a dot doubled at the start of every line that starts
 /// with one (RFC 5321, 4.5.2), then the final dot. lettre's `message` writes the content and
-/// the final dot apart: one more write and segment per message.
+/// the final dot apart: one more write and segment per message. Lines end with CRLF only
+/// ([`crlf_line_ends`]).
 fn data_block(email: &str) -> String {
     let mut block = String::with_capacity(email.len() + 8);
     if email.starts_with('.') {
@@ -169,10 +216,12 @@ fn data_block(email: &str) -> String {
 }
 
 /// Opens a connection as `settings` say — CONNECT, TLS, EHLO, AUTH — telling `run` about
-/// each stage.
+/// each stage. The host is resolved once, through `guard`, and the connection goes to one
+/// of the addresses it checked; TLS still verifies the certificate for the host's name.
 pub async fn open(
     settings: &SmtpSettings,
     key: &MasterKey,
+    guard: &AddressGuard,
     run: &mut impl Stages,
 ) -> Result<Smtp, Failed> {
     let policy = match settings.security {
@@ -180,7 +229,18 @@ pub async fn open(
         _ => Some(TlsPolicy::new(settings, key).map_err(|e| run.fail(None, e.to_string()))?),
     };
     run.begin(Stage::Connect);
-    let tcp = connect(settings).await.map_err(|e| run.fail(None, e))?;
+    let checked = match guard.resolve(&settings.host, settings.port).await {
+        Ok(checked) => checked,
+        Err(e) if e.is_refusal() => {
+            return Err(run.refuse(format!(
+                "not connected: {e}; nothing was sent (change the settings' host, then retry)"
+            )))
+        }
+        Err(e) => return Err(run.fail(None, e.to_string())),
+    };
+    let tcp = connect(checked.addresses())
+        .await
+        .map_err(|e| run.fail(None, e))?;
     run.pass(None, format!("connected to {}", peer(&tcp)));
 
     let stream: Box<dyn AsyncTokioStream> = match (&settings.security, &policy) {
@@ -326,12 +386,10 @@ fn verified(settings: &SmtpSettings, policy: &TlsPolicy) -> String {
     }
 }
 
-async fn connect(settings: &SmtpSettings) -> Result<TcpStream, String> {
-    let target = (settings.host.as_str(), settings.port.get());
-    let addresses = tokio::net::lookup_host(target)
-        .await
-        .map_err(|e| format!("cannot resolve {}: {e}", settings.host))?;
-    let mut last = format!("{} resolves to no address", settings.host);
+/// Connects to the first of `addresses` that answers: addresses the guard checked, never
+/// the name resolved again.
+async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, String> {
+    let mut last = "no address to connect to".to_string();
     for address in addresses {
         match TcpStream::connect(address).await {
             Ok(stream) => {
@@ -392,7 +450,40 @@ impl AsyncWrite for TlsStream {
 
 #[cfg(test)]
 mod tests {
-    use super::data_block;
+    use super::{crlf_line_ends, data_block};
+
+    fn crlf(email: &str) -> String {
+        String::from_utf8(crlf_line_ends(email.as_bytes()).into_owned()).unwrap()
+    }
+
+    #[test]
+    fn bare_cr_and_bare_lf_become_crlf() {
+        assert_eq!(crlf("a\rb\nc\r\nd"), "a\r\nb\r\nc\r\nd");
+        assert_eq!(crlf("\n\r"), "\r\n\r\n");
+        assert_eq!(crlf("\r\r\n\n\n\r"), "\r\n\r\n\r\n\r\n\r\n");
+        assert_eq!(crlf("\n\r\n"), "\r\n\r\n");
+        assert_eq!(crlf("é\nü"), "é\r\nü", "bytes of UTF-8 untouched");
+        assert!(matches!(
+            crlf_line_ends(b"a\r\nb\r\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(matches!(crlf_line_ends(b""), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_smuggled_end_of_data_is_stuffed_after_normalising() {
+        let body = "hi\r.\r\nMAIL FROM:<x@evil.example>\n.\nRCPT TO:<y@evil.example>\r\n";
+        let block = data_block(&crlf(body));
+        assert_eq!(
+            block,
+            "hi\r\n..\r\nMAIL FROM:<x@evil.example>\r\n..\r\nRCPT TO:<y@evil.example>\r\n\r\n.\r\n"
+        );
+        // The only end of data is the last line, and no line end is bare.
+        assert_eq!(block.matches("\r\n.\r\n").count(), 1);
+        assert!(block.ends_with("\r\n.\r\n"));
+        assert_eq!(block.matches('\r').count(), block.matches("\r\n").count());
+        assert_eq!(block.matches('\n').count(), block.matches("\r\n").count());
+    }
 
     #[test]
     fn a_line_starting_with_a_dot_gets_another_and_the_block_ends_with_one() {

@@ -9,7 +9,10 @@
 //! cannot be reached (connecting, TLS, greeting or AUTH fails), the dispatcher claims
 //! nothing more for a pause (1 s doubling up to 30 s, ended early by new settings), as
 //! Postfix does with a dead destination: during an outage queued mail waits untouched
-//! instead of each message failing an attempt of its own. A claim is a lease
+//! instead of each message failing an attempt of its own. A host that
+//! `--smtp-deny-private-addresses` refuses at connect time (settings saved before the flag, a
+//! name rebound to an internal address) is the settings' problem that no retry fixes: the
+//! message is `DEAD` at once, its error naming the address and the flag. A claim is a lease
 //! longer than the longest send: if this process dies, the messages it held come back when
 //! their leases expire, and at most the message whose 250 was not yet recorded is sent
 //! twice.
@@ -355,7 +358,14 @@ impl Sender {
                     tokio::spawn(quit(stale, settings.timeout));
                 }
                 let mut failure = LastFailure::default();
-                match connection::open(settings, self.settings.master_key(), &mut failure).await {
+                let opened = connection::open(
+                    settings,
+                    self.settings.master_key(),
+                    self.settings.address_guard(),
+                    &mut failure,
+                )
+                .await;
+                match opened {
                     Ok(smtp) => {
                         self.relay.reached(settings.revision);
                         self.connection = Some(Open {
@@ -363,6 +373,16 @@ impl Sender {
                             smtp,
                             last_used: Instant::now(),
                         });
+                    }
+                    // The private-address guard refused the host: a configuration problem an
+                    // operator must fix, which no retry would. The message is DEAD (the
+                    // error names the address and the flag; RetryMessage once fixed), and
+                    // delivery does not pause: every message meets the same refusal at once.
+                    Err(Failed) if failure.refused => {
+                        return Attempt::Permanent {
+                            code: None,
+                            error: failure.error(),
+                        };
                     }
                     // Connecting is the relay's or the settings' problem, not the message's:
                     // retried whatever the code, and delivery pauses.
@@ -553,6 +573,8 @@ struct LastFailure {
     stage: Option<Stage>,
     code: Option<u16>,
     detail: String,
+    /// Refused before connecting (the private-address guard).
+    refused: bool,
 }
 
 impl LastFailure {
@@ -574,6 +596,11 @@ impl Stages for LastFailure {
         self.code = smtp_code;
         self.detail = detail;
         Failed
+    }
+
+    fn refuse(&mut self, detail: String) -> Failed {
+        self.refused = true;
+        self.fail(None, detail)
     }
 }
 

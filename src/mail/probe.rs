@@ -12,10 +12,10 @@ use lettre::message::{header::ContentType, Mailbox, Message};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 
 pub use super::connection::Stage;
-use super::connection::{self, client_id, Failed, Stages};
+use super::connection::{self, client_id, crlf_line_ends, Failed, Stages};
 use super::{new_message_id, rfc3339};
 use crate::crypto::MasterKey;
-use crate::settings::{human, Security, SmtpSettings};
+use crate::settings::{human, AddressGuard, Security, SmtpSettings};
 
 /// The outcome of one stage.
 #[derive(Clone, Debug)]
@@ -91,11 +91,13 @@ impl Run {
     }
 }
 
-/// Sends one test email to `to` with `settings` (secrets opened with `key`) and reports
-/// every stage. Never fails: a failing server is a report with `success = false`.
+/// Sends one test email to `to` with `settings` (secrets opened with `key`, the host
+/// resolved and checked by `guard`) and reports every stage. Never fails: a failing server,
+/// or a host the guard refuses at CONNECT, is a report with `success = false`.
 pub async fn run(
     settings: &SmtpSettings,
     key: &MasterKey,
+    guard: &AddressGuard,
     to: &Address,
     now: SystemTime,
 ) -> Report {
@@ -105,7 +107,8 @@ pub async fn run(
         started: Instant::now(),
     };
     let timeout = settings.timeout;
-    let outcome = tokio::time::timeout(timeout, exchange(&mut run, settings, key, to, now)).await;
+    let outcome =
+        tokio::time::timeout(timeout, exchange(&mut run, settings, key, guard, to, now)).await;
     let message_id = match outcome {
         Ok(Ok(id)) => Some(id),
         Ok(Err(Failed)) => None,
@@ -138,10 +141,13 @@ async fn exchange(
     run: &mut Run,
     settings: &SmtpSettings,
     key: &MasterKey,
+    guard: &AddressGuard,
     to: &Address,
     now: SystemTime,
 ) -> Result<String, Failed> {
-    let mut conn = connection::open(settings, key, run).await?.connection;
+    let mut conn = connection::open(settings, key, guard, run)
+        .await?
+        .connection;
 
     let from = settings.from.mailbox();
     let message_id = new_message_id(from.email.domain());
@@ -165,7 +171,7 @@ async fn exchange(
     run.begin(Stage::Data);
     conn.command(Data).await.map_err(|e| run.smtp_fail(e))?;
     let response = conn
-        .message(&email.formatted())
+        .message(&crlf_line_ends(&email.formatted()))
         .await
         .map_err(|e| run.smtp_fail(e))?;
     run.reply(&response);

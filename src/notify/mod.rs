@@ -31,12 +31,14 @@ use crate::validation::{self, Violations};
 
 pub mod message;
 mod notices;
+mod quota;
 mod stage;
 
 use stage::Stager;
 
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
 pub use notices::NoticeKind;
+pub use quota::{OverQuota, Quotas, Tally};
 
 /// The purpose a message's content is sealed for.
 pub const CONTENT_PURPOSE: &str = "outbox.content";
@@ -112,6 +114,9 @@ pub enum NotifyError {
     /// The login is a user of another organisation.
     #[error(transparent)]
     NotInOrganisation(#[from] crate::directory::NotInOrganisation),
+    /// The organisation's outbox quota would be passed.
+    #[error("organisation over its {} quota ({}); retry in {}", .0.quota, .0.limit, crate::settings::human(.0.retry_after))]
+    OverQuota(OverQuota),
     /// No such message (for this caller).
     #[error("message {0:?} not found")]
     NotFound(String),
@@ -154,6 +159,7 @@ pub struct NotifyService {
     store: Arc<dyn Store>,
     /// Compiled request templates, bounded in bytes: any caller sends templates.
     templates: Arc<TemplateCache>,
+    quotas: Quotas,
     settings: SettingsService,
     clock: Clock,
     wake: Arc<Notify>,
@@ -172,11 +178,54 @@ impl NotifyService {
         Self {
             store,
             templates: Arc::new(TemplateCache::new(KEPT_TEMPLATE_BYTES)),
+            quotas: Quotas::default(),
             settings,
             clock,
             wake,
             metrics,
         }
+    }
+
+    /// The same notifier, holding each organisation to `quotas`.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// Counts `count` messages of `bytes` in all against `organisation`'s quotas, or says
+    /// which one they would pass. The pending count and the two tallies are separate
+    /// steps: requests racing near a limit may pass it by what they queue at once.
+    async fn spend_quota(
+        &self,
+        organisation: &str,
+        count: usize,
+        bytes: usize,
+    ) -> Result<(), NotifyError> {
+        let q = self.quotas;
+        let count = u64::try_from(count).unwrap_or(u64::MAX);
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let pending = self
+            .store
+            .pending_of(organisation, q.pending_messages.saturating_add(1))
+            .await?;
+        q.check_pending(pending, count)
+            .map_err(NotifyError::OverQuota)?;
+        let now = self.clock.now();
+        let tallies = [
+            ("messages_per_hour", quota::HOUR, count, q.messages_per_hour),
+            ("bytes_per_day", quota::DAY, bytes, q.bytes_per_day),
+        ];
+        for (quota, window, amount, limit) in tallies {
+            let key = format!("{quota}/{organisation}");
+            if let Some(retry_after) = self.store.tally(&key, now, window, amount, limit).await? {
+                return Err(NotifyError::OverQuota(OverQuota {
+                    quota,
+                    limit,
+                    retry_after,
+                }));
+            }
+        }
+        Ok(())
     }
 
     /// EmailerToAddr: one message per address of `to` (1 to 100 templates).
@@ -365,6 +414,14 @@ impl NotifyService {
 
     /// Queues messages built elsewhere (the token emails and account notices), durably.
     pub async fn enqueue_built(&self, messages: Vec<OutboxMessage>) -> Result<(), NotifyError> {
+        if let Some(first) = messages.first() {
+            let bytes = messages
+                .iter()
+                .map(|m| m.content.as_ref().map_or(0, |c| c.stored_len()))
+                .sum();
+            self.spend_quota(&first.organisation, messages.len(), bytes)
+                .await?;
+        }
         let batch = crypto::random_id("batch_");
         self.store.queue_messages(&batch, &messages, None).await?;
         self.metrics.messages("queued", messages.len());
@@ -505,6 +562,13 @@ impl NotifyService {
             queued,
             create_time: now,
         };
+        if let Err(e) = self
+            .spend_quota(&n.organisation, stager.ids().len(), stager.bytes())
+            .await
+        {
+            stager.abandon().await?;
+            return Err(e);
+        }
         let ids = stager.ids().to_vec();
         let queued = Queued {
             recipients: u32::try_from(ids.len()).unwrap_or(u32::MAX),
@@ -603,31 +667,10 @@ impl NotifyService {
     }
 
     /// Makes every claimed message due now: for a store only this process can open, the
-    /// claims found at start belong to a process that died. Returns how many.
+    /// claims found at start belong to a process that died. Returns how many. The store
+    /// finds them by its indexes: start reads none of the backlog's bodies.
     pub async fn release_claims(&self) -> Result<usize, NotifyError> {
-        let now = self.clock.now();
-        let far = now + std::time::Duration::from_secs(100 * 365 * 86_400);
-        let claimed: Vec<OutboxMessage> = self
-            .store
-            .due_messages(far, usize::MAX)
-            .await?
-            .into_iter()
-            .filter(|m| m.state == MessageState::Sending)
-            .collect();
-        let mut released = 0;
-        for message in claimed {
-            let mut next = message.clone();
-            next.release(now);
-            next.version += 1;
-            if self
-                .store
-                .swap_message(message.version, &next, false)
-                .await?
-            {
-                released += 1;
-            }
-        }
-        Ok(released)
+        Ok(self.store.release_claims(self.clock.now()).await?)
     }
 
     /// Seals every message's content again with the master key's sealing key (after a

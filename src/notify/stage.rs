@@ -43,6 +43,11 @@ impl<'a> Stager<'a> {
         }
     }
 
+    /// The bytes (sealed) of the messages taken so far.
+    pub fn bytes(&self) -> usize {
+        self.total_bytes
+    }
+
     /// The ids of the messages taken so far.
     pub fn ids(&self) -> &[String] {
         &self.ids

@@ -309,48 +309,6 @@ impl From<SenderDomain> for String {
     }
 }
 
-/// Resolves `host` and refuses it when any of its addresses is loopback, private,
-/// link-local, shared (CGNAT) or unspecified.
-pub async fn public_host(host: &Host, port: Port) -> Result<(), String> {
-    let addresses: Vec<IpAddr> = tokio::net::lookup_host((host.as_str(), port.get()))
-        .await
-        .map_err(|e| format!("cannot be resolved ({e}) to check it is not a private address"))?
-        .map(|a| a.ip())
-        .collect();
-    match addresses.iter().find(|ip| private(ip)) {
-        Some(ip) => Err(format!(
-            "is or resolves to {ip}, a loopback, private or link-local address, which \
-             --smtp-deny-private-addresses refuses"
-        )),
-        None => Ok(()),
-    }
-}
-
-/// Whether an address belongs to this host or a private network.
-fn private(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || (a == 100 && (64..128).contains(&b))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return private(&IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-        }
-    }
-}
-
 /// Checks PEM text holding one or more certificates.
 pub fn certificates_pem(pem: &str) -> Result<(), String> {
     let mut count = 0;
@@ -391,28 +349,6 @@ mod tests {
             "", "smtp://x", "x:25", "a b", "a\r\nb", "-x.com", "a..b", "a/b",
         ] {
             assert!(Host::try_from(bad.to_string()).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn private_addresses() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.0.1",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:10.0.0.1",
-        ] {
-            assert!(private(&ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["192.0.2.1", "8.8.8.8", "2001:db8::1"] {
-            assert!(!private(&ip.parse().unwrap()), "{ip}");
         }
     }
 

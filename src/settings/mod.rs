@@ -28,8 +28,10 @@ use crate::store::{Store, StoreError};
 use crate::validation::{self, Violations};
 
 mod fields;
+pub mod guard;
 
 pub use fields::{Host, LinkOrigin, Port, Security, Sender, SenderDomain};
+pub use guard::{AddressGuard, Resolve, Resolver};
 
 /// Default bound on an SMTP exchange.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -384,7 +386,7 @@ pub struct SettingsService {
     master_key: Arc<MasterKey>,
     clock: Clock,
     cache: Arc<Cache<(), Option<Arc<SmtpSettings>>>>,
-    deny_private: bool,
+    guard: AddressGuard,
 }
 
 impl SettingsService {
@@ -395,35 +397,50 @@ impl SettingsService {
             master_key,
             clock,
             cache: Arc::default(),
-            deny_private: false,
+            guard: AddressGuard::default(),
         }
     }
 
-    /// Refuses hosts that are or resolve to loopback, private or link-local addresses
-    /// (`--smtp-deny-private-addresses`): a stolen admin key then cannot aim mailroom at
-    /// the internal network.
+    /// Refuses hosts that are or resolve to a loopback, private, link-local or other
+    /// special-purpose address (`--smtp-deny-private-addresses`), at update, at test and
+    /// before every connection: a stolen admin key then cannot aim mailroom (and the relay
+    /// password) at the internal network.
     pub fn deny_private_addresses(mut self, deny: bool) -> Self {
-        self.deny_private = deny;
+        self.guard = AddressGuard::new(deny, self.guard.resolver().clone());
         self
     }
 
-    /// With the guard on, checks where `settings.host` leads before anything connects.
-    async fn guard(&self, settings: &SmtpSettings) -> Result<(), SettingsError> {
-        if !self.deny_private {
+    /// Resolves SMTP hosts with `resolver` (the system's by default; tests give their own).
+    pub fn resolver(mut self, resolver: Resolver) -> Self {
+        self.guard = AddressGuard::new(self.guard.denies_private(), resolver);
+        self
+    }
+
+    /// The guard every SMTP connection resolves its host through.
+    pub fn address_guard(&self) -> &AddressGuard {
+        &self.guard
+    }
+
+    /// With the guard on, checks where `settings.host` leads before anything connects (the
+    /// connection checks again, on the addresses it then uses).
+    async fn check_host(&self, settings: &SmtpSettings) -> Result<(), SettingsError> {
+        if !self.guard.denies_private() {
             return Ok(());
         }
         let checked = tokio::time::timeout(
             settings.timeout,
-            fields::public_host(&settings.host, settings.port),
+            self.guard.resolve(&settings.host, settings.port),
         )
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
-                "could not be resolved within {} to check it is not a private address",
-                human(settings.timeout)
-            ))
+            Err(guard::GuardError::Unresolved {
+                host: settings.host.as_str().to_string(),
+                error: format!("no answer within {}", human(settings.timeout)),
+            })
         });
-        checked.map_err(|why| SettingsError::Invalid(validation::violation("settings.host", why)))
+        checked
+            .map(drop)
+            .map_err(|e| SettingsError::Invalid(validation::violation("settings.host", e.why())))
     }
 
     /// The master key that opens stored secrets.
@@ -464,7 +481,7 @@ impl SettingsService {
             )
             .map_err(SettingsError::Invalid)?,
         };
-        self.guard(&candidate).await?;
+        self.check_host(&candidate).await?;
         Ok(candidate)
     }
 
@@ -527,7 +544,7 @@ impl SettingsService {
             updated_by,
         )
         .map_err(SettingsError::Invalid)?;
-        self.guard(&next).await?;
+        self.check_host(&next).await?;
         if self.store.swap_smtp_settings(expected, &next).await? {
             self.cache.insert((), Some(Arc::new(next.clone())));
             Ok(next)

@@ -255,6 +255,44 @@ impl EtcdStore {
         Ok(response.take_kvs().into_iter().next())
     }
 
+    /// How many keys start with `prefix` (etcd counts them; nothing is read).
+    async fn count_prefix(&self, prefix: String) -> Result<u64> {
+        let options = GetOptions::new()
+            .with_range(prefix_end(&prefix))
+            .with_count_only();
+        let response = self
+            .kv
+            .clone()
+            .get(prefix, Some(options))
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(response.count()).unwrap_or(0))
+    }
+
+    /// Changes the window record `key` (a rate window, a quota tally) by compare-and-swap,
+    /// unless `change` refuses: then how long until it would not.
+    async fn update_window<W: Record + DeserializeOwned + Default>(
+        &self,
+        key: &str,
+        change: impl Fn(&mut W) -> std::result::Result<(), Duration>,
+    ) -> Result<Option<Duration>> {
+        for _ in 0..CAS_ATTEMPTS {
+            let stored = self.read::<W>(key).await?;
+            let rev = stored.as_ref().map(|(_, rev)| *rev);
+            let mut window = stored.map(|(w, _)| w).unwrap_or_default();
+            if let Err(wait) = change(&mut window) {
+                return Ok(Some(wait));
+            }
+            let txn = Txn::new()
+                .when([unchanged(key, rev)])
+                .and_then([put(key, encode(&window))]);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(None);
+            }
+        }
+        Err(contention("a rate limit or quota"))
+    }
+
     /// A record and the revision it was last written at (for a compare-and-swap).
     async fn read<T: Record + DeserializeOwned>(&self, key: &str) -> Result<Option<(T, i64)>> {
         self.get(key)
@@ -1159,18 +1197,38 @@ impl Store for EtcdStore {
             .collect()
     }
 
+    async fn pending_of(&self, organisation: &str, _at_most: u64) -> Result<u64> {
+        // etcd counts a range for us: three requests, whatever the backlog.
+        let counts = [
+            MessageState::Queued,
+            MessageState::Retrying,
+            MessageState::Sending,
+        ]
+        .map(|state| {
+            let prefix = self.key(&format!("outbox/t/{organisation}\0{}\0", state_name(state)));
+            self.count_prefix(prefix)
+        });
+        Ok(try_join_all(counts).await?.into_iter().sum())
+    }
+
+    async fn tally(
+        &self,
+        key: &str,
+        now: SystemTime,
+        window: Duration,
+        amount: u64,
+        limit: u64,
+    ) -> Result<Option<Duration>> {
+        let key = self.key(&format!("quota_tallies/{key}"));
+        self.update_window(&key, |tally: &mut crate::notify::Tally| {
+            tally.add(now, window, amount, limit)
+        })
+        .await
+    }
+
     async fn pending_messages(&self) -> Result<usize> {
-        let prefix = self.key("outbox/q/");
-        let options = GetOptions::new()
-            .with_range(prefix_end(&prefix))
-            .with_count_only();
-        let response = self
-            .kv
-            .clone()
-            .get(prefix, Some(options))
-            .await
-            .map_err(unavailable)?;
-        Ok(usize::try_from(response.count()).unwrap_or(usize::MAX))
+        let count = self.count_prefix(self.key("outbox/q/")).await?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
     }
 
     async fn list_messages(
@@ -1401,20 +1459,7 @@ impl TokenStore for EtcdStore {
         limit: u32,
     ) -> Result<Option<Duration>> {
         let key = self.key(&format!("rate_limits/{key}"));
-        for _ in 0..CAS_ATTEMPTS {
-            let stored = self.read::<RateWindow>(&key).await?;
-            let rev = stored.as_ref().map(|(_, rev)| *rev);
-            let mut hits = stored.map(|(w, _)| w).unwrap_or_default();
-            if let Err(wait) = hits.hit(now, window, limit) {
-                return Ok(Some(wait));
-            }
-            let txn = Txn::new()
-                .when([unchanged(&key, rev)])
-                .and_then([put(key.as_str(), encode(&hits))]);
-            if self.txn(txn).await?.succeeded() {
-                return Ok(None);
-            }
-        }
-        Err(contention("the rate limit"))
+        self.update_window(&key, |hits: &mut RateWindow| hits.hit(now, window, limit))
+            .await
     }
 }

@@ -22,6 +22,7 @@ use crate::tokens::{Purpose, RateWindow, Token};
 pub mod etcd;
 mod layouts;
 pub mod sled;
+mod sled_files;
 
 /// Errors of a store.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +165,14 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// then belongs to a dead process. How many batches.
     async fn recover_batches(&self, before: SystemTime) -> Result<usize>;
 
+    /// On an [`exclusive`](Store::exclusive) store, at start: makes every claim stored by
+    /// the process that died due at `now`, reading no record but the claimed ones (start
+    /// must not read the backlog's bodies). How many. A shared store's claims come back
+    /// when their leases run out: by default, none is released.
+    async fn release_claims(&self, _now: SystemTime) -> Result<usize> {
+        Ok(0)
+    }
+
     /// Forgets idempotency keys first used before `before`. How many.
     async fn purge_idempotency(&self, before: SystemTime) -> Result<usize>;
 
@@ -198,6 +207,21 @@ pub trait Store: TokenStore + Send + Sync + 'static {
 
     /// Every message in id order after `after`, at most `limit` (key rotation).
     async fn all_messages(&self, after: After<'_>, limit: usize) -> Result<Vec<OutboxMessage>>;
+
+    /// How many messages of `organisation` are pending (queued, retrying or claimed),
+    /// counting no further than `at_most` (the quota: a count bounded in time).
+    async fn pending_of(&self, organisation: &str, at_most: u64) -> Result<u64>;
+
+    /// Adds `amount` to the tally `key` at `now` unless its total over `window` would pass
+    /// `limit` (see [`crate::notify::Tally`]); else how long until it would fit.
+    async fn tally(
+        &self,
+        key: &str,
+        now: SystemTime,
+        window: std::time::Duration,
+        amount: u64,
+        limit: u64,
+    ) -> Result<Option<std::time::Duration>>;
 
     /// How many messages are pending (queued, retrying or claimed).
     async fn pending_messages(&self) -> Result<usize>;
@@ -321,6 +345,7 @@ pub(crate) trait Record: Serialize {
 
 impl Record for Token {}
 impl Record for RateWindow {}
+impl Record for crate::notify::Tally {}
 impl Record for OutboxMessage {}
 impl Record for Idempotency {}
 impl Record for ApiKey {}

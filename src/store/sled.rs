@@ -3,7 +3,11 @@
 //! Multi-record operations are sled transactions across trees. Durability comes from one
 //! flusher task that batches every write waiting for it into a single `flush` (group
 //! commit): concurrent `flush_async` calls deadlock sled 0.34.7 (sled issue #1308), and
-//! one flush for many writers is also what makes durable writes cheap.
+//! one flush for many writers is also what makes durable writes cheap. Each flush ends
+//! with a real `fsync` of sled's files (`sled_files.rs`): acknowledged means on disk.
+//!
+//! Start reads no message bodies: what it repairs and releases is found through index
+//! keys, and only the records a crash left halfway are read.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -13,8 +17,12 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use serde::de::DeserializeOwned;
+
+pub use super::sled_files::CommitCounts;
+use super::sled_files::{Commits, SledFiles};
 use super::{
-    decode, encode, state_name, time_from_key, time_key, After, Result, Store, StoreError,
+    decode, encode, state_name, time_from_key, time_key, After, Record, Result, Store, StoreError,
     TokenStore,
 };
 use crate::auth::ApiKey;
@@ -50,6 +58,8 @@ const LOCKS: usize = 64;
 const COMMITTED: u8 = b'c';
 /// Staged messages queued by one write.
 const QUEUE_CHUNK: usize = 1000;
+/// Bytes of message records a page of the whole outbox holds at most (past its first).
+const PAGE_BYTES: usize = 8 << 20;
 
 fn commit_marker(batch: &str) -> Vec<u8> {
     key(COMMITTED, &[batch.as_bytes()])
@@ -172,6 +182,8 @@ pub struct SledStore {
     /// Purge time and digest of every token.
     token_purge: sled::Tree,
     rate_limits: sled::Tree,
+    /// Quota tallies by key (`crate::notify::Tally`).
+    tallies: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
     locks: Vec<std::sync::Mutex<()>>,
     /// Numbers the intent keys of message replacements.
@@ -183,6 +195,8 @@ pub struct SledStore {
     records_read: std::sync::atomic::AtomicU64,
     flusher: mpsc::UnboundedSender<FlushRequest>,
     flusher_task: Option<tokio::task::JoinHandle<()>>,
+    /// The flusher's count of group commits, and its failure.
+    commits: std::sync::Arc<Commits>,
 }
 
 impl SledStore {
@@ -194,10 +208,14 @@ impl SledStore {
             .path(dir.join("sled"))
             .cache_capacity(cache_bytes);
         let db = open_when_released(&config).map_err(unavailable)?;
+        let files = SledFiles::open(&dir.join("sled"))
+            .map_err(|e| StoreError::Unavailable(format!("syncing the store's files: {e}")))?;
+        let commits = files.commits();
         let tree = |name: &str| db.open_tree(name).map_err(unavailable);
         let (flusher, requests) = mpsc::unbounded_channel();
-        let flusher_task =
-            tokio::spawn(group_commit(requests).instrument(tracing::info_span!("sled_flusher")));
+        let flusher_task = tokio::spawn(
+            group_commit(requests, files).instrument(tracing::info_span!("sled_flusher")),
+        );
         let store = Self {
             meta: tree("meta")?,
             keys: tree("api_keys")?,
@@ -209,6 +227,7 @@ impl SledStore {
             login_tokens: tree("login_token_digests")?,
             token_purge: tree("token_purge_by_digest")?,
             rate_limits: tree("rate_limits")?,
+            tallies: tree("quota_tallies")?,
             enqueue_lock: tokio::sync::Mutex::new(()),
             locks: (0..LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
             swaps: std::sync::atomic::AtomicU64::new(0),
@@ -217,6 +236,7 @@ impl SledStore {
             db,
             flusher,
             flusher_task: Some(flusher_task),
+            commits,
         };
         let migrated = store.migrate_tokens_by_id()?;
         if migrated > 0 {
@@ -252,6 +272,12 @@ impl SledStore {
         self.records_read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The group commits so far: each began after every write of its batch was made, and
+    /// its writers were answered only once it was synced (a test checks both).
+    pub fn commits(&self) -> CommitCounts {
+        self.commits.counts()
+    }
+
     /// Waits until every write made before the call is on disk.
     async fn durable(&self) -> Result<()> {
         let (done, wait) = oneshot::channel();
@@ -272,8 +298,9 @@ const GATHER_ROUNDS: usize = 4;
 /// at once.
 type FlushRequest = (oneshot::Sender<Result<(), String>>, sled::Db);
 
-/// Flushes once for every batch of waiting writers, then wakes them all.
-async fn group_commit(mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
+/// Flushes and syncs once for every batch of waiting writers, then wakes them all.
+async fn group_commit(mut requests: mpsc::UnboundedReceiver<FlushRequest>, files: SledFiles) {
+    let files = std::sync::Arc::new(std::sync::Mutex::new(files));
     while let Some((first, db)) = requests.recv().await {
         let mut waiters = vec![first];
         // Lets the writers that are ready to run reach this queue before the flush starts:
@@ -289,16 +316,21 @@ async fn group_commit(mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
             tokio::task::yield_now().await;
         }
         let started = std::time::Instant::now();
-        let outcome = match tokio::task::spawn_blocking(move || db.flush()).await {
+        let files = files.clone();
+        let commit = move || {
+            let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
+            files.commit(&db)
+        };
+        let outcome = match tokio::task::spawn_blocking(commit).await {
             Ok(Ok(bytes)) => {
-                tracing::debug!(waiters = waiters.len(), bytes, took = ?started.elapsed(), "flushed");
+                tracing::debug!(waiters = waiters.len(), bytes, took = ?started.elapsed(), "flushed and synced");
                 Ok(())
             }
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e),
             Err(e) => Err(format!("flush task failed: {e}")),
         };
         if let Err(e) = &outcome {
-            tracing::error!(error = %e, "sled flush failed");
+            tracing::error!(error = %e, "sled flush or sync failed");
         }
         for waiter in waiters {
             let _ = waiter.send(outcome.clone());
@@ -349,7 +381,12 @@ impl Store for SledStore {
         None
     }
 
+    /// Fails for good once a sync has failed (see `SledFiles::commit`): health then says
+    /// `NOT_SERVING`, and a restart recovers from what is on disk.
     async fn ping(&self) -> Result<()> {
+        if let Some(failed) = self.commits.failure() {
+            return Err(StoreError::Unavailable(failed.to_string()));
+        }
         self.meta.get(SETTINGS_KEY).map_err(unavailable)?;
         Ok(())
     }
@@ -621,16 +658,26 @@ impl Store for SledStore {
         Ok(None)
     }
 
+    /// Chunk by chunk, so that a batch of any size is forgotten in bounded memory: the
+    /// batch was never committed, so a crash midway leaves the rest staged for the next
+    /// start to forget.
     async fn discard_batch(&self, batch: &str) -> Result<()> {
         let prefix = staged_key(batch, "");
-        let mut writes = sled::Batch::default();
-        for entry in self.outbox.scan_prefix(&prefix) {
-            let (staged, _) = entry.map_err(unavailable)?;
-            let id = String::from_utf8_lossy(&staged[prefix.len()..]).into_owned();
-            writes.remove(message_key(&id));
-            writes.remove(staged);
+        loop {
+            let mut writes = sled::Batch::default();
+            let mut staged = 0;
+            for entry in self.outbox.scan_prefix(&prefix).keys().take(QUEUE_CHUNK) {
+                let key = entry.map_err(unavailable)?;
+                let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                writes.remove(message_key(&id));
+                writes.remove(key);
+                staged += 1;
+            }
+            if staged == 0 {
+                return Ok(());
+            }
+            self.outbox.apply_batch(writes).map_err(unavailable)?;
         }
-        self.outbox.apply_batch(writes).map_err(unavailable)
     }
 
     /// Batches carry no staging time on sled, whose staging is never shared: this is
@@ -664,6 +711,45 @@ impl Store for SledStore {
         }
         self.durable().await?;
         Ok(batches.len())
+    }
+
+    /// A first claim is held in memory, gone with the process; the claims on disk are those
+    /// taken over once a lease ran out. They are found through the index by organisation
+    /// and state, skipping from one organisation to the next, and only their records are
+    /// read: the pending backlog's are not.
+    async fn release_claims(&self, now: SystemTime) -> Result<usize> {
+        let sending = state_name(MessageState::Sending).as_bytes();
+        let mut released = 0;
+        let mut from = vec![BY_STATE];
+        while let Some(entry) = self.outbox.range(from.as_slice()..).keys().next() {
+            let k = entry.map_err(unavailable)?;
+            if k.first() != Some(&BY_STATE) {
+                break;
+            }
+            let organisation = k[1..].split(|b| *b == 0).next().unwrap_or_default();
+            let prefix = key(BY_STATE, &[organisation, sending, b""]);
+            for entry in self.outbox.scan_prefix(&prefix).keys() {
+                let k = entry.map_err(unavailable)?;
+                let Some(claimed) = self.decode_message(&k[prefix.len()..])? else {
+                    continue;
+                };
+                if claimed.state != MessageState::Sending {
+                    continue;
+                }
+                let mut next = claimed.clone();
+                next.release(now);
+                next.version += 1;
+                if self.replace_message(claimed.version, &next, false)? {
+                    released += 1;
+                }
+            }
+            // Past every key of this organisation: `t<organisation>\x01`.
+            from = key(BY_STATE, &[organisation, b""]);
+            if let Some(last) = from.last_mut() {
+                *last = 1;
+            }
+        }
+        Ok(released)
     }
 
     async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
@@ -728,37 +814,7 @@ impl Store for SledStore {
         message: &OutboxMessage,
         durable: bool,
     ) -> Result<bool> {
-        let swapped = {
-            let _one_at_a_time = self.lock(&message.id);
-            let key = message_key(&message.id);
-            let Some(stored) = self.outbox.get(&key).map_err(unavailable)? else {
-                return Ok(false);
-            };
-            let stored = self.decode_record(&message.id, &stored)?;
-            let claim = self.claim_of(&message.id);
-            let (version, state) = claim.unwrap_or((stored.version, stored.state));
-            if version != expected {
-                return Ok(false);
-            }
-            if !durable && message.state == MessageState::Sending && state != MessageState::Sending
-            {
-                self.claims_held()
-                    .insert(message.id.clone(), message.clone());
-                return Ok(true);
-            }
-            let intent = self.replacing_key(&message.id);
-            self.outbox.insert(&intent, &[]).map_err(unavailable)?;
-            self.outbox
-                .insert(key, encode(message))
-                .map_err(unavailable)?;
-            // On failure the intent stays, for the next start to repair.
-            self.move_indexes(&stored, message)?;
-            self.outbox.remove(&intent).map_err(unavailable)?;
-            if claim.is_some() {
-                self.claims_held().remove(&message.id);
-            }
-            true
-        };
+        let swapped = self.replace_message(expected, message, durable)?;
         if swapped && durable {
             self.durable().await?;
         }
@@ -810,8 +866,11 @@ impl Store for SledStore {
         Ok(claims)
     }
 
+    /// A page ends early once it holds [`PAGE_BYTES`] of records: the sweep, which runs at
+    /// start, pages through the outbox, and 500 messages near the size limit would be half
+    /// a GiB.
     async fn all_messages(&self, after: After<'_>, limit: usize) -> Result<Vec<OutboxMessage>> {
-        let mut messages = Vec::new();
+        let (mut messages, mut read) = (Vec::new(), 0);
         for entry in scan_after(&self.outbox, vec![MESSAGE], after).take(limit) {
             let (k, bytes) = entry.map_err(unavailable)?;
             let id = String::from_utf8_lossy(&k[1..]);
@@ -819,8 +878,48 @@ impl Store for SledStore {
                 Some(claimed) => messages.push(claimed),
                 None => messages.push(self.decode_record(&id, &bytes)?),
             }
+            read += bytes.len();
+            if read >= PAGE_BYTES {
+                break;
+            }
         }
         Ok(messages)
+    }
+
+    async fn pending_of(&self, organisation: &str, at_most: u64) -> Result<u64> {
+        // Claims held in memory are still indexed under the state they were claimed from.
+        let mut count = 0;
+        for state in [
+            MessageState::Queued,
+            MessageState::Retrying,
+            MessageState::Sending,
+        ] {
+            let prefix = key(
+                BY_STATE,
+                &[organisation.as_bytes(), state_name(state).as_bytes(), b""],
+            );
+            for entry in self.outbox.scan_prefix(prefix).keys() {
+                entry.map_err(unavailable)?;
+                count += 1;
+                if count >= at_most {
+                    return Ok(count);
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    async fn tally(
+        &self,
+        key: &str,
+        now: SystemTime,
+        window: std::time::Duration,
+        amount: u64,
+        limit: u64,
+    ) -> Result<Option<std::time::Duration>> {
+        self.update_window(&self.tallies, key, |tally: &mut crate::notify::Tally| {
+            tally.add(now, window, amount, limit)
+        })
     }
 
     async fn pending_messages(&self) -> Result<usize> {
@@ -1041,25 +1140,36 @@ impl TokenStore for SledStore {
         window: std::time::Duration,
         limit: u32,
     ) -> Result<Option<std::time::Duration>> {
+        self.update_window(&self.rate_limits, key, |hits: &mut RateWindow| {
+            hits.hit(now, window, limit)
+        })
+    }
+}
+
+impl SledStore {
+    /// Changes the window record `key` of `tree` (a rate window, a quota tally) under its
+    /// lock, unless `change` refuses: then how long until it would not.
+    fn update_window<W: Record + DeserializeOwned + Default>(
+        &self,
+        tree: &sled::Tree,
+        key: &str,
+        change: impl FnOnce(&mut W) -> Result<(), std::time::Duration>,
+    ) -> Result<Option<std::time::Duration>> {
         let _key = self.lock(key);
-        let mut hits: RateWindow =
-            match self.rate_limits.get(key.as_bytes()).map_err(unavailable)? {
-                Some(bytes) => decode(key, &bytes)?,
-                None => RateWindow::default(),
-            };
-        match hits.hit(now, window, limit) {
+        let mut window: W = match tree.get(key.as_bytes()).map_err(unavailable)? {
+            Some(bytes) => decode(key, &bytes)?,
+            None => W::default(),
+        };
+        match change(&mut window) {
             Ok(()) => {
-                self.rate_limits
-                    .insert(key.as_bytes(), encode(&hits))
+                tree.insert(key.as_bytes(), encode(&window))
                     .map_err(unavailable)?;
                 Ok(None)
             }
             Err(wait) => Ok(Some(wait)),
         }
     }
-}
 
-impl SledStore {
     /// Applies `writes` with the idempotency key `key` added to them, unless the key was
     /// used before: then nothing is written and the key's first use is returned. The check
     /// and the write are one step (sled serves one process); waiting for durability is the
@@ -1168,6 +1278,45 @@ impl SledStore {
         }
         self.db.flush().map_err(unavailable)?;
         Ok(moved)
+    }
+
+    /// [`Store::swap_message`] but for the wait for durability: a claim (not `durable`, to
+    /// `SENDING` from a pending state) is held in memory, anything else replaces the record
+    /// and moves its index entries under an intent.
+    fn replace_message(
+        &self,
+        expected: u64,
+        message: &OutboxMessage,
+        durable: bool,
+    ) -> Result<bool> {
+        let _one_at_a_time = self.lock(&message.id);
+        let key = message_key(&message.id);
+        let Some(stored) = self.outbox.get(&key).map_err(unavailable)? else {
+            return Ok(false);
+        };
+        let stored = self.decode_record(&message.id, &stored)?;
+        let claim = self.claim_of(&message.id);
+        let (version, state) = claim.unwrap_or((stored.version, stored.state));
+        if version != expected {
+            return Ok(false);
+        }
+        if !durable && message.state == MessageState::Sending && state != MessageState::Sending {
+            self.claims_held()
+                .insert(message.id.clone(), message.clone());
+            return Ok(true);
+        }
+        let intent = self.replacing_key(&message.id);
+        self.outbox.insert(&intent, &[]).map_err(unavailable)?;
+        self.outbox
+            .insert(key, encode(message))
+            .map_err(unavailable)?;
+        // On failure the intent stays, for the next start to repair.
+        self.move_indexes(&stored, message)?;
+        self.outbox.remove(&intent).map_err(unavailable)?;
+        if claim.is_some() {
+            self.claims_held().remove(&message.id);
+        }
+        Ok(true)
     }
 
     /// This process's lock for `what` (a message id, a login, a rate-limit key): the

@@ -343,6 +343,8 @@ pub struct Reads {
     pub messages: Vec<String>,
     /// Every AUTH PLAIN received: (user, password), decoded.
     pub auth: Vec<(String, String)>,
+    /// Connections accepted.
+    pub connections: usize,
 }
 
 /// An SMTP server strict about pipelining, as Exim is: it offers PIPELINING only when
@@ -375,6 +377,7 @@ async fn scripted_server(
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             let reads = seen.clone();
+            reads.lock().unwrap().connections += 1;
             tokio::spawn(async move {
                 let (mut pending, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
                 let (mut in_data, mut recipients, mut data) = (false, 0, String::new());

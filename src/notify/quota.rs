@@ -1,0 +1,158 @@
+//! Per-organisation outbox quotas: one organisation can never fill the outbox (and, on
+//! etcd, the cluster's space quota, after which every write of every organisation fails)
+//! for the others. Checked before a request's messages are queued:
+//!
+//! - pending messages (queued, retrying or being sent), counted in the store's index;
+//! - messages queued within the last hour;
+//! - bytes queued (sealed) within the last 24 hours: every message is sent, dead or
+//!   cancelled within 24 hours of being queued, so this bounds the bytes it can hold
+//!   pending, and the store's growth from it.
+//!
+//! The hour and the day are [`Tally`] records: 24 buckets of a sliding window.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Buckets of a tally's window.
+const BUCKETS: u64 = 24;
+/// The window of [`Quotas::messages_per_hour`].
+pub const HOUR: Duration = Duration::from_secs(3600);
+/// The window of [`Quotas::bytes_per_day`].
+pub const DAY: Duration = Duration::from_secs(86_400);
+/// When to retry after the pending quota: delivery drains the outbox within about this.
+const PENDING_RETRY: Duration = Duration::from_secs(60);
+
+/// What one organisation may put in the outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Most messages pending at once.
+    pub pending_messages: u64,
+    /// Most messages queued within an hour.
+    pub messages_per_hour: u64,
+    /// Most bytes (sealed) queued within 24 hours.
+    pub bytes_per_day: u64,
+}
+
+/// Which quota a request would pass, and when to retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverQuota {
+    /// The quota's name, as in `ErrorInfo.metadata.quota` and the flags.
+    pub quota: &'static str,
+    /// Its limit.
+    pub limit: u64,
+    /// When the request could fit (if nothing else is queued meanwhile).
+    pub retry_after: Duration,
+}
+
+impl Default for Quotas {
+    /// The flags' defaults (see `config.rs`).
+    fn default() -> Self {
+        Self {
+            pending_messages: 100_000,
+            messages_per_hour: 200_000,
+            bytes_per_day: 1 << 30,
+        }
+    }
+}
+
+impl Quotas {
+    /// Refused when `pending` messages plus `count` more pass the pending quota.
+    pub fn check_pending(&self, pending: u64, count: u64) -> Result<(), OverQuota> {
+        if pending.saturating_add(count) > self.pending_messages {
+            return Err(OverQuota {
+                quota: "pending_messages",
+                limit: self.pending_messages,
+                retry_after: PENDING_RETRY,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Amounts added within a sliding window, in [`BUCKETS`] buckets: (start of the bucket in
+/// seconds since the epoch, amount), oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// The buckets that have amounts within the window.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl Tally {
+    /// Adds `amount` at `now` unless the window's total would pass `limit`; otherwise how
+    /// long until it would fit (the window itself when it never can).
+    pub fn add(
+        &mut self,
+        now: SystemTime,
+        window: Duration,
+        amount: u64,
+        limit: u64,
+    ) -> Result<(), Duration> {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let span = window.as_secs().max(BUCKETS);
+        let width = span / BUCKETS;
+        self.buckets.retain(|(start, _)| start + span > now);
+        let total: u64 = self.buckets.iter().map(|(_, a)| a).sum();
+        if total.saturating_add(amount) > limit {
+            if amount > limit {
+                return Err(window);
+            }
+            // Buckets leave the window oldest first: wait for enough of them.
+            let mut left = total;
+            for (start, a) in &self.buckets {
+                left -= a;
+                if left + amount <= limit {
+                    return Err(Duration::from_secs(
+                        (start + span).saturating_sub(now).max(1),
+                    ));
+                }
+            }
+            return Err(window);
+        }
+        let bucket = now - now % width;
+        match self.buckets.last_mut() {
+            Some((start, a)) if *start == bucket => *a += amount,
+            _ => self.buckets.push((bucket, amount)),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    #[test]
+    fn a_tally_refuses_past_its_limit_until_the_window_moves_on() {
+        let mut tally = Tally::default();
+        assert_eq!(tally.add(at(0), HOUR, 60, 100), Ok(()));
+        assert_eq!(tally.add(at(1000), HOUR, 40, 100), Ok(()));
+        // Full: the first 60 leave the window at 3600 s (their bucket's end).
+        assert_eq!(
+            tally.add(at(1200), HOUR, 1, 100),
+            Err(Duration::from_secs(3600 - 1200))
+        );
+        assert_eq!(tally.add(at(3600), HOUR, 60, 100), Ok(()));
+        // More than the limit ever allows: the whole window.
+        assert_eq!(tally.add(at(3600), HOUR, 101, 100), Err(HOUR));
+        // Old buckets are dropped, not kept forever.
+        assert_eq!(tally.add(at(10 * 3600), HOUR, 1, 100), Ok(()));
+        assert_eq!(tally.buckets.len(), 1);
+    }
+
+    #[test]
+    fn the_pending_quota_counts_the_request() {
+        let quotas = Quotas {
+            pending_messages: 10,
+            messages_per_hour: 100,
+            bytes_per_day: 1000,
+        };
+        assert!(quotas.check_pending(9, 1).is_ok());
+        let over = quotas.check_pending(9, 2).unwrap_err();
+        assert_eq!((over.quota, over.limit), ("pending_messages", 10));
+    }
+}
