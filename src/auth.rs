@@ -214,8 +214,8 @@ pub struct NewKey {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     clock: Clock,
-    /// Keys by digest, each with the store's [`Store::watch_epoch`] it was read in.
-    known: Arc<Cache<String, (Arc<ApiKey>, u64)>>,
+    /// Keys by digest, served only in the watch epoch they were read in.
+    known: Arc<Cache<String, Arc<ApiKey>>>,
 }
 
 impl Authenticator {
@@ -232,10 +232,8 @@ impl Authenticator {
     /// store can tell this process of its revocation by another (the same watch epoch).
     async fn key(&self, digest: &str) -> Result<Option<Arc<ApiKey>>, AuthError> {
         let epoch = self.store.watch_epoch();
-        if let (Some(epoch), Some((key, kept))) = (epoch, self.known.get(digest)) {
-            if kept == epoch {
-                return Ok(Some(key));
-            }
+        if let Some(key) = self.known.get(digest, epoch) {
+            return Ok(Some(key));
         }
         let generation = self.known.generation();
         let Some(key) = self
@@ -247,10 +245,8 @@ impl Authenticator {
             return Ok(None);
         };
         let key = Arc::new(key);
-        if let Some(epoch) = epoch {
-            self.known
-                .keep(digest.to_string(), (key.clone(), epoch), generation);
-        }
+        self.known
+            .keep(digest.to_string(), key.clone(), generation, epoch);
         Ok(Some(key))
     }
 

@@ -1,5 +1,7 @@
 //! Values kept in memory in front of the store (settings, API keys), forgotten when the
-//! store reports that another process changed them.
+//! store reports that another process changed them, and served only while it can report
+//! it: each value is kept with the store's watch epoch (`Store::watch_epoch`) it was read
+//! in, and served only in that same epoch.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -10,22 +12,25 @@ use std::sync::RwLock;
 /// A map in front of the store. A value read from the store before a [`Cache::forget`]
 /// is not kept after it: readers note the [`Cache::generation`] before they read.
 pub struct Cache<K, V> {
-    entries: RwLock<HashMap<K, V>>,
+    entries: RwLock<HashMap<K, (V, u64)>>,
     generation: AtomicU64,
 }
 
 impl<K: Eq + Hash, V: Clone> Cache<K, V> {
-    /// The cached value of `key`.
-    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    /// The cached value of `key`, if it was kept in watch epoch `epoch` (none while the
+    /// store cannot report changes: `None`).
+    pub fn get<Q>(&self, key: &Q, epoch: Option<u64>) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Eq + Hash + ?Sized,
     {
+        let epoch = epoch?;
         self.entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
-            .cloned()
+            .filter(|(_, kept)| *kept == epoch)
+            .map(|(value, _)| value.clone())
     }
 
     /// Note it before reading the store, for [`Cache::keep`].
@@ -33,21 +38,23 @@ impl<K: Eq + Hash, V: Clone> Cache<K, V> {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Keeps a value read from the store, unless the cache was forgotten since
-    /// `generation`.
-    pub fn keep(&self, key: K, value: V, generation: u64) {
+    /// Keeps a value read from the store in watch epoch `epoch`, unless the cache was
+    /// forgotten since `generation` (or the store could not report changes).
+    pub fn keep(&self, key: K, value: V, generation: u64, epoch: Option<u64>) {
+        let Some(epoch) = epoch else { return };
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if self.generation() == generation {
-            entries.insert(key, value);
+            entries.insert(key, (value, epoch));
         }
     }
 
-    /// Keeps a value this process just wrote.
-    pub fn insert(&self, key: K, value: V) {
+    /// Keeps a value this process just wrote, in watch epoch `epoch`.
+    pub fn insert(&self, key: K, value: V, epoch: Option<u64>) {
+        let Some(epoch) = epoch else { return };
         self.entries
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, value);
+            .insert(key, (value, epoch));
     }
 
     /// Drops one value, and that value being read from the store right now: a reader that
@@ -83,30 +90,48 @@ impl<K, V> Default for Cache<K, V> {
 mod tests {
     use super::Cache;
 
+    const E: Option<u64> = Some(0);
+
     #[test]
     fn a_value_read_before_a_forget_is_not_kept() {
         let cache: Cache<&str, u32> = Cache::default();
         let before = cache.generation();
         cache.forget();
-        cache.keep("k", 1, before);
-        assert_eq!(cache.get(&"k"), None, "stale read dropped");
-        cache.keep("k", 2, cache.generation());
-        assert_eq!(cache.get(&"k"), Some(2));
+        cache.keep("k", 1, before, E);
+        assert_eq!(cache.get(&"k", E), None, "stale read dropped");
+        cache.keep("k", 2, cache.generation(), E);
+        assert_eq!(cache.get(&"k", E), Some(2));
         cache.forget();
-        assert_eq!(cache.get(&"k"), None);
+        assert_eq!(cache.get(&"k", E), None);
     }
 
     #[test]
     fn a_value_read_before_its_removal_is_not_put_back() {
         let cache: Cache<&str, u32> = Cache::default();
-        cache.keep("k", 1, cache.generation());
+        cache.keep("k", 1, cache.generation(), E);
         let before = cache.generation();
         cache.remove(&"k");
-        cache.keep("k", 1, before);
+        cache.keep("k", 1, before, E);
+        let found = cache.get(&"k", E);
+        assert_eq!(found, None, "a read from before the removal came back");
+    }
+
+    #[test]
+    fn a_value_is_served_only_in_the_watch_epoch_it_was_read_in() {
+        let cache: Cache<&str, u32> = Cache::default();
+        cache.keep("k", 1, cache.generation(), None);
         assert_eq!(
-            cache.get(&"k"),
+            cache.get(&"k", E),
             None,
-            "a read from before the removal came back"
+            "kept while changes could be missed"
         );
+        cache.keep("k", 1, cache.generation(), Some(1));
+        assert_eq!(cache.get(&"k", Some(1)), Some(1));
+        assert_eq!(
+            cache.get(&"k", None),
+            None,
+            "served while the watch is down"
+        );
+        assert_eq!(cache.get(&"k", Some(2)), None, "served after a new watch");
     }
 }

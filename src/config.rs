@@ -195,12 +195,55 @@ impl Args {
     }
 }
 
-/// Maintenance commands (mailroom stopped).
+/// What to do instead of serving: maintenance (mailroom stopped), or a tool.
 #[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Seal every stored secret under a new master key, then drop the old one (stop mailroom
     /// first: it needs the store to itself).
     RotateMasterKey,
+    /// Run a mail catcher for trying mailroom and for tests: an SMTP server on loopback that
+    /// accepts every message, prints its envelope, headers and text part, and writes it to
+    /// `--dir` as an `.eml` file. It is not a relay: nothing is delivered anywhere.
+    CatchMail(CatchMailArgs),
+}
+
+/// `mailroom catch-mail`: where it listens, where it writes, and the bounds that keep it from
+/// being a way to fill the machine's memory or disk.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct CatchMailArgs {
+    /// Address to accept SMTP on (`127.0.0.1:0` picks a free port, printed at start).
+    #[arg(long, env = "MAILROOM_CATCH_MAIL_LISTEN", default_value = "127.0.0.1:2525")]
+    pub listen: SocketAddr,
+
+    /// Directory the caught messages are written to, one `.eml` file each (created if
+    /// missing).
+    #[arg(long, env = "MAILROOM_CATCH_MAIL_DIR", default_value = "./caught")]
+    pub dir: PathBuf,
+
+    /// Listen on an address that is not loopback: anyone who reaches it can then write to
+    /// `--dir` (within the bounds below).
+    #[arg(long, env = "MAILROOM_CATCH_MAIL_ALLOW_REMOTE")]
+    pub allow_remote: bool,
+
+    /// Largest message accepted, in bytes; a larger one is refused with 552.
+    #[arg(long, env = "MAILROOM_CATCH_MAIL_MAX_MESSAGE_BYTES", default_value_t = 10 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_message_bytes: u64,
+
+    /// Most bytes written to `--dir` by this run; messages beyond are refused with 452.
+    #[arg(long, env = "MAILROOM_CATCH_MAIL_MAX_STORED_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_stored_bytes: u64,
+
+    /// Most SMTP connections open at once; others are answered 421 and closed.
+    #[arg(long, env = "MAILROOM_CATCH_MAIL_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_connections: u32,
+
+    /// How long a connection may stay silent (between two lines) before it is closed.
+    #[arg(long, env = "MAILROOM_CATCH_MAIL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long one connection may last in all, however busy, before it is closed.
+    #[arg(long, env = "MAILROOM_CATCH_MAIL_CONNECTION_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub connection_timeout: Duration,
 }
 
 /// Which store holds the state.

@@ -27,11 +27,14 @@
 //! - [`crypto`]: random secrets, digests, and sealing secrets at rest.
 //! - [`validation`]: field violations, reported one per bad field.
 //! - [`clock`]: the time the domain asks, settable in tests.
+//! - [`catcher`]: `mailroom catch-mail`, the mail catcher for trying mailroom and for tests
+//!   (an SMTP server that prints and files every message; not a relay).
 //! - [`proto`]: the generated contract (`proto/mailroom/v1`).
 
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod catcher;
 pub mod clock;
 pub mod config;
 pub mod crypto;

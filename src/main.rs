@@ -1,4 +1,4 @@
-//! The `mailroom` binary: parses [`Args`] and runs the server.
+//! The `mailroom` binary: parses [`Args`] and runs the server (or a subcommand).
 
 use std::process::ExitCode;
 
@@ -41,14 +41,27 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 async fn serve() -> ExitCode {
     let args = Args::parse();
     mailroom::server::init_tracing(args.log_format);
-    if args.command == Some(Command::RotateMasterKey) {
-        return match mailroom::server::rotate_master_key(&args).await {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "master key rotation failed");
-                ExitCode::FAILURE
-            }
-        };
+    match &args.command {
+        Some(Command::RotateMasterKey) => {
+            return match mailroom::server::rotate_master_key(&args).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "master key rotation failed");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::CatchMail(catch)) => {
+            let shutdown = mailroom::server::shutdown_signal();
+            return match mailroom::catcher::serve(catch.clone(), shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "mail catcher stopped on an error");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,

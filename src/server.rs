@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -66,7 +66,8 @@ pub struct Mailroom {
     notify: NotifyService,
     tokens: TokenService,
     wake: Arc<Notify>,
-    sweep: Arc<Notify>,
+    sweep: Sweeper,
+    sweeps: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     metrics: Metrics,
     metrics_listener: Option<TcpListener>,
 }
@@ -142,6 +143,7 @@ impl Mailroom {
                 tracing::info!(released, "messages claimed before a crash are due again");
             }
         }
+        let (sweep, sweeps) = mpsc::unbounded_channel();
         Ok(Self {
             args,
             #[cfg(feature = "tls")]
@@ -153,7 +155,8 @@ impl Mailroom {
             notify,
             tokens,
             wake,
-            sweep: Arc::new(Notify::new()),
+            sweep: Sweeper(sweep),
+            sweeps,
             metrics,
             metrics_listener,
         })
@@ -166,9 +169,9 @@ impl Mailroom {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// Runs the sweeper now (it runs hourly): tests that move a manual clock past a
-    /// purge time use it.
-    pub fn sweeper(&self) -> Arc<Notify> {
+    /// Runs the sweeper now (it runs hourly) and tells when it has: tests that move a
+    /// manual clock past a purge time use it.
+    pub fn sweeper(&self) -> Sweeper {
         self.sweep.clone()
     }
 
@@ -271,7 +274,7 @@ impl Mailroom {
                 self.tokens.clone(),
                 self.notify.clone(),
                 self.args.message_retention,
-                self.sweep.clone(),
+                self.sweeps,
                 stop_watch.clone(),
             )
             .instrument(tracing::info_span!("sweeper")),
@@ -590,17 +593,35 @@ async fn monitor_store(
 /// How often the sweeper runs.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Hourly, or when `now` is notified: purges tokens ended more than a week ago, idle
+/// Asks the sweeper for a sweep now, besides its hourly ones.
+#[derive(Clone)]
+pub struct Sweeper(mpsc::UnboundedSender<oneshot::Sender<()>>);
+
+impl Sweeper {
+    /// Runs a sweep and waits until it has ended: one that began after this was called,
+    /// so that it saw everything done before. `false` when the server has stopped.
+    pub async fn sweep(&self) -> bool {
+        let (done, ended) = oneshot::channel();
+        self.0.send(done).is_ok() && ended.await.is_ok()
+    }
+}
+
+/// Hourly, or when asked (`asks`): purges tokens ended more than a week ago, idle
 /// rate-limit windows, idempotency keys older than a week, and finished messages older
-/// than `message_retention`.
+/// than `message_retention`; then answers every ask that came before the sweep began.
 async fn sweep(
     tokens: TokenService,
     notify: NotifyService,
     message_retention: Duration,
-    now: Arc<Notify>,
+    mut asks: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let mut asked = Vec::new();
     loop {
+        // Asks that came in meanwhile are answered by this sweep: it begins after them.
+        while let Ok(ask) = asks.try_recv() {
+            asked.push(ask);
+        }
         match tokens.purge().await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "ended tokens purged"),
@@ -616,9 +637,12 @@ async fn sweep(
             Ok(purged) => tracing::info!(purged, "finished messages past their retention purged"),
             Err(e) => tracing::warn!(error = %e, "message sweep failed"),
         }
+        for ask in asked.drain(..) {
+            let _ = ask.send(());
+        }
         tokio::select! {
             () = tokio::time::sleep(SWEEP_INTERVAL) => {}
-            () = now.notified() => {}
+            Some(ask) = asks.recv() => asked.push(ask),
             () = stopped(&mut stopping) => return,
         }
     }

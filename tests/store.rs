@@ -12,7 +12,7 @@ use mailroom::directory::User;
 use mailroom::notify::{Idempotency, MessageState, OutboxMessage, Queued};
 use mailroom::settings::SmtpSettings;
 use mailroom::store::sled::SledStore;
-use mailroom::store::Store;
+use mailroom::store::{Store, StoreError};
 use mailroom::tokens::{Purpose, Token, TokenState};
 use secrecy::ExposeSecret;
 
@@ -63,6 +63,7 @@ store_suite!(
     sweeps_walk_more_than_one_page,
     messages_queued_in_one_write_keep_their_idempotency_key,
     abandoned_staged_batches_are_dropped,
+    a_dropped_batch_is_never_acknowledged,
     a_message_swap_moves_its_indexes,
     a_removed_message_leaves_no_index_entry,
     issuing_a_token_revokes_the_earlier_one_of_its_purpose,
@@ -524,14 +525,58 @@ async fn abandoned_staged_batches_are_dropped(store: Arc<dyn Store>) {
     assert_eq!(store.all_messages(None, 1000).await.unwrap().len(), 50);
     assert_eq!(store.recover_batches(now() + NOW).await.unwrap(), 1);
     assert!(store.all_messages(None, 1000).await.unwrap().is_empty());
-    // A writer that comes back after its batch was dropped queues nothing.
-    let _ = store.commit_batch("gone", None).await;
+    // A writer that comes back after its batch was dropped queues nothing, and is told so.
+    let late = store.commit_batch("gone", None).await;
+    assert!(matches!(late, Err(StoreError::Unavailable(_))), "{late:?}");
     assert_eq!(store.pending_messages().await.unwrap(), 0);
     assert!(store
         .list_messages("acme", None, None, 100)
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A request slower than the stale-staging sweep comes back to a batch that is gone: the
+/// commit fails (the RPC answers UNAVAILABLE and is retried), never acknowledges, and
+/// records no idempotency key that would answer the retry with ids that do not exist.
+async fn a_dropped_batch_is_never_acknowledged(store: Arc<dyn Store>) {
+    for (batch, size) in [("slow", 3), ("slow-and-large", 1000)] {
+        let staged = messages(batch, size, "acme");
+        for page in staged.chunks(300) {
+            store.stage_messages(batch, page).await.unwrap();
+        }
+        assert_eq!(store.recover_batches(now() + NOW).await.unwrap(), 1);
+        let key = idempotency(batch, &staged);
+        let late = store.commit_batch(batch, Some(&key)).await;
+        assert!(
+            matches!(late, Err(StoreError::Unavailable(_))),
+            "{batch}: {late:?}"
+        );
+        let late = store.commit_batch(batch, None).await;
+        assert!(
+            matches!(late, Err(StoreError::Unavailable(_))),
+            "{batch}: {late:?}"
+        );
+        assert!(
+            store.idempotency("acme", batch).await.unwrap().is_none(),
+            "{batch}: the key names nothing queued"
+        );
+        assert_eq!(store.pending_messages().await.unwrap(), 0, "{batch}");
+        assert!(store.all_messages(None, 10).await.unwrap().is_empty());
+        // The retry, a new batch under the same key, queues.
+        let retry = format!("{batch}-retry");
+        let again = messages(&retry, 2, "acme");
+        store.stage_messages(&retry, &again).await.unwrap();
+        let first = store
+            .commit_batch(&retry, Some(&idempotency(batch, &again)))
+            .await
+            .unwrap();
+        assert!(first.is_none(), "{batch}: {first:?}");
+        assert_eq!(store.pending_messages().await.unwrap(), 2, "{batch}");
+        for message in &again {
+            assert!(store.remove_message(1, &message.id).await.unwrap());
+        }
+    }
 }
 
 async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {

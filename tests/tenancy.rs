@@ -454,3 +454,141 @@ async fn a_token_for_a_user_of_two_organisations_is_issued_by_either() {
     })
     .await;
 }
+
+/// A login is one login however it is spelt: a variant of another organisation's user is
+/// that user (refused), and spaces or invisible characters are refused outright.
+#[tokio::test]
+async fn a_variant_spelling_of_another_organisations_login_is_that_login() {
+    let server = TestServer::start().await;
+    server
+        .add_user("bob@beta.example", "Bob", "", &["beta"])
+        .await;
+    let acme = server.create_key("acme", &["manageUser"]).await;
+    let mut tokens = server.tokens(&acme);
+    let steal = |login: &str| pb::IssueTokenRequest {
+        purpose: RESET.into(),
+        login: login.into(),
+        email: "attacker@acme.example".into(),
+        ..Default::default()
+    };
+    for variant in [
+        "BOB@beta.example",
+        "bob@BETA.example",
+        "ｂｏｂ@beta.example",
+    ] {
+        denied(
+            tokens.issue_token(steal(variant)).await,
+            NOT_MEMBER,
+            variant,
+        );
+    }
+    for variant in [
+        " bob@beta.example",
+        "bob@beta.example ",
+        "bob\u{200B}@beta.example",
+    ] {
+        let status = tokens.issue_token(steal(variant)).await.expect_err(variant);
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{variant:?}: {status:?}"
+        );
+        assert_eq!(support::violated_fields(&status), ["login"], "{variant:?}");
+    }
+    // The Directory stores and finds the one form.
+    let found = server
+        .directory(&server.admin_key)
+        .get_user(pb::GetUserRequest {
+            login: "Bob@Beta.Example".into(),
+        })
+        .await
+        .expect("found in any case")
+        .into_inner();
+    assert_eq!(found.login, "bob@beta.example");
+}
+
+/// A token never outlives the membership it was issued under: acme's invitation of a new
+/// user stops working once beta's Directory holds that user, and is revoked.
+#[tokio::test]
+async fn a_token_ends_when_its_login_becomes_another_organisations_user() {
+    on_every_store(|server| async move {
+        let acme = server.create_key("acme", &["manageUser"]).await;
+        let invitation = server
+            .tokens(&acme)
+            .issue_token(pb::IssueTokenRequest {
+                purpose: pb::TokenPurpose::Invitation.into(),
+                login: "carol@beta.example".into(),
+                email: "attacker@acme.example".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("a login no Directory holds")
+            .into_inner()
+            .token;
+        server
+            .add_user("carol@beta.example", "Carol", "", &["beta"])
+            .await;
+        let consume = pb::ConsumeTokenRequest {
+            token: invitation,
+            purpose: pb::TokenPurpose::Invitation.into(),
+        };
+        let refused = server.tokens(&acme).consume_token(consume).await;
+        let status = refused.expect_err("consumed after beta took carol");
+        assert!(
+            matches!(
+                status.code(),
+                Code::PermissionDenied | Code::FailedPrecondition
+            ),
+            "{status:?}"
+        );
+        let listed = server
+            .tokens(&server.admin_key)
+            .list_tokens(pb::ListTokensRequest {
+                login: "carol@beta.example".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state(), pb::TokenState::Revoked, "{listed:?}");
+    })
+    .await;
+}
+
+/// Of a user several organisations share, none may send its reset elsewhere than its
+/// Directory address, and none sees the others' names in GetUser.
+#[tokio::test]
+async fn a_shared_users_reset_goes_to_its_directory_address_only() {
+    let server = TestServer::start().await;
+    server
+        .add_user("erin@example.com", "Erin", "", &["acme", "beta"])
+        .await;
+    let acme = server.create_key("acme", &["manageUser"]).await;
+    let mut tokens = server.tokens(&acme);
+    let request = |email: &str| pb::IssueTokenRequest {
+        purpose: RESET.into(),
+        login: "erin@example.com".into(),
+        email: email.into(),
+        ..Default::default()
+    };
+    let status = tokens
+        .issue_token(request("attacker@acme.example"))
+        .await
+        .expect_err("elsewhere");
+    assert_eq!(support::violated_fields(&status), ["email"], "{status:?}");
+    tokens
+        .issue_token(request("erin@example.com"))
+        .await
+        .expect("at the Directory address");
+    let seen = server
+        .directory(&acme)
+        .get_user(pb::GetUserRequest {
+            login: "erin@example.com".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen.organisations, ["acme"]);
+}

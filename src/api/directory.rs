@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::convert::Page;
 use super::status::invalid;
 use crate::auth::{Authenticator, Permission};
-use crate::directory::{check_login, DirectoryService};
+use crate::directory::{canonical_login, DirectoryService};
 use crate::proto::v1 as pb;
 use crate::proto::v1::directory_server::Directory;
 use crate::validation::violation;
@@ -24,7 +24,7 @@ impl DirectoryApi {
 }
 
 fn login(login: &str) -> Result<&str, Status> {
-    check_login(login).map_err(|why| invalid(&violation("login", why)))?;
+    canonical_login(login).map_err(|why| invalid(&violation("login", why)))?;
     Ok(login)
 }
 
@@ -88,7 +88,12 @@ impl Directory for DirectoryApi {
         let page = Page::parse(request.page_size, &request.page_token).map_err(|v| invalid(&v))?;
         let users = self
             .directory
-            .list(organisation, page.after.as_deref(), page.fetch())
+            .list(
+                organisation,
+                caller.scope(),
+                page.after.as_deref(),
+                page.fetch(),
+            )
             .await?;
         let (users, next_page_token) = page.finish(users, |u| u.login.as_str());
         Ok(Response::new(pb::ListUsersResponse {

@@ -43,6 +43,14 @@ impl User {
         Address::from_str(candidate).ok()
     }
 
+    /// The user as a caller limited to `scope` sees it: of its organisations, only that one.
+    pub fn seen_by(mut self, scope: Option<&str>) -> Self {
+        if let Some(org) = scope {
+            self.organisations.retain(|o| o == org);
+        }
+        self
+    }
+
     /// Whether the user belongs to `organisation`.
     pub fn belongs_to(&self, organisation: &str) -> bool {
         self.organisations.iter().any(|o| o == organisation)
@@ -110,9 +118,28 @@ pub fn member_of(
     }
 }
 
-/// Checks a login: 1 to 256 characters, no control characters.
-pub fn check_login(login: &str) -> Result<(), String> {
-    validation::text(login, true, 256)
+/// A login in the one form it is stored and compared in: NFKC, lower case. Refused with
+/// whitespace or an invisible character anywhere, so that `BOB@x`, ` bob@x` or `bob@x`
+/// with a zero-width space are never a login other than `bob@x` that the Directory would
+/// not know (and that another organisation could then claim): the platform compares logins
+/// case-insensitively.
+pub fn canonical_login(login: &str) -> Result<String, String> {
+    use unicode_normalization::UnicodeNormalization;
+    validation::text(login, true, 256)?;
+    if login.chars().any(|c| c.is_whitespace() || invisible(c)) {
+        return Err("must not contain spaces or invisible characters".into());
+    }
+    Ok(login.nfkc().flat_map(char::to_lowercase).collect())
+}
+
+/// Unicode's default-ignorable format characters: they print as nothing.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+        | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Reads and changes users.
@@ -131,7 +158,7 @@ impl DirectoryService {
     /// Checks a draft: one violation per bad field (prefixed `user.`).
     pub fn check(draft: &UserDraft) -> Result<(), Violations> {
         let mut v = Violations::new();
-        v.check("user.login", check_login(&draft.login));
+        v.check("user.login", canonical_login(&draft.login));
         v.check("user.name", validation::text(&draft.name, false, 256));
         if !draft.email.is_empty() {
             v.check(
@@ -159,13 +186,16 @@ impl DirectoryService {
     }
 
     /// Creates or replaces a user. A caller limited to organisation `scope` manages only
-    /// users of that organisation alone.
+    /// users of that organisation alone. The login's tokens of organisations it no longer
+    /// belongs to are revoked.
     pub async fn upsert(
         &self,
-        draft: UserDraft,
+        mut draft: UserDraft,
         scope: Option<&str>,
     ) -> Result<User, DirectoryError> {
         Self::check(&draft).map_err(DirectoryError::Invalid)?;
+        draft.login = canonical_login(&draft.login)
+            .map_err(|why| DirectoryError::Invalid(validation::violation("user.login", why)))?;
         let now = self.clock.now();
         let existing = self.store.user(&draft.login).await?;
         if let Some(org) = scope {
@@ -190,22 +220,55 @@ impl DirectoryService {
             locked: draft.locked,
         };
         self.store.put_user(&user).await?;
+        self.revoke_outside(&user.login, &user.organisations)
+            .await?;
         Ok(user)
     }
 
-    /// One user; a caller limited to `scope` sees only its organisation's users.
+    /// Revokes the active tokens of `login` issued for organisations not in `kept`: a
+    /// token never outlives the membership it was issued under.
+    async fn revoke_outside(&self, login: &str, kept: &[String]) -> Result<(), DirectoryError> {
+        let mut others: Vec<String> = self
+            .store
+            .tokens_of(login)
+            .await?
+            .into_iter()
+            .map(|t| t.organisation)
+            .filter(|o| !kept.contains(o))
+            .collect();
+        others.sort();
+        others.dedup();
+        let now = self.clock.now();
+        for organisation in others {
+            self.store
+                .revoke_tokens(login, None, Some(&organisation), now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One user; a caller limited to `scope` sees only its organisation's users, and of
+    /// their organisations only its own.
     pub async fn get(&self, login: &str, scope: Option<&str>) -> Result<User, DirectoryError> {
+        let login = canonical_login(login).map_err(|_| DirectoryError::NotFound(login.into()))?;
         self.store
-            .user(login)
+            .user(&login)
             .await?
             .filter(|u| scope.is_none_or(|org| u.belongs_to(org)))
-            .ok_or_else(|| DirectoryError::NotFound(login.to_string()))
+            .map(|u| u.seen_by(scope))
+            .ok_or(DirectoryError::NotFound(login))
     }
 
     /// Removes a user; the user as it was. A caller limited to `scope` removes only users
     /// of its organisation alone.
     pub async fn delete(&self, login: &str, scope: Option<&str>) -> Result<User, DirectoryError> {
-        let user = self.get(login, scope).await?;
+        let login = &canonical_login(login).map_err(|_| DirectoryError::NotFound(login.into()))?;
+        let user = self
+            .store
+            .user(login)
+            .await?
+            .filter(|u| scope.is_none_or(|org| u.belongs_to(org)))
+            .ok_or_else(|| DirectoryError::NotFound(login.clone()))?;
         if let Some(org) = scope {
             if !managed_by(&user, org) {
                 return Err(DirectoryError::Forbidden(format!(
@@ -213,20 +276,26 @@ impl DirectoryService {
                 )));
             }
         }
-        self.store
+        let deleted = self
+            .store
             .delete_user(login)
             .await?
-            .ok_or_else(|| DirectoryError::NotFound(login.to_string()))
+            .ok_or_else(|| DirectoryError::NotFound(login.to_string()))?;
+        self.revoke_outside(login, &[]).await?;
+        Ok(deleted)
     }
 
-    /// Users of `organisation` in login order, after `after`.
+    /// Users of `organisation` in login order, after `after`, as a caller limited to
+    /// `scope` sees them.
     pub async fn list(
         &self,
         organisation: &str,
+        scope: Option<&str>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<User>, DirectoryError> {
-        Ok(self.store.list_users(organisation, after, limit).await?)
+        let users = self.store.list_users(organisation, after, limit).await?;
+        Ok(users.into_iter().map(|u| u.seen_by(scope)).collect())
     }
 }
 

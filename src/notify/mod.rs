@@ -354,7 +354,10 @@ impl NotifyService {
                 "is required: PASSWORD_CHANGED, PASSWORD_RESET or EMAIL_CHANGED",
             );
         }
-        v.check("login", crate::directory::check_login(login));
+        let login = v
+            .check("login", crate::directory::canonical_login(login))
+            .unwrap_or_default();
+        let login = login.as_str();
         let previous = match (kind, previous_email.is_empty()) {
             (Some(NoticeKind::EmailChanged), true) => {
                 v.add("previous_email", "is required for EMAIL_CHANGED");
@@ -412,8 +415,15 @@ impl NotifyService {
         Ok(ids)
     }
 
-    /// Queues messages built elsewhere (the token emails and account notices), durably.
+    /// Queues messages built elsewhere (account notices), durably, within the quotas.
     pub async fn enqueue_built(&self, messages: Vec<OutboxMessage>) -> Result<(), NotifyError> {
+        self.charge(&messages).await?;
+        self.queue_charged(messages).await
+    }
+
+    /// Counts messages built elsewhere against their organisation's quotas: first, so that
+    /// a token email over quota is refused before its token is written.
+    pub async fn charge(&self, messages: &[OutboxMessage]) -> Result<(), NotifyError> {
         if let Some(first) = messages.first() {
             let bytes = messages
                 .iter()
@@ -422,6 +432,11 @@ impl NotifyService {
             self.spend_quota(&first.organisation, messages.len(), bytes)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Queues messages [`NotifyService::charge`] counted, durably.
+    pub async fn queue_charged(&self, messages: Vec<OutboxMessage>) -> Result<(), NotifyError> {
         let batch = crypto::random_id("batch_");
         self.store.queue_messages(&batch, &messages, None).await?;
         self.metrics.messages("queued", messages.len());

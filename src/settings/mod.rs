@@ -450,12 +450,14 @@ impl SettingsService {
 
     /// The saved settings; `None` before the first update.
     pub async fn get(&self) -> Result<Option<Arc<SmtpSettings>>, SettingsError> {
-        if let Some(cached) = self.cache.get(&()) {
+        // Served from memory only while another replica's change would reach this one.
+        let epoch = self.store.watch_epoch();
+        if let Some(cached) = self.cache.get(&(), epoch) {
             return Ok(cached);
         }
         let generation = self.cache.generation();
         let stored = self.store.smtp_settings().await?.map(Arc::new);
-        self.cache.keep((), stored.clone(), generation);
+        self.cache.keep((), stored.clone(), generation, epoch);
         Ok(stored)
     }
 
@@ -509,7 +511,8 @@ impl SettingsService {
                 current: "(changed concurrently)".into(),
             });
         }
-        self.cache.insert((), Some(Arc::new(next)));
+        let epoch = self.store.watch_epoch();
+        self.cache.insert((), Some(Arc::new(next)), epoch);
         Ok(current.password.is_some() || current.tls.client_key.is_some())
     }
 
@@ -546,7 +549,8 @@ impl SettingsService {
         .map_err(SettingsError::Invalid)?;
         self.check_host(&next).await?;
         if self.store.swap_smtp_settings(expected, &next).await? {
-            self.cache.insert((), Some(Arc::new(next.clone())));
+            let epoch = self.store.watch_epoch();
+            self.cache.insert((), Some(Arc::new(next.clone())), epoch);
             Ok(next)
         } else {
             self.cache.forget();

@@ -149,7 +149,10 @@ impl EtcdStore {
             ConnectOptions::new()
                 .with_connect_timeout(timeout)
                 .with_timeout(timeout)
-                .with_keep_alive(Duration::from_secs(10), timeout),
+                .with_keep_alive(Duration::from_secs(10), timeout)
+                // A member cut off from the leader answers nothing more: a watch on it would
+                // stay open and silent while changes are missed.
+                .with_require_leader(true),
         );
         let client = Client::connect(endpoints, Some(options))
             .await
@@ -676,6 +679,12 @@ async fn watch_cached(
         loop {
             match stream.message().await {
                 Ok(Some(response)) => {
+                    // etcd refuses a watch (an expired auth token, a compacted revision)
+                    // with a response both created and canceled: the watch is then gone.
+                    if response.canceled() {
+                        tracing::warn!(reason = %response.cancel_reason(), "etcd cancelled the watch; watching again");
+                        break;
+                    }
                     if response.created() {
                         created += 1;
                         if created == 2 {
@@ -926,6 +935,11 @@ impl Store for EtcdStore {
         let staged = self
             .range(&self.batch_prefix(batch), None, ONE_TXN_BATCH + 1)
             .await?;
+        if staged.is_empty() {
+            // Dropped as abandoned (or never staged): a transaction with nothing to queue
+            // would succeed, and the request acknowledge mail that does not exist.
+            return Err(super::batch_gone(batch));
+        }
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         if let (Some(key), Some(record)) = (&idempotency_key, idempotency) {
@@ -936,24 +950,23 @@ impl Store for EtcdStore {
             ));
         }
         let in_one = staged.len() <= ONE_TXN_BATCH;
-        if !staged.is_empty() {
-            compares.push(Compare::create_revision(
-                staging.as_str(),
-                CompareOp::Greater,
-                0,
-            ));
-            ops.push(TxnOp::delete(staging.as_str(), None));
-            if in_one {
-                for entry in &staged {
-                    let keys: Vec<String> =
-                        decode(&String::from_utf8_lossy(entry.key()), entry.value())?;
-                    ops.extend(keys.into_iter().map(|k| put(k, Vec::new())));
-                }
-                ops.push(delete_prefix(&self.batch_prefix(batch)));
-            } else {
-                let started = self.get(&staging).await?.map(|kv| kv.value().to_vec());
-                ops.push(put(self.commit_marker(batch), started.unwrap_or_default()));
+        // Dropped between the read above and this transaction: the staging key is gone.
+        compares.push(Compare::create_revision(
+            staging.as_str(),
+            CompareOp::Greater,
+            0,
+        ));
+        ops.push(TxnOp::delete(staging.as_str(), None));
+        if in_one {
+            for entry in &staged {
+                let keys: Vec<String> =
+                    decode(&String::from_utf8_lossy(entry.key()), entry.value())?;
+                ops.extend(keys.into_iter().map(|k| put(k, Vec::new())));
             }
+            ops.push(delete_prefix(&self.batch_prefix(batch)));
+        } else {
+            let started = self.get(&staging).await?.map(|kv| kv.value().to_vec());
+            ops.push(put(self.commit_marker(batch), started.unwrap_or_default()));
         }
         let mut otherwise = Vec::new();
         if let Some(key) = &idempotency_key {
@@ -975,9 +988,7 @@ impl Store for EtcdStore {
                 }
                 None => {
                     self.forget_ids(batch).await?;
-                    Err(StoreError::Unavailable(format!(
-                        "batch {batch} was dropped before it was committed (staged too long ago)"
-                    )))
+                    Err(super::batch_gone(batch))
                 }
             };
         }

@@ -136,7 +136,8 @@ pub trait Store: TokenStore + Send + Sync + 'static {
 
     /// Queues every message staged in `batch`, with `key` when given, in one atomic,
     /// durable write. When `key` was used before, discards the batch instead and returns the
-    /// key's first use.
+    /// key's first use. A batch with nothing staged any more (dropped as abandoned while its
+    /// request was still running) is [`batch_gone`]: nothing may be acknowledged for it.
     async fn commit_batch(
         &self,
         batch: &str,
@@ -291,6 +292,14 @@ pub(crate) fn time_key(t: SystemTime) -> [u8; 8] {
 /// The time of a [`time_key`].
 pub(crate) fn time_from_key(key: [u8; 8]) -> SystemTime {
     UNIX_EPOCH + std::time::Duration::from_micros(u64::from_be_bytes(key))
+}
+
+/// What [`Store::commit_batch`] answers for a batch whose staged messages are gone: the
+/// request failed (`UNAVAILABLE`, retried with a new batch), never an acknowledgement.
+pub fn batch_gone(batch: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "batch {batch} was dropped before it was committed (staged too long ago)"
+    ))
 }
 
 /// [`Store::stage_messages`] then [`Store::commit_batch`]: how any store queues a batch

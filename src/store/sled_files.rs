@@ -209,3 +209,53 @@ impl Blobs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sled writes an item over 128 KiB to `blobs/` when the write is made, and never
+    /// syncs it: the next commit finds and syncs it, and the one after has nothing new.
+    #[test]
+    fn a_commit_syncs_the_blobs_sled_wrote_since_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut files = SledFiles::open(dir.path()).unwrap();
+        let blobs = || -> HashSet<OsString> {
+            std::fs::read_dir(dir.path().join("blobs"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect()
+        };
+        assert!(blobs().is_empty());
+        db.insert("large", vec![7u8; 300 << 10]).unwrap();
+        let written = blobs();
+        assert_eq!(written.len(), 1, "a blob of its own");
+        files.commit(&db).unwrap();
+        assert_eq!(files.blobs.synced, written);
+        let listing = files.blobs.unsynced().unwrap();
+        assert!(listing.new.is_empty());
+        assert_eq!(
+            files.commits().counts(),
+            CommitCounts {
+                begun: 1,
+                synced: 1
+            }
+        );
+    }
+
+    /// A failed sync stops every later commit, and the store's health with it.
+    #[test]
+    fn after_a_failed_sync_every_commit_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut files = SledFiles::open(dir.path()).unwrap();
+        files.fail("db", &std::io::Error::other("EIO"));
+        let Err(e) = files.commit(&db) else {
+            panic!("committed after a failed sync");
+        };
+        assert!(e.contains("restart"), "{e}");
+        assert_eq!(files.commits().counts().synced, 0);
+        assert!(files.commits().failure().is_some());
+    }
+}

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::clock::Clock;
 use crate::crypto;
-use crate::directory::{check_login, member_of, NotInOrganisation};
+use crate::directory::{canonical_login, member_of, NotInOrganisation, User};
 use crate::mail::rfc3339;
 use crate::metrics::Metrics;
 use crate::notify::{NotifyError, NotifyService, OutgoingEmail};
@@ -144,8 +144,9 @@ impl TokenService {
 
     /// Issues a token (revoking the login's earlier active ones of its purpose) and, with
     /// `send_email`, queues its email. `organisation` is the one acted for.
-    pub async fn issue(&self, request: IssueRequest) -> Result<Issued, TokenError> {
-        let (purpose, link) = check_issue(&request).map_err(TokenError::Invalid)?;
+    pub async fn issue(&self, mut request: IssueRequest) -> Result<Issued, TokenError> {
+        let (purpose, login, link) = check_issue(&request).map_err(TokenError::Invalid)?;
+        request.login = login;
         let now = self.clock.now();
         let (address, name) = self.address(&request).await?;
         let settings = self.settings.get().await?;
@@ -228,17 +229,17 @@ impl TokenService {
             }
             _ => None,
         };
+        // Within the organisation's quotas before anything is written: a refused request
+        // revokes and issues nothing.
+        let email: Vec<_> = email.into_iter().collect();
+        self.notify.charge(&email).await?;
         // The token is durable before its email is queued: an email never carries a
         // token that a crash could lose.
         let revoked = self.store.issue_token(&token, now).await?;
-        let message_id = match email {
-            Some(message) => {
-                let id = message.id.clone();
-                self.notify.enqueue_built(vec![message]).await?;
-                Some(id)
-            }
-            None => None,
-        };
+        let message_id = email.first().map(|m| m.id.clone());
+        if !email.is_empty() {
+            self.notify.queue_charged(email).await?;
+        }
         tracing::info!(token = %token.id, purpose = %purpose, revoked, emailed = message_id.is_some(), "token issued");
         self.metrics.token("issued", purpose.as_str(), "");
         Ok(Issued {
@@ -261,6 +262,21 @@ impl TokenService {
                     format!("is not an email address ({e})"),
                 ))
             })?;
+            // A user other organisations share gets its token at its Directory address
+            // only: no one of them may send another's user's reset elsewhere (as none of
+            // them may change that address).
+            if let Some(user) = user.as_ref().filter(|u| u.organisations.len() > 1) {
+                let at_directory = user
+                    .address()
+                    .is_some_and(|a| a.to_string().eq_ignore_ascii_case(&address.to_string()));
+                if !at_directory {
+                    return Err(TokenError::Invalid(validation::violation(
+                        "email",
+                        "must be the user's Directory address: the user belongs to other \
+                         organisations too",
+                    )));
+                }
+            }
             return Ok((address, name));
         }
         match user.as_ref().and_then(|u| u.address()) {
@@ -271,11 +287,7 @@ impl TokenService {
 
     /// The Directory's user `login` when it belongs to `organisation`, `None` when no
     /// Directory holds it; refused when another organisation's does.
-    async fn member(
-        &self,
-        login: &str,
-        organisation: &str,
-    ) -> Result<Option<crate::directory::User>, TokenError> {
+    async fn member(&self, login: &str, organisation: &str) -> Result<Option<User>, TokenError> {
         Ok(member_of(
             self.store.user(login).await?,
             login,
@@ -361,12 +373,17 @@ impl TokenService {
         if !secret.starts_with(purpose.prefix()) {
             return Err(TokenError::NotFound);
         }
-        self.store
+        let token = self
+            .store
             .token_by_digest(&crypto::digest(secret))
             .await?
             .filter(|t| t.purpose == purpose)
             .filter(|t| scope.is_none_or(|org| t.organisation == org))
-            .ok_or(TokenError::NotFound)
+            .ok_or(TokenError::NotFound)?;
+        // A token never outlives the membership it was issued under: a login that has
+        // since become (only) another organisation's user is refused.
+        self.member(&token.login, &token.organisation).await?;
+        Ok(token)
     }
 
     /// Revokes a login's active tokens (of `purpose` when given) in `organisation` (every
@@ -377,7 +394,7 @@ impl TokenService {
         purpose: Option<Purpose>,
         organisation: Option<&str>,
     ) -> Result<u32, TokenError> {
-        self.check_named(login, organisation).await?;
+        let login = &self.check_named(login, organisation).await?;
         let revoked = self
             .store
             .revoke_tokens(login, purpose, organisation, self.clock.now())
@@ -396,7 +413,7 @@ impl TokenService {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Token>, TokenError> {
-        self.check_named(login, organisation).await?;
+        let login = &self.check_named(login, organisation).await?;
         let mut tokens: Vec<Token> = self
             .store
             .tokens_of(login)
@@ -411,14 +428,19 @@ impl TokenService {
         Ok(tokens)
     }
 
-    /// Checks a login a request names, and that it is not another organisation's user.
-    async fn check_named(&self, login: &str, organisation: Option<&str>) -> Result<(), TokenError> {
-        check_login(login)
+    /// A login a request names, in canonical form, once checked not to be another
+    /// organisation's user.
+    async fn check_named(
+        &self,
+        login: &str,
+        organisation: Option<&str>,
+    ) -> Result<String, TokenError> {
+        let login = canonical_login(login)
             .map_err(|why| TokenError::Invalid(validation::violation("login", why)))?;
         if let Some(organisation) = organisation {
-            self.member(login, organisation).await?;
+            self.member(&login, organisation).await?;
         }
-        Ok(())
+        Ok(login)
     }
 
     /// The state a token is in now.
@@ -455,7 +477,9 @@ fn usable(token: &Token, now: std::time::SystemTime) -> Result<(), TokenError> {
 }
 
 /// Checks an issue request: its purpose, and its link when an email is asked for.
-fn check_issue(r: &IssueRequest) -> Result<(Purpose, Option<String>), Violations> {
+/// Checks an issue request: its purpose, its login (in canonical form), and its link when
+/// an email is asked for.
+fn check_issue(r: &IssueRequest) -> Result<(Purpose, String, Option<String>), Violations> {
     let mut v = Violations::new();
     if r.purpose.is_none() {
         v.add(
@@ -463,7 +487,7 @@ fn check_issue(r: &IssueRequest) -> Result<(Purpose, Option<String>), Violations
             "is required: TOKEN_PURPOSE_PASSWORD_RESET or TOKEN_PURPOSE_INVITATION",
         );
     }
-    v.check("login", check_login(&r.login));
+    let login = v.check("login", canonical_login(&r.login));
     v.check("organisation", validation::text(&r.organisation, true, 100));
     if !r.email.is_empty() {
         v.check(
@@ -473,7 +497,6 @@ fn check_issue(r: &IssueRequest) -> Result<(Purpose, Option<String>), Violations
     }
     let link = if r.send_email {
         v.check("link_template", link_template(&r.link_template))
-            .map(|()| r.link_template.clone())
     } else {
         None
     };
@@ -488,11 +511,22 @@ fn check_issue(r: &IssueRequest) -> Result<(Purpose, Option<String>), Violations
     }
     let purpose = r.purpose;
     v.into_result(())?;
-    Ok((purpose.expect("checked above"), link))
+    Ok((
+        purpose.expect("checked above"),
+        login.expect("checked above"),
+        link,
+    ))
 }
 
-/// Checks a link template: an absolute http(s) URL containing `{token}`.
-fn link_template(template: &str) -> Result<(), String> {
+/// Stands for the token while a link template is parsed: of the token's alphabet.
+const TOKEN_STAND_IN: &str = "mailroom-token-stand-in";
+
+/// Checks a link template (an absolute http(s) URL containing `{token}`) and returns it as
+/// a URL parser reads it: that is what the email carries and what the origin check sees,
+/// so that no text rides along below the genuine link and no mail client reads another
+/// host than the check did. Spaces, control characters, non-ASCII and characters a
+/// parser rewrites (`\` reads as `/`) are refused rather than rewritten.
+fn link_template(template: &str) -> Result<String, String> {
     if template.is_empty() {
         return Err(
             "is required with send_email: an absolute http(s) URL containing {token}".into(),
@@ -501,10 +535,26 @@ fn link_template(template: &str) -> Result<(), String> {
     if !template.contains("{token}") {
         return Err("must contain {token}, where the token goes".into());
     }
-    let url = url::Url::parse(&template.replace("{token}", "TOKEN"))
+    if let Some(c) = template
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || matches!(c, '\\' | '"' | '<' | '>' | '`' | '^' | '|'))
+    {
+        return Err(format!(
+            "must be a URL as it is sent, without {c:?}: spaces, control, non-ASCII and \
+             unsafe characters are refused (percent-encode them)"
+        ));
+    }
+    if template.contains(TOKEN_STAND_IN) {
+        return Err(format!("must not contain {TOKEN_STAND_IN:?}"));
+    }
+    let url = url::Url::parse(&template.replace("{token}", TOKEN_STAND_IN))
         .map_err(|e| format!("is not an absolute URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err("must be an http or https URL with a host".into());
     }
-    Ok(())
+    let read = url.as_str().replace(TOKEN_STAND_IN, "{token}");
+    if !read.contains("{token}") {
+        return Err("must hold {token} where a URL parser keeps it".into());
+    }
+    Ok(read)
 }

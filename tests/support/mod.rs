@@ -47,7 +47,7 @@ pub struct TestServer {
     /// Where `/metrics` is served, with `--metrics-listen`.
     pub metrics: Option<SocketAddr>,
     waker: std::sync::Arc<tokio::sync::Notify>,
-    sweeper: std::sync::Arc<tokio::sync::Notify>,
+    sweeper: mailroom::server::Sweeper,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _temp: Option<tempfile::TempDir>,
@@ -135,9 +135,10 @@ impl TestServer {
         self.waker.notify_one();
     }
 
-    /// Runs the token sweeper now.
-    pub fn sweep(&self) {
-        self.sweeper.notify_one();
+    /// Runs the sweeper now and waits until it has swept (tokens, idempotency keys,
+    /// messages), so that what a test then reads is what that sweep left.
+    pub async fn sweep(&self) {
+        assert!(self.sweeper.sweep().await, "the server stopped before sweeping");
     }
 
     pub fn tokens(&self, key: &str) -> TokenClient {
