@@ -334,7 +334,8 @@ impl Authenticator {
         self.known.forget();
     }
 
-    /// Revokes key `id`; a caller cannot revoke the key it calls with.
+    /// Revokes key `id`; a caller cannot revoke the key it calls with, and one outside the
+    /// admin organisation only its own organisation's keys (another's is not found).
     pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<ApiKey, AuthError> {
         if id.is_empty() {
             return Err(AuthError::Invalid(validation::violation(
@@ -349,7 +350,7 @@ impl Authenticator {
         }
         let key = self
             .store
-            .revoke_api_key(id)
+            .revoke_api_key(id, caller.scope())
             .await?
             .ok_or_else(|| AuthError::NotFound(id.to_string()))?;
         self.known.remove(&key.secret_digest);

@@ -147,7 +147,9 @@ impl Catcher {
             Ok(Err(e)) => tracing::debug!(error = %e, "connection ended"),
             Err(_) => {
                 let bye = format!("421 4.4.2 connection open longer than {life:?}, closing\r\n");
-                let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(bye.as_bytes())).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), writer.write_all(bye.as_bytes()))
+                        .await;
             }
         }
     }
@@ -175,8 +177,8 @@ impl Catcher {
         send(writer, &session.greeting(), idle).await?;
         loop {
             line.clear();
-            let read = (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line);
-            let n = match tokio::time::timeout(idle, read).await {
+            let mut limited = (&mut reader).take(MAX_LINE);
+            let n = match tokio::time::timeout(idle, limited.read_until(b'\n', &mut line)).await {
                 Ok(n) => n?,
                 Err(_) => {
                     let bye = format!("421 4.4.2 nothing received for {idle:?}, closing\r\n");
@@ -191,15 +193,17 @@ impl Catcher {
                 return Ok(()); // the client hung up
             }
             let mut response = session.process(&line);
-            let message = finished.lock().map(|mut m| m.take()).unwrap_or(None);
-            if let Some(message) = message {
-                response = match self.file(message, peer).await {
-                    Ok(()) => response,
-                    Err(e) => {
+            let ended = finished.lock().map(|mut m| m.take()).unwrap_or(None);
+            match ended {
+                None => {}
+                Some(Ended::Refused(refusal)) => response = refusal,
+                Some(Ended::Caught(message)) => {
+                    if let Err(e) = self.file(message, peer).await {
                         tracing::warn!(error = %e, "cannot write a caught message");
-                        Response::custom(451, format!("4.3.0 cannot write the message: {e}"))
+                        response =
+                            Response::custom(451, format!("4.3.0 cannot write the message: {e}"));
                     }
-                };
+                }
             }
             if response.action == Action::NoReply {
                 continue;
@@ -219,7 +223,7 @@ impl Catcher {
         let written = data.clone();
         let path = tokio::task::spawn_blocking(move || write_eml(&dir, number, &written)).await??;
         self.stored.fetch_add(data.len() as u64, Ordering::Relaxed);
-        tracing::info!(number, path = %path.display(), bytes = data.len(), "caught a message");
+        tracing::debug!(number, path = %path.display(), bytes = data.len(), "caught a message");
         let text = describe(number, peer, &message.from, &message.to, &data, &path);
         self.print(text).await;
         Ok(())
@@ -260,8 +264,17 @@ struct Caught {
     data: Vec<u8>,
 }
 
-/// `mailin`'s handler for one connection: accepts everything within the bounds, and hands a
-/// finished message to the dialogue through `finished` (the session owns the handler).
+/// How a message's final dot is answered: filed (then 250), or refused.
+enum Ended {
+    Caught(Caught),
+    Refused(Response),
+}
+
+/// `mailin`'s handler for one connection: accepts everything within the bounds, and tells
+/// the dialogue how a message ended through `finished` (the session owns the handler).
+/// `data_end` itself always answers OK: mailin 0.6.5 leaves a session whose final dot was
+/// refused in its DATA state, reading the next commands as content; the dialogue puts the
+/// refusal in the place of that OK.
 struct Collector<'a> {
     max_bytes: u64,
     max_stored: u64,
@@ -271,7 +284,7 @@ struct Collector<'a> {
     /// The message being received, and whether it outgrew `max_bytes` (its content is then
     /// dropped, the rest read and counted, and the answer at the final dot is 552).
     message: Option<(Caught, bool)>,
-    finished: Arc<Mutex<Option<Caught>>>,
+    finished: Arc<Mutex<Option<Ended>>>,
 }
 
 impl Collector<'_> {
@@ -285,7 +298,10 @@ impl Handler for Collector<'_> {
         self.message = None;
         self.recipients = 0;
         if self.disk_full() {
-            return Response::custom(452, "4.3.1 --max-stored-bytes reached: no more messages".into());
+            return Response::custom(
+                452,
+                "4.3.1 --max-stored-bytes reached: no more messages".into(),
+            );
         }
         mailin::response::OK
     }
@@ -300,7 +316,10 @@ impl Handler for Collector<'_> {
 
     fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
         if self.disk_full() {
-            return Response::custom(452, "4.3.1 --max-stored-bytes reached: no more messages".into());
+            return Response::custom(
+                452,
+                "4.3.1 --max-stored-bytes reached: no more messages".into(),
+            );
         }
         let caught = Caught {
             from: from.to_string(),
@@ -324,19 +343,21 @@ impl Handler for Collector<'_> {
     }
 
     fn data_end(&mut self) -> Response {
-        match self.message.take() {
-            Some((_, true)) => Response::custom(
+        let ended = match self.message.take() {
+            Some((_, true)) => Ended::Refused(Response::custom(
                 552,
-                format!("5.3.4 message larger than {} bytes (--max-message-bytes)", self.max_bytes),
-            ),
-            Some((caught, false)) => {
-                if let Ok(mut finished) = self.finished.lock() {
-                    *finished = Some(caught);
-                }
-                mailin::response::OK
-            }
-            None => mailin::response::INTERNAL_ERROR,
+                format!(
+                    "5.3.4 message larger than {} bytes (--max-message-bytes)",
+                    self.max_bytes
+                ),
+            )),
+            Some((caught, false)) => Ended::Caught(caught),
+            None => Ended::Refused(mailin::response::INTERNAL_ERROR),
+        };
+        if let Ok(mut finished) = self.finished.lock() {
+            *finished = Some(ended);
         }
+        mailin::response::OK
     }
 }
 
@@ -367,7 +388,14 @@ fn write_eml(dir: &Path, number: u64, data: &[u8]) -> std::io::Result<PathBuf> {
 }
 
 /// What is printed of a message: a title line, the envelope, the headers, and the text part.
-fn describe(number: u64, peer: SocketAddr, from: &str, to: &[String], data: &[u8], path: &Path) -> String {
+fn describe(
+    number: u64,
+    peer: SocketAddr,
+    from: &str,
+    to: &[String],
+    data: &[u8],
+    path: &Path,
+) -> String {
     let mut text = format!(
         "\n=== message {number} from {peer}, {} bytes, written to {}\n",
         data.len(),
@@ -381,7 +409,11 @@ fn describe(number: u64, peer: SocketAddr, from: &str, to: &[String], data: &[u8
     match mailparse::parse_mail(data) {
         Ok(mail) => {
             for header in &mail.headers {
-                text += &format!("{}: {}\n", printable(&header.get_key()), printable(&header.get_value()));
+                text += &format!(
+                    "{}: {}\n",
+                    printable(&header.get_key()),
+                    printable(&header.get_value())
+                );
             }
             text += "---\n";
             match text_part(&mail) {
@@ -390,7 +422,10 @@ fn describe(number: u64, peer: SocketAddr, from: &str, to: &[String], data: &[u8
                     let shown = truncate(&body, MAX_PRINTED_TEXT);
                     text += &printable_text(shown);
                     if shown.len() < body.len() {
-                        text += &format!("\n[... {} more bytes in the file]", body.len() - shown.len());
+                        text += &format!(
+                            "\n[... {} more bytes in the file]",
+                            body.len() - shown.len()
+                        );
                     }
                     if !text.ends_with('\n') {
                         text.push('\n');
@@ -407,7 +442,8 @@ fn describe(number: u64, peer: SocketAddr, from: &str, to: &[String], data: &[u8
 /// The first `text/plain` part that is not an attachment, decoded.
 fn text_part(mail: &mailparse::ParsedMail) -> Option<String> {
     if mail.subparts.is_empty() {
-        let attachment = mail.get_content_disposition().disposition == mailparse::DispositionType::Attachment;
+        let attachment =
+            mail.get_content_disposition().disposition == mailparse::DispositionType::Attachment;
         return (mail.ctype.mimetype.eq_ignore_ascii_case("text/plain") && !attachment)
             .then(|| mail.get_body().ok())
             .flatten();
@@ -441,7 +477,12 @@ fn printable(text: &str) -> String {
 /// A text part likewise, keeping its line breaks and tabs.
 fn printable_text(text: &str) -> String {
     text.split('\n')
-        .map(|line| line.split('\t').map(printable).collect::<Vec<_>>().join("\t"))
+        .map(|line| {
+            line.split('\t')
+                .map(printable)
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -459,9 +500,22 @@ mod tests {
     fn the_text_part_of_a_multipart_message_is_printed_decoded() {
         let peer: SocketAddr = "127.0.0.1:1234".parse().unwrap();
         let to = vec!["b@example.com".to_string()];
-        let shown = describe(7, peer, "a@example.com", &to, ALTERNATIVE.as_bytes(), Path::new("x.eml"));
-        assert!(shown.contains("=== message 7 from 127.0.0.1:1234"), "{shown}");
-        assert!(shown.contains("MAIL FROM: <a@example.com>\nRCPT TO: <b@example.com>\n"), "{shown}");
+        let shown = describe(
+            7,
+            peer,
+            "a@example.com",
+            &to,
+            ALTERNATIVE.as_bytes(),
+            Path::new("x.eml"),
+        );
+        assert!(
+            shown.contains("=== message 7 from 127.0.0.1:1234"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("MAIL FROM: <a@example.com>\nRCPT TO: <b@example.com>\n"),
+            "{shown}"
+        );
         assert!(shown.contains("Subject: café\n"), "{shown}");
         assert!(shown.contains("Hello é\nbye\n"), "{shown}");
         assert!(!shown.contains("<p>"), "{shown}");
@@ -472,7 +526,10 @@ mod tests {
         let mail = "Subject: a\x1b[2Jb\r\n\r\nline\x1b]0;title\x07\r\n\tnext\r\n";
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let shown = describe(1, peer, "x\ry", &[], mail.as_bytes(), Path::new("x.eml"));
-        assert!(!shown.contains('\x1b') && !shown.contains('\x07') && !shown.contains('\r'), "{shown:?}");
+        assert!(
+            !shown.contains('\x1b') && !shown.contains('\x07') && !shown.contains('\r'),
+            "{shown:?}"
+        );
         assert!(shown.contains("Subject: a\\u{1b}[2Jb"), "{shown}");
         assert!(shown.contains("\n\tnext"), "{shown}");
     }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::clock::Clock;
 
@@ -180,9 +180,14 @@ pub struct Args {
 }
 
 impl Args {
-    /// The defaults, as `mailroom` with no flags (and no environment) would run.
+    /// The defaults, as `mailroom` with no flags and no `MAILROOM_*` environment would run
+    /// (what tests and tools start from: a variable set where they run changes nothing).
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        let mut args = Self::parse_from(["mailroom"]);
+        let command = Self::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["mailroom"])
+            .expect("the defaults parse");
+        let mut args = Self::from_arg_matches(&matches).expect("the defaults parse");
         args.data_dir = data_dir.into();
         args
     }
@@ -212,7 +217,11 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct CatchMailArgs {
     /// Address to accept SMTP on (`127.0.0.1:0` picks a free port, printed at start).
-    #[arg(long, env = "MAILROOM_CATCH_MAIL_LISTEN", default_value = "127.0.0.1:2525")]
+    #[arg(
+        long,
+        env = "MAILROOM_CATCH_MAIL_LISTEN",
+        default_value = "127.0.0.1:2525"
+    )]
     pub listen: SocketAddr,
 
     /// Directory the caught messages are written to, one `.eml` file each (created if
@@ -244,6 +253,20 @@ pub struct CatchMailArgs {
     /// How long one connection may last in all, however busy, before it is closed.
     #[arg(long, env = "MAILROOM_CATCH_MAIL_CONNECTION_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub connection_timeout: Duration,
+}
+
+impl CatchMailArgs {
+    /// The defaults, as `mailroom catch-mail` with no flags (and no environment) would run,
+    /// writing to `dir`.
+    pub fn with_dir(dir: impl Into<PathBuf>) -> Self {
+        match Args::parse_from(["mailroom", "catch-mail"]).command {
+            Some(Command::CatchMail(mut args)) => {
+                args.dir = dir.into();
+                args
+            }
+            _ => unreachable!("`catch-mail` parses as the catch-mail command"),
+        }
+    }
 }
 
 /// Which store holds the state.
@@ -307,5 +330,34 @@ mod tests {
         assert!(parse_duration("999999999999999999d")
             .unwrap_err()
             .contains("too long"));
+    }
+
+    #[test]
+    fn the_defaults_ignore_the_environment() {
+        // Checked in a child test process that has the variables, so that no other test
+        // (nor any C code reading the environment meanwhile) sees them change.
+        const CHILD: &str = "MAILROOM_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let args = Args::with_data_dir("/d");
+            assert_eq!(args.listen, "127.0.0.1:50051".parse().unwrap());
+            assert_eq!((args.workers, args.store), (4, StoreKind::Sled));
+            assert_eq!(args.data_dir, PathBuf::from("/d"));
+            return;
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "config::tests::the_defaults_ignore_the_environment",
+            ])
+            .env(CHILD, "1")
+            .env("MAILROOM_LISTEN", "0.0.0.0:1")
+            .env("MAILROOM_WORKERS", "0")
+            .env("MAILROOM_STORE", "etcd")
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "MAILROOM_* variables reached the defaults"
+        );
     }
 }

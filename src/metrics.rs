@@ -1,8 +1,8 @@
 //! Prometheus metrics: RPCs by method and code with latency, messages by the state they
 //! reach, delivery attempts by outcome and SMTP code class with send latency, the outbox's
-//! depth and oldest due message, tokens issued, consumed and rejected (by reason), and
-//! rate-limit rejections. Always counted; served at `/metrics` only with
-//! `--metrics-listen`.
+//! depth and oldest due message, tokens issued, consumed and rejected (by reason),
+//! rate-limit rejections, and OAuth2 token fetches (XOAUTH2) by outcome. Always counted;
+//! served at `/metrics` only with `--metrics-listen`.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -32,6 +32,7 @@ struct Inner {
     relay_paused: IntGauge,
     tokens: IntCounterVec,
     rate_limited: IntCounter,
+    oauth2_fetches: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -125,6 +126,12 @@ impl Metrics {
                 "Token issues refused by the rate limit.",
             ),
         );
+        let oauth2_fetches = counter(
+            "oauth2_token_fetches_total",
+            "OAuth2 access tokens fetched for XOAUTH2 logins, by outcome (issued, refused, \
+             unreachable, invalid_answer).",
+            &["outcome"],
+        );
         Self(Arc::new(Inner {
             registry,
             rpcs,
@@ -137,6 +144,7 @@ impl Metrics {
             relay_paused,
             tokens,
             rate_limited,
+            oauth2_fetches,
         }))
     }
 
@@ -182,6 +190,11 @@ impl Metrics {
     /// A token issue refused by the rate limit.
     pub fn rate_limited(&self) {
         self.0.rate_limited.inc();
+    }
+
+    /// An OAuth2 token fetch ended: `issued`, `refused`, `unreachable` or `invalid_answer`.
+    pub fn token_fetch(&self, outcome: &str) {
+        self.0.oauth2_fetches.with_label_values(&[outcome]).inc();
     }
 
     /// The outbox as it is now: how many pending, and when the earliest was due.

@@ -95,13 +95,14 @@ impl Mailroom {
                 "created API key `bootstrap-admin` (admin organisation, every permission); its secret is in this file"
             );
         }
+        let metrics = Metrics::new();
         let settings =
             SettingsService::new(store.clone(), Arc::new(master_key), args.clock.clone())
                 .deny_private_addresses(args.smtp_deny_private_addresses)
-                .resolver(args.resolver.clone());
+                .resolver(args.resolver.clone())
+                .metrics(metrics.clone());
         let directory = DirectoryService::new(store.clone(), args.clock.clone());
         let wake = Arc::new(Notify::new());
-        let metrics = Metrics::new();
         let notify = NotifyService::new(
             store.clone(),
             settings.clone(),
@@ -198,13 +199,17 @@ impl Mailroom {
             stop_watch.clone(),
             failed.clone(),
         ));
+        // google.rpc's error details too: grpcurl then prints an error's ErrorInfo,
+        // BadRequest or RetryInfo as JSON instead of "not recognized" and base64.
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
         let delivery = Delivery::new(

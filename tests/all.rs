@@ -6,6 +6,7 @@
 mod support;
 
 mod auth;
+mod catcher;
 mod directory;
 mod etcd_security;
 mod guard;
@@ -13,6 +14,7 @@ mod hostile;
 mod line_ends;
 mod metrics;
 mod notifier;
+mod oauth2;
 mod process;
 mod readme;
 mod replicas;
@@ -25,3 +27,38 @@ mod store;
 mod tenancy;
 mod tls;
 mod tokens;
+
+/// Every test is bounded: its first statement starts its [`support::watchdog`], which ends
+/// the run, naming the test, if it hangs.
+#[test]
+fn every_test_starts_its_watchdog() {
+    let _watchdog = crate::support::watchdog();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut unwatched = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension() != Some("rs".as_ref()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            let line = line.trim();
+            if line != "#[test]" && !line.starts_with("#[tokio::test") {
+                continue;
+            }
+            // The line after the one that opens the function's body.
+            let first = lines[n..]
+                .iter()
+                .position(|l| l.trim_end().ends_with('{'))
+                .and_then(|open| lines.get(n + open + 1));
+            if !first.is_some_and(|l| l.contains("support::watchdog()")) {
+                unwatched.push(format!("{}:{}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        unwatched.is_empty(),
+        "tests not starting with `let _watchdog = crate::support::watchdog();`: {unwatched:#?}"
+    );
+}

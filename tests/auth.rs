@@ -4,196 +4,89 @@
 use crate::support;
 
 use mailroom::proto::v1 as pb;
-use prost::bytes::{Buf, BufMut};
-use prost::encoding::{DecodeContext, WireType};
-use prost::{DecodeError, Message};
-use support::{violated_fields, Bearer, TestServer};
-use tonic::codegen::http::uri::PathAndQuery;
-use tonic::service::Interceptor;
-use tonic::{Code, Request};
+use prost::Message;
+use prost_reflect::{DynamicMessage, Value};
+use support::{contract, violated_fields, TestServer};
+use tonic::Code;
 
-/// An already-encoded request, so that one table can call every RPC.
-#[derive(Clone, Debug, Default)]
-struct Raw(Vec<u8>);
+const PLATFORM: &str = "managePlatform";
+const USER: &str = "manageUser";
+const CONFIG: &str = "manageConfig";
 
-impl Message for Raw {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
-    }
+/// The permission of every RPC of the contract: [`rpcs`] checks this table against the
+/// contract's descriptor, so that an RPC added without its permission here fails.
+const PERMISSIONS: &[(&str, &str)] = &[
+    ("/mailroom.v1.SmtpAdmin/GetSmtpSettings", PLATFORM),
+    ("/mailroom.v1.SmtpAdmin/UpdateSmtpSettings", PLATFORM),
+    ("/mailroom.v1.SmtpAdmin/TestSmtpSettings", PLATFORM),
+    ("/mailroom.v1.Token/IssueToken", USER),
+    ("/mailroom.v1.Token/VerifyToken", USER),
+    ("/mailroom.v1.Token/ConsumeToken", USER),
+    ("/mailroom.v1.Token/RevokeTokens", USER),
+    ("/mailroom.v1.Token/ListTokens", USER),
+    ("/mailroom.v1.Notifier/SendToAddresses", CONFIG),
+    ("/mailroom.v1.Notifier/SendToUsers", CONFIG),
+    ("/mailroom.v1.Notifier/SendAccountNotice", USER),
+    ("/mailroom.v1.Notifier/GetMessage", CONFIG),
+    ("/mailroom.v1.Notifier/ListMessages", CONFIG),
+    ("/mailroom.v1.Notifier/RetryMessage", CONFIG),
+    ("/mailroom.v1.Notifier/CancelMessage", CONFIG),
+    ("/mailroom.v1.Directory/UpsertUser", USER),
+    ("/mailroom.v1.Directory/GetUser", USER),
+    ("/mailroom.v1.Directory/DeleteUser", USER),
+    ("/mailroom.v1.Directory/ListUsers", USER),
+    ("/mailroom.v1.ApiKeys/CreateApiKey", PLATFORM),
+    ("/mailroom.v1.ApiKeys/ListApiKeys", PLATFORM),
+    ("/mailroom.v1.ApiKeys/RevokeApiKey", PLATFORM),
+];
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
-
-/// One RPC: its path, its permission, and its request acting for an organisation (the
-/// organisation is ignored by RPCs that name none).
+/// One RPC of the contract, with its permission.
 struct Rpc {
-    path: &'static str,
+    rpc: contract::Rpc,
     permission: &'static str,
-    request: fn(&str) -> Raw,
-    names_organisation: bool,
 }
 
-fn raw(m: impl Message) -> Raw {
-    Raw(m.encode_to_vec())
+impl Rpc {
+    /// Its request, acting for `organisation` when it names one (else empty).
+    fn request(&self, organisation: &str) -> Vec<u8> {
+        let mut request = DynamicMessage::new(self.rpc.input.clone());
+        if self.rpc.names_organisation() && !organisation.is_empty() {
+            request.set_field_by_name("organisation", Value::String(organisation.into()));
+        }
+        request.encode_to_vec()
+    }
+
+    async fn call(&self, server: &TestServer, key: &str, organisation: &str) -> Code {
+        contract::call_code(server, &self.rpc.path, key, self.request(organisation)).await
+    }
 }
 
+/// Every RPC of the contract's descriptor, each with its permission from [`PERMISSIONS`].
 fn rpcs() -> Vec<Rpc> {
-    const PLATFORM: &str = "managePlatform";
-    const USER: &str = "manageUser";
-    const CONFIG: &str = "manageConfig";
-    fn rpc(path: &'static str, permission: &'static str, request: fn(&str) -> Raw) -> Rpc {
-        Rpc {
-            path,
-            permission,
-            request,
-            names_organisation: false,
-        }
-    }
-    fn scoped(path: &'static str, permission: &'static str, request: fn(&str) -> Raw) -> Rpc {
-        Rpc {
-            path,
-            permission,
-            request,
-            names_organisation: true,
-        }
-    }
-    vec![
-        rpc("/mailroom.v1.SmtpAdmin/GetSmtpSettings", PLATFORM, |_| {
-            Raw::default()
-        }),
-        rpc(
-            "/mailroom.v1.SmtpAdmin/UpdateSmtpSettings",
-            PLATFORM,
-            |_| Raw::default(),
-        ),
-        rpc("/mailroom.v1.SmtpAdmin/TestSmtpSettings", PLATFORM, |_| {
-            Raw::default()
-        }),
-        scoped("/mailroom.v1.Token/IssueToken", USER, |o| {
-            raw(pb::IssueTokenRequest {
-                organisation: o.into(),
-                ..Default::default()
-            })
-        }),
-        rpc("/mailroom.v1.Token/VerifyToken", USER, |_| Raw::default()),
-        rpc("/mailroom.v1.Token/ConsumeToken", USER, |_| Raw::default()),
-        scoped("/mailroom.v1.Token/RevokeTokens", USER, |o| {
-            raw(pb::RevokeTokensRequest {
-                organisation: o.into(),
-                ..Default::default()
-            })
-        }),
-        scoped("/mailroom.v1.Token/ListTokens", USER, |o| {
-            raw(pb::ListTokensRequest {
-                organisation: o.into(),
-                ..Default::default()
-            })
-        }),
-        scoped("/mailroom.v1.Notifier/SendToAddresses", CONFIG, |o| {
-            raw(pb::SendToAddressesRequest {
-                organisation: o.into(),
-                ..Default::default()
-            })
-        }),
-        scoped("/mailroom.v1.Notifier/SendToUsers", CONFIG, |o| {
-            raw(pb::SendToUsersRequest {
-                organisation: o.into(),
-                ..Default::default()
-            })
-        }),
-        scoped("/mailroom.v1.Notifier/SendAccountNotice", USER, |o| {
-            raw(pb::SendAccountNoticeRequest {
-                organisation: o.into(),
-                ..Default::default()
-            })
-        }),
-        rpc("/mailroom.v1.Notifier/GetMessage", CONFIG, |_| {
-            Raw::default()
-        }),
-        scoped("/mailroom.v1.Notifier/ListMessages", CONFIG, |o| {
-            raw(pb::ListMessagesRequest {
-                organisation: o.into(),
-                ..Default::default()
-            })
-        }),
-        rpc("/mailroom.v1.Notifier/RetryMessage", CONFIG, |_| {
-            Raw::default()
-        }),
-        rpc("/mailroom.v1.Notifier/CancelMessage", CONFIG, |_| {
-            Raw::default()
-        }),
-        rpc("/mailroom.v1.Directory/UpsertUser", USER, |_| {
-            Raw::default()
-        }),
-        rpc("/mailroom.v1.Directory/GetUser", USER, |_| Raw::default()),
-        rpc("/mailroom.v1.Directory/DeleteUser", USER, |_| {
-            Raw::default()
-        }),
-        scoped("/mailroom.v1.Directory/ListUsers", USER, |o| {
-            raw(pb::ListUsersRequest {
-                organisation: o.into(),
-                ..Default::default()
-            })
-        }),
-        scoped("/mailroom.v1.ApiKeys/CreateApiKey", PLATFORM, |o| {
-            raw(pb::CreateApiKeyRequest {
-                name: "k".into(),
-                organisation: o.into(),
-                permissions: vec!["manageUser".into()],
-            })
-        }),
-        rpc("/mailroom.v1.ApiKeys/ListApiKeys", PLATFORM, |_| {
-            Raw::default()
-        }),
-        rpc("/mailroom.v1.ApiKeys/RevokeApiKey", PLATFORM, |_| {
-            Raw::default()
-        }),
-    ]
-}
-
-async fn call(server: &TestServer, rpc: &Rpc, key: &str, organisation: &str) -> Code {
-    let mut grpc = tonic::client::Grpc::new(server.channel());
-    grpc.ready().await.expect("channel ready");
-    let request = Bearer::new(key)
-        .call(Request::new(()))
-        .unwrap()
-        .map(|()| (rpc.request)(organisation));
-    let codec = tonic_prost::ProstCodec::<Raw, Raw>::default();
-    match grpc
-        .unary(request, PathAndQuery::from_static(rpc.path), codec)
-        .await
-    {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
-    }
+    let rpcs = contract::rpcs();
+    contract::assert_table_covers(
+        "PERMISSIONS",
+        PERMISSIONS.iter().map(|(path, _)| path.to_string()),
+        rpcs.iter().map(|rpc| rpc.path.clone()),
+    );
+    rpcs.into_iter()
+        .map(|rpc| {
+            let (_, permission) = PERMISSIONS.iter().find(|(p, _)| *p == rpc.path).unwrap();
+            Rpc { rpc, permission }
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn every_rpc_checks_its_caller() {
-    let server = TestServer::start().await;
+    let _watchdog = crate::support::watchdog();
+    let dir = tempfile::tempdir().unwrap();
+    // A key of acme with every permission (planted: the API grants managePlatform to admin
+    // keys only), so that acting for another organisation is refused for that alone.
+    let (server, acme) = contract::start_with_planted_key(dir.path(), "acme").await;
     let rpcs = rpcs();
-    assert_eq!(rpcs.len(), 22, "every RPC of the contract is in the table");
     let only_config = server.create_key("admin", &["manageConfig"]).await;
     let only_user = server.create_key("admin", &["manageUser"]).await;
-    let acme = server
-        .create_key("acme", &["manageUser", "manageConfig"])
-        .await;
     let all = server
         .create_key_full("admin", &["managePlatform", "manageUser", "manageConfig"])
         .await;
@@ -208,62 +101,60 @@ async fn every_rpc_checks_its_caller() {
         .unwrap();
 
     for rpc in &rpcs {
-        let lacking = if rpc.permission == "manageConfig" {
+        let path = &rpc.rpc.path;
+        let lacking = if rpc.permission == CONFIG {
             &only_user
         } else {
             &only_config
         };
         assert_eq!(
-            call(&server, rpc, "", "").await,
+            rpc.call(&server, "", "").await,
             Code::Unauthenticated,
-            "{} no key",
-            rpc.path
+            "{path} no key"
         );
         assert_eq!(
-            call(&server, rpc, "mrk_not-a-key", "").await,
+            rpc.call(&server, "mrk_not-a-key", "").await,
             Code::Unauthenticated,
-            "{} unknown key",
-            rpc.path
+            "{path} unknown key"
         );
         assert_eq!(
-            call(&server, rpc, &revoked, "").await,
+            rpc.call(&server, &revoked, "").await,
             Code::Unauthenticated,
-            "{} revoked",
-            rpc.path
+            "{path} revoked"
         );
         assert_eq!(
-            call(&server, rpc, lacking, "").await,
+            rpc.call(&server, lacking, "").await,
             Code::PermissionDenied,
-            "{} without {}",
-            rpc.path,
+            "{path} without {}",
             rpc.permission
         );
-        if rpc.names_organisation {
-            assert_eq!(
-                call(&server, rpc, &acme, "other-org").await,
-                Code::PermissionDenied,
-                "{} acme acting for other-org",
-                rpc.path
+        if rpc.rpc.names_organisation() {
+            let status = contract::call(&server, path, &acme, rpc.request("other-org"))
+                .await
+                .expect_err("acme acting for other-org");
+            assert!(
+                contract::refused_for_organisation(&status),
+                "{path}: acme acting for other-org is refused for the organisation: {status:?}"
             );
         }
-        let admin = call(&server, rpc, &server.admin_key, "acme").await;
+        let admin = rpc.call(&server, &server.admin_key, "acme").await;
         assert!(
             !matches!(admin, Code::Unauthenticated | Code::PermissionDenied),
-            "{}: the admin key may call it for any organisation, got {admin:?}",
-            rpc.path
+            "{path}: the admin key may call it for any organisation, got {admin:?}"
         );
     }
 }
 
 #[tokio::test]
 async fn a_key_acts_for_its_own_organisation() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let acme = server.create_key("acme", &["manageUser"]).await;
     let issue = rpcs()
         .into_iter()
-        .find(|r| r.path.ends_with("/IssueToken"))
+        .find(|r| r.rpc.path.ends_with("/IssueToken"))
         .unwrap();
-    let own = call(&server, &issue, &acme, "acme").await;
+    let own = issue.call(&server, &acme, "acme").await;
     assert!(
         !matches!(own, Code::Unauthenticated | Code::PermissionDenied),
         "{own:?}"
@@ -272,6 +163,7 @@ async fn a_key_acts_for_its_own_organisation() {
 
 #[tokio::test]
 async fn the_bootstrap_key_file_is_private_and_names_an_admin_key() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let path = server.data_dir.join("admin.key");
     #[cfg(unix)]
@@ -301,6 +193,7 @@ async fn the_bootstrap_key_file_is_private_and_names_an_admin_key() {
 
 #[tokio::test]
 async fn create_list_and_revoke_keys() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut keys = server.keys(&server.admin_key);
     let created = keys
@@ -346,6 +239,7 @@ async fn create_list_and_revoke_keys() {
 
 #[tokio::test]
 async fn bad_key_requests_name_their_fields() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut keys = server.keys(&server.admin_key);
     let status = keys
@@ -389,6 +283,7 @@ async fn bad_key_requests_name_their_fields() {
 
 #[tokio::test]
 async fn a_key_cannot_revoke_itself() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut keys = server.keys(&server.admin_key);
     let own = keys
@@ -408,6 +303,7 @@ async fn a_key_cannot_revoke_itself() {
 
 #[tokio::test]
 async fn keys_list_in_pages() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     for _ in 0..4 {
         server.create_key("acme", &["manageUser"]).await;
@@ -443,6 +339,7 @@ async fn keys_list_in_pages() {
 /// a key a lookup read before the revocation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_call_that_starts_after_a_revocation_succeeds() {
+    let _watchdog = crate::support::watchdog();
     use std::sync::{Arc, OnceLock};
     use tokio::time::Instant;
 

@@ -26,6 +26,7 @@ async fn upsert(server: &TestServer, key: &str, u: pb::User) -> Result<pb::User,
 
 #[tokio::test]
 async fn users_round_trip() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let saved = upsert(&server, &server.admin_key, user("alice", &["acme"]))
         .await
@@ -80,6 +81,7 @@ async fn users_round_trip() {
 
 #[tokio::test]
 async fn bad_users_name_their_fields() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let status = upsert(
         &server,
@@ -113,6 +115,7 @@ async fn bad_users_name_their_fields() {
 
 #[tokio::test]
 async fn users_list_in_pages() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     for i in 0..5 {
         upsert(
@@ -150,6 +153,7 @@ async fn users_list_in_pages() {
 
 #[tokio::test]
 async fn a_key_manages_only_its_organisation_s_users() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let acme = server.create_key("acme", &["manageUser"]).await;
     upsert(&server, &server.admin_key, user("carol", &["other"]))

@@ -103,6 +103,7 @@ async fn refused(args: Args) -> String {
 
 #[tokio::test]
 async fn etcd_over_tls_as_a_user_serves() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = secured_etcd().await else {
         return;
     };
@@ -127,6 +128,7 @@ async fn etcd_over_tls_as_a_user_serves() {
 /// mailroom authenticates again rather than failing every request until it restarts.
 #[tokio::test]
 async fn etcd_forgetting_mailroom_s_token_does_not_lock_it_out() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = secured_etcd().await else {
         return;
     };
@@ -153,6 +155,7 @@ async fn etcd_forgetting_mailroom_s_token_does_not_lock_it_out() {
 
 #[tokio::test]
 async fn etcd_refuses_a_mailroom_without_its_client_certificate() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = secured_etcd().await else {
         return;
     };
@@ -169,6 +172,7 @@ async fn etcd_refuses_a_mailroom_without_its_client_certificate() {
 
 #[tokio::test]
 async fn etcd_refuses_a_mailroom_without_the_password() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = secured_etcd().await else {
         return;
     };
@@ -185,6 +189,7 @@ async fn etcd_refuses_a_mailroom_without_the_password() {
 
 #[tokio::test]
 async fn etcd_refuses_a_wrong_password_and_the_error_does_not_show_it() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = secured_etcd().await else {
         return;
     };
@@ -203,6 +208,7 @@ async fn etcd_refuses_a_wrong_password_and_the_error_does_not_show_it() {
 /// What stops a start before etcd is asked: none of these needs an etcd.
 #[tokio::test]
 async fn etcd_flags_that_cannot_work_stop_the_start_naming_the_flag() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = EtcdPki::create(pki_dir.path());

@@ -90,6 +90,7 @@ fn settings(host: &str, port: u16) -> pb::SmtpSettings {
 
 #[tokio::test]
 async fn a_name_that_rebinds_to_loopback_leads_to_no_connection() {
+    let _watchdog = crate::support::watchdog();
     let script = Arc::new(Script::default());
 
     // Without the flag, the name leads to the loopback server through the test resolver:
@@ -166,6 +167,7 @@ async fn a_name_that_rebinds_to_loopback_leads_to_no_connection() {
 
 #[tokio::test]
 async fn settings_stored_before_the_flag_are_refused_at_delivery() {
+    let _watchdog = crate::support::watchdog();
     let (smtp, reads) = strict_server(true).await;
     let dir = tempfile::tempdir().unwrap();
     let mut before = TestServer::start_in(dir.path()).await;

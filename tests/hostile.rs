@@ -30,6 +30,7 @@ fn with_list(n: usize) -> Option<prost_types::Struct> {
 
 #[tokio::test]
 async fn hostile_templates_are_refused_and_the_server_goes_on() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -129,6 +130,7 @@ async fn hostile_templates_are_refused_and_the_server_goes_on() {
 /// `@key`, `@first`, `@last`, block parameters, `../` and `{{else}}`.
 #[tokio::test]
 async fn each_keeps_what_handlebars_offers() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -223,6 +225,7 @@ fn over_quota(status: &tonic::Status) -> (String, std::time::Duration) {
 /// organisation still sends.
 #[tokio::test]
 async fn an_organisation_over_its_quota_leaves_the_others_sending() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let mut args = mailroom::config::Args::with_data_dir(dir.path());
     args.clock = crate::support::test_clock();

@@ -64,10 +64,12 @@ async fn smuggling_attempt(pipelining: bool) {
 
 #[tokio::test]
 async fn bare_cr_and_lf_arrive_as_crlf_and_smuggle_nothing_pipelined() {
+    let _watchdog = crate::support::watchdog();
     smuggling_attempt(true).await;
 }
 
 #[tokio::test]
 async fn bare_cr_and_lf_arrive_as_crlf_and_smuggle_nothing_in_lock_step() {
+    let _watchdog = crate::support::watchdog();
     smuggling_attempt(false).await;
 }

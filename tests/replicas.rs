@@ -17,8 +17,7 @@ use mailroom::store::Store;
 use support::etcd::Etcd;
 use support::process::Process;
 use support::smtp::{Options, SmtpServer};
-use support::{Bearer, TestServer};
-use tokio::time::Instant;
+use support::{eventually, Bearer, TestServer};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -38,15 +37,6 @@ async fn replica(etcd: &Etcd, shared: &Path, data_dir: &Path) -> TestServer {
     args.master_key_file = Some(shared.join("master.key"));
     args.claim_margin = Duration::from_secs(2);
     TestServer::start_with(args).await
-}
-
-/// Waits (`within` at most) until `done` holds.
-async fn eventually(within: Duration, what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn send_request(to: &[String], subject: &str) -> pb::SendToAddressesRequest {
@@ -92,6 +82,7 @@ async fn each_received_once(smtp: &SmtpServer, recipients: &[String]) {
 
 #[tokio::test]
 async fn changes_through_one_replica_are_used_by_the_other() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -184,6 +175,7 @@ async fn changes_through_one_replica_are_used_by_the_other() {
 
 #[tokio::test]
 async fn a_token_is_consumed_once_across_replicas() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -231,6 +223,7 @@ async fn a_token_is_consumed_once_across_replicas() {
 
 #[tokio::test]
 async fn a_thousand_messages_through_two_replicas_are_each_delivered_once() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -258,6 +251,7 @@ async fn a_thousand_messages_through_two_replicas_are_each_delivered_once() {
 
 #[tokio::test]
 async fn a_killed_replicas_claims_are_delivered_by_the_other() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -336,6 +330,7 @@ async fn a_killed_replicas_claims_are_delivered_by_the_other() {
 
 #[tokio::test]
 async fn an_etcd_outage_turns_health_off_and_back_and_loses_nothing() {
+    let _watchdog = crate::support::watchdog();
     let Some(mut etcd) = Etcd::start().await else {
         return;
     };
@@ -401,6 +396,7 @@ async fn an_etcd_outage_turns_health_off_and_back_and_loses_nothing() {
 
 #[tokio::test]
 async fn send_to_users_beyond_one_etcd_transaction_reaches_each_user_once() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = Etcd::start().await else {
         return;
     };
@@ -494,6 +490,7 @@ async fn keys_under(etcd: &Etcd, path: &str) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn no_secret_reaches_etcd_in_plain_text() {
+    let _watchdog = crate::support::watchdog();
     let Some(etcd) = Etcd::start().await else {
         return;
     };

@@ -14,6 +14,7 @@ use support::TestServer;
 
 #[tokio::test]
 async fn rotation_keeps_every_secret_readable_and_a_wrong_key_fails_clearly() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let pki = Arc::new(Pki::new());
     let smtp = SmtpServer::with_auth(&pki, "relay", "relay-password");

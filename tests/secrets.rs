@@ -14,7 +14,7 @@ use mailroom::config::Args;
 use mailroom::crypto::MasterKey;
 use mailroom::proto::v1 as pb;
 use mailroom::server::Mailroom;
-use mailroom::settings::{Draft, TlsDraft};
+use mailroom::settings::{AuthDraft, Draft, OAuth2Draft, TlsDraft};
 use mailroom::tokens::{Issued, Purpose, Token, TokenState};
 use prost::Message;
 use prost_reflect::{
@@ -37,8 +37,8 @@ fn looks_secret(field: &FieldDescriptor) -> bool {
         "key_pem",
         "credential",
     ];
-    // Page cursors, not secrets.
-    const NOT_SECRET: &[&str] = &["page_token", "next_page_token"];
+    // Page cursors and the OAuth2 token endpoint, not secrets.
+    const NOT_SECRET: &[&str] = &["page_token", "next_page_token", "token_url"];
     matches!(field.kind(), Kind::String | Kind::Bytes)
         && PARTS.iter().any(|part| field.name().contains(part))
         && !NOT_SECRET.contains(&field.name())
@@ -125,12 +125,15 @@ fn fill(descriptor: &MessageDescriptor, depth: usize) -> Filled {
 
 #[test]
 fn every_message_with_a_secret_prints_it_redacted() {
+    let _watchdog = crate::support::watchdog();
     // Every generated type that carries a secret; the test below checks that the list is
     // complete, so a new one is added here (and then checked).
     let debug_of = debug_of![
+        AuthSettings,
         ConsumeTokenRequest,
         CreateApiKeyResponse,
         IssueTokenResponse,
+        Oauth2Settings,
         SmtpSettings,
         TestSmtpSettingsRequest,
         TlsSettings,
@@ -167,6 +170,7 @@ fn every_message_with_a_secret_prints_it_redacted() {
 
 #[test]
 fn a_redacted_message_prints_its_other_fields_as_prost_does() {
+    let _watchdog = crate::support::watchdog();
     let empty = format!("{:?}", pb::VerifyTokenRequest::default());
     assert_eq!(
         empty,
@@ -193,6 +197,7 @@ fn a_redacted_message_prints_its_other_fields_as_prost_does() {
 
 #[test]
 fn domain_types_print_their_secrets_redacted() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("master.key");
     let master_key = MasterKey::load_or_create(&key_file).unwrap();
@@ -201,6 +206,14 @@ fn domain_types_print_their_secrets_redacted() {
         password: SECRET.into(),
         tls: TlsDraft {
             client_key_pem: SECRET.into(),
+            ..Default::default()
+        },
+        auth: AuthDraft {
+            oauth2: OAuth2Draft {
+                client_secret: SECRET.into(),
+                private_key_pem: SECRET.into(),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..Default::default()
@@ -238,7 +251,7 @@ fn domain_types_print_their_secrets_redacted() {
         message_id: None,
     };
     for (debug, secrets, secret) in [
-        (format!("{draft:?}"), 2, SECRET),
+        (format!("{draft:?}"), 4, SECRET),
         (format!("{new_key:?}"), 1, SECRET),
         (format!("{issued:?}"), 1, SECRET),
         (format!("{master_key:?}"), 1, master_hex.trim()),
@@ -267,6 +280,7 @@ async fn refusal(args: Args) -> String {
 
 #[tokio::test]
 async fn a_master_key_open_to_others_stops_the_start() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let in_data_dir = dir.path().join("master.key");
     MasterKey::load_or_create(&in_data_dir).unwrap();
@@ -295,6 +309,7 @@ async fn a_master_key_open_to_others_stops_the_start() {
 
 #[tokio::test]
 async fn an_admin_key_open_to_others_stops_the_start() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     TestServer::start_in(dir.path()).await.stop().await.unwrap();
     let admin_key = dir.path().join("admin.key");

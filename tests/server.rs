@@ -3,11 +3,16 @@
 
 use crate::support;
 
-use support::TestServer;
+use std::time::Duration;
+
+use support::{within, TestServer};
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+/// How long a stream's next answer may take.
+const ANSWER: Duration = Duration::from_secs(10);
 
 const SERVICES: [&str; 5] = [
     "mailroom.v1.SmtpAdmin",
@@ -19,6 +24,7 @@ const SERVICES: [&str; 5] = [
 
 #[tokio::test]
 async fn health_is_serving_for_the_server_and_each_service() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut health = HealthClient::new(server.channel());
     for service in std::iter::once("").chain(SERVICES) {
@@ -43,6 +49,7 @@ async fn health_is_serving_for_the_server_and_each_service() {
 
 #[tokio::test]
 async fn reflection_v1_lists_every_service() {
+    let _watchdog = crate::support::watchdog();
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -59,7 +66,10 @@ async fn reflection_v1_lists_every_service() {
         .await
         .unwrap()
         .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
+    let response = within(ANSWER, "the answer", responses.next())
+        .await
+        .unwrap()
+        .unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer {response:?}");
     };
@@ -74,6 +84,7 @@ async fn reflection_v1_lists_every_service() {
 
 #[tokio::test]
 async fn reflection_v1alpha_serves_grpcurl_1_8() {
+    let _watchdog = crate::support::watchdog();
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
@@ -98,7 +109,10 @@ async fn reflection_v1alpha_serves_grpcurl_1_8() {
         .await
         .unwrap()
         .into_inner();
-    let first = responses.next().await.unwrap().unwrap();
+    let first = within(ANSWER, "the first answer", responses.next())
+        .await
+        .unwrap()
+        .unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
         panic!("unexpected reflection answer {first:?}");
     };
@@ -106,7 +120,10 @@ async fn reflection_v1alpha_serves_grpcurl_1_8() {
         .service
         .iter()
         .any(|s| s.name == "mailroom.v1.SmtpAdmin"));
-    let second = responses.next().await.unwrap().unwrap();
+    let second = within(ANSWER, "the second answer", responses.next())
+        .await
+        .unwrap()
+        .unwrap();
     let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
         panic!("unexpected reflection answer {second:?}");
     };
@@ -115,6 +132,7 @@ async fn reflection_v1alpha_serves_grpcurl_1_8() {
 
 #[tokio::test]
 async fn shutdown_reports_not_serving_first() {
+    let _watchdog = crate::support::watchdog();
     let mut server = TestServer::start().await;
     let mut health = HealthClient::new(server.channel());
     let mut watch = health
@@ -124,10 +142,16 @@ async fn shutdown_reports_not_serving_first() {
         .await
         .unwrap()
         .into_inner();
-    let first = watch.next().await.unwrap().unwrap();
+    let first = within(ANSWER, "the first status", watch.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.status(), ServingStatus::Serving);
     server.begin_shutdown();
-    let next = watch.next().await.unwrap().unwrap();
+    let next = within(ANSWER, "the status on shutdown", watch.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.status(), ServingStatus::NotServing);
     drop(watch);
     drop(health);

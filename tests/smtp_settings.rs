@@ -40,6 +40,7 @@ fn secs(s: i64) -> Option<prost_types::Duration> {
 
 #[tokio::test]
 async fn unconfigured_settings_show_the_defaults() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let got = server
         .smtp(&server.admin_key)
@@ -58,6 +59,7 @@ async fn unconfigured_settings_show_the_defaults() {
 
 #[tokio::test]
 async fn settings_round_trip_without_the_password() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     let mut settings = valid();
@@ -101,6 +103,7 @@ async fn settings_round_trip_without_the_password() {
 
 #[tokio::test]
 async fn every_rule_rejects_its_bad_value_naming_the_field() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     type Spoil = Box<dyn Fn(&mut pb::SmtpSettings)>;
@@ -227,6 +230,7 @@ async fn every_rule_rejects_its_bad_value_naming_the_field() {
 
 #[tokio::test]
 async fn several_bad_fields_are_each_reported() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let status = server
         .smtp(&server.admin_key)
@@ -254,6 +258,7 @@ async fn several_bad_fields_are_each_reported() {
 
 #[tokio::test]
 async fn update_mask_changes_only_the_named_fields() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     smtp.update_smtp_settings(update(valid(), &[]))
@@ -293,6 +298,7 @@ async fn update_mask_changes_only_the_named_fields() {
 
 #[tokio::test]
 async fn a_stale_etag_is_aborted() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     let first = smtp
@@ -325,6 +331,7 @@ async fn a_stale_etag_is_aborted() {
 
 #[tokio::test]
 async fn moving_the_stored_password_needs_it_again() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     smtp.update_smtp_settings(update(valid(), &[]))
@@ -403,6 +410,7 @@ async fn moving_the_stored_password_needs_it_again() {
 
 #[tokio::test]
 async fn secrets_never_leave_and_are_encrypted_at_rest() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     let client = rcgen::generate_simple_self_signed(vec!["mailroom.example.com".into()]).unwrap();
@@ -445,6 +453,7 @@ async fn secrets_never_leave_and_are_encrypted_at_rest() {
 
 #[tokio::test]
 async fn settings_survive_a_restart() {
+    let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
     let mut first = TestServer::start_in(dir.path()).await;
     let mut settings = valid();
@@ -502,6 +511,7 @@ fn description(status: &tonic::Status, field: &str) -> String {
 
 #[tokio::test]
 async fn link_origins_and_sender_domains_round_trip_normalised() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     let mut settings = valid();
@@ -551,6 +561,7 @@ async fn link_origins_and_sender_domains_round_trip_normalised() {
 
 #[tokio::test]
 async fn bad_link_origins_and_sender_domains_name_their_entry() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     type Spoil = Box<dyn Fn(&mut pb::SmtpSettings)>;
@@ -708,6 +719,7 @@ fn weakenings(other_ca: &str) -> Vec<(&'static str, &'static str, pb::SmtpSettin
 
 #[tokio::test]
 async fn every_weakening_of_the_stored_secrets_needs_them_again() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     let ca = rcgen::generate_simple_self_signed(vec!["ca.example.com".into()]).unwrap();
@@ -799,6 +811,7 @@ fn apply(
 
 #[tokio::test]
 async fn changes_as_strict_or_stricter_keep_the_stored_password() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut smtp = server.smtp(&server.admin_key);
     let mut stored = valid();

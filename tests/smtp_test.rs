@@ -102,6 +102,7 @@ fn assert_delivered(smtp: &SmtpServer, report: &pb::TestSmtpSettingsResponse) {
 
 #[tokio::test]
 async fn plain_smtp_without_auth() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     let report = test(
@@ -130,6 +131,7 @@ async fn plain_smtp_without_auth() {
 
 #[tokio::test]
 async fn starttls_with_and_without_auth() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let pki = Arc::new(Pki::new());
     let smtp = SmtpServer::with_auth(&pki, "relay", PASSWORD);
@@ -172,6 +174,7 @@ async fn starttls_with_and_without_auth() {
 
 #[tokio::test]
 async fn implicit_tls_with_a_custom_ca() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let pki = Pki::new();
     let smtp = SmtpServer::start(Options::default());
@@ -200,6 +203,7 @@ async fn implicit_tls_with_a_custom_ca() {
 
 #[tokio::test]
 async fn connection_refused_fails_at_connect() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let report = test(
         &server,
@@ -214,6 +218,7 @@ async fn connection_refused_fails_at_connect() {
 
 #[tokio::test]
 async fn a_silent_server_fails_within_the_timeout() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let silent = silent_server().await;
     let mut given = settings(silent.port(), pb::ConnectionSecurity::None);
@@ -223,9 +228,13 @@ async fn a_silent_server_fails_within_the_timeout() {
     });
     let started = Instant::now();
     let report = test(&server, Some(given), RECIPIENT).await;
+    // Which bound ended it is the step's detail, below; the wall clock only checks that
+    // the answer came soon after: about 1.02 s here, given a margin for a busy machine and
+    // still half the 10 s default (which a bound ignoring the settings would wait).
+    let elapsed = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "bounded by timeout + 1 s"
+        elapsed < Duration::from_secs(5),
+        "{elapsed:?}: not bounded by the 1 s timeout"
     );
     assert!(!report.success);
     let step = last(&report);
@@ -239,6 +248,7 @@ async fn a_silent_server_fails_within_the_timeout() {
 
 #[tokio::test]
 async fn required_starttls_not_offered_sends_nothing_in_clear() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     let given = with_auth(
@@ -263,6 +273,7 @@ async fn required_starttls_not_offered_sends_nothing_in_clear() {
 
 #[tokio::test]
 async fn opportunistic_starttls_continues_in_clear_when_not_offered() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     let report = test(
@@ -279,6 +290,7 @@ async fn opportunistic_starttls_continues_in_clear_when_not_offered() {
 
 #[tokio::test]
 async fn an_untrusted_certificate_fails_at_tls() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let pki = Arc::new(Pki::new());
     let smtp = SmtpServer::start(Options {
@@ -301,7 +313,8 @@ async fn an_untrusted_certificate_fails_at_tls() {
     );
     assert!(smtp.seen().mail_from.is_empty());
 
-    let smtps = tls_terminator(&pki, SmtpServer::start(Options::default()).addr).await;
+    let backend = SmtpServer::start(Options::default());
+    let smtps = tls_terminator(&pki, backend.addr).await;
     let report = test(
         &server,
         Some(settings(smtps.port(), pb::ConnectionSecurity::Ssl)),
@@ -327,6 +340,7 @@ async fn an_untrusted_certificate_fails_at_tls() {
 
 #[tokio::test]
 async fn a_wrong_password_fails_at_auth_with_535() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let pki = Arc::new(Pki::new());
     let smtp = SmtpServer::with_auth(&pki, "relay", PASSWORD);
@@ -350,6 +364,7 @@ async fn a_wrong_password_fails_at_auth_with_535() {
 
 #[tokio::test]
 async fn a_rejected_recipient_fails_at_rcpt_to_with_the_code() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let smtp = SmtpServer::start(Options::default());
     let report = test(
@@ -370,6 +385,7 @@ async fn a_rejected_recipient_fails_at_rcpt_to_with_the_code() {
 
 #[tokio::test]
 async fn unsaved_settings_are_tested_and_the_stored_ones_unchanged() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut admin = server.smtp(&server.admin_key);
     let stored = admin
@@ -400,6 +416,7 @@ async fn unsaved_settings_are_tested_and_the_stored_ones_unchanged() {
 
 #[tokio::test]
 async fn the_stored_password_never_goes_to_a_changed_server() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let pki = Arc::new(Pki::new());
     let trusted = SmtpServer::with_auth(&pki, "relay", PASSWORD);
@@ -447,6 +464,7 @@ async fn the_stored_password_never_goes_to_a_changed_server() {
 
 #[tokio::test]
 async fn bad_requests_name_their_field() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let mut admin = server.smtp(&server.admin_key);
     let status = admin
@@ -488,6 +506,7 @@ fn auths(reads: &std::sync::Mutex<support::smtp::Reads>) -> Vec<(String, String)
 
 #[tokio::test]
 async fn a_weakened_copy_of_the_stored_settings_never_gets_the_stored_password() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let (relay, reads) = support::smtp::plain_auth_server().await;
     let (other, other_reads) = support::smtp::plain_auth_server().await;
@@ -578,6 +597,7 @@ async fn a_weakened_copy_of_the_stored_settings_never_gets_the_stored_password()
 
 #[tokio::test]
 async fn opportunistic_starttls_not_offered_sends_no_credentials() {
+    let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
     let (relay, reads) = support::smtp::plain_auth_server().await;
     let stored = with_auth(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::join_all;
+use crate::support::race;
 use mailroom::auth::{ApiKey, Permission};
 use mailroom::crypto::MasterKey;
 use mailroom::directory::User;
@@ -22,13 +22,16 @@ fn now() -> SystemTime {
     UNIX_EPOCH + NOW
 }
 
-/// Declares each case once per backend: `<case>_on_sled` and `<case>_on_etcd`.
+/// Declares each case once per backend: `<case>_on_sled` and `<case>_on_etcd`, on a
+/// runtime with several worker threads, as in production: the races below run truly at
+/// once (see [`race`]).
 macro_rules! store_suite {
     ($($case:ident),* $(,)?) => {
         mod on_sled {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
+                    let _watchdog = crate::support::watchdog();
                     let dir = tempfile::tempdir().expect("temporary directory");
                     let store = super::SledStore::open(dir.path(), 16 << 20).expect("open sled");
                     super::$case(std::sync::Arc::new(store)).await;
@@ -38,8 +41,9 @@ macro_rules! store_suite {
         #[cfg(feature = "etcd")]
         mod on_etcd {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
+                    let _watchdog = crate::support::watchdog();
                     let Some(etcd) = crate::support::etcd::Etcd::start().await else {
                         return;
                     };
@@ -65,9 +69,11 @@ store_suite!(
     abandoned_staged_batches_are_dropped,
     a_dropped_batch_is_never_acknowledged,
     a_message_swap_moves_its_indexes,
+    a_message_is_claimed_once_under_concurrency,
     a_removed_message_leaves_no_index_entry,
     issuing_a_token_revokes_the_earlier_one_of_its_purpose,
     a_token_is_consumed_once_under_concurrency,
+    an_idempotency_key_is_used_once_under_concurrency,
     ended_tokens_are_purged,
     the_rate_limit_counts_a_window,
     quota_counts_are_per_organisation,
@@ -217,7 +223,7 @@ async fn settings_swap_only_from_the_revision_read(store: Arc<dyn Store>) {
         (2, "c.example.com")
     );
 
-    let racers = (0..10).map(|n| {
+    let won = race(10, |n| {
         let store = store.clone();
         async move {
             store
@@ -225,8 +231,11 @@ async fn settings_swap_only_from_the_revision_read(store: Arc<dyn Store>) {
                 .await
                 .unwrap()
         }
-    });
-    let won = join_all(racers).await.into_iter().filter(|w| *w).count();
+    })
+    .await
+    .into_iter()
+    .filter(|w| *w)
+    .count();
     assert_eq!(
         won, 1,
         "exactly one of ten concurrent swaps from revision 2"
@@ -234,7 +243,7 @@ async fn settings_swap_only_from_the_revision_read(store: Arc<dyn Store>) {
 }
 
 async fn the_bootstrap_key_is_created_once(store: Arc<dyn Store>) {
-    let racers = (0..5).map(|n| {
+    let created = race(5, |n| {
         let store = store.clone();
         async move {
             store
@@ -242,8 +251,11 @@ async fn the_bootstrap_key_is_created_once(store: Arc<dyn Store>) {
                 .await
                 .unwrap()
         }
-    });
-    let created = join_all(racers).await.into_iter().filter(|c| *c).count();
+    })
+    .await
+    .into_iter()
+    .filter(|c| *c)
+    .count();
     assert_eq!(created, 1, "one bootstrap key among racing starts");
     assert!(!store.insert_api_key(&api_key("late"), true).await.unwrap());
     assert!(store
@@ -276,7 +288,25 @@ async fn api_keys_list_in_pages_and_revoke(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_none());
-    let revoked = store.revoke_api_key("key3").await.unwrap().unwrap();
+    // Within an organisation's scope, another organisation's key is not there.
+    assert!(store
+        .revoke_api_key("key3", Some("acme"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        !store
+            .api_key_by_digest("digest-of-key3")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    let revoked = store
+        .revoke_api_key("key3", Some("admin"))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(revoked.revoked);
     assert!(
         store
@@ -286,7 +316,15 @@ async fn api_keys_list_in_pages_and_revoke(store: Arc<dyn Store>) {
             .unwrap()
             .revoked
     );
-    assert!(store.revoke_api_key("nobody").await.unwrap().is_none());
+    assert!(store
+        .revoke_api_key("nobody", None)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        store.revoke_api_key("key4", None).await.unwrap().is_some(),
+        "unscoped, any organisation's"
+    );
 }
 
 async fn users_are_listed_by_organisation(store: Arc<dyn Store>) {
@@ -590,11 +628,14 @@ async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
         !store.swap_message(7, &claimed, false).await.unwrap(),
         "stale version"
     );
-    let claimers = (0..10).map(|_| {
+    let won = race(10, |_| {
         let (store, claimed) = (store.clone(), claimed.clone());
         async move { store.swap_message(1, &claimed, false).await.unwrap() }
-    });
-    let won = join_all(claimers).await.into_iter().filter(|w| *w).count();
+    })
+    .await
+    .into_iter()
+    .filter(|w| *w)
+    .count();
     assert_eq!(won, 1, "one of ten concurrent claims");
     let claimed_now = store.message(&batch[0].id).await.unwrap().unwrap();
     assert_eq!(
@@ -729,32 +770,113 @@ async fn issuing_a_token_revokes_the_earlier_one_of_its_purpose(store: Arc<dyn S
 }
 
 async fn a_token_is_consumed_once_under_concurrency(store: Arc<dyn Store>) {
-    store
-        .issue_token(&token("once", "carol", Purpose::Invitation), now())
+    // Rounds: each race is won or lost in microseconds (on sled, between reading the
+    // version and writing over it), so one round could pass by luck without the lock.
+    for round in 0..exp_rounds() {
+        let id = format!("once-{round}");
+        store
+            .issue_token(&token(&id, &format!("carol{round}"), Purpose::Invitation), now())
+            .await
+            .unwrap();
+        let digest = format!("digest-of-{id}");
+        let stored = store.token_by_digest(&digest).await.unwrap().unwrap();
+        let wins = race(exp_racers(), |_| {
+            let (store, mut consumed) = (store.clone(), stored.clone());
+            async move {
+                consumed.state = TokenState::Consumed;
+                consumed.consume_time = Some(now());
+                consumed.version += 1;
+                store.swap_token(stored.version, &consumed).await.unwrap()
+            }
+        })
         .await
-        .unwrap();
-    let stored = store
-        .token_by_digest("digest-of-once")
+        .into_iter()
+        .filter(|w| *w)
+        .count();
+        assert_eq!(wins, 1, "round {round}: one of {RACERS} concurrent consumers");
+        let after = store.token_by_digest(&digest).await.unwrap().unwrap();
+        assert_eq!(after.state, TokenState::Consumed);
+    }
+}
+
+/// Rounds of each race below, and racers in each.
+const ROUNDS: usize = 30;
+const RACERS: usize = 8;
+fn exp_racers() -> usize { std::env::var("EXP_RACERS").ok().and_then(|v| v.parse().ok()).unwrap_or(RACERS) }
+fn exp_rounds() -> usize { std::env::var("EXP_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(ROUNDS) }
+
+async fn a_message_is_claimed_once_under_concurrency(store: Arc<dyn Store>) {
+    let batch = messages("claim", exp_rounds(), "acme");
+    store.queue_messages("claim", &batch, None).await.unwrap();
+    for (round, message) in batch.iter().enumerate() {
+        let won = race(exp_racers(), |n| {
+            let (store, mut claimed) = (store.clone(), message.clone());
+            let expected = message.version;
+            async move {
+                claimed.claim(&format!("worker{n}"), now(), Duration::from_secs(60));
+                claimed.version += 1;
+                store
+                    .swap_message(expected, &claimed, false)
+                    .await
+                    .unwrap()
+                    .then_some(n)
+            }
+        })
         .await
-        .unwrap()
-        .unwrap();
-    let consumers = (0..20).map(|_| {
-        let (store, mut consumed) = (store.clone(), stored.clone());
-        async move {
-            consumed.state = TokenState::Consumed;
-            consumed.consume_time = Some(now());
-            consumed.version = stored.version + 1;
-            store.swap_token(stored.version, &consumed).await.unwrap()
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+        assert_eq!(won.len(), 1, "round {round}: one of {RACERS} claims: {won:?}");
+        let held = store.message(&message.id).await.unwrap().unwrap();
+        assert_eq!(held.state, MessageState::Sending);
+    }
+}
+
+/// Racers with one idempotency key, half queuing in one write and half committing a staged
+/// batch: one queues its messages, every other answers with that one's ids.
+async fn an_idempotency_key_is_used_once_under_concurrency(store: Arc<dyn Store>) {
+    for round in 0..exp_rounds() {
+        let batches: Vec<(String, Vec<OutboxMessage>)> = (0..exp_racers())
+            .map(|n| {
+                let name = format!("r{round}-{n}");
+                let batch = messages(&name, 2, "acme");
+                (name, batch)
+            })
+            .collect();
+        for (name, batch) in batches.iter().skip(1).step_by(2) {
+            store.stage_messages(name, batch).await.unwrap();
         }
-    });
-    let wins = join_all(consumers).await.into_iter().filter(|w| *w).count();
-    assert_eq!(wins, 1, "exactly one of twenty concurrent consumers");
-    let after = store
-        .token_by_digest("digest-of-once")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(after.state, TokenState::Consumed);
+        let key = format!("key-{round}");
+        let answers = race(exp_racers(), |n| {
+            let (store, (name, batch)) = (store.clone(), batches[n].clone());
+            let key = idempotency(&key, &batch);
+            async move {
+                let first = if n % 2 == 0 {
+                    store.queue_messages(&name, &batch, Some(&key)).await
+                } else {
+                    store.commit_batch(&name, Some(&key)).await
+                };
+                (ids(&batch), first.unwrap())
+            }
+        })
+        .await;
+        let winners: Vec<&Vec<String>> = answers
+            .iter()
+            .filter(|(_, first)| first.is_none())
+            .map(|(ids, _)| ids)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: the key used once");
+        for (_, first) in &answers {
+            if let Some(first) = first {
+                assert_eq!(&first.queued.message_ids, winners[0], "round {round}");
+            }
+        }
+    }
+    assert_eq!(
+        store.pending_messages().await.unwrap(),
+        exp_rounds() * 2,
+        "only the winners' messages are queued"
+    );
 }
 
 async fn ended_tokens_are_purged(store: Arc<dyn Store>) {
@@ -802,12 +924,11 @@ async fn quota_counts_are_per_organisation(store: Arc<dyn Store>) {
     assert_eq!(store.pending_of("acme", 100).await.unwrap(), 4);
     // Tallies: concurrent adds never pass the limit, and each key is its own.
     let hour = Duration::from_secs(3600);
-    let racers = (0..10).map(|_| {
+    let allowed = race(10, |_| {
         let store = store.clone();
         async move { store.tally("acme", now(), hour, 3, 10).await.unwrap() }
-    });
-    let allowed = join_all(racers)
-        .await
+    })
+    .await
         .into_iter()
         .filter(Option::is_none)
         .count();
@@ -835,12 +956,11 @@ async fn the_rate_limit_counts_a_window(store: Arc<dyn Store>) {
         .unwrap()
         .expect("the fourth within the hour waits");
     assert_eq!(wait, hour - Duration::from_secs(10));
-    let racers = (0..10).map(|_| {
+    let allowed = race(10, |_| {
         let store = store.clone();
         async move { store.hit_rate_limit("race", now(), hour, 4).await.unwrap() }
-    });
-    let allowed = join_all(racers)
-        .await
+    })
+    .await
         .into_iter()
         .filter(Option::is_none)
         .count();

@@ -22,11 +22,16 @@ struct Certificates {
 }
 
 fn certificates(dir: &Path) -> Certificates {
+    certificates_of(dir, "mailroom test CA")
+}
+
+/// [`certificates`] of a CA named `ca_name`.
+fn certificates_of(dir: &Path, ca_name: &str) -> Certificates {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "mailroom test CA");
+        .push(DnType::CommonName, ca_name);
     let ca_key = KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issue = |names: Vec<String>| {
@@ -101,6 +106,7 @@ async fn health(channel: Channel) -> Result<i32, String> {
 
 #[tokio::test]
 async fn grpc_over_tls() {
+    let _watchdog = crate::support::watchdog();
     let TlsServer { server, tls, .. } = tls_server(false).await;
     let channel = connect(&server, tls).await.unwrap();
     assert_eq!(health(channel.clone()).await, Ok(1), "SERVING over TLS");
@@ -111,29 +117,71 @@ async fn grpc_over_tls() {
     .get_smtp_settings(pb::GetSmtpSettingsRequest {})
     .await;
     assert!(settings.is_ok(), "API keys still apply: {settings:?}");
+    // Refused by the TLS server once connected, not for want of a listener.
+    let plaintext = health(server.channel())
+        .await
+        .expect_err("no plaintext gRPC on a TLS port");
     assert!(
-        health(server.channel()).await.is_err(),
-        "no plaintext gRPC on a TLS port"
+        plaintext.contains("transport error") && !plaintext.contains("ConnectError"),
+        "{plaintext}"
     );
+}
+
+/// The TLS alert a refused handshake ended with, as the client read it (`received fatal
+/// alert: <name>`): a failure of another kind (nothing listening, a name mismatch, a
+/// plaintext server) is not the refusal a test expects.
+fn alert(error: &str) -> Option<&str> {
+    let after = error.split("received fatal alert: ").nth(1)?;
+    after.split(|c: char| !c.is_ascii_alphanumeric()).next()
 }
 
 #[tokio::test]
 async fn mtls_refuses_a_client_without_a_certificate() {
+    let _watchdog = crate::support::watchdog();
     let TlsServer {
         server, certs, tls, ..
     } = tls_server(true).await;
     let without = async { health(connect(&server, tls.clone()).await?).await };
-    assert!(
-        without.await.is_err(),
-        "a client without a certificate is refused"
-    );
+    let error = without.await.expect_err("a client without a certificate");
+    assert_eq!(alert(&error), Some("CertificateRequired"), "{error}");
     let with_identity = tls.identity(Identity::from_pem(&certs.client_cert, &certs.client_key));
     let channel = connect(&server, with_identity).await.unwrap();
     assert_eq!(health(channel).await, Ok(1));
 }
 
+/// A client certificate the server's client CA did not sign is refused: one of an
+/// unrelated CA (`unknown_ca`), and one of an impostor CA that took the trusted CA's name
+/// (`decrypt_error`: the signature does not verify, RFC 8446 §6.2).
+#[tokio::test]
+async fn mtls_refuses_a_certificate_of_another_ca() {
+    let _watchdog = crate::support::watchdog();
+    let TlsServer {
+        server, certs, tls, ..
+    } = tls_server(true).await;
+    let files = tempfile::tempdir().unwrap();
+    for (ca, expected) in [
+        ("another CA", "UnknownCA"),
+        ("mailroom test CA", "DecryptError"),
+    ] {
+        let foreign = certificates_of(files.path(), ca);
+        let identity = Identity::from_pem(&foreign.client_cert, &foreign.client_key);
+        let client = tls.clone().identity(identity);
+        let with_foreign = async { health(connect(&server, client).await?).await };
+        let error = with_foreign.await.expect_err(ca);
+        assert_eq!(alert(&error), Some(expected), "{ca}: {error}");
+    }
+    let own = tls.identity(Identity::from_pem(&certs.client_cert, &certs.client_key));
+    let channel = connect(&server, own).await.unwrap();
+    assert_eq!(
+        health(channel).await,
+        Ok(1),
+        "the server's own CA still passes"
+    );
+}
+
 #[tokio::test]
 async fn the_private_address_guard_refuses_before_connecting() {
+    let _watchdog = crate::support::watchdog();
     let data = tempfile::tempdir().unwrap();
     let mut args = Args::with_data_dir(data.path());
     args.smtp_deny_private_addresses = true;

@@ -91,8 +91,8 @@ mod settings {
     use super::{duration, duration_from, timestamp};
     use crate::proto::v1 as pb;
     use crate::settings::{
-        Draft, Security, SmtpSettings, TlsDraft, DEFAULT_INVITATION, DEFAULT_RESET_PASSWORD,
-        DEFAULT_TIMEOUT,
+        Auth, AuthDraft, Draft, Mechanism, OAuth2Draft, Provider, Security, SmtpSettings, TlsDraft,
+        DEFAULT_INVITATION, DEFAULT_RESET_PASSWORD, DEFAULT_TIMEOUT,
     };
 
     /// The proto enum for a security mode.
@@ -114,6 +114,82 @@ mod settings {
             pb::ConnectionSecurity::Starttls => Some(Security::StartTls),
             pb::ConnectionSecurity::StarttlsOpportunistic => Some(Security::StartTlsOpportunistic),
             pb::ConnectionSecurity::Ssl => Some(Security::Ssl),
+        }
+    }
+
+    /// The mechanism of a proto enum value; `None` for a value this version does not know.
+    pub fn mechanism_from(value: i32) -> Option<Mechanism> {
+        match pb::AuthMechanism::try_from(value).ok()? {
+            pb::AuthMechanism::Unspecified | pb::AuthMechanism::Auto => Some(Mechanism::Auto),
+            pb::AuthMechanism::Plain => Some(Mechanism::Plain),
+            pb::AuthMechanism::Login => Some(Mechanism::Login),
+            pb::AuthMechanism::Xoauth2 => Some(Mechanism::Xoauth2),
+        }
+    }
+
+    /// The proto enum for a mechanism.
+    pub fn mechanism(m: Mechanism) -> pb::AuthMechanism {
+        match m {
+            Mechanism::Auto => pb::AuthMechanism::Auto,
+            Mechanism::Plain => pb::AuthMechanism::Plain,
+            Mechanism::Login => pb::AuthMechanism::Login,
+            Mechanism::Xoauth2 => pb::AuthMechanism::Xoauth2,
+        }
+    }
+
+    /// The provider of a proto enum value; `None` for a value this version does not know.
+    pub fn provider_from(value: i32) -> Option<Provider> {
+        match pb::Oauth2Provider::try_from(value).ok()? {
+            pb::Oauth2Provider::Unspecified => Some(Provider::Custom),
+            pb::Oauth2Provider::Microsoft365 => Some(Provider::Microsoft365),
+            pb::Oauth2Provider::Google => Some(Provider::Google),
+        }
+    }
+
+    /// The proto enum for a provider.
+    pub fn provider(p: Provider) -> pb::Oauth2Provider {
+        match p {
+            Provider::Custom => pb::Oauth2Provider::Unspecified,
+            Provider::Microsoft365 => pb::Oauth2Provider::Microsoft365,
+            Provider::Google => pb::Oauth2Provider::Google,
+        }
+    }
+
+    impl From<pb::AuthSettings> for AuthDraft {
+        fn from(a: pb::AuthSettings) -> Self {
+            let o = a.oauth2.unwrap_or_default();
+            AuthDraft {
+                mechanism: mechanism_from(a.mechanism),
+                oauth2: OAuth2Draft {
+                    provider: provider_from(o.provider),
+                    tenant_id: o.tenant_id,
+                    token_url: o.token_url,
+                    client_id: o.client_id,
+                    client_secret: o.client_secret.into(),
+                    scope: o.scope,
+                    private_key_pem: o.private_key_pem.into(),
+                    subject: o.subject,
+                },
+            }
+        }
+    }
+
+    /// The login settings as answered: secrets replaced by whether they are set.
+    fn auth(a: &Auth) -> pb::AuthSettings {
+        pb::AuthSettings {
+            mechanism: mechanism(a.mechanism).into(),
+            oauth2: a.oauth2.as_ref().map(|o| pb::Oauth2Settings {
+                provider: provider(o.provider).into(),
+                tenant_id: o.tenant_id.clone(),
+                token_url: o.token_url.clone(),
+                client_id: o.client_id.clone(),
+                client_secret: String::new(),
+                client_secret_set: o.client_secret.is_some(),
+                scope: o.scope.clone(),
+                private_key_pem: String::new(),
+                private_key_set: o.private_key.is_some(),
+                subject: o.subject.clone(),
+            }),
         }
     }
 
@@ -141,6 +217,7 @@ mod settings {
                 invitation_expiration: duration_from(expiration.invitation),
                 link_origins: p.link_origins,
                 sender_domains: p.sender_domains,
+                auth: p.auth.unwrap_or_default().into(),
                 etag: p.etag,
             }
         }
@@ -158,6 +235,7 @@ mod settings {
                     reset_password: Some(duration(DEFAULT_RESET_PASSWORD)),
                     invitation: Some(duration(DEFAULT_INVITATION)),
                 }),
+                auth: Some(auth(&Auth::default())),
                 ..Default::default()
             };
         };
@@ -189,6 +267,7 @@ mod settings {
             configured: true,
             link_origins: s.link_origins.iter().map(|o| o.as_str().into()).collect(),
             sender_domains: s.sender_domains.iter().map(|d| d.as_str().into()).collect(),
+            auth: Some(auth(&s.auth)),
         }
     }
 }
@@ -201,6 +280,7 @@ mod probe {
     impl From<Stage> for pb::TestStage {
         fn from(stage: Stage) -> Self {
             match stage {
+                Stage::Token => pb::TestStage::Token,
                 Stage::Connect => pb::TestStage::Connect,
                 Stage::Tls => pb::TestStage::Tls,
                 Stage::Ehlo => pb::TestStage::Ehlo,

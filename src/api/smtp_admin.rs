@@ -76,6 +76,7 @@ impl SmtpAdmin for SmtpAdminApi {
             &settings,
             self.settings.master_key(),
             self.settings.address_guard(),
+            self.settings.oauth2_tokens(),
             &to,
             self.settings.now(),
         )

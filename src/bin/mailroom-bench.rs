@@ -810,16 +810,27 @@ async fn delivery(args: &Args, binary: &Path, report: &mut Report) -> anyhow::Re
 /// The system calls that make writes durable, as `strace` names them.
 const SYNC_CALLS: [&str; 4] = ["sync_file_range", "fdatasync", "fsync", "syncfs"];
 
-/// `strace -c` attached to the server while `requests` acknowledged `IssueToken`s are
-/// answered at each number in flight: how many of each sync call the server made.
+/// `strace -c` attached to the server while it answers acknowledged requests: `IssueToken`s
+/// one at a time and 16 in flight, and `SendToAddresses` of 100 KiB to 10 recipients, whose
+/// records fill sled's leaves past its blob threshold. How many of each sync call it made.
 async fn durability(binary: &Path, report: &mut Report) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    server.configure_smtp(refused_port()).await?;
+    let line = "Case {{n}}: an alert was raised and needs a look. ";
+    let body = line.repeat(LARGE_BODY_BYTES / line.len() + 1)[..LARGE_BODY_BYTES].to_string();
     let mut rows = Vec::new();
-    for (in_flight, requests) in [(1, 50), (1, 500), (16, 5000)] {
-        let summary = dir.path().join(format!("strace-{in_flight}-{requests}"));
+    for (rpc, in_flight, requests) in [
+        ("IssueToken", 1, 50),
+        ("IssueToken", 1, 500),
+        ("IssueToken", 16, 5000),
+        ("SendToAddresses", 16, 200),
+    ] {
+        let summary = dir
+            .path()
+            .join(format!("strace-{rpc}-{in_flight}-{requests}"));
         let mut strace = tokio::process::Command::new("strace")
-            .args(["-f", "-c", "-e"])
+            .args(["-f", "-c", "-w", "-e"])
             .arg(format!("trace={}", SYNC_CALLS.join(",")))
             .arg("-o")
             .arg(&summary)
@@ -833,15 +844,28 @@ async fn durability(binary: &Path, report: &mut Report) -> anyhow::Result<()> {
                 break;
             }
         }
-        let client = server.tokens();
+        let (tokens, notifier, body) = (server.tokens(), server.notifier(), body.clone());
         let stats = load(in_flight, Duration::from_secs(600), move |i| {
-            let mut c = client.clone();
+            let (mut tokens, mut notifier, body) = (tokens.clone(), notifier.clone(), body.clone());
             async move {
                 if i >= requests {
                     return Ok(false);
                 }
-                c.issue_token(issue(&format!("durable{in_flight}-{i}")))
-                    .await?;
+                if rpc == "IssueToken" {
+                    tokens
+                        .issue_token(issue(&format!("durable{in_flight}-{i}")))
+                        .await?;
+                } else {
+                    notifier
+                        .send_to_addresses(pb::SendToAddressesRequest {
+                            organisation: "bench".into(),
+                            to: (0..10).map(|n| format!("soc{n}@example.com")).collect(),
+                            subject: "Case {{n}}".into(),
+                            body,
+                            ..Default::default()
+                        })
+                        .await?;
+                }
                 Ok(true)
             }
         })
@@ -852,28 +876,38 @@ async fn durability(binary: &Path, report: &mut Report) -> anyhow::Result<()> {
         );
         strace.wait().await?;
         let counts = sync_calls(&std::fs::read_to_string(&summary)?);
-        let cells: Vec<String> = SYNC_CALLS
-            .iter()
-            .map(|call| counts.get(*call).copied().unwrap_or(0).to_string())
-            .collect();
+        let calls = |call: &str| counts.get(call).map_or(0, |c| c.0);
+        let cells: Vec<String> = SYNC_CALLS.iter().map(|c| calls(c).to_string()).collect();
+        let wall = |call: &str| counts.get(call).map_or(0, |c| c.1);
         rows.push(format!(
-            "| {requests} `IssueToken`, {in_flight} in flight | {:.0} | {} | {:.2} |",
+            "| {requests} `{rpc}`{}, {in_flight} in flight | {:.0} | {} | {:.2} | {} | {} |",
+            if rpc == "IssueToken" {
+                ""
+            } else {
+                " (10 recipients, 100 KiB)"
+            },
             stats.throughput,
             cells.join(" | "),
-            counts.get("fdatasync").copied().unwrap_or(0) as f64 / requests as f64
+            calls("fdatasync") as f64 / requests as f64,
+            wall("sync_file_range"),
+            wall("fdatasync"),
         ));
     }
     server.stop();
     report.section(format!(
         "## 4. Durability\n\n\
-         The server's sync system calls while it answers acknowledged `IssueToken`s, counted\n\
-         by `strace -f -c -e trace={}` attached to it for the load\n\
-         (`--only durability`). Each group commit is sled's flush (which ends with\n\
-         `sync_file_range`) then an `fdatasync` of sled's log, and of every blob sled wrote\n\
-         since the last commit: one at a time, every answer waited for one `fdatasync`;\n\
-         in flight, writers share them. `fsync` is sled's own thread, every 500 ms.\n\n\
-         | load | req/s | {} | fdatasync per request |\n\
-         |---|---:|{}---:|\n{}\n",
+         The server's sync system calls while it answers acknowledged requests, counted\n\
+         by `strace -f -c -w -e trace={}` attached to it for the load\n\
+         (`--only durability`; req/s under strace, not a throughput figure). Each group commit\n\
+         is sled's flush (which ends with `sync_file_range`) then an `fdatasync` of sled's\n\
+         log, and of every blob sled wrote since the last commit: one at a time, every answer\n\
+         waited for one `fdatasync`; in flight, writers share them. `fsync` is sled's own\n\
+         thread, every 500 ms. Messages of 100 KiB fill sled's leaves past its blob\n\
+         threshold (128 KiB): a leaf rewritten whole is a file of its own, one more\n\
+         `fdatasync` in its commit. The last columns are the wall time of one\n\
+         call, as strace measured it: what a commit's `fdatasync` adds to its writers' wait.\n\n\
+         | load | req/s | {} | fdatasync per request | µs per sync_file_range | µs per fdatasync |\n\
+         |---|---:|{}---:|---:|---:|\n{}\n",
         SYNC_CALLS.join(","),
         SYNC_CALLS.join(" | "),
         "---:|".repeat(SYNC_CALLS.len()),
@@ -882,17 +916,19 @@ async fn durability(binary: &Path, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The number of calls of each system call in the summary `strace -c` writes.
-fn sync_calls(summary: &str) -> std::collections::HashMap<String, u64> {
+/// The calls of each system call, and the microseconds each took, in the summary
+/// `strace -c` writes (`% time, seconds, usecs/call, calls, [errors,] syscall`).
+fn sync_calls(summary: &str) -> std::collections::HashMap<String, (u64, u64)> {
     summary
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let name = fields.last()?;
+            let micros = fields.get(2)?.parse().ok()?;
             let calls = fields.get(3)?.parse().ok()?;
             SYNC_CALLS
                 .contains(name)
-                .then(|| (name.to_string(), calls))
+                .then(|| (name.to_string(), (calls, micros)))
         })
         .collect()
 }
@@ -1098,6 +1134,9 @@ async fn send_to_users_at_scale(args: &Args, binary: &Path) -> anyhow::Result<Ve
 /// The body of each message of the backlog: 10 KiB.
 const BACKLOG_BODY_BYTES: usize = 10 * 1024;
 
+/// The body of the large messages of the durability figure: 100 KiB.
+const LARGE_BODY_BYTES: usize = 100 * 1024;
+
 /// Start on a large backlog: `--backlog` pending messages of 10 KiB each (queued with
 /// SMTP pointing at a closed port), then a restart; the memory of the new process once it
 /// is `SERVING` and its delivery and sweep have run, against `idle`, the RSS of a process
@@ -1115,8 +1154,12 @@ async fn start_on_backlog(args: &Args, binary: &Path, idle: f64) -> anyhow::Resu
     let filled = Instant::now();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
-            let (mut client, next, queued, body) =
-                (server.notifier(), next.clone(), queued.clone(), body.clone());
+            let (mut client, next, queued, body) = (
+                server.notifier(),
+                next.clone(),
+                queued.clone(),
+                body.clone(),
+            );
             let backlog = args.backlog;
             tokio::spawn(async move {
                 loop {

@@ -14,6 +14,14 @@
 //! lowering `security` needs the password again); with `STARTTLS_OPPORTUNISTIC` and no
 //! STARTTLS offered, the AUTH stage fails without sending them.
 //!
+//! The login follows `auth.mechanism`: `AUTO` lets lettre pick PLAIN or LOGIN among those
+//! the server advertises; `PLAIN` or `LOGIN` is sent whether advertised or not (relays that
+//! misadvertise); `XOAUTH2` first gets an access token ([`super::oauth2`], the `TOKEN`
+//! stage, before CONNECT), then sends it only over an encrypted connection and only to a
+//! server that advertises XOAUTH2; a cached token the server refuses with `535` is replaced
+//! once and the login retried on the same connection. Providers' well-known refusals
+//! (Microsoft's `5.7.139`, `5.7.3`; Google's `5.7.8`) come with a [`hint`].
+//!
 //! A message goes out with its `MAIL FROM`, `RCPT TO` and `DATA` in one write when the
 //! server offers PIPELINING (RFC 2920), as Postfix's client does: two round trips instead of
 //! four. lettre speaks lock-step only, so [`Smtp::send`] groups lettre's own commands, and
@@ -25,24 +33,28 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
-use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Auth, Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::oauth2::{AccessToken, TokenError, Tokens};
 use super::tls::TlsPolicy;
 use crate::crypto::MasterKey;
-use crate::settings::{AddressGuard, Security, SmtpSettings};
+use crate::settings::{AddressGuard, Mechanism as AuthMechanism, Security, SmtpSettings};
 
 /// The stages of an SMTP exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
+    /// The OAuth2 access token (XOAUTH2), before connecting.
+    Token,
     /// TCP connection.
     Connect,
     /// TLS handshake.
@@ -62,6 +74,7 @@ pub enum Stage {
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Stage::Token => "TOKEN",
             Stage::Connect => "CONNECT",
             Stage::Tls => "TLS",
             Stage::Ehlo => "EHLO",
@@ -222,11 +235,27 @@ pub async fn open(
     settings: &SmtpSettings,
     key: &MasterKey,
     guard: &AddressGuard,
+    login: &Login<'_>,
     run: &mut impl Stages,
 ) -> Result<Smtp, Failed> {
     let policy = match settings.security {
         Security::None => None,
         _ => Some(TlsPolicy::new(settings, key).map_err(|e| run.fail(None, e.to_string()))?),
+    };
+    // With XOAUTH2, the token first: an endpoint that refuses the client is the
+    // problem to report, whatever the SMTP server would say.
+    let token = if settings.auth.mechanism == AuthMechanism::Xoauth2 {
+        run.begin(Stage::Token);
+        let token = login
+            .token
+            .get(settings, key, guard)
+            .await
+            .map_err(|e| run.fail(None, e.to_string()))?;
+        let from = if token.fresh { "" } else { "cached: " };
+        run.pass(None, format!("{from}{}", token.detail));
+        Some(token)
+    } else {
+        None
     };
     run.begin(Stage::Connect);
     let checked = match guard.resolve(&settings.host, settings.port).await {
@@ -326,8 +355,19 @@ pub async fn open(
     let pipelining = offers_pipelining(&mut conn, &hello).await;
 
     run.begin(Stage::Auth);
+    let xoauth2 = settings.auth.mechanism == AuthMechanism::Xoauth2;
     if settings.username.is_empty() {
         run.pass(None, "skipped: no username".into());
+    } else if xoauth2 && !encrypted {
+        let failed = run.fail(
+            None,
+            "not sent: XOAUTH2 sends a bearer token only over an encrypted connection, and \
+             the server did not offer STARTTLS: use a server that offers it, or security \
+             STARTTLS or SSL"
+                .into(),
+        );
+        conn.abort().await;
+        return Err(failed);
     } else if !encrypted && settings.security != Security::None {
         let failed = run.fail(
             None,
@@ -341,6 +381,42 @@ pub async fn open(
         );
         conn.abort().await;
         return Err(failed);
+    } else if let Some(used) = &token {
+        let tokens = &login.token;
+        if !conn
+            .server_info()
+            .supports_auth_mechanism(Mechanism::Xoauth2)
+        {
+            let failed = run.fail(
+                None,
+                format!(
+                    "the server does not offer AUTH XOAUTH2 ({}): nothing was sent; check \
+                     host and port (Microsoft 365: smtp.office365.com:587, Google: \
+                     smtp.gmail.com:587), or choose another auth.mechanism",
+                    conn.server_info()
+                ),
+            );
+            conn.abort().await;
+            return Err(failed);
+        }
+        let user = &settings.username;
+        let response = match auth_xoauth2(&mut conn, user, used).await {
+            Ok(response) => response,
+            // A token taken from the cache may have been revoked, or have expired early:
+            // one more, fetched now, and one more try.
+            Err(e) if !used.fresh && e.code == Some(535) => {
+                tracing::info!(smtp = %e, "the SMTP server refused the cached OAuth2 token; fetching another");
+                let fresh = tokens
+                    .refresh(settings, key, guard, used)
+                    .await
+                    .map_err(|t| run.fail(e.code, format!("{e}; fetching another token: {t}")))?;
+                auth_xoauth2(&mut conn, user, &fresh)
+                    .await
+                    .map_err(|e| run.fail(e.code, e.to_string()))?
+            }
+            Err(e) => return Err(run.fail(e.code, e.to_string())),
+        };
+        run.reply(&response);
     } else {
         let password = settings
             .password(key)
@@ -350,16 +426,229 @@ pub async fn open(
             settings.username.clone(),
             password.expose_secret().to_string(),
         );
-        let response = conn
-            .auth(&[Mechanism::Plain, Mechanism::Login], &credentials)
-            .await
-            .map_err(|e| run.smtp_fail(e))?;
+        let mechanism = settings.auth.mechanism;
+        let response = match mechanism {
+            AuthMechanism::Plain => forced(&mut conn, Mechanism::Plain, &credentials).await,
+            AuthMechanism::Login => forced(&mut conn, Mechanism::Login, &credentials).await,
+            _ => {
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials)
+                    .await
+            }
+        };
+        let response = response.map_err(|e| {
+            let code = e.status().map(u16::from);
+            let detail = e.to_string();
+            let detail = match hint(&detail, mechanism) {
+                Some(hint) => format!("{detail}. {hint}"),
+                None => detail,
+            };
+            run.fail(code, detail)
+        })?;
         run.reply(&response);
     }
 
     Ok(Smtp {
         connection: conn,
         pipelining,
+    })
+}
+
+/// How a connection logs in beyond the settings: where an XOAUTH2 login's token comes from.
+pub struct Login<'a> {
+    token: TokenSource<'a>,
+}
+
+impl<'a> Login<'a> {
+    /// Tokens from the process's cache (delivery), at `now`.
+    pub fn cached(tokens: &'a Tokens, now: SystemTime) -> Self {
+        Self {
+            token: TokenSource {
+                tokens,
+                now,
+                cached: true,
+            },
+        }
+    }
+
+    /// A token fetched for this connection alone (`TestSmtpSettings`), at `now`.
+    pub fn fresh(tokens: &'a Tokens, now: SystemTime) -> Self {
+        Self {
+            token: TokenSource {
+                tokens,
+                now,
+                cached: false,
+            },
+        }
+    }
+}
+
+/// Where an XOAUTH2 login gets its access token.
+struct TokenSource<'a> {
+    tokens: &'a Tokens,
+    now: SystemTime,
+    cached: bool,
+}
+
+impl TokenSource<'_> {
+    async fn get(
+        &self,
+        settings: &SmtpSettings,
+        key: &MasterKey,
+        guard: &AddressGuard,
+    ) -> Result<AccessToken, TokenError> {
+        if self.cached {
+            self.tokens.get(settings, key, guard, self.now).await
+        } else {
+            self.tokens.fetch(settings, key, guard, self.now).await
+        }
+    }
+
+    async fn refresh(
+        &self,
+        settings: &SmtpSettings,
+        key: &MasterKey,
+        guard: &AddressGuard,
+        used: &AccessToken,
+    ) -> Result<AccessToken, TokenError> {
+        self.tokens
+            .refresh(settings, key, guard, self.now, used)
+            .await
+    }
+}
+
+/// An AUTH that failed: the server's code, and what it said (with a hint for an operator
+/// where the refusal is a provider's well-known one).
+#[derive(Debug)]
+struct AuthFailed {
+    code: Option<u16>,
+    detail: String,
+}
+
+impl std::fmt::Display for AuthFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// `AUTH XOAUTH2` with `token` for `user`. A server that refuses the token may first send
+/// its reasons as a `334` challenge (Google, Microsoft: base64 JSON), which the client
+/// answers with an empty line before the final `535` (RFC 7628, 3.2.3); lettre's own AUTH
+/// loop cannot, so the exchange is spoken here.
+async fn auth_xoauth2(
+    conn: &mut AsyncSmtpConnection,
+    user: &str,
+    token: &AccessToken,
+) -> Result<Response, AuthFailed> {
+    use base64::Engine as _;
+    let failed = |e: lettre::transport::smtp::Error, reasons: Option<String>| {
+        let mut detail = e.to_string();
+        if let Some(reasons) = reasons {
+            detail.push_str(&format!(" (the server's reasons: {reasons})"));
+        }
+        if let Some(hint) = hint(&detail, AuthMechanism::Xoauth2) {
+            detail.push_str(&format!(". {hint}"));
+        }
+        AuthFailed {
+            code: e.status().map(u16::from),
+            detail,
+        }
+    };
+    let initial = token.xoauth2(user);
+    let response = conn
+        .command(format!("AUTH XOAUTH2 {}\r\n", initial.expose_secret()))
+        .await
+        .map_err(|e| failed(e, None))?;
+    if !response.has_code(334) {
+        return Ok(response);
+    }
+    let reasons: String = response.message().collect::<Vec<_>>().join("");
+    let reasons = base64::engine::general_purpose::STANDARD
+        .decode(reasons.trim())
+        .ok()
+        .and_then(|json| String::from_utf8(json).ok())
+        .map(|json| json.chars().filter(|c| !c.is_control()).take(300).collect());
+    match conn.command("\r\n").await {
+        Err(e) => Err(failed(e, reasons)),
+        Ok(response) if response.is_positive() && !response.has_code(334) => Ok(response),
+        Ok(response) => Err(AuthFailed {
+            code: Some(u16::from(response.code())),
+            detail: format!(
+                "the server answered the XOAUTH2 refusal with {} instead of ending it",
+                u16::from(response.code())
+            ),
+        }),
+    }
+}
+
+/// AUTH with `mechanism` whether or not the server advertises it: for relays that take a
+/// mechanism they do not list (or list one they do not take). Challenges are answered as
+/// lettre's own AUTH does, ten at most.
+async fn forced(
+    conn: &mut AsyncSmtpConnection,
+    mechanism: Mechanism,
+    credentials: &Credentials,
+) -> Result<Response, lettre::transport::smtp::Error> {
+    let mut response = conn
+        .command(Auth::new(mechanism, credentials.clone(), None)?)
+        .await?;
+    for _ in 0..10 {
+        if !response.has_code(334) {
+            break;
+        }
+        response = conn
+            .command(Auth::new_from_response(
+                mechanism,
+                credentials.clone(),
+                &response,
+            )?)
+            .await?;
+    }
+    Ok(response)
+}
+
+/// What an operator can do about a provider's well-known refusal of a login (`detail`,
+/// the server's reply), if it is one.
+pub fn hint(detail: &str, mechanism: AuthMechanism) -> Option<&'static str> {
+    let oauth = mechanism == AuthMechanism::Xoauth2;
+    let has = |needle: &str| {
+        detail
+            .to_ascii_lowercase()
+            .contains(&needle.to_ascii_lowercase())
+    };
+    Some(if has("basic authentication is disabled") {
+        "Hint: Microsoft 365 no longer accepts a password for SMTP: log in with OAuth2 \
+         (auth.mechanism XOAUTH2, auth.oauth2.provider MICROSOFT_365; see the README)"
+    } else if has("SmtpClientAuthentication is disabled") || has("5.7.139") {
+        "Hint: Microsoft 365 has SMTP AUTH turned off for the tenant or this mailbox: turn \
+         on Authenticated SMTP for the mailbox `username` (Exchange admin center > mailbox > \
+         Email apps, or Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled \
+         $false; for the tenant, Set-TransportConfig -SmtpClientAuthenticationDisabled $false)"
+    } else if oauth && has("5.7.3") {
+        "Hint: Microsoft 365 refused the token for this mailbox: register the application's \
+         service principal in Exchange Online (New-ServicePrincipal -AppId <client_id> \
+         -ObjectId <enterprise application object id>), give it the mailbox `username` \
+         (Add-MailboxPermission -Identity <mailbox> -User <service principal> -AccessRights \
+         FullAccess), and check that the application has SMTP.SendAsApp with admin consent"
+    } else if has("5.7.3") {
+        "Hint: Microsoft 365 refused the username or password; if they are right, SMTP AUTH \
+         may be off for the mailbox, or basic authentication retired: use auth.mechanism \
+         XOAUTH2"
+    } else if oauth && (has("5.7.8") || has("BadCredentials") || has("\"status\":\"400\"")) {
+        "Hint: Google refused the token for this mailbox: check that `username` (and \
+         auth.oauth2.subject) is a user of the Workspace domain, and that the service \
+         account has domain-wide delegation of https://mail.google.com/ (Admin console > \
+         Security > API controls) for its client id"
+    } else if oauth && has("\"status\":\"401\"") {
+        "Hint: the server found the token invalid or expired: check auth.oauth2.scope and \
+         that the token is meant for this mail service"
+    } else if has("5.7.9") || has("Application-specific password required") {
+        "Hint: Google wants an app password here (a password of 16 letters made in the \
+         account's security settings), or OAuth2: auth.mechanism XOAUTH2, provider GOOGLE"
+    } else if has("5.7.8") || has("BadCredentials") {
+        "Hint: Google refused the username or password: use an app password, or OAuth2 \
+         (auth.mechanism XOAUTH2, provider GOOGLE)"
+    } else {
+        return None;
     })
 }
 

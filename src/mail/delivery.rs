@@ -29,7 +29,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
 
-use super::connection::{self, Failed, Stage, Stages};
+use super::connection::{self, Failed, Login, Stage, Stages};
 use crate::clock::Clock;
 use crate::crypto;
 use crate::metrics::Metrics;
@@ -239,9 +239,14 @@ async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
 }
 
 /// The longest one send may take: every SMTP step is bounded by `timeout`, and a send is
-/// at most a handful of them.
+/// at most a handful of them; with XOAUTH2, two token fetches more (one refused by the
+/// server, and the next), each bounded by `timeout` too.
 fn send_bound(settings: &SmtpSettings) -> Duration {
-    settings.timeout * 4
+    if settings.auth.mechanism == crate::settings::Mechanism::Xoauth2 {
+        settings.timeout * 6
+    } else {
+        settings.timeout * 4
+    }
 }
 
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
@@ -362,6 +367,7 @@ impl Sender {
                     settings,
                     self.settings.master_key(),
                     self.settings.address_guard(),
+                    &Login::cached(self.settings.oauth2_tokens(), self.clock.now()),
                     &mut failure,
                 )
                 .await;

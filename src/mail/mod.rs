@@ -1,7 +1,8 @@
 //! Mail: everything that speaks SMTP. [`connection`] opens a lettre connection from the
 //! settings, stage by stage, with the TLS policy of [`tls`]; [`probe`] runs
 //! `TestSmtpSettings` over one; [`delivery`] keeps one per sender to deliver the outbox;
-//! [`template`] renders notifications.
+//! [`oauth2`] gets and keeps the access tokens of XOAUTH2 logins; [`template`] renders
+//! notifications.
 
 use std::time::SystemTime;
 
@@ -9,6 +10,7 @@ use crate::crypto::CryptoError;
 
 pub mod connection;
 pub mod delivery;
+pub mod oauth2;
 pub mod probe;
 pub mod sandbox;
 pub mod template;

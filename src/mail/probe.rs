@@ -1,6 +1,7 @@
 //! `TestSmtpSettings`: one real email sent stage by stage with lettre's connection-level
-//! API, so that the report says where a server failed (CONNECT, TLS, EHLO, AUTH, MAIL_FROM,
-//! RCPT_TO, DATA), with its reply code, instead of only "failed". The whole exchange is
+//! API, so that the report says where a server failed (TOKEN with XOAUTH2, CONNECT, TLS,
+//! EHLO, AUTH, MAIL_FROM, RCPT_TO, DATA), with its reply code, instead of only "failed".
+//! XOAUTH2's token is fetched anew for every test, never taken from delivery's cache. The whole exchange is
 //! bounded by the settings' `timeout`, also against a server that accepts the connection and
 //! then says nothing. With `STARTTLS` required and not offered, nothing but QUIT follows.
 
@@ -12,7 +13,8 @@ use lettre::message::{header::ContentType, Mailbox, Message};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 
 pub use super::connection::Stage;
-use super::connection::{self, client_id, crlf_line_ends, Failed, Stages};
+use super::connection::{self, client_id, crlf_line_ends, Failed, Login, Stages};
+use super::oauth2::Tokens;
 use super::{new_message_id, rfc3339};
 use crate::crypto::MasterKey;
 use crate::settings::{human, AddressGuard, Security, SmtpSettings};
@@ -98,6 +100,7 @@ pub async fn run(
     settings: &SmtpSettings,
     key: &MasterKey,
     guard: &AddressGuard,
+    tokens: &Tokens,
     to: &Address,
     now: SystemTime,
 ) -> Report {
@@ -107,11 +110,26 @@ pub async fn run(
         started: Instant::now(),
     };
     let timeout = settings.timeout;
-    let outcome =
-        tokio::time::timeout(timeout, exchange(&mut run, settings, key, guard, to, now)).await;
+    let login = Login::fresh(tokens, now);
+    let outcome = tokio::time::timeout(
+        timeout,
+        exchange(&mut run, settings, key, guard, &login, to, now),
+    )
+    .await;
     let message_id = match outcome {
         Ok(Ok(id)) => Some(id),
         Ok(Err(Failed)) => None,
+        Err(_) if run.stage == Stage::Token => {
+            run.fail(
+                None,
+                format!(
+                    "the token endpoint did not answer within the {} timeout (check \
+                     auth.oauth2.token_url, and that mailroom can reach it)",
+                    human(timeout)
+                ),
+            );
+            None
+        }
         Err(_) => {
             run.fail(
                 None,
@@ -142,10 +160,11 @@ async fn exchange(
     settings: &SmtpSettings,
     key: &MasterKey,
     guard: &AddressGuard,
+    login: &Login<'_>,
     to: &Address,
     now: SystemTime,
 ) -> Result<String, Failed> {
-    let mut conn = connection::open(settings, key, guard, run)
+    let mut conn = connection::open(settings, key, guard, login, run)
         .await?
         .connection;
 

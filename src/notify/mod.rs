@@ -38,6 +38,7 @@ use stage::Stager;
 
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
 pub use notices::NoticeKind;
+use quota::PendingCounts;
 pub use quota::{OverQuota, Quotas, Tally};
 
 /// The purpose a message's content is sealed for.
@@ -160,6 +161,7 @@ pub struct NotifyService {
     /// Compiled request templates, bounded in bytes: any caller sends templates.
     templates: Arc<TemplateCache>,
     quotas: Quotas,
+    pending: Arc<PendingCounts>,
     settings: SettingsService,
     clock: Clock,
     wake: Arc<Notify>,
@@ -179,6 +181,7 @@ impl NotifyService {
             store,
             templates: Arc::new(TemplateCache::new(KEPT_TEMPLATE_BYTES)),
             quotas: Quotas::default(),
+            pending: Arc::default(),
             settings,
             clock,
             wake,
@@ -204,10 +207,18 @@ impl NotifyService {
         let q = self.quotas;
         let count = u64::try_from(count).unwrap_or(u64::MAX);
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-        let pending = self
-            .store
-            .pending_of(organisation, q.pending_messages.saturating_add(1))
-            .await?;
+        let pending = match self.pending.fresh(organisation) {
+            Some(pending) => pending,
+            None => {
+                let at = std::time::Instant::now();
+                let pending = self
+                    .store
+                    .pending_of(organisation, q.pending_messages.saturating_add(1))
+                    .await?;
+                self.pending.keep(organisation, at, pending);
+                pending
+            }
+        };
         q.check_pending(pending, count)
             .map_err(NotifyError::OverQuota)?;
         let now = self.clock.now();
@@ -225,6 +236,7 @@ impl NotifyService {
                 }));
             }
         }
+        self.pending.add(organisation, count);
         Ok(())
     }
 
@@ -723,6 +735,7 @@ impl NotifyService {
     pub async fn retry(&self, id: &str, scope: Option<&str>) -> Result<OutboxMessage, NotifyError> {
         let now = self.clock.now();
         let message = self.change(id, scope, |m| m.requeue(now)).await?;
+        self.pending.forget(&message.organisation);
         self.metrics.messages("queued", 1);
         self.wake.notify_one();
         Ok(message)
@@ -735,6 +748,7 @@ impl NotifyService {
         scope: Option<&str>,
     ) -> Result<OutboxMessage, NotifyError> {
         let message = self.change(id, scope, OutboxMessage::cancel).await?;
+        self.pending.forget(&message.organisation);
         self.metrics.messages("cancelled", 1);
         Ok(message)
     }

@@ -70,6 +70,57 @@ impl Quotas {
     }
 }
 
+/// How long a pending count stays fresh.
+const PENDING_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// Organisations whose counts are kept at most (then all are counted again).
+const PENDING_KEPT: usize = 10_000;
+
+/// Pending counts by organisation, each walked in the store at most once a second: the
+/// quota is checked on every send, and a count walks the organisation's pending index
+/// (a backlog of 100,000 made it milliseconds a request). Between walks a count grows by
+/// what this process queues and is forgotten when it cancels or requeues; deliveries only
+/// make it smaller, so a kept count errs on the strict side for at most a second.
+#[derive(Default)]
+pub struct PendingCounts(
+    std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+);
+
+impl PendingCounts {
+    /// The count of `organisation` if fresh.
+    pub fn fresh(&self, organisation: &str) -> Option<u64> {
+        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .get(organisation)
+            .filter(|(at, _)| at.elapsed() < PENDING_FRESH)
+            .map(|(_, count)| *count)
+    }
+
+    /// Keeps `count` for `organisation`, counted at `at`.
+    pub fn keep(&self, organisation: &str, at: std::time::Instant, count: u64) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.len() >= PENDING_KEPT && !counts.contains_key(organisation) {
+            counts.clear();
+        }
+        counts.insert(organisation.to_string(), (at, count));
+    }
+
+    /// Adds `more` to the kept count of `organisation` (what this process just queued).
+    pub fn add(&self, organisation: &str, more: u64) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, count)) = counts.get_mut(organisation) {
+            *count = count.saturating_add(more);
+        }
+    }
+
+    /// Forgets the count of `organisation`: this process made it smaller or larger.
+    pub fn forget(&self, organisation: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(organisation);
+    }
+}
+
 /// Amounts added within a sliding window, in [`BUCKETS`] buckets: (start of the bucket in
 /// seconds since the epoch, amount), oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +193,22 @@ mod tests {
         // Old buckets are dropped, not kept forever.
         assert_eq!(tally.add(at(10 * 3600), HOUR, 1, 100), Ok(()));
         assert_eq!(tally.buckets.len(), 1);
+    }
+
+    #[test]
+    fn a_kept_pending_count_grows_with_what_is_queued_and_is_forgotten_on_change() {
+        let counts = PendingCounts::default();
+        assert_eq!(counts.fresh("acme"), None);
+        counts.keep("acme", std::time::Instant::now(), 5);
+        counts.add("acme", 2);
+        counts.add("beta", 2);
+        assert_eq!(counts.fresh("acme"), Some(7));
+        assert_eq!(counts.fresh("beta"), None, "only a counted organisation grows");
+        counts.forget("acme");
+        assert_eq!(counts.fresh("acme"), None);
+        let stale = std::time::Instant::now() - PENDING_FRESH;
+        counts.keep("acme", stale, 5);
+        assert_eq!(counts.fresh("acme"), None, "counted again after a second");
     }
 
     #[test]

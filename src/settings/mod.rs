@@ -24,12 +24,15 @@ use serde::{Deserialize, Serialize};
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, MasterKey, Sealed};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::validation::{self, Violations};
 
+mod auth;
 mod fields;
 pub mod guard;
 
+pub use auth::{Auth, AuthDraft, Grant, Mechanism, OAuth2, OAuth2Draft, Provider};
 pub use fields::{Host, LinkOrigin, Port, Security, Sender, SenderDomain};
 pub use guard::{AddressGuard, Resolve, Resolver};
 
@@ -55,6 +58,8 @@ pub const MAX_LIST: usize = 32;
 
 const PASSWORD_PURPOSE: &str = "smtp.password";
 const CLIENT_KEY_PURPOSE: &str = "smtp.tls.client_key";
+const CLIENT_SECRET_PURPOSE: &str = "smtp.oauth2.client_secret";
+const PRIVATE_KEY_PURPOSE: &str = "smtp.oauth2.private_key";
 
 /// Saved SMTP settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,6 +92,9 @@ pub struct SmtpSettings {
     /// The domains notifications may come from; none: the domain of `from`.
     #[serde(default)]
     pub sender_domains: Vec<SenderDomain>,
+    /// How to log in: the AUTH mechanism, and the OAuth2 client of XOAUTH2.
+    #[serde(default)]
+    pub auth: Auth,
     /// Incremented by every update; the etag.
     pub revision: u64,
     /// When last updated.
@@ -130,6 +138,29 @@ impl SmtpSettings {
             .client_key
             .as_ref()
             .map(|s| key.open(CLIENT_KEY_PURPOSE, s))
+            .transpose()
+    }
+
+    /// The stored OAuth2 client secret, opened.
+    pub fn oauth2_client_secret(
+        &self,
+        key: &MasterKey,
+    ) -> Result<Option<SecretString>, CryptoError> {
+        self.auth
+            .oauth2
+            .as_ref()
+            .and_then(|o| o.client_secret.as_ref())
+            .map(|s| key.open(CLIENT_SECRET_PURPOSE, s))
+            .transpose()
+    }
+
+    /// The stored OAuth2 private key (PEM), opened.
+    pub fn oauth2_private_key(&self, key: &MasterKey) -> Result<Option<SecretString>, CryptoError> {
+        self.auth
+            .oauth2
+            .as_ref()
+            .and_then(|o| o.private_key.as_ref())
+            .map(|s| key.open(PRIVATE_KEY_PURPOSE, s))
             .transpose()
     }
 
@@ -211,6 +242,8 @@ pub struct Draft {
     pub link_origins: Vec<String>,
     /// See [`SmtpSettings::sender_domains`].
     pub sender_domains: Vec<String>,
+    /// See [`SmtpSettings::auth`].
+    pub auth: AuthDraft,
     /// The etag the caller last read; empty to skip the check.
     pub etag: String,
 }
@@ -287,12 +320,23 @@ const FIELDS: &[&str] = &[
     "token_expiration.invitation",
     "link_origins",
     "sender_domains",
+    "auth.mechanism",
+    "auth.oauth2.provider",
+    "auth.oauth2.tenant_id",
+    "auth.oauth2.token_url",
+    "auth.oauth2.client_id",
+    "auth.oauth2.client_secret",
+    "auth.oauth2.scope",
+    "auth.oauth2.private_key_pem",
+    "auth.oauth2.subject",
 ];
 
 /// Fields that are output only: naming them in a mask is a mistake worth reporting.
 const OUTPUT_FIELDS: &[&str] = &[
     "password_set",
     "tls.client_key_set",
+    "auth.oauth2.client_secret_set",
+    "auth.oauth2.private_key_set",
     "etag",
     "update_time",
     "updated_by",
@@ -387,6 +431,7 @@ pub struct SettingsService {
     clock: Clock,
     cache: Arc<Cache<(), Option<Arc<SmtpSettings>>>>,
     guard: AddressGuard,
+    tokens: Arc<crate::mail::oauth2::Tokens>,
 }
 
 impl SettingsService {
@@ -398,7 +443,20 @@ impl SettingsService {
             clock,
             cache: Arc::default(),
             guard: AddressGuard::default(),
+            tokens: Arc::new(crate::mail::oauth2::Tokens::new(Metrics::new())),
         }
+    }
+
+    /// Counts the OAuth2 token fetches of XOAUTH2 logins in `metrics`.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.tokens = Arc::new(crate::mail::oauth2::Tokens::new(metrics));
+        self
+    }
+
+    /// The access tokens of XOAUTH2 logins, kept beside the guard: every connection made
+    /// with these settings gets its token here.
+    pub fn oauth2_tokens(&self) -> &crate::mail::oauth2::Tokens {
+        &self.tokens
     }
 
     /// Refuses hosts that are or resolve to a loopback, private, link-local or other
@@ -501,6 +559,14 @@ impl SettingsService {
         next.tls.client_key = current
             .client_key_pem(key)?
             .map(|k| key.seal(CLIENT_KEY_PURPOSE, k.expose_secret()));
+        let client_secret = current.oauth2_client_secret(key)?;
+        let private_key = current.oauth2_private_key(key)?;
+        if let Some(oauth2) = next.auth.oauth2.as_mut() {
+            oauth2.client_secret =
+                client_secret.map(|s| key.seal(CLIENT_SECRET_PURPOSE, s.expose_secret()));
+            oauth2.private_key =
+                private_key.map(|k| key.seal(PRIVATE_KEY_PURPOSE, k.expose_secret()));
+        }
         if !self
             .store
             .swap_smtp_settings(current.revision, &next)
@@ -513,7 +579,10 @@ impl SettingsService {
         }
         let epoch = self.store.watch_epoch();
         self.cache.insert((), Some(Arc::new(next)), epoch);
-        Ok(current.password.is_some() || current.tls.client_key.is_some())
+        let oauth2 = current.auth.oauth2.as_ref();
+        Ok(current.password.is_some()
+            || current.tls.client_key.is_some()
+            || oauth2.is_some_and(|o| o.client_secret.is_some() || o.private_key.is_some()))
     }
 
     /// The current time of the service's clock.
@@ -670,6 +739,51 @@ fn merge(
         }),
     );
     let password = SecretChange::decide(&mask, "password", draft.password);
+    let stored_auth = current.map(|c| &c.auth);
+    let co = stored_auth.and_then(|a| a.oauth2.as_ref());
+    let mechanism = if mask.has("auth.mechanism") {
+        draft.auth.mechanism
+    } else {
+        Some(stored_auth.map(|a| a.mechanism).unwrap_or_default())
+    };
+    let od = draft.auth.oauth2;
+    let provider = if mask.has("auth.oauth2.provider") {
+        od.provider
+    } else {
+        Some(co.map(|o| o.provider).unwrap_or_default())
+    };
+    let tenant_id = pick(
+        "auth.oauth2.tenant_id",
+        od.tenant_id,
+        co.map(|o| o.tenant_id.as_str()),
+    );
+    let token_url = pick(
+        "auth.oauth2.token_url",
+        od.token_url,
+        co.map(|o| o.token_url.as_str()),
+    );
+    let client_id = pick(
+        "auth.oauth2.client_id",
+        od.client_id,
+        co.map(|o| o.client_id.as_str()),
+    );
+    let scope = pick("auth.oauth2.scope", od.scope, co.map(|o| o.scope.as_str()));
+    let subject = pick(
+        "auth.oauth2.subject",
+        od.subject,
+        co.map(|o| o.subject.as_str()),
+    );
+    let client_secret = SecretChange::decide(&mask, "auth.oauth2.client_secret", od.client_secret);
+    // A key pasted from a service account's JSON file keeps its `\n`s.
+    let private_key_pem = auth::unescape_pem(od.private_key_pem.expose_secret())
+        .map_or(od.private_key_pem, SecretString::from);
+    let private_key = SecretChange::decide(&mask, "auth.oauth2.private_key_pem", private_key_pem);
+    // On a full replace, the one secret given says which grant: the other one goes.
+    let (client_secret, private_key) = match (mask.explicit, client_secret, private_key) {
+        (false, SecretChange::Keep, key @ SecretChange::Set(_)) => (SecretChange::Clear, key),
+        (false, secret @ SecretChange::Set(_), SecretChange::Keep) => (secret, SecretChange::Clear),
+        (_, secret, key) => (secret, key),
+    };
     let client_key = SecretChange::decide(&mask, "tls.client_key_pem", draft.tls.client_key_pem);
 
     let host = v.check("settings.host", Host::try_from(host));
@@ -757,6 +871,19 @@ fn merge(
         }
     }
 
+    let xoauth2 = mechanism == Some(Mechanism::Xoauth2);
+    check_auth(
+        &mut v,
+        mechanism,
+        security,
+        &username,
+        &password,
+        co,
+        provider,
+        (&tenant_id, &token_url, &client_id, &scope, &subject),
+        (&client_secret, &private_key),
+    );
+
     // A stored secret stays only on terms at least as strict as those it was given with.
     if let Some(c) = current {
         let next = Terms {
@@ -777,8 +904,43 @@ fn merge(
             why.insert(0, "username changed".into());
         }
         let keeps_password = c.password.is_some() && matches!(password, SecretChange::Keep);
-        if keeps_password && !username.is_empty() && !why.is_empty() {
+        if keeps_password && !xoauth2 && !username.is_empty() && !why.is_empty() {
             v.add("settings.password", required_again("password", &why));
+        }
+        // The OAuth2 client's secrets travel to the token endpoint, and the token they get
+        // to the SMTP server: a change of either path, or of who they act for, needs them.
+        if let (Some(co), true, Some(provider)) = (co, xoauth2, provider) {
+            let mut why = why;
+            if provider != co.provider {
+                why.push("auth.oauth2.provider changed".into());
+            }
+            if auth::effective_token_url(provider, &tenant_id, &token_url) != co.token_url() {
+                why.push("auth.oauth2.token_url changed".into());
+            }
+            if client_id != co.client_id {
+                why.push("auth.oauth2.client_id changed".into());
+            }
+            if co.client_secret.is_some()
+                && matches!(client_secret, SecretChange::Keep)
+                && !why.is_empty()
+            {
+                v.add(
+                    "settings.auth.oauth2.client_secret",
+                    required_again("client secret", &why),
+                );
+            }
+            if auth::effective_subject(provider, &subject, &username) != co.subject(&c.username) {
+                why.push("auth.oauth2.subject changed".into());
+            }
+            if co.private_key.is_some()
+                && matches!(private_key, SecretChange::Keep)
+                && !why.is_empty()
+            {
+                v.add(
+                    "settings.auth.oauth2.private_key_pem",
+                    required_again("private key", &why),
+                );
+            }
         }
     }
 
@@ -793,7 +955,8 @@ fn merge(
     else {
         return Err(v);
     };
-    let password = if username.is_empty() {
+    // An access token takes the password's place.
+    let password = if username.is_empty() || xoauth2 {
         None
     } else {
         password.apply(
@@ -807,6 +970,24 @@ fn merge(
         CLIENT_KEY_PURPOSE,
         ct.and_then(|t| t.client_key.clone()),
     );
+    let oauth2 = xoauth2.then(|| OAuth2 {
+        provider: provider.unwrap_or_default(),
+        tenant_id,
+        token_url,
+        client_id,
+        client_secret: client_secret.apply(
+            key,
+            CLIENT_SECRET_PURPOSE,
+            co.and_then(|o| o.client_secret.clone()),
+        ),
+        scope,
+        private_key: private_key.apply(
+            key,
+            PRIVATE_KEY_PURPOSE,
+            co.and_then(|o| o.private_key.clone()),
+        ),
+        subject,
+    });
     v.into_result(SmtpSettings {
         host,
         port,
@@ -827,10 +1008,157 @@ fn merge(
         invitation_expiration: invitation,
         link_origins,
         sender_domains,
+        auth: Auth {
+            mechanism: mechanism.unwrap_or_default(),
+            oauth2,
+        },
         revision: current.map_or(0, |c| c.revision) + 1,
         update_time: now,
         updated_by: updated_by.to_string(),
     })
+}
+
+/// The login fields of an update, checked (violations in `v`): with XOAUTH2, a username,
+/// an encrypted connection, no password, and an OAuth2 client with one secret that its
+/// provider's grant uses.
+#[allow(clippy::too_many_arguments)]
+fn check_auth(
+    v: &mut Violations,
+    mechanism: Option<Mechanism>,
+    security: Option<Security>,
+    username: &str,
+    password: &SecretChange,
+    stored: Option<&OAuth2>,
+    provider: Option<Provider>,
+    (tenant_id, token_url, client_id, scope, subject): (&str, &str, &str, &str, &str),
+    (client_secret, private_key): (&SecretChange, &SecretChange),
+) {
+    const F: &str = "settings.auth.oauth2";
+    let Some(mechanism) = mechanism else {
+        v.add(
+            "settings.auth.mechanism",
+            "is not a known AuthMechanism value",
+        );
+        return;
+    };
+    let Some(provider) = provider else {
+        v.add(
+            format!("{F}.provider"),
+            "is not a known OAuth2Provider value",
+        );
+        return;
+    };
+    if mechanism != Mechanism::Xoauth2 {
+        for (secret, field) in [
+            (client_secret, "client_secret"),
+            (private_key, "private_key_pem"),
+        ] {
+            if matches!(secret, SecretChange::Set(_)) {
+                v.add(
+                    format!("{F}.{field}"),
+                    "is used only with auth.mechanism XOAUTH2",
+                );
+            }
+        }
+        return;
+    }
+    if username.is_empty() {
+        v.add(
+            "settings.username",
+            "is required with auth.mechanism XOAUTH2: the mailbox to log in as",
+        );
+    }
+    if security == Some(Security::None) {
+        v.add(
+            "settings.auth.mechanism",
+            "XOAUTH2 sends a bearer token, only over an encrypted connection: it needs \
+             security STARTTLS or SSL (or STARTTLS_OPPORTUNISTIC, whose AUTH then fails \
+             when STARTTLS is not offered), not NONE",
+        );
+    }
+    if matches!(password, SecretChange::Set(_)) {
+        v.add(
+            "settings.password",
+            "is not used with auth.mechanism XOAUTH2 (an access token takes its place): \
+             leave it empty",
+        );
+    }
+    v.check(
+        &format!("{F}.client_id"),
+        validation::text(client_id, true, 256),
+    );
+    v.check(&format!("{F}.scope"), validation::text(scope, false, 1024));
+    v.check(
+        &format!("{F}.subject"),
+        validation::text(subject, false, 320),
+    );
+    if !tenant_id.is_empty() {
+        v.check(&format!("{F}.tenant_id"), auth::tenant_id(tenant_id));
+    }
+    let effective = auth::effective_token_url(provider, tenant_id, token_url);
+    if effective.is_empty() {
+        let (field, why) = match provider {
+            Provider::Microsoft365 => (
+                "tenant_id",
+                "is required with provider MICROSOFT_365 (or give token_url)",
+            ),
+            _ => (
+                "token_url",
+                "is required with XOAUTH2 (or choose a provider: MICROSOFT_365, GOOGLE)",
+            ),
+        };
+        v.add(format!("{F}.{field}"), why);
+    } else {
+        v.check(&format!("{F}.token_url"), auth::token_url(&effective));
+    }
+    if let SecretChange::Set(secret) = client_secret {
+        v.check(
+            &format!("{F}.client_secret"),
+            validation::text(secret.expose_secret(), false, 1024),
+        );
+    }
+    if let SecretChange::Set(pem) = private_key {
+        v.check(
+            &format!("{F}.private_key_pem"),
+            auth::private_key_pem(pem.expose_secret()),
+        );
+    }
+    let has = |change: &SecretChange, stored: bool| match change {
+        SecretChange::Keep => stored,
+        SecretChange::Set(_) => true,
+        SecretChange::Clear => false,
+    };
+    let has_secret = has(
+        client_secret,
+        stored.is_some_and(|o| o.client_secret.is_some()),
+    );
+    let has_key = has(private_key, stored.is_some_and(|o| o.private_key.is_some()));
+    match (has_secret, has_key) {
+        (false, false) => v.add(
+            format!("{F}.client_secret"),
+            "is required with XOAUTH2: a client secret (client-credentials grant), or \
+             auth.oauth2.private_key_pem (JWT-bearer grant)",
+        ),
+        (true, true) => v.add(
+            format!("{F}.private_key_pem"),
+            "give either client_secret or private_key_pem, not both (clear the other by \
+             naming it in update_mask with an empty value)",
+        ),
+        _ => {}
+    }
+    if provider == Provider::Google && !has_key {
+        v.add(
+            format!("{F}.private_key_pem"),
+            "is required with provider GOOGLE: the service account's key (Google's SMTP \
+             takes the JWT-bearer grant of a service account with domain-wide delegation)",
+        );
+    }
+    if provider == Provider::Microsoft365 && !has_secret {
+        v.add(
+            format!("{F}.client_secret"),
+            "is required with provider MICROSOFT_365: the application's client secret",
+        );
+    }
 }
 
 /// Each entry of a list setting parsed as a `T` (violations on `field[i]`), at most

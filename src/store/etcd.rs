@@ -820,12 +820,16 @@ impl Store for EtcdStore {
             .collect()
     }
 
-    async fn revoke_api_key(&self, id: &str) -> Result<Option<ApiKey>> {
+    async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>> {
         let key = self.key(&format!("keys/{id}"));
         for _ in 0..CAS_ATTEMPTS {
             let Some((mut api_key, rev)) = self.read::<ApiKey>(&key).await? else {
                 return Ok(None);
             };
+            // A key's organisation never changes: checked once read.
+            if organisation.is_some_and(|o| o != api_key.organisation) {
+                return Ok(None);
+            }
             api_key.revoked = true;
             let txn = Txn::new()
                 .when([unchanged(&key, Some(rev))])

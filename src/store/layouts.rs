@@ -6,10 +6,13 @@
 //!
 //! The SMTP settings, format by format:
 //! - 1 ([`super::POSTCARD`]): the first compact layout ([`SmtpSettings1`]);
-//! - 2: adds `link_origins` and `sender_domains` (empty when read from format 1).
+//! - 2: adds `link_origins` and `sender_domains` (empty when read from format 1)
+//!   ([`SmtpSettings2`]);
+//! - 3: adds `auth`, the AUTH mechanism and the OAuth2 client of XOAUTH2 (`AUTO` and none
+//!   when read from formats 1 and 2).
 //!
-//! The next change (OAuth2, say) takes format 3: copy the current `SmtpSettings` fields here
-//! as `SmtpSettings2`, read format 2 into it in `earlier`, and give both legacy structs a
+//! The next change takes format 4: copy the current `SmtpSettings` fields here as
+//! `SmtpSettings3`, read format 3 into it in `earlier`, and give each legacy struct a
 //! conversion into the current settings with the new fields at their defaults.
 
 use std::time::{Duration, SystemTime};
@@ -18,15 +21,63 @@ use serde::Deserialize;
 
 use super::{Record, POSTCARD};
 use crate::crypto::Sealed;
-use crate::settings::{Host, Port, Security, Sender, SmtpSettings, Tls};
+use crate::settings::{
+    Auth, Host, LinkOrigin, Port, Security, Sender, SenderDomain, SmtpSettings, Tls,
+};
 
 impl Record for SmtpSettings {
-    const FORMAT: u8 = 2;
+    const FORMAT: u8 = 3;
 
     fn earlier(format: u8, compact: &[u8]) -> Option<postcard::Result<Self>> {
         match format {
             POSTCARD => Some(postcard::from_bytes::<SmtpSettings1>(compact).map(Self::from)),
+            2 => Some(postcard::from_bytes::<SmtpSettings2>(compact).map(Self::from)),
             _ => None,
+        }
+    }
+}
+
+/// The SMTP settings as format 2 stored them: before `auth`.
+#[derive(Deserialize)]
+pub(super) struct SmtpSettings2 {
+    host: Host,
+    port: Port,
+    from: Sender,
+    security: Security,
+    username: String,
+    password: Option<Sealed>,
+    tls: Tls1,
+    helo_name: String,
+    timeout: Duration,
+    reset_password_expiration: Duration,
+    invitation_expiration: Duration,
+    link_origins: Vec<LinkOrigin>,
+    sender_domains: Vec<SenderDomain>,
+    revision: u64,
+    update_time: SystemTime,
+    updated_by: String,
+}
+
+impl From<SmtpSettings2> for SmtpSettings {
+    fn from(s: SmtpSettings2) -> Self {
+        SmtpSettings {
+            host: s.host,
+            port: s.port,
+            from: s.from,
+            security: s.security,
+            username: s.username,
+            password: s.password,
+            tls: s.tls.into(),
+            helo_name: s.helo_name,
+            timeout: s.timeout,
+            reset_password_expiration: s.reset_password_expiration,
+            invitation_expiration: s.invitation_expiration,
+            link_origins: s.link_origins,
+            sender_domains: s.sender_domains,
+            auth: Auth::default(),
+            revision: s.revision,
+            update_time: s.update_time,
+            updated_by: s.updated_by,
         }
     }
 }
@@ -50,7 +101,7 @@ pub(super) struct SmtpSettings1 {
     updated_by: String,
 }
 
-/// The TLS parameters as format 1 of the SMTP settings stored them.
+/// The TLS parameters as formats 1 to 3 of the SMTP settings store them.
 #[derive(Deserialize)]
 struct Tls1 {
     ca_certificates_pem: String,
@@ -69,22 +120,29 @@ impl From<SmtpSettings1> for SmtpSettings {
             security: s.security,
             username: s.username,
             password: s.password,
-            tls: Tls {
-                ca_certificates_pem: s.tls.ca_certificates_pem,
-                accept_invalid_certificates: s.tls.accept_invalid_certificates,
-                server_name: s.tls.server_name,
-                client_certificate_pem: s.tls.client_certificate_pem,
-                client_key: s.tls.client_key,
-            },
+            tls: s.tls.into(),
             helo_name: s.helo_name,
             timeout: s.timeout,
             reset_password_expiration: s.reset_password_expiration,
             invitation_expiration: s.invitation_expiration,
             link_origins: Vec::new(),
             sender_domains: Vec::new(),
+            auth: Auth::default(),
             revision: s.revision,
             update_time: s.update_time,
             updated_by: s.updated_by,
+        }
+    }
+}
+
+impl From<Tls1> for Tls {
+    fn from(t: Tls1) -> Self {
+        Tls {
+            ca_certificates_pem: t.ca_certificates_pem,
+            accept_invalid_certificates: t.accept_invalid_certificates,
+            server_name: t.server_name,
+            client_certificate_pem: t.client_certificate_pem,
+            client_key: t.client_key,
         }
     }
 }

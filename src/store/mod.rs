@@ -1,11 +1,11 @@
 //! Persistence: the [`Store`] trait, one atomic operation per need of the domain, and its
-//! backends (`sled.rs`, the embedded default). Backends keep domain records in one encoding
-//! (`encode`, `decode`: a format byte, then postcard; JSON from earlier versions), each
-//! record's earlier layouts still read (`layouts.rs`); nothing backend-specific crosses this
-//! trait.
+//! backends (`sled.rs`, the embedded default, whose files `sled_files.rs` syncs at each
+//! group commit). Backends keep domain records in one encoding (`encode`, `decode`: a
+//! format byte, then postcard; JSON from earlier versions), each record's earlier layouts
+//! still read (`layouts.rs`); nothing backend-specific crosses this trait.
 //!
 //! Every write answers only once it is durable: a caller that got `Ok` never loses it to a
-//! crash of this process.
+//! crash of this process, nor of the machine (a power cut, a kernel panic).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -109,8 +109,9 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// Keys in id order, after `after`, at most `limit`.
     async fn list_api_keys(&self, after: After<'_>, limit: usize) -> Result<Vec<ApiKey>>;
 
-    /// Marks a key revoked; the key as it now is, `None` when unknown.
-    async fn revoke_api_key(&self, id: &str) -> Result<Option<ApiKey>>;
+    /// Marks a key revoked if it belongs to `organisation` (any, for `None`); the key as it
+    /// now is, `None` when unknown or another organisation's.
+    async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>>;
 
     /// Creates or replaces a user (and its organisation memberships).
     async fn put_user(&self, user: &User) -> Result<()>;
@@ -502,6 +503,11 @@ mod tests {
             "010461636d65026b3102056d73675f31056d73675f320280e2cfaa0605",
         );
         pinned::<SmtpSettings>(
+            r#"{"host":"smtp.example.com","port":587,"from":"SOC <soc@example.com>","security":"StartTls","username":"soc","password":"c2VhbGVk","tls":{"ca_certificates_pem":"pem","accept_invalid_certificates":true,"server_name":"mx.example.com","client_certificate_pem":"cert","client_key":"a2V5"},"helo_name":"mailroom","timeout":{"secs":30,"nanos":0},"reset_password_expiration":{"secs":600,"nanos":0},"invitation_expiration":{"secs":86400,"nanos":0},"link_origins":["https://thehive.example.com"],"sender_domains":["example.com"],"auth":{"mechanism":"Xoauth2","oauth2":{"provider":"Microsoft365","tenant_id":"contoso.onmicrosoft.com","token_url":"","client_id":"app-1","client_secret":"c2VjcmV0","scope":"","private_key":null,"subject":"soc@example.com"}},"revision":4,"update_time":{"secs_since_epoch":1700000000,"nanos_since_epoch":5},"updated_by":"key_1"}"#,
+            "0310736d74702e6578616d706c652e636f6dcb0415534f43203c736f63406578616d706c652e636f6d3e0103736f630108633256686247566b0370656d010e6d782e6578616d706c652e636f6d0463657274010461325635086d61696c726f6f6d1e00d8040080a30500011b68747470733a2f2f746865686976652e6578616d706c652e636f6d010b6578616d706c652e636f6d03010117636f6e746f736f2e6f6e6d6963726f736f66742e636f6d00056170702d3101086332566a636d563000000f736f63406578616d706c652e636f6d0480e2cfaa0605056b65795f31",
+        );
+        // Format 2, as the version before auth stored it.
+        earlier::<SmtpSettings>(
             r#"{"host":"smtp.example.com","port":587,"from":"SOC <soc@example.com>","security":"StartTls","username":"soc","password":"c2VhbGVk","tls":{"ca_certificates_pem":"pem","accept_invalid_certificates":true,"server_name":"mx.example.com","client_certificate_pem":"cert","client_key":"a2V5"},"helo_name":"mailroom","timeout":{"secs":30,"nanos":0},"reset_password_expiration":{"secs":600,"nanos":0},"invitation_expiration":{"secs":86400,"nanos":0},"link_origins":["https://thehive.example.com"],"sender_domains":["example.com"],"revision":4,"update_time":{"secs_since_epoch":1700000000,"nanos_since_epoch":5},"updated_by":"key_1"}"#,
             "0210736d74702e6578616d706c652e636f6dcb0415534f43203c736f63406578616d706c652e636f6d3e0103736f630108633256686247566b0370656d010e6d782e6578616d706c652e636f6d0463657274010461325635086d61696c726f6f6d1e00d8040080a30500011b68747470733a2f2f746865686976652e6578616d706c652e636f6d010b6578616d706c652e636f6d0480e2cfaa0605056b65795f31",
         );

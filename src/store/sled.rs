@@ -492,7 +492,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    async fn revoke_api_key(&self, id: &str) -> Result<Option<ApiKey>> {
+    async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>> {
         let revoked = self
             .keys
             .transaction(|keys| {
@@ -501,6 +501,9 @@ impl Store for SledStore {
                 };
                 let mut key: ApiKey =
                     decode(id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                if organisation.is_some_and(|o| o != key.organisation) {
+                    return Ok(None);
+                }
                 key.revoked = true;
                 keys.insert(id.as_bytes(), encode(&key))?;
                 Ok(Some(key))

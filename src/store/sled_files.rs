@@ -11,10 +11,11 @@
 //! What sled 0.34.7 writes in its directory, and so what is synced when:
 //! - `db`, the log (every segment, in one file), written by every flush: `fdatasync`ed at
 //!   the end of every commit (the data, and the size when the log grew; not the times).
-//! - `blobs/<lsn>`: an item larger than a quarter of a segment (128 KiB: a message with a
-//!   large body, or a leaf of 16 records of 10 KiB) is written to a file of its own while
-//!   the write is made, which sled never syncs; the log points at it. Every blob not yet
-//!   synced is synced in the next commit, then the directory that names it, before the log.
+//! - `blobs/<lsn>`: an item larger than a quarter of a segment (128 KiB: the record of a
+//!   message with a large body, or a leaf of several such records rewritten whole) is
+//!   written to a file of its own while the write is made, which sled never syncs; the log
+//!   points at it. Every blob not yet synced is synced in the next commit, then the
+//!   directory that names it, before the log.
 //! - `conf` (written once, when the store is created, and never synced by sled) and
 //!   `snap.<lsn>` (written by sled's recovery at open; synced by sled, but not its rename):
 //!   synced once at open, with the directories that name them.

@@ -268,7 +268,7 @@ impl TokenService {
             if let Some(user) = user.as_ref().filter(|u| u.organisations.len() > 1) {
                 let at_directory = user
                     .address()
-                    .is_some_and(|a| a.to_string().eq_ignore_ascii_case(&address.to_string()));
+                    .is_some_and(|a| str::eq_ignore_ascii_case(a.as_ref(), address.as_ref()));
                 if !at_directory {
                     return Err(TokenError::Invalid(validation::violation(
                         "email",

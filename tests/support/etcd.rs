@@ -4,11 +4,14 @@
 //!
 //! Without an `etcd` binary on PATH the etcd tests are skipped, saying so, except under CI
 //! (`CI` set), where a missing etcd fails them.
+//!
+//! etcd logs (warnings and errors) to `etcd.log` in its temporary directory; a test that
+//! fails prints the end of it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mailroom::store::etcd::{EtcdSecurity, EtcdStore, EtcdTls, EtcdUser};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
@@ -154,28 +157,46 @@ impl Etcd {
             .args(["--listen-peer-urls", &self.peer])
             .args(["--initial-advertise-peer-urls", &self.peer])
             .args(["--initial-cluster", &format!("test={}", self.peer)])
-            .args(["--logger", "zap", "--log-level", "error"])
+            .args(["--logger", "zap", "--log-level", "warn"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_file())
             .spawn()
             .expect("start etcd");
+        super::watch_child(child.id());
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.store("/probe/").await.is_ok() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "etcd did not answer within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::eventually(Duration::from_secs(30), "etcd answering", async || {
+            self.store("/probe/").await.is_ok()
+        })
+        .await;
     }
 
     /// Kills etcd (its data stays for [`Etcd::resume`]).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            super::forget_child(child.id());
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Where etcd logs, kept across restarts.
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open etcd.log")
+    }
+
+    /// The last `lines` lines etcd logged.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// A store on this etcd under `prefix` (over TLS with the client certificate, for an
@@ -195,9 +216,18 @@ impl Etcd {
     }
 }
 
+/// Stops etcd; if the test is failing, prints the end of etcd's log first (its directory
+/// goes with it).
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- the end of etcd's log ({}):\n{}\n---",
+                self.endpoint,
+                self.log_tail(40)
+            );
+        }
     }
 }
 

@@ -3,10 +3,15 @@
 
 #![allow(dead_code)]
 
+mod bounds;
+pub mod contract;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod oauth2;
 pub mod process;
 pub mod smtp;
+
+pub use bounds::{eventually, forget_child, watch_child, watchdog, within, TEST_LIMIT};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -110,7 +115,10 @@ impl TestServer {
             let _ = tx.send(());
         }
         match self.handle.take() {
-            Some(handle) => handle.await.expect("server task"),
+            // Its drain is bounded by the shutdown grace (10 s).
+            Some(handle) => within(Duration::from_secs(30), "the server stopping", handle)
+                .await
+                .expect("server task"),
             None => Ok(()),
         }
     }
@@ -153,17 +161,15 @@ impl TestServer {
         pb::directory_client::DirectoryClient::with_interceptor(self.channel(), Bearer::new(key))
     }
 
-    /// Points the SMTP settings at a plain server on 127.0.0.1:`port`, 1 s timeout; token
-    /// emails may link to [`LINK_ORIGINS`].
+    /// Points the SMTP settings at a plain server on 127.0.0.1:`port` with the default
+    /// timeout (10 s: under the frozen test clock a message that times out waits for the
+    /// clock to move, so a short one would lose mail to one slow greeting on a busy
+    /// machine); token emails may link to [`LINK_ORIGINS`].
     pub async fn configure_smtp(&self, port: u16) -> pb::SmtpSettings {
         self.save_smtp(pb::SmtpSettings {
             host: "127.0.0.1".into(),
             port: port.into(),
             from: "TheHive <thehive@example.com>".into(),
-            timeout: Some(prost_types::Duration {
-                seconds: 1,
-                nanos: 0,
-            }),
             link_origins: link_origins(),
             ..Default::default()
         })
@@ -249,22 +255,20 @@ impl TestServer {
         state: pb::MessageState,
     ) -> pb::Message {
         let mut notifier = self.notifier(key);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("message {id} in {state:?}");
+        eventually(Duration::from_secs(10), &what, async || {
             let message = notifier
                 .get_message(pb::GetMessageRequest { id: id.into() })
                 .await
                 .expect("get message")
                 .into_inner();
             if message.state() == state {
-                return message;
+                Ok(message)
+            } else {
+                Err(message)
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "message {id} never reached {state:?}: {message:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     pub fn smtp(&self, key: &str) -> SmtpClient {
@@ -359,6 +363,42 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .get_details_bad_request()
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
+}
+
+/// Runs `racers` futures made by `racer(n)` at once and gives their outputs, in order. Each
+/// runs on a thread of its own, and a barrier releases them together: a race test that
+/// joined futures on one task would run them one after the other between awaits and pass
+/// without any lock, and tasks spawned together mostly queue on the one worker that woke
+/// them.
+pub async fn race<T, F>(racers: usize, racer: impl Fn(usize) -> F) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let start = std::sync::Arc::new(std::sync::Barrier::new(racers));
+    let runtime = tokio::runtime::Handle::current();
+    let spin = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let racers_n = racers;
+    let threads: Vec<_> = (0..racers)
+        .map(|n| {
+            let (start, racer, runtime) = (start.clone(), racer(n), runtime.clone());
+            let spin = spin.clone();
+            tokio::task::spawn_blocking(move || {
+                if std::env::var_os("EXP_SPIN").is_some() {
+                    spin.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    while spin.load(std::sync::atomic::Ordering::SeqCst) < racers_n { std::hint::spin_loop(); }
+                } else {
+                start.wait();
+                }
+                runtime.block_on(racer)
+            })
+        })
+        .collect();
+    let mut outputs = Vec::with_capacity(racers);
+    for thread in threads {
+        outputs.push(thread.await.expect("a racer panicked"));
+    }
+    outputs
 }
 
 /// Every byte of every file under `dir`.

@@ -22,9 +22,16 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts the binary on `data_dir` with `extra` arguments, logging JSON at trace level.
+    /// Starts the binary on `data_dir` with `extra` arguments, logging JSON at trace level,
+    /// with no `MAILROOM_*` variable from the test's environment.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mailroom"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("MAILROOM_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -39,6 +46,7 @@ impl Process {
             .stdout(Stdio::null())
             .spawn()
             .expect("start the mailroom binary");
+        super::watch_child(child.id());
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -115,6 +123,7 @@ impl Process {
     /// Kills the process with SIGKILL: no shutdown, no flush.
     pub fn kill(mut self) {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).unwrap();
+        super::forget_child(self.child.id());
         self.child.wait().unwrap();
     }
 
@@ -122,14 +131,13 @@ impl Process {
     /// client connections answer the server's GOAWAY while it drains.
     pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        // Forgotten before it is reaped: its process id may then be another's.
+        super::forget_child(self.child.id());
+        let child = &mut self.child;
+        let status = super::eventually(Duration::from_secs(10), "exit after SIGTERM", async || {
+            child.try_wait().unwrap()
+        })
+        .await;
         self.log.extend(self.lines.try_iter());
         (status, self.log.join("\n"))
     }
@@ -139,6 +147,7 @@ impl Process {
 /// after the test binary exits.
 impl Drop for Process {
     fn drop(&mut self) {
+        super::forget_child(self.child.id());
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();

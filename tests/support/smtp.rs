@@ -1,11 +1,20 @@
-//! A real SMTP server in the test process: mailin-embedded (STARTTLS and AUTH when asked),
-//! with a tokio-rustls terminator in front for implicit TLS, and a silent server that
-//! accepts connections and never answers. Certificates come from a test CA made by rcgen.
+//! A real SMTP server in the test process: mailin's SMTP state machine (STARTTLS and AUTH
+//! when asked) on a thread per connection, stopped when its test drops it; a tokio-rustls
+//! terminator in front for implicit TLS, and a silent server that accepts connections and
+//! never answers. Certificates come from a test CA made by rcgen.
+//!
+//! Not mailin-embedded's `Server`, whose `serve()` never returns: its accept loop has no way
+//! out and its pool of threads lives to the end of the test process. The loop here is the
+//! same (mailin's `Session` fed line by line, rustls for STARTTLS) with a way to stop.
 
-use std::net::{SocketAddr, TcpListener};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use mailin_embedded::{response, AuthMechanism, Handler, Response, Server, SslConfig};
+use mailin::{response, Action, AuthMechanism, Handler, Response, Session, SessionBuilder};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 /// What the server saw.
@@ -100,16 +109,20 @@ pub struct Options {
     pub starttls: Option<Arc<Pki>>,
     /// Require AUTH (after STARTTLS) with this user and password.
     pub credentials: Option<(String, String)>,
-    /// Serve on this listener (bound earlier) instead of a new one.
-    pub listener: Option<Arc<Mutex<Option<TcpListener>>>>,
+    /// Serve on this port, bound earlier and refusing connections until now
+    /// ([`held_listener`]), instead of a new one.
+    pub listener: Option<HeldPort>,
 }
 
-/// A running test SMTP server.
+/// A running test SMTP server; dropping it stops it (its listener and every connection).
 pub struct SmtpServer {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Seen>>,
     rejected: Arc<Mutex<Vec<String>>>,
-    _files: Option<tempfile::TempDir>,
+    stop: Arc<AtomicBool>,
+    /// The connections open now (a clone of each socket), by number: shut down at the end.
+    open: Arc<Mutex<HashMap<usize, TcpStream>>>,
+    acceptor: Option<JoinHandle<()>>,
 }
 
 #[derive(Clone)]
@@ -198,13 +211,13 @@ pub fn install_crypto_provider() {
 }
 
 impl SmtpServer {
-    /// Starts a server on 127.0.0.1:0 (its thread runs until the test process ends).
+    /// Starts a server on 127.0.0.1:0 (or on `options.listener`), until dropped.
     pub fn start(options: Options) -> Self {
         install_crypto_provider();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let rejected = Arc::new(Mutex::new(vec!["rejected@example.com".to_string()]));
         let listener = match &options.listener {
-            Some(held) => held.lock().unwrap().take().expect("listener given once"),
+            Some(held) => held.listen(),
             None => TcpListener::bind("127.0.0.1:0").unwrap(),
         };
         let addr = listener.local_addr().unwrap();
@@ -216,41 +229,44 @@ impl SmtpServer {
             to: Vec::new(),
             data: Vec::new(),
         };
-        let mut server = Server::new(handler);
-        // A thread per connection: mailroom pools connections and keeps them open, and a
-        // killed client's connections hold theirs until the socket closes.
-        server
-            .with_name("mx.test")
-            .with_num_threads(32)
-            .with_tcp_listener(listener);
-        let mut files = None;
-        if let Some(pki) = &options.starttls {
-            let dir = tempfile::tempdir().unwrap();
-            let cert_path = dir.path().join("cert.pem");
-            let key_path = dir.path().join("key.pem");
-            std::fs::write(&cert_path, &pki.cert_pem).unwrap();
-            std::fs::write(&key_path, &pki.key_pem).unwrap();
-            server
-                .with_ssl(SslConfig::SelfSigned {
-                    cert_path: cert_path.display().to_string(),
-                    key_path: key_path.display().to_string(),
-                })
-                .unwrap();
-            files = Some(dir);
+        let mut sessions = SessionBuilder::new("mx.test");
+        let tls = options.starttls.as_ref().map(|pki| Arc::new(server_config(pki)));
+        if tls.is_some() {
+            sessions.enable_start_tls();
         }
         if options.credentials.is_some() {
-            server
-                .with_auth(AuthMechanism::Plain)
-                .with_auth(AuthMechanism::Login);
+            sessions
+                .enable_auth(AuthMechanism::Plain)
+                .enable_auth(AuthMechanism::Login);
         }
-        std::thread::spawn(move || {
-            let _ = server.serve();
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(HashMap::new()));
+        let (stopping, connections) = (stop.clone(), open.clone());
+        // A thread per connection: mailroom pools connections and keeps them open, and a
+        // killed client's connections hold theirs until the socket closes.
+        let acceptor = std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let Ok(clone) = stream.try_clone() else { continue };
+                connections.lock().unwrap().insert(n, clone);
+                let (sessions, tls, handler) = (sessions.clone(), tls.clone(), handler.clone());
+                let connections = connections.clone();
+                std::thread::spawn(move || {
+                    let _ = converse(stream, &sessions, tls, handler);
+                    connections.lock().unwrap().remove(&n);
+                });
+            }
         });
         Self {
             addr,
             seen,
             rejected,
-            _files: files,
+            stop,
+            open,
+            acceptor: Some(acceptor),
         }
     }
 
@@ -274,20 +290,87 @@ impl SmtpServer {
     }
 }
 
-/// Implicit TLS (SMTPS) in front of a plain server: accepts TLS with `pki`'s certificate on
-/// 127.0.0.1:0 and relays the plaintext to `backend`.
-pub async fn tls_terminator(pki: &Pki, backend: SocketAddr) -> SocketAddr {
+/// Stops accepting (a connection of its own wakes the accept loop to see `stop`), then
+/// shuts every open connection down, which ends its thread.
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            if TcpStream::connect(self.addr).is_ok() {
+                let _ = acceptor.join();
+            }
+        }
+        for (_, stream) in self.open.lock().unwrap().drain() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// One SMTP conversation: mailin's session fed line by line, in TLS after STARTTLS.
+fn converse(
+    stream: TcpStream,
+    sessions: &SessionBuilder,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: Recorder,
+) -> std::io::Result<()> {
+    let mut session = sessions.build(stream.peer_addr()?.ip(), handler);
+    let mut plain = BufReader::new(stream);
+    plain.get_mut().write_all(&session.greeting().buffer()?)?;
+    if !exchange(&mut session, &mut plain)? {
+        return Ok(());
+    }
+    let Some(config) = tls else {
+        return Ok(());
+    };
+    let connection = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    let mut secure = BufReader::new(rustls::StreamOwned::new(connection, plain.into_inner()));
+    session.tls_active();
+    exchange(&mut session, &mut secure)?;
+    Ok(())
+}
+
+/// Answers the client's lines until it leaves (false) or starts TLS (true).
+fn exchange<S: Read + Write>(
+    session: &mut Session<Recorder>,
+    stream: &mut BufReader<S>,
+) -> std::io::Result<bool> {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if stream.read_until(b'\n', &mut line)? == 0 {
+            return Ok(false);
+        }
+        let response = session.process(&line);
+        if response.action != Action::NoReply {
+            stream.get_mut().write_all(&response.buffer()?)?;
+            stream.get_mut().flush()?;
+        }
+        match response.action {
+            Action::Close => return Ok(false),
+            Action::UpgradeTls => return Ok(true),
+            Action::Reply | Action::NoReply => {}
+        }
+    }
+}
+
+/// A rustls server configuration with `pki`'s certificate.
+fn server_config(pki: &Pki) -> rustls::ServerConfig {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-    install_crypto_provider();
     let chain = vec![CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder()
+    rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        .unwrap()
+}
+
+/// Implicit TLS (SMTPS) in front of a plain server: accepts TLS with `pki`'s certificate on
+/// 127.0.0.1:0 and relays the plaintext to `backend`.
+pub async fn tls_terminator(pki: &Pki, backend: SocketAddr) -> SocketAddr {
+    install_crypto_provider();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(pki)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -307,12 +390,31 @@ pub async fn tls_terminator(pki: &Pki, backend: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// A listener bound now on 127.0.0.1:0 that accepts nothing until handed to a server
-/// (`Options::listener`): an SMTP server that is down, then comes back at the same address.
-pub fn held_listener() -> (u16, Arc<Mutex<Option<TcpListener>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (port, Arc::new(Mutex::new(Some(listener))))
+/// A port on 127.0.0.1 held for a server to come (`Options::listener`): an SMTP server that
+/// is down, then comes back at the same address. Until then it refuses connections, as a
+/// host with nothing listening does (bound and not listening: no other socket takes the
+/// port meanwhile, and no connection waits in a backlog for a greeting).
+pub fn held_listener() -> (u16, HeldPort) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (port, HeldPort(Arc::new(Mutex::new(Some(socket)))))
+}
+
+/// A port [`held_listener`] holds for [`SmtpServer::start`].
+#[derive(Clone)]
+pub struct HeldPort(Arc<Mutex<Option<tokio::net::TcpSocket>>>);
+
+impl HeldPort {
+    /// Starts listening on the held port (once): a blocking std listener, as the server's.
+    fn listen(&self) -> TcpListener {
+        let socket = self.0.lock().unwrap().take().expect("listener given once");
+        // Within the test's runtime, which the tokio listener registers with until
+        // `into_std` takes it back.
+        let listener = socket.listen(1024).unwrap().into_std().unwrap();
+        listener.set_nonblocking(false).unwrap();
+        listener
+    }
 }
 
 /// A server that accepts connections and never says a word.
@@ -468,8 +570,13 @@ fn plain_credentials(line: &str) -> (String, String) {
     (next(), next())
 }
 
-/// A port on which nothing listens.
+/// A port on which nothing listens, for the rest of the run: bound and never listening, so
+/// that no other test's server can take it and answer.
 pub fn refused_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    static HELD: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    HELD.lock().unwrap().push(socket);
+    port
 }
