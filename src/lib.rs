@@ -16,7 +16,7 @@
 //! - [`directory`]: the users notifications go to.
 //! - [`tokens`]: password-reset and invitation tokens and their emails.
 //! - [`mail`]: SMTP: the TLS policy, lettre connections from the settings, the staged test, the
-//!   templates and the delivery workers.
+//!   templates, the delivery workers, and XOAUTH2's OAuth2 access tokens.
 //! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`, and
 //!   `store::etcd` for several replicas with the `etcd` feature).
 //! - `etcd_access` (the `etcd` feature): TLS and the etcd user, read from the files the

@@ -110,11 +110,14 @@ async fn issue_verify_consume_then_consumed() {
 async fn concurrent_consumers_one_winner() {
     let _watchdog = crate::support::watchdog();
     let server = TestServer::start().await;
+    let racers = std::env::var("EXP_RACERS").ok().and_then(|v| v.parse().ok()).unwrap_or(50usize);
+    let exp_conn = std::env::var_os("EXP_CONN").is_some();
+    let shared = server.tokens(&server.admin_key);
+    let clients: Vec<_> = (0..racers).map(|_| if exp_conn { server.tokens(&server.admin_key) } else { shared.clone() }).collect();
     for round in 0..std::env::var("EXP_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20usize) {
         let issued = issue(&server, &format!("user{round}"), RESET).await;
-        let tokens = server.tokens(&server.admin_key);
-        let results = support::race(50, |_| {
-            let mut tokens = tokens.clone();
+        let results = support::race(racers, |n| {
+            let mut tokens = clients[n].clone();
             let request = pb::ConsumeTokenRequest {
                 token: issued.token.clone(),
                 purpose: RESET.into(),

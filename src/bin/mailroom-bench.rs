@@ -11,7 +11,9 @@
 //!   idle memory, start-up time on a large store, and memory after a start on a large
 //!   backlog of pending messages;
 //! - durability: the sync system calls of the server (counted by `strace` attached to it)
-//!   while it answers acknowledged `IssueToken`s, one at a time and 16 in flight.
+//!   while it answers acknowledged `IssueToken`s, one at a time and 16 in flight;
+//! - worst requests: the peak memory of a fresh server under the worst request of each RPC
+//!   (the request a hostile caller would build to make it hold the most), against 256 MiB.
 //!
 //! Run it with `scripts/bench` (installs Postfix's tools when missing). `BENCH_SERVER_LOG`
 //! sets the server's `RUST_LOG` (it must keep `mailroom::server=info`: the tool reads the
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use mailroom::proto::v1 as pb;
+use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -72,8 +75,8 @@ struct Args {
     /// empty. ConsumeToken consumes what IssueToken issued.
     #[arg(long, value_delimiter = ',', value_parser = RPCS)]
     rpcs: Vec<String>,
-    /// Run only these sections (rpc, delivery, scale, durability; or backlog: of the scale
-    /// section, only idle memory and the start on a backlog); all when empty.
+    /// Run only these sections (rpc, delivery, scale, durability, worst; or backlog: of the
+    /// scale section, only idle memory and the start on a backlog); all when empty.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Postfix's tools.
@@ -191,6 +194,10 @@ impl Server {
 
     fn notifier(&self) -> Notifier {
         pb::notifier_client::NotifierClient::with_interceptor(self.channel.clone(), self.bearer())
+    }
+
+    fn api_keys(&self) -> pb::api_keys_client::ApiKeysClient<InterceptedService<Channel, Bearer>> {
+        pb::api_keys_client::ApiKeysClient::with_interceptor(self.channel.clone(), self.bearer())
     }
 
     fn directory(
@@ -1263,10 +1270,839 @@ async fn main() -> anyhow::Result<()> {
     if run("durability") {
         durability(&binary, &mut report).await?;
     }
+    if run("worst") {
+        worst(&binary, &mut report).await?;
+    }
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&args.out, report.sections.join("\n"))?;
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// The most a request may take: tonic's default decoding limit, which mailroom keeps.
+const GRPC_MAX_REQUEST: usize = 4 * 1024 * 1024;
+
+/// The body of the worst sends: rendered to itself, each message comes just under the 1 MiB
+/// a queued message may take as sent (with its headers and CRLF line ends).
+const WORST_BODY_BYTES: usize = 1_000_000;
+
+/// The peak memory target of one request, in MiB.
+const WORST_TARGET_MIB: f64 = 256.0;
+
+/// The longest rendered header value (`from`, `to`, `subject`) mailroom queues.
+const MAX_HEADER_BYTES: usize = 998;
+
+/// One row of the worst-request section: a fresh server's peak memory before and after one
+/// request built to make it hold as much as the contract lets it.
+struct WorstRow {
+    rpc: &'static str,
+    request: String,
+    answer: String,
+    took: Duration,
+    before: f64,
+    after: f64,
+}
+
+/// A server started fresh on a data directory some setup filled, settled (its first
+/// delivery round and sweep done), with its peak memory so far.
+async fn fresh(binary: &Path, dir: &Path) -> anyhow::Result<(Server, f64)> {
+    let (server, _) = Server::start(binary, dir, &[]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, peak) = server.memory();
+    Ok((server, peak))
+}
+
+/// Runs `request` on `server` (see [`fresh`]), timing it; the row, and the server stopped.
+async fn worst_row<T, Fut>(
+    rpc: &'static str,
+    request: String,
+    (server, before): (Server, f64),
+    call: Fut,
+    answer: impl FnOnce(T) -> String,
+) -> WorstRow
+where
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let started = Instant::now();
+    let result = call.await;
+    let took = started.elapsed();
+    let (_, after) = server.memory();
+    server.stop();
+    let answer = match result {
+        Ok(response) => answer(response.into_inner()),
+        Err(status) => {
+            let message: String = status.message().chars().take(90).collect();
+            format!("{:?}: {message}", status.code())
+        }
+    };
+    println!("worst {rpc}: {before:.1} → {after:.1} MiB in {took:?} ({answer})");
+    WorstRow {
+        rpc,
+        request,
+        answer,
+        took,
+        before,
+        after,
+    }
+}
+
+/// `bytes` of plain text in lines of 99 characters: a template that renders to itself.
+fn plain_text(bytes: usize) -> String {
+    let line = "an alert was raised on host web01 and needs a look from the security team soon \
+                thank you so much\n";
+    let line = &line[line.len() - 100..];
+    line.repeat(bytes / line.len() + 1)[..bytes].to_string()
+}
+
+/// A template context holding `items`: a list of `count` empty values, the most values a
+/// request's bytes decode to (two bytes each on the wire).
+fn empty_values(count: usize) -> prost_types::Struct {
+    let list = prost_types::ListValue {
+        values: vec![prost_types::Value { kind: None }; count],
+    };
+    prost_types::Struct {
+        fields: [(
+            "items".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::ListValue(list)),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    }
+}
+
+/// As many empty values as fit in a request beside `taken` bytes of other fields.
+fn values_beside(taken: usize) -> usize {
+    (GRPC_MAX_REQUEST - taken - 64 * 1024) / 2
+}
+
+/// Fails unless `request` fits under the server's decoding limit (else tonic refuses it
+/// unread, and the row would measure nothing).
+fn fits(request: &impl prost::Message) -> anyhow::Result<()> {
+    let len = request.encoded_len();
+    if len >= GRPC_MAX_REQUEST {
+        bail!("a worst request of {len} bytes passes tonic's {GRPC_MAX_REQUEST}");
+    }
+    Ok(())
+}
+
+/// A text of `len` characters starting with `prefix`.
+fn padded(prefix: &str, len: usize) -> String {
+    let mut s = prefix.to_string();
+    while s.len() < len {
+        s.push('x');
+    }
+    s.truncate(len);
+    s
+}
+
+/// A user with every field at its longest: login 256 characters, name 256, an email of 300,
+/// 100 organisations (`organisation` first) of 100 characters.
+fn max_user(i: usize, organisation: &str) -> pb::User {
+    let domain = (0..4)
+        .map(|l| padded(&format!("d{l}"), 60))
+        .collect::<Vec<_>>()
+        .join(".");
+    pb::User {
+        login: padded(&format!("user{i:06}-"), 256),
+        name: padded(&format!("User {i} "), 256),
+        email: format!("{}@{domain}.com", padded(&format!("u{i:06}"), 64)),
+        organisations: std::iter::once(organisation.to_string())
+            .chain((1..100).map(|o| padded(&format!("org{o:03}-"), 100)))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The CA certificates of the worst SMTP settings: the system's bundle (Debian's
+/// ca-certificates) over and over, as much as a request may carry beside the rest.
+fn ca_bundle() -> anyhow::Result<String> {
+    let bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt")
+        .context("reading the system CA bundle (Debian's ca-certificates)")?;
+    let times = (GRPC_MAX_REQUEST - 64 * 1024) / bundle.len();
+    Ok(bundle.repeat(times))
+}
+
+/// The worst settings: every certificate the request can carry.
+fn worst_settings(port: u16, ca: &str) -> pb::SmtpSettings {
+    pb::SmtpSettings {
+        host: "127.0.0.1".into(),
+        port: port.into(),
+        from: "bench@example.com".into(),
+        security: pb::ConnectionSecurity::Ssl.into(),
+        tls: Some(pb::TlsSettings {
+            ca_certificates_pem: ca.to_string(),
+            ..Default::default()
+        }),
+        link_origins: vec!["https://thehive.example.com".into()],
+        ..Default::default()
+    }
+}
+
+/// SMTP settings toward a closed port, with a link origin for token emails.
+async fn configure_for_worst(server: &Server) -> anyhow::Result<()> {
+    server
+        .smtp()
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(pb::SmtpSettings {
+                host: "127.0.0.1".into(),
+                port: refused_port().into(),
+                from: "bench@example.com".into(),
+                link_origins: vec!["https://thehive.example.com".into()],
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Messages of `subject` with the worst body (just under 1 MiB as sent), 100 a request.
+async fn queue_large(server: &Server, count: usize, subject: &str) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    let mut notifier = server.notifier();
+    for batch in 0..count.div_ceil(100) {
+        let n = (count - batch * 100).min(100);
+        let answer = notifier
+            .send_to_addresses(pb::SendToAddressesRequest {
+                organisation: "bench".into(),
+                to: (0..n).map(|i| format!("soc{i}@example.com")).collect(),
+                subject: subject.into(),
+                body: plain_text(WORST_BODY_BYTES),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        ids.extend(answer.message_ids);
+    }
+    Ok(ids)
+}
+
+/// A token request with the most metadata a token holds: 32 entries of a 64-character
+/// key and a 1,024-character value, and its email.
+fn max_token(login: &str) -> pb::IssueTokenRequest {
+    pb::IssueTokenRequest {
+        purpose: pb::TokenPurpose::PasswordReset.into(),
+        login: login.into(),
+        email: "bench@example.com".into(),
+        organisation: "bench".into(),
+        send_email: true,
+        link_template: format!(
+            "https://thehive.example.com/reset?token={{token}}&{}",
+            "x".repeat(900)
+        ),
+        metadata: (0..32)
+            .map(|i| (padded(&format!("k{i:02}"), 64), padded(&format!("v{i}"), 1024)))
+            .collect(),
+    }
+}
+
+/// Tokens a login may hold at once under the default issue limit (5 an hour): ended
+/// tokens are kept 7 days.
+const TOKENS_OF_ONE_LOGIN: usize = 5 * 24 * 7;
+
+/// Section 5: the worst request of each RPC, each on a fresh server.
+async fn worst(binary: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let body = plain_text(WORST_BODY_BYTES);
+    let subject = padded("Case {{len items}} ", MAX_HEADER_BYTES);
+
+    // SmtpAdmin.
+    let ca = ca_bundle()?;
+    let dir = tempfile::tempdir()?;
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let request = pb::UpdateSmtpSettingsRequest {
+        settings: Some(worst_settings(refused_port(), &ca)),
+        update_mask: None,
+    };
+    fits(&request)?;
+    let mut smtp = fresh_server.0.smtp();
+    rows.push(
+        worst_row(
+            "UpdateSmtpSettings",
+            format!(
+                "`tls.ca_certificates_pem` of {:.1} MiB ({} certificates, each parsed): the only \
+                 field of the settings with no length of its own",
+                ca.len() as f64 / 1048576.0,
+                ca.matches("BEGIN CERTIFICATE").count()
+            ),
+            fresh_server,
+            smtp.update_smtp_settings(request),
+            |s| format!("OK (etag {})", s.etag),
+        )
+        .await,
+    );
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut smtp = fresh_server.0.smtp();
+    rows.push(
+        worst_row(
+            "GetSmtpSettings",
+            "the settings above, stored: read, opened and answered whole".into(),
+            fresh_server,
+            smtp.get_smtp_settings(pb::GetSmtpSettingsRequest {}),
+            |s| {
+                format!(
+                    "OK ({:.1} MiB of certificates)",
+                    s.tls.map_or(0, |t| t.ca_certificates_pem.len()) as f64 / 1048576.0
+                )
+            },
+        )
+        .await,
+    );
+    // A listener that takes the connection and closes it: the test gets as far as TLS,
+    // with every certificate of the request in its root store.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let closer = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let request = pb::TestSmtpSettingsRequest {
+        settings: Some(worst_settings(port, &ca)),
+        recipient: "soc@example.com".into(),
+    };
+    fits(&request)?;
+    let mut smtp = fresh_server.0.smtp();
+    rows.push(
+        worst_row(
+            "TestSmtpSettings",
+            "unsaved settings with the same certificates and implicit TLS, toward a server \
+             that takes the connection: the root store is built of every certificate"
+                .into(),
+            fresh_server,
+            smtp.test_smtp_settings(request),
+            |r| {
+                let last = r.steps.last().map(|s| s.stage().as_str_name()).unwrap_or("");
+                format!("success={} (stopped at {last})", r.success)
+            },
+        )
+        .await,
+    );
+    closer.abort();
+
+    // Token: one login holding every token the default issue limit lets it have.
+    let dir = tempfile::tempdir()?;
+    let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    configure_for_worst(&server).await?;
+    let login = padded("victim-", 256);
+    let mut tokens = Vec::new();
+    for _ in 0..TOKENS_OF_ONE_LOGIN {
+        tokens.push(
+            server
+                .tokens()
+                .issue_token(max_token(&login))
+                .await?
+                .into_inner()
+                .token,
+        );
+    }
+    server.stop();
+    let held = format!(
+        "a login holding {TOKENS_OF_ONE_LOGIN} tokens (5 an hour, kept 7 days), each with the \
+         most metadata (32 entries of 64 + 1,024 characters)"
+    );
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.tokens().max_decoding_message_size(usize::MAX);
+    rows.push(
+        worst_row(
+            "ListTokens",
+            format!("`page_size` 1000 over {held}"),
+            fresh_server,
+            client.list_tokens(pb::ListTokensRequest {
+                login: login.clone(),
+                page_size: 1000,
+                organisation: "bench".into(),
+                ..Default::default()
+            }),
+            |r| format!("OK ({} tokens)", r.tokens.len()),
+        )
+        .await,
+    );
+    let newest = tokens.last().cloned().unwrap_or_default();
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.tokens();
+    rows.push(
+        worst_row(
+            "VerifyToken",
+            "the token of the most metadata".into(),
+            fresh_server,
+            client.verify_token(pb::VerifyTokenRequest {
+                token: newest.clone(),
+                purpose: pb::TokenPurpose::PasswordReset.into(),
+            }),
+            |t| format!("OK ({} metadata entries)", t.metadata.len()),
+        )
+        .await,
+    );
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.tokens();
+    rows.push(
+        worst_row(
+            "ConsumeToken",
+            "a token of 4 MiB less a little: hashed, looked up, not found".into(),
+            fresh_server,
+            client.consume_token(pb::ConsumeTokenRequest {
+                token: format!("mrr_{}", "x".repeat(GRPC_MAX_REQUEST - 64 * 1024)),
+                purpose: pb::TokenPurpose::PasswordReset.into(),
+            }),
+            |t| format!("OK ({:?})", t.state()),
+        )
+        .await,
+    );
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.tokens();
+    rows.push(
+        worst_row(
+            "IssueToken",
+            format!(
+                "the most metadata, an email with a link template of 1,000 characters, for \
+                 {held}: issuing revokes the login's earlier tokens"
+            ),
+            fresh_server,
+            client.issue_token(max_token(&login)),
+            |r| format!("OK (email {})", r.message_id),
+        )
+        .await,
+    );
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.tokens();
+    rows.push(
+        worst_row(
+            "RevokeTokens",
+            format!("every purpose, for {held}"),
+            fresh_server,
+            client.revoke_tokens(pb::RevokeTokensRequest {
+                login: login.clone(),
+                organisation: "bench".into(),
+                ..Default::default()
+            }),
+            |r| format!("OK ({} revoked)", r.revoked),
+        )
+        .await,
+    );
+
+    // Notifier: sends.
+    let dir = tempfile::tempdir()?;
+    let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    configure_for_worst(&server).await?;
+    server.stop();
+    let to: Vec<String> = (0..100).map(|i| format!("soc{i}@example.com")).collect();
+    let mut request = pb::SendToAddressesRequest {
+        organisation: "bench".into(),
+        to: to.clone(),
+        subject: subject.clone(),
+        body: format!("{{{{len items}}}} {body}"),
+        ..Default::default()
+    };
+    let values = values_beside(request.encoded_len());
+    request.context = Some(empty_values(values));
+    fits(&request)?;
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.notifier();
+    rows.push(
+        worst_row(
+            "SendToAddresses",
+            format!(
+                "100 recipients, a text body that renders to itself ({:.2} MiB: each message \
+                 just under 1 MiB as sent), a subject of {MAX_HEADER_BYTES} bytes, and the rest \
+                 of the request's 4 MiB in a context of {values} empty values (the most values \
+                 4 MiB decode to)",
+                WORST_BODY_BYTES as f64 / 1048576.0,
+            ),
+            fresh_server,
+            client.send_to_addresses(request),
+            |r| format!("OK ({} messages)", r.recipients),
+        )
+        .await,
+    );
+    let mut request = pb::SendToAddressesRequest {
+        organisation: "bench".into(),
+        to: vec!["soc@example.com".into()],
+        subject: "loops".into(),
+        body: "{{#each items}}{{#each ../items}}x{{/each}}{{/each}}".into(),
+        ..Default::default()
+    };
+    let values = values_beside(request.encoded_len());
+    request.context = Some(empty_values(values));
+    fits(&request)?;
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.notifier();
+    rows.push(
+        worst_row(
+            "SendToAddresses",
+            format!(
+                "a context of {values} empty values (4 MiB) and a body that loops over it \
+                 in a loop over it: the render budget stops it"
+            ),
+            fresh_server,
+            client.send_to_addresses(request),
+            |r| format!("OK ({} messages)", r.recipients),
+        )
+        .await,
+    );
+    // Every field renders to just under the output limit (1 MiB) from a small source.
+    let bomb = format!(
+        "{{{{#each items}}}}{}{{{{/each}}}}",
+        "a".repeat(sandbox_output() / 1024 - 1)
+    );
+    let mut request = pb::SendToAddressesRequest {
+        organisation: "bench".into(),
+        from: bomb.clone(),
+        to: vec![bomb.clone(); 100],
+        subject: bomb.clone(),
+        body: bomb.clone(),
+        ..Default::default()
+    };
+    request.context = Some(empty_values(1024));
+    fits(&request)?;
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.notifier();
+    rows.push(
+        worst_row(
+            "SendToAddresses",
+            "`from`, `subject`, `body` and 100 `to` templates that each render to just under \
+             the 1 MiB a template may write (a loop of 1,024 items over 1,023 bytes): refused, \
+             each with a violation"
+                .into(),
+            fresh_server,
+            client.send_to_addresses(request),
+            |r| format!("OK ({} messages)", r.recipients),
+        )
+        .await,
+    );
+    for users in [250usize, 1000] {
+        let dir = tempfile::tempdir()?;
+        let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+        configure_for_worst(&server).await?;
+        let mut directory = server.directory();
+        for i in 0..users {
+            directory
+                .upsert_user(pb::UpsertUserRequest {
+                    user: Some(pb::User {
+                        login: format!("user{i:06}@example.com"),
+                        name: format!("User {i}"),
+                        organisations: vec!["bench".into()],
+                        ..Default::default()
+                    }),
+                })
+                .await?;
+        }
+        server.stop();
+        let mut request = pb::SendToUsersRequest {
+            organisation: "bench".into(),
+            subject: subject.clone(),
+            body: format!("{{{{user.name}}}} {{{{len items}}}} {body}"),
+            ..Default::default()
+        };
+        request.context = Some(empty_values(values_beside(request.encoded_len())));
+        fits(&request)?;
+        let fresh_server = fresh(binary, dir.path()).await?;
+        let mut client = fresh_server.0.notifier();
+        rows.push(
+            worst_row(
+                "SendToUsers",
+                format!(
+                    "an organisation of {users} users, the body, subject and context of the \
+                     first SendToAddresses row: {}",
+                    if users == 250 {
+                        "250 messages just under 1 MiB, just under the 256 MiB a request may queue"
+                    } else {
+                        "past the 256 MiB a request may queue, refused once staged that far"
+                    }
+                ),
+                fresh_server,
+                client.send_to_users(request),
+                |r| format!("OK ({} messages)", r.recipients),
+            )
+            .await,
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    configure_for_worst(&server).await?;
+    let user = max_user(0, "bench");
+    server
+        .directory()
+        .upsert_user(pb::UpsertUserRequest {
+            user: Some(user.clone()),
+        })
+        .await?;
+    server.stop();
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.notifier();
+    rows.push(
+        worst_row(
+            "SendAccountNotice",
+            "EMAIL_CHANGED (two messages) for a user with every field at its longest".into(),
+            fresh_server,
+            client.send_account_notice(pb::SendAccountNoticeRequest {
+                kind: pb::AccountNoticeKind::EmailChanged.into(),
+                login: user.login.clone(),
+                organisation: "bench".into(),
+                previous_email: format!("{}@example.com", "p".repeat(64)),
+            }),
+            |r| format!("OK ({} messages)", r.message_ids.len()),
+        )
+        .await,
+    );
+
+    // Notifier: the outbox, 1,001 pending messages just under 1 MiB with the longest subject.
+    let dir = tempfile::tempdir()?;
+    let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    configure_for_worst(&server).await?;
+    let long_subject = padded("Case ", MAX_HEADER_BYTES);
+    let ids = queue_large(&server, 1001, &long_subject).await?;
+    server.stop();
+    let outbox = "1,001 pending messages, each just under 1 MiB as sent with a subject of \
+                  998 bytes";
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.notifier().max_decoding_message_size(usize::MAX);
+    rows.push(
+        worst_row(
+            "ListMessages",
+            format!("`page_size` 1000 over {outbox}"),
+            fresh_server,
+            client.list_messages(pb::ListMessagesRequest {
+                organisation: "bench".into(),
+                page_size: 1000,
+                ..Default::default()
+            }),
+            |r| {
+                let bytes: usize = r.messages.iter().map(prost::Message::encoded_len).sum();
+                format!(
+                    "OK ({} messages, {:.1} MiB)",
+                    r.messages.len(),
+                    bytes as f64 / 1048576.0
+                )
+            },
+        )
+        .await,
+    );
+    for (rpc, why) in [
+        ("GetMessage", "one of them"),
+        (
+            "RetryMessage",
+            "one of them: refused (not DEAD) once read, as a DEAD one is read",
+        ),
+        ("CancelMessage", "one of them: read, cancelled, its body dropped"),
+    ] {
+        let id = ids[0].clone();
+        let fresh_server = fresh(binary, dir.path()).await?;
+        let mut client = fresh_server.0.notifier();
+        let call = async move {
+            match rpc {
+                "GetMessage" => client.get_message(pb::GetMessageRequest { id }).await,
+                "RetryMessage" => client.retry_message(pb::RetryMessageRequest { id }).await,
+                _ => client.cancel_message(pb::CancelMessageRequest { id }).await,
+            }
+        };
+        rows.push(
+            worst_row(rpc, format!("{why}, of {outbox}"), fresh_server, call, |m| {
+                format!("OK ({:?})", m.state())
+            })
+            .await,
+        );
+    }
+
+    // Directory.
+    let dir = tempfile::tempdir()?;
+    let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    let mut directory = server.directory();
+    for i in 0..1000 {
+        directory
+            .upsert_user(pb::UpsertUserRequest {
+                user: Some(max_user(i, "bench")),
+            })
+            .await?;
+    }
+    server.stop();
+    let users = "1,000 users with every field at its longest (login and name of 256 characters, \
+                 an email of 300, 100 organisations of 100 characters)";
+    let mut user = pb::User {
+        login: padded("many-", 256),
+        organisations: vec![],
+        ..Default::default()
+    };
+    let taken = pb::UpsertUserRequest {
+        user: Some(user.clone()),
+    }
+    .encoded_len();
+    // Short distinct names: the most organisations (and index entries) 4 MiB hold.
+    let mut bytes = taken;
+    let mut n = 0;
+    while bytes < GRPC_MAX_REQUEST - 64 * 1024 {
+        let name = format!("{n:x}");
+        bytes += name.len() + 2;
+        user.organisations.push(name);
+        n += 1;
+    }
+    let request = pb::UpsertUserRequest { user: Some(user) };
+    fits(&request)?;
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.directory();
+    rows.push(
+        worst_row(
+            "UpsertUser",
+            format!("{n} organisations of a few characters each (4 MiB): each one a name to check and an index entry"),
+            fresh_server,
+            client.upsert_user(request),
+            |u| format!("OK ({} organisations)", u.organisations.len()),
+        )
+        .await,
+    );
+    let longest = max_user(0, "bench");
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.directory().max_decoding_message_size(usize::MAX);
+    rows.push(
+        worst_row(
+            "ListUsers",
+            format!("`page_size` 1000 over {users}"),
+            fresh_server,
+            client.list_users(pb::ListUsersRequest {
+                organisation: "bench".into(),
+                page_size: 1000,
+                ..Default::default()
+            }),
+            |r| format!("OK ({} users)", r.users.len()),
+        )
+        .await,
+    );
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.directory();
+    rows.push(
+        worst_row(
+            "GetUser",
+            format!("one of {users}"),
+            fresh_server,
+            client.get_user(pb::GetUserRequest {
+                login: longest.login.clone(),
+            }),
+            |u| format!("OK ({} organisations)", u.organisations.len()),
+        )
+        .await,
+    );
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.directory();
+    rows.push(
+        worst_row(
+            "DeleteUser",
+            format!("one of {users}"),
+            fresh_server,
+            client.delete_user(pb::DeleteUserRequest {
+                login: longest.login.clone(),
+            }),
+            |_| "OK".into(),
+        )
+        .await,
+    );
+
+    // ApiKeys.
+    let dir = tempfile::tempdir()?;
+    let (server, _) = Server::start(binary, dir.path(), &[]).await?;
+    let mut keys = server.api_keys();
+    let mut last = String::new();
+    for i in 0..1000 {
+        last = keys
+            .create_api_key(pb::CreateApiKeyRequest {
+                name: padded(&format!("key{i:04}-"), 100),
+                organisation: padded("bench-", 100),
+                permissions: vec!["manageUser".into(), "manageConfig".into()],
+            })
+            .await?
+            .into_inner()
+            .key
+            .map(|k| k.id)
+            .unwrap_or_default();
+    }
+    server.stop();
+    let mut request = pb::CreateApiKeyRequest {
+        name: "many".into(),
+        organisation: "bench".into(),
+        permissions: Vec::new(),
+    };
+    let count = (GRPC_MAX_REQUEST - 64 * 1024 - request.encoded_len()) / 3;
+    request.permissions = vec!["x".into(); count];
+    fits(&request)?;
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.api_keys();
+    rows.push(
+        worst_row(
+            "CreateApiKey",
+            format!(
+                "{count} unknown permissions (4 MiB): each one a violation to report"
+            ),
+            fresh_server,
+            client.create_api_key(request),
+            |_| "OK".into(),
+        )
+        .await,
+    );
+    let keys = "1,001 keys with names and organisations of 100 characters";
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.api_keys().max_decoding_message_size(usize::MAX);
+    rows.push(
+        worst_row(
+            "ListApiKeys",
+            format!("`page_size` 1000 over {keys}"),
+            fresh_server,
+            client.list_api_keys(pb::ListApiKeysRequest {
+                page_size: 1000,
+                ..Default::default()
+            }),
+            |r| format!("OK ({} keys)", r.keys.len()),
+        )
+        .await,
+    );
+    let fresh_server = fresh(binary, dir.path()).await?;
+    let mut client = fresh_server.0.api_keys();
+    rows.push(
+        worst_row(
+            "RevokeApiKey",
+            format!("one of {keys}"),
+            fresh_server,
+            client.revoke_api_key(pb::RevokeApiKeyRequest { id: last }),
+            |k| format!("OK (revoked={})", k.revoked),
+        )
+        .await,
+    );
+
+    let table: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "| {} | {} | {} | {:.2} | {:.1} | {:.1} | ≤ {WORST_TARGET_MIB:.0} MiB | {} |",
+                r.rpc,
+                r.request,
+                r.answer.replace('|', "\\|"),
+                r.took.as_secs_f64(),
+                r.before,
+                r.after,
+                verdict(r.after <= WORST_TARGET_MIB)
+            )
+        })
+        .collect();
+    report.section(format!(
+        "## 5. Worst requests\n\n\
+         For each RPC, the request a hostile caller would build to make the server hold as much\n\
+         memory as the contract lets it (`--only worst`): every request within tonic's 4 MiB\n\
+         (the server's decoding limit), every stored record as large as its fields allow. Each\n\
+         row starts a fresh server on a data directory its setup filled (the setup's server\n\
+         stopped first), waits 2 s (delivery's first round toward a closed port, the sweep),\n\
+         reads the process's peak RSS (`VmHWM` of `/proc/<pid>/status`), sends the one request\n\
+         and reads the peak again. SMTP points at a closed port: queued messages stay pending.\n\n\
+         | RPC | the request, and why it is the worst | answer | s | peak RSS before, MiB | peak RSS after, MiB | target | |\n\
+         |---|---|---|---:|---:|---:|---:|---|\n{}\n",
+        table.join("\n")
+    ));
+    Ok(())
+}
+
+/// The most a template writes (the sandbox's limit, 1 MiB).
+fn sandbox_output() -> usize {
+    1024 * 1024
 }

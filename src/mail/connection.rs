@@ -615,6 +615,11 @@ pub fn hint(detail: &str, mechanism: AuthMechanism) -> Option<&'static str> {
             .to_ascii_lowercase()
             .contains(&needle.to_ascii_lowercase())
     };
+    // In the providers' own words, so that another relay's 5.7.3 or 5.7.8 gets no hint
+    // about a provider it is not.
+    let microsoft_refused = has("5.7.3") && has("Authentication unsuccessful");
+    let google_refused =
+        has("5.7.8") && (has("Username and Password not accepted") || has("BadCredentials"));
     Some(if has("basic authentication is disabled") {
         "Hint: Microsoft 365 no longer accepts a password for SMTP: log in with OAuth2 \
          (auth.mechanism XOAUTH2, auth.oauth2.provider MICROSOFT_365; see the README)"
@@ -623,17 +628,17 @@ pub fn hint(detail: &str, mechanism: AuthMechanism) -> Option<&'static str> {
          on Authenticated SMTP for the mailbox `username` (Exchange admin center > mailbox > \
          Email apps, or Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled \
          $false; for the tenant, Set-TransportConfig -SmtpClientAuthenticationDisabled $false)"
-    } else if oauth && has("5.7.3") {
+    } else if oauth && microsoft_refused {
         "Hint: Microsoft 365 refused the token for this mailbox: register the application's \
          service principal in Exchange Online (New-ServicePrincipal -AppId <client_id> \
          -ObjectId <enterprise application object id>), give it the mailbox `username` \
          (Add-MailboxPermission -Identity <mailbox> -User <service principal> -AccessRights \
          FullAccess), and check that the application has SMTP.SendAsApp with admin consent"
-    } else if has("5.7.3") {
+    } else if microsoft_refused {
         "Hint: Microsoft 365 refused the username or password; if they are right, SMTP AUTH \
          may be off for the mailbox, or basic authentication retired: use auth.mechanism \
          XOAUTH2"
-    } else if oauth && (has("5.7.8") || has("BadCredentials") || has("\"status\":\"400\"")) {
+    } else if oauth && (google_refused || has("\"status\":\"400\"")) {
         "Hint: Google refused the token for this mailbox: check that `username` (and \
          auth.oauth2.subject) is a user of the Workspace domain, and that the service \
          account has domain-wide delegation of https://mail.google.com/ (Admin console > \
@@ -644,7 +649,7 @@ pub fn hint(detail: &str, mechanism: AuthMechanism) -> Option<&'static str> {
     } else if has("5.7.9") || has("Application-specific password required") {
         "Hint: Google wants an app password here (a password of 16 letters made in the \
          account's security settings), or OAuth2: auth.mechanism XOAUTH2, provider GOOGLE"
-    } else if has("5.7.8") || has("BadCredentials") {
+    } else if google_refused {
         "Hint: Google refused the username or password: use an app password, or OAuth2 \
          (auth.mechanism XOAUTH2, provider GOOGLE)"
     } else {
@@ -739,7 +744,45 @@ impl AsyncWrite for TlsStream {
 
 #[cfg(test)]
 mod tests {
-    use super::{crlf_line_ends, data_block};
+    use super::{crlf_line_ends, data_block, hint, AuthMechanism};
+
+    #[test]
+    fn providers_refusals_get_a_hint_others_none() {
+        let xoauth2 = AuthMechanism::Xoauth2;
+        let microsoft = "permanent error (535): 5.7.3 Authentication unsuccessful";
+        assert!(hint(microsoft, xoauth2)
+            .unwrap()
+            .contains("New-ServicePrincipal"));
+        assert!(hint(microsoft, AuthMechanism::Auto)
+            .unwrap()
+            .contains("XOAUTH2"));
+        let disabled = "permanent error (535): 5.7.139 Authentication unsuccessful, \
+                        SmtpClientAuthentication is disabled for the Tenant.";
+        assert!(hint(disabled, AuthMechanism::Plain)
+            .unwrap()
+            .contains("Set-CASMailbox"));
+        let basic = "permanent error (535): 5.7.139 Authentication unsuccessful, basic \
+                     authentication is disabled.";
+        assert!(hint(basic, AuthMechanism::Login)
+            .unwrap()
+            .contains("auth.mechanism XOAUTH2"));
+        let google = "permanent error (535): 5.7.8 Username and Password not accepted. \
+                      BadCredentials";
+        assert!(hint(google, xoauth2)
+            .unwrap()
+            .contains("domain-wide delegation"));
+        assert!(hint(google, AuthMechanism::Auto)
+            .unwrap()
+            .contains("app password"));
+        // Another relay's codes in its own words: no provider's hint.
+        for other in [
+            "permanent error (535): 5.7.3 Must issue a STARTTLS command first",
+            "permanent error (535): 5.7.8 Error: authentication failed",
+            "permanent error (535): Invalid credentials",
+        ] {
+            assert_eq!(hint(other, AuthMechanism::Auto), None, "{other}");
+        }
+    }
 
     fn crlf(email: &str) -> String {
         String::from_utf8(crlf_line_ends(email.as_bytes()).into_owned()).unwrap()

@@ -6,8 +6,8 @@
 //! One slow or bad message holds up only its own sender; a panic while sending one ends
 //! that message (`DEAD`), not the sender. The dispatcher sleeps until the
 //! next message is due or new mail is queued (a wake-up, not polling). When the SMTP server
-//! cannot be reached (connecting, TLS, greeting or AUTH fails), the dispatcher claims
-//! nothing more for a pause (1 s doubling up to 30 s, ended early by new settings), as
+//! cannot be reached (XOAUTH2's token, connecting, TLS, greeting or AUTH fails), the
+//! dispatcher claims nothing more for a pause (1 s doubling up to 30 s, ended early by new settings), as
 //! Postfix does with a dead destination: during an outage queued mail waits untouched
 //! instead of each message failing an attempt of its own. A host that
 //! `--smtp-deny-private-addresses` refuses at connect time (settings saved before the flag, a

@@ -17,7 +17,7 @@ use super::connection::{self, client_id, crlf_line_ends, Failed, Login, Stages};
 use super::oauth2::Tokens;
 use super::{new_message_id, rfc3339};
 use crate::crypto::MasterKey;
-use crate::settings::{human, AddressGuard, Security, SmtpSettings};
+use crate::settings::{human, AddressGuard, Mechanism, Security, SmtpSettings};
 
 /// The outcome of one stage.
 #[derive(Clone, Debug)]
@@ -212,10 +212,19 @@ fn test_email(
         Security::Ssl => "SSL (implicit TLS)",
     };
     let helo = client_id(settings).to_string();
-    let username = if settings.username.is_empty() {
-        "none (no authentication)".to_string()
-    } else {
-        format!("{} (authenticated)", settings.username)
+    let username = match (&settings.auth.oauth2, settings.username.is_empty()) {
+        (_, true) => "none (no authentication)".to_string(),
+        (Some(oauth2), false) if settings.auth.mechanism == Mechanism::Xoauth2 => format!(
+            "{} (authenticated with XOAUTH2: {} at {})",
+            settings.username,
+            oauth2.grant().name(),
+            oauth2.token_url()
+        ),
+        (_, false) => format!(
+            "{} (authenticated, mechanism {})",
+            settings.username,
+            settings.auth.mechanism.name()
+        ),
     };
     let body = format!(
         "mailroom SMTP test: success\n\n\
