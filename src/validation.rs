@@ -12,9 +12,20 @@ pub struct Violation {
     pub description: String,
 }
 
-/// The violations found in one request.
+/// Most violations kept for one request: a request of 4 MiB holds a million list entries,
+/// each of which could be refused, and each violation is held, joined into the status
+/// message and copied into its details.
+pub const MAX_KEPT: usize = 32;
+/// Most bytes of a violation's field path or description kept: both may quote the
+/// caller's input (a map key, a rendered value of up to 1 MiB).
+pub const MAX_TEXT: usize = 512;
+
+/// The violations found in one request: the first [`MAX_KEPT`], and how many more.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Violations(Vec<Violation>);
+pub struct Violations {
+    kept: Vec<Violation>,
+    omitted: usize,
+}
 
 impl Violations {
     /// No violations yet.
@@ -22,12 +33,30 @@ impl Violations {
         Self::default()
     }
 
-    /// Records that `field` is bad.
+    /// Records that `field` is bad (counted only, past [`MAX_KEPT`]; each text cut to
+    /// [`MAX_TEXT`] bytes).
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(Violation {
-            field: field.into(),
-            description: description.into(),
+        if self.kept.len() == MAX_KEPT {
+            self.omitted += 1;
+            return;
+        }
+        self.kept.push(Violation {
+            field: shortened(field.into()),
+            description: shortened(description.into()),
         });
+    }
+
+    /// Adds every violation of `other`, those it only counted included.
+    pub fn absorb(&mut self, other: &Violations) {
+        for v in &other.kept {
+            self.add(v.field.clone(), v.description.clone());
+        }
+        self.omitted += other.omitted;
+    }
+
+    /// How many violations were counted but not kept.
+    pub fn omitted(&self) -> usize {
+        self.omitted
     }
 
     /// Runs `check` on a value, recording its error under `field`; the value when it passed.
@@ -37,7 +66,7 @@ impl Violations {
 
     /// Whether nothing was found.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.kept.is_empty()
     }
 
     /// `Ok(value)` when nothing was found.
@@ -49,19 +78,35 @@ impl Violations {
         }
     }
 
-    /// The violations, in the order found.
+    /// The violations kept, in the order found.
     pub fn iter(&self) -> impl Iterator<Item = &Violation> {
-        self.0.iter()
+        self.kept.iter()
     }
+}
+
+/// `text` cut to at most [`MAX_TEXT`] bytes (on a character boundary), marked when cut.
+fn shortened(mut text: String) -> String {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 impl fmt::Display for Violations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, v) in self.0.iter().enumerate() {
+        for (i, v) in self.kept.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{}: {}", v.field, v.description)?;
+        }
+        if self.omitted > 0 {
+            write!(f, "; and {} more", self.omitted)?;
         }
         Ok(())
     }
@@ -91,4 +136,29 @@ pub fn text(value: &str, required: bool, max: usize) -> Result<(), String> {
         return Err("must not contain control characters (CR, LF, tab, ...)".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_violations_keep_a_few_short_ones() {
+        let mut v = Violations::new();
+        let huge = "x".repeat(1024 * 1024);
+        for i in 0..100_000 {
+            v.add(format!("permissions[{i}]"), format!("unknown {huge:.1000}"));
+        }
+        v.add(huge.clone(), huge);
+        assert_eq!(v.iter().count(), MAX_KEPT);
+        assert_eq!(v.omitted(), 100_001 - MAX_KEPT);
+        assert!(v.iter().all(|v| v.description.len() <= MAX_TEXT));
+        assert!(v.iter().all(|v| v.description.ends_with('…')));
+        assert!(v.to_string().ends_with(&format!("; and {} more", 100_001 - MAX_KEPT)));
+
+        let mut merged = violation("to", "é".repeat(MAX_TEXT));
+        assert!(merged.iter().all(|v| v.description.len() <= MAX_TEXT));
+        merged.absorb(&v);
+        assert_eq!((merged.iter().count(), merged.omitted()), (MAX_KEPT, 100_002 - MAX_KEPT));
+    }
 }

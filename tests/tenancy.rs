@@ -685,17 +685,7 @@ async fn a_new_users_tokens_are_kept_apart_by_organisation() {
             "{listed:?}"
         );
         // The admin key naming no organisation sees both organisations' tokens.
-        let all = server
-            .tokens(&server.admin_key)
-            .list_tokens(pb::ListTokensRequest {
-                login: "newbie".into(),
-                page_size: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .tokens;
+        let all = all_tokens_of(&server, "newbie").await;
         assert_eq!(all.len(), 7, "five of acme's and two of beta's");
     })
     .await;
@@ -726,16 +716,7 @@ async fn a_token_for_a_user_of_two_organisations_is_issued_by_either() {
             assert_eq!(info.email, "carol@example.com");
         }
         // Each organisation's issue revoked only its own earlier token: both are active.
-        let listed = server
-            .tokens(&server.admin_key)
-            .list_tokens(pb::ListTokensRequest {
-                login: "carol".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .tokens;
+        let listed = all_tokens_of(&server, "carol").await;
         assert_eq!(listed.len(), 2);
         assert!(
             listed.iter().all(|t| t.state() == pb::TokenState::Active),
@@ -833,16 +814,7 @@ async fn a_token_ends_when_its_login_becomes_another_organisations_user() {
             ),
             "{status:?}"
         );
-        let listed = server
-            .tokens(&server.admin_key)
-            .list_tokens(pb::ListTokensRequest {
-                login: "carol@beta.example".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .tokens;
+        let listed = all_tokens_of(&server, "carol@beta.example").await;
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].state(), pb::TokenState::Revoked, "{listed:?}");
     })
@@ -884,4 +856,19 @@ async fn a_shared_users_reset_goes_to_its_directory_address_only() {
         .unwrap()
         .into_inner();
     assert_eq!(seen.organisations, ["acme"]);
+}
+
+/// Every organisation's tokens of `login`, as the admin key lists them.
+async fn all_tokens_of(server: &TestServer, login: &str) -> Vec<pb::TokenInfo> {
+    server
+        .tokens(&server.admin_key)
+        .list_tokens(pb::ListTokensRequest {
+            login: login.into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("the admin key lists tokens")
+        .into_inner()
+        .tokens
 }

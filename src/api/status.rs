@@ -17,7 +17,8 @@ use crate::validation::Violations;
 /// The `ErrorInfo` domain of mailroom's errors.
 pub const ERROR_DOMAIN: &str = "mailroom";
 
-/// `INVALID_ARGUMENT` with one `BadRequest` field violation per bad field.
+/// `INVALID_ARGUMENT` with one `BadRequest` field violation per bad field: the first
+/// [`crate::validation::MAX_KEPT`], the message counting the rest.
 pub fn invalid(violations: &Violations) -> Status {
     let details: Vec<FieldViolation> = violations
         .iter()

@@ -142,6 +142,9 @@ fn invisible(c: char) -> bool {
         | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
+/// Most organisations one user belongs to.
+pub const MAX_ORGANISATIONS: usize = 100;
+
 /// Reads and changes users.
 #[derive(Clone)]
 pub struct DirectoryService {
@@ -175,6 +178,15 @@ impl DirectoryService {
                 "user.organisations",
                 "at least one organisation is required",
             );
+        }
+        if draft.organisations.len() > MAX_ORGANISATIONS {
+            // Each is an index entry written with the user and read with it: 4 MiB of names
+            // made half a million of them, and took the process past 5 GiB.
+            v.add(
+                "user.organisations",
+                format!("at most {MAX_ORGANISATIONS} organisations"),
+            );
+            return Err(v);
         }
         for (i, o) in draft.organisations.iter().enumerate() {
             v.check(
@@ -302,4 +314,24 @@ impl DirectoryService {
 /// Whether `user` belongs to `organisation` alone.
 fn managed_by(user: &User, organisation: &str) -> bool {
     user.organisations.iter().all(|o| o == organisation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_belongs_to_at_most_max_organisations() {
+        let draft = |count: usize| UserDraft {
+            login: "alice".into(),
+            name: String::new(),
+            email: String::new(),
+            organisations: (0..count).map(|i| format!("org{i}")).collect(),
+            locked: false,
+        };
+        assert!(DirectoryService::check(&draft(MAX_ORGANISATIONS)).is_ok());
+        let refused = DirectoryService::check(&draft(500_000)).expect_err("too many");
+        let fields: Vec<_> = refused.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["user.organisations"]);
+    }
 }

@@ -212,33 +212,40 @@ impl HelperDef for Each {
         let Some(block) = h.template() else {
             return Ok(());
         };
-        // (key for `@key` and block params, path segment, value) of each item.
-        let (items, keyed): (Vec<(Value, String, &Value)>, bool) = match param.value() {
-            Value::Array(list) => (
-                list.iter()
-                    .enumerate()
-                    .map(|(i, v)| (Value::from(i), i.to_string(), v))
-                    .collect(),
-                false,
-            ),
-            Value::Object(map) => (
-                map.iter()
-                    .map(|(k, v)| (Value::from(k.as_str()), k.clone(), v))
-                    .collect(),
-                true,
-            ),
-            _ => (Vec::new(), false),
-        };
-        if items.is_empty() {
+        // (key for `@key` and block params, path segment, value) of each item, made as the
+        // loop gets to it: a list of the context may hold two million items, of which the
+        // budget lets a loop reach a tenth.
+        let (items, len, keyed): (Box<dyn Iterator<Item = (Value, String, &Value)>>, _, _) =
+            match param.value() {
+                Value::Array(list) => (
+                    Box::new(
+                        list.iter()
+                            .enumerate()
+                            .map(|(i, v)| (Value::from(i), i.to_string(), v)),
+                    ),
+                    list.len(),
+                    false,
+                ),
+                Value::Object(map) => (
+                    Box::new(
+                        map.iter()
+                            .map(|(k, v)| (Value::from(k.as_str()), k.clone(), v)),
+                    ),
+                    map.len(),
+                    true,
+                ),
+                _ => (Box::new(std::iter::empty()), 0, false),
+            };
+        if len == 0 {
             return match h.inverse() {
                 Some(otherwise) => otherwise.render(r, ctx, rc, out),
                 None => Ok(()),
             };
         }
         let base = param.context_path().cloned();
-        let last = items.len() - 1;
+        let last = len - 1;
         rc.push_block(BlockContext::new());
-        for (i, (key, segment, value)) in items.into_iter().enumerate() {
+        for (i, (key, segment, value)) in items.enumerate() {
             Budget::spend(1 + block.elements.len())?;
             if let Some(context) = rc.block_mut() {
                 context.set_local_var("index", Value::from(i));

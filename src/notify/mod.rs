@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::crypto::{self, CryptoError, MasterKey};
 use crate::directory::User;
-use crate::mail::template::{html_to_text, BodyFormat, TemplateCache, Templates};
+use crate::mail::template::{html_to_text, BodyFormat, Data, TemplateCache, Templates};
 use crate::mail::{compose, new_message_id};
 use crate::metrics::Metrics;
 use crate::settings::{SettingsError, SettingsService, SmtpSettings};
@@ -243,7 +243,7 @@ impl NotifyService {
     /// EmailerToAddr: one message per address of `to` (1 to 100 templates).
     pub async fn send_to_addresses(
         &self,
-        n: Notification,
+        mut n: Notification,
         to: Vec<String>,
     ) -> Result<Queued, NotifyError> {
         let mut v = check_notification(&n);
@@ -270,7 +270,7 @@ impl NotifyService {
         let mut stager = Stager::new(&*self.store, crypto::random_id("batch_"));
         let staged = async {
             // Every recipient sees the same data: all but `to` renders once.
-            let data = Value::Object(n.context.clone());
+            let data = Data::new(std::mem::take(&mut n.context));
             let parts = self.render_parts(&n, &settings, &templates, &data);
             let parts = match parts {
                 Ok(parts) => Some(parts),
@@ -300,7 +300,7 @@ impl NotifyService {
 
     /// EmailerToUser: one message per unlocked user of the organisation that has an
     /// address, with `user` set to that user in the templates.
-    pub async fn send_to_users(&self, n: Notification) -> Result<Queued, NotifyError> {
+    pub async fn send_to_users(&self, mut n: Notification) -> Result<Queued, NotifyError> {
         check_notification(&n)
             .into_result(())
             .map_err(NotifyError::Invalid)?;
@@ -313,6 +313,8 @@ impl NotifyService {
         // that memory stays bounded however large the organisation; all are queued at once
         // at the end.
         let mut stager = Stager::new(&*self.store, crypto::random_id("batch_"));
+        // The context is made once; only `user` changes from one recipient to the next.
+        let mut data = Data::new(std::mem::take(&mut n.context));
         let staged = async {
             let mut after: Option<String> = None;
             'pages: loop {
@@ -327,10 +329,9 @@ impl NotifyService {
                     let Some(address) = user.address() else {
                         continue;
                     };
-                    let mut data = n.context.clone();
-                    data.insert("user".into(), user_value(user, &address));
+                    data.set("user", user_value(user, &address));
                     let message = self
-                        .render_parts(&n, &settings, &templates, &Value::Object(data))
+                        .render_parts(&n, &settings, &templates, &data)
                         .and_then(|parts| {
                             let name = (!user.name.is_empty() && !has_line_break(&user.name))
                                 .then(|| user.name.clone());
@@ -463,7 +464,7 @@ impl NotifyService {
         n: &Notification,
         settings: &SmtpSettings,
         templates: &Templates,
-        data: &Value,
+        data: &Data,
     ) -> Result<Parts, Violations> {
         let mut v = Violations::new();
         let from = if n.from.is_empty() {
@@ -862,17 +863,27 @@ fn check_notification(n: &Notification) -> Violations {
 }
 
 fn merge(into: &mut Violations, found: Violations) {
-    for v in found.iter() {
-        into.add(v.field.clone(), v.description.clone());
-    }
+    into.absorb(&found);
 }
 
 fn has_line_break(s: &str) -> bool {
     s.contains(['\r', '\n'])
 }
 
-/// A rendered header value: refused when it holds CR or LF (header injection).
+/// The longest rendered header value (sender, recipient, subject), in bytes: the longest
+/// line RFC 5322 allows (§2.1.1). Each is kept in the clear beside the sealed message and
+/// answered by ListMessages, a thousand at a time.
+pub const MAX_HEADER_BYTES: usize = 998;
+
+/// A rendered header value: refused when it holds CR or LF (header injection), or is
+/// longer than [`MAX_HEADER_BYTES`].
 fn header_value(value: String) -> Result<String, String> {
+    if value.len() > MAX_HEADER_BYTES {
+        return Err(format!(
+            "rendered to {} bytes; a header value holds at most {MAX_HEADER_BYTES}",
+            value.len()
+        ));
+    }
     if has_line_break(&value) {
         return Err("rendered to a value with CR or LF, which would start a new header".into());
     }
@@ -899,4 +910,19 @@ fn user_value(user: &User, address: &Address) -> Value {
         "email": address.to_string(),
         "organisations": user.organisations,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_headers_are_at_most_one_line_long() {
+        let longest = "s".repeat(MAX_HEADER_BYTES);
+        assert_eq!(header_value(longest.clone()), Ok(longest.clone()));
+        let why = header_value(longest + "s").expect_err("too long");
+        assert!(why.contains("at most 998"), "{why}");
+        let address = format!("{}@example.com", "a".repeat(MAX_HEADER_BYTES));
+        assert!(mailbox(&address).expect_err("too long").contains("at most 998"));
+    }
 }

@@ -63,11 +63,7 @@ impl<'a> Stager<'a> {
         match rendered {
             Ok(message) if self.violations.is_empty() => self.push(message, "body").await?,
             Ok(_) => {}
-            Err(found) => {
-                for v in found.iter() {
-                    self.violations.add(v.field.clone(), v.description.clone());
-                }
-            }
+            Err(found) => self.violations.absorb(&found),
         }
         Ok(self.violations.iter().count() < MAX_VIOLATIONS)
     }

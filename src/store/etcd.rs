@@ -69,6 +69,13 @@ const IDS_APART: &str = "@batch:";
 /// Entries read at once when a sweep walks a prefix: one response may carry at most what
 /// the client decodes (4 MiB), and an idempotency record up to about 33 KB.
 const SCAN_PAGE: usize = 64;
+/// The most one response of the key-value service may carry. tonic's default, 4 MiB, held
+/// fewer than three messages near the size limit (a record of up to 1.5 MiB, etcd's request
+/// limit): delivery's claim of 16 such messages, or a page of them listed, failed whole.
+const RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Message records read in one transaction when a listing reads them (at most 48 MiB):
+/// one group at a time, each message without its content once decoded.
+const MESSAGES_READ: usize = 32;
 
 /// How mailroom reaches etcd beyond its endpoints. The default, plain text and no user, is
 /// etcd's own default: fit for an etcd that only this host can reach.
@@ -170,7 +177,7 @@ impl EtcdStore {
             .instrument(tracing::info_span!("etcd_watch")),
         );
         let store = Self {
-            kv: client.kv_client(),
+            kv: client.kv_client().max_decoding_message_size(RESPONSE_BYTES),
             prefix: store_prefix,
             changes,
             epoch,
@@ -1258,14 +1265,21 @@ impl Store for EtcdStore {
             None => self.key(&format!("outbox/o/{organisation}\0")),
         };
         let entries = self.range(&prefix, after, limit).await?;
-        let messages = self
-            .records_of::<OutboxMessage>(&entries, prefix.len(), |id| self.message_key(id))
-            .await?;
-        Ok(messages
-            .into_iter()
-            .map(|(m, _)| m)
-            .filter(|m| state.is_none_or(|s| m.state == s))
-            .collect())
+        let mut messages = Vec::with_capacity(entries.len());
+        // A group of records at a time, each dropping its content as it is decoded: a page
+        // of a thousand messages near the size limit is 1.4 GB with their contents.
+        for group in entries.chunks(MESSAGES_READ) {
+            let records = self
+                .records_of::<OutboxMessage>(group, prefix.len(), |id| self.message_key(id))
+                .await?;
+            messages.extend(
+                records
+                    .into_iter()
+                    .map(|(m, _)| OutboxMessage { content: None, ..m })
+                    .filter(|m| state.is_none_or(|s| m.state == s)),
+            );
+        }
+        Ok(messages)
     }
 }
 

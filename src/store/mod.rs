@@ -229,7 +229,11 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     async fn pending_messages(&self) -> Result<usize>;
 
     /// Messages of an organisation (in `state`, when given) in id order, after `after`, at
-    /// most `limit`.
+    /// most `limit`, **without their content** (`content` is `None`): a listing never
+    /// needs a body, and a page of a thousand messages near the size limit held with their
+    /// bodies came to 1.4 GB. Each is dropped as its record is read. Read a message with
+    /// [`Store::message`] (or [`Store::due_messages`], [`Store::all_messages`]) for its
+    /// content.
     async fn list_messages(
         &self,
         organisation: &str,

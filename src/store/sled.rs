@@ -591,7 +591,9 @@ impl Store for SledStore {
             writes.insert(message_key(&message.id), encode(message));
             writes.insert(staged_key(batch, &message.id), staged_value(message));
         }
-        self.outbox.apply_batch(writes).map_err(unavailable)
+        self.outbox.apply_batch(writes).map_err(unavailable)?;
+        release_garbage();
+        Ok(())
     }
 
     async fn commit_batch(
@@ -960,7 +962,7 @@ impl Store for SledStore {
                 .values()
                 .filter(|m| m.organisation == organisation)
                 .filter(|m| after.is_none_or(|after| m.id.as_str() > after))
-                .cloned()
+                .map(without_content)
                 .collect(),
             _ => Vec::new(),
         };
@@ -970,17 +972,36 @@ impl Store for SledStore {
                 break;
             }
             let (k, _) = entry.map_err(unavailable)?;
-            if let Some(message) = self.current_message(&k[prefix.len()..])? {
+            if let Some(mut message) = self.current_message(&k[prefix.len()..])? {
                 // An entry of the state a swap is moving the message out of.
                 if state.is_none_or(|s| message.state == s) {
+                    // Dropped as each is read: a page holds up to a thousand.
+                    message.content = None;
                     messages.push(message);
                 }
             }
+            release_garbage();
         }
         messages.sort_by(|a, b| a.id.cmp(&b.id));
         messages.dedup_by(|a, b| a.id == b.id);
         messages.truncate(limit);
         Ok(messages)
+    }
+}
+
+/// Hands the pages this thread replaced or evicted to sled's collector now. sled frees
+/// them only once no reader can still see them (epoch-based reclamation), and a thread
+/// keeps up to 64 of them before it even offers them: a leaf holds up to 16 records, so
+/// near the message size limit that was a GiB held by one ListMessages.
+fn release_garbage() {
+    sled::pin().flush();
+}
+
+/// A copy of `message` without its content (see [`Store::list_messages`]).
+fn without_content(message: &OutboxMessage) -> OutboxMessage {
+    OutboxMessage {
+        content: None,
+        ..message.clone()
     }
 }
 
@@ -1189,7 +1210,7 @@ impl SledStore {
     ) -> Result<Option<Idempotency>> {
         let _one_at_a_time = match key {
             Some(k) => {
-                let guard = self.enqueue_lock.lock().await;
+                let guard = (); // MUTATION self.enqueue_lock.lock().await;
                 if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
                     return Ok(Some(first));
                 }

@@ -9,9 +9,11 @@ pub mod contract;
 pub mod etcd;
 pub mod oauth2;
 pub mod process;
+mod race;
 pub mod smtp;
 
-pub use bounds::{eventually, forget_child, watch_child, watchdog, within, TEST_LIMIT};
+pub use bounds::{eventually, forget_child, watch_child, watchdog, within};
+pub use race::race;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -146,7 +148,10 @@ impl TestServer {
     /// Runs the sweeper now and waits until it has swept (tokens, idempotency keys,
     /// messages), so that what a test then reads is what that sweep left.
     pub async fn sweep(&self) {
-        assert!(self.sweeper.sweep().await, "the server stopped before sweeping");
+        assert!(
+            self.sweeper.sweep().await,
+            "the server stopped before sweeping"
+        );
     }
 
     pub fn tokens(&self, key: &str) -> TokenClient {
@@ -363,42 +368,6 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .get_details_bad_request()
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
-}
-
-/// Runs `racers` futures made by `racer(n)` at once and gives their outputs, in order. Each
-/// runs on a thread of its own, and a barrier releases them together: a race test that
-/// joined futures on one task would run them one after the other between awaits and pass
-/// without any lock, and tasks spawned together mostly queue on the one worker that woke
-/// them.
-pub async fn race<T, F>(racers: usize, racer: impl Fn(usize) -> F) -> Vec<T>
-where
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let start = std::sync::Arc::new(std::sync::Barrier::new(racers));
-    let runtime = tokio::runtime::Handle::current();
-    let spin = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let racers_n = racers;
-    let threads: Vec<_> = (0..racers)
-        .map(|n| {
-            let (start, racer, runtime) = (start.clone(), racer(n), runtime.clone());
-            let spin = spin.clone();
-            tokio::task::spawn_blocking(move || {
-                if std::env::var_os("EXP_SPIN").is_some() {
-                    spin.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    while spin.load(std::sync::atomic::Ordering::SeqCst) < racers_n { std::hint::spin_loop(); }
-                } else {
-                start.wait();
-                }
-                runtime.block_on(racer)
-            })
-        })
-        .collect();
-    let mut outputs = Vec::with_capacity(racers);
-    for thread in threads {
-        outputs.push(thread.await.expect("a racer panicked"));
-    }
-    outputs
 }
 
 /// Every byte of every file under `dir`.

@@ -230,7 +230,10 @@ impl SmtpServer {
             data: Vec::new(),
         };
         let mut sessions = SessionBuilder::new("mx.test");
-        let tls = options.starttls.as_ref().map(|pki| Arc::new(server_config(pki)));
+        let tls = options
+            .starttls
+            .as_ref()
+            .map(|pki| Arc::new(server_config(pki)));
         if tls.is_some() {
             sessions.enable_start_tls();
         }
@@ -250,7 +253,9 @@ impl SmtpServer {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                let Ok(clone) = stream.try_clone() else { continue };
+                let Ok(clone) = stream.try_clone() else {
+                    continue;
+                };
                 connections.lock().unwrap().insert(n, clone);
                 let (sessions, tls, handler) = (sessions.clone(), tls.clone(), handler.clone());
                 let connections = connections.clone();
