@@ -183,13 +183,26 @@ impl Args {
     /// The defaults, as `mailroom` with no flags and no `MAILROOM_*` environment would run
     /// (what tests and tools start from: a variable set where they run changes nothing).
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
-        let command = Self::command().mut_args(|arg| arg.env(None));
-        let matches = command
-            .try_get_matches_from(["mailroom"])
-            .expect("the defaults parse");
-        let mut args = Self::from_arg_matches(&matches).expect("the defaults parse");
+        let mut args = Self::defaults(&["mailroom"]);
         args.data_dir = data_dir.into();
         args
+    }
+
+    /// `argv` parsed with no `MAILROOM_*` variable read: every flag's environment twin
+    /// (the subcommands' too) taken out first.
+    fn defaults(argv: &[&str]) -> Self {
+        let mut command = Self::command().mut_args(|arg| arg.env(None));
+        let subcommands: Vec<String> = command
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        for name in subcommands {
+            command = command.mut_subcommand(name, |s| s.mut_args(|arg| arg.env(None)));
+        }
+        let matches = command
+            .try_get_matches_from(argv)
+            .expect("the defaults parse");
+        Self::from_arg_matches(&matches).expect("the defaults parse")
     }
 
     /// Where the master key lives.
@@ -259,7 +272,7 @@ impl CatchMailArgs {
     /// The defaults, as `mailroom catch-mail` with no flags (and no environment) would run,
     /// writing to `dir`.
     pub fn with_dir(dir: impl Into<PathBuf>) -> Self {
-        match Args::parse_from(["mailroom", "catch-mail"]).command {
+        match Args::defaults(&["mailroom", "catch-mail"]).command {
             Some(Command::CatchMail(mut args)) => {
                 args.dir = dir.into();
                 args
@@ -342,6 +355,7 @@ mod tests {
             assert_eq!(args.listen, "127.0.0.1:50051".parse().unwrap());
             assert_eq!((args.workers, args.store), (4, StoreKind::Sled));
             assert_eq!(args.data_dir, PathBuf::from("/d"));
+            assert_eq!(CatchMailArgs::with_dir("/c").max_connections, 16);
             return;
         }
         let status = std::process::Command::new(std::env::current_exe().unwrap())
@@ -353,6 +367,7 @@ mod tests {
             .env("MAILROOM_LISTEN", "0.0.0.0:1")
             .env("MAILROOM_WORKERS", "0")
             .env("MAILROOM_STORE", "etcd")
+            .env("MAILROOM_CATCH_MAIL_MAX_CONNECTIONS", "0")
             .status()
             .unwrap();
         assert!(

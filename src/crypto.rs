@@ -244,6 +244,16 @@ impl Sealed {
     pub fn stored_len(&self) -> usize {
         self.0.len()
     }
+
+    /// It as stored (base64): what a store that keeps it in parts splits.
+    pub fn as_stored(&self) -> &str {
+        &self.0
+    }
+
+    /// A value [`Sealed::as_stored`] gave (joined again from its parts).
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
+    }
 }
 
 impl fmt::Debug for Sealed {

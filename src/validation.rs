@@ -154,11 +154,16 @@ mod tests {
         assert_eq!(v.omitted(), 100_001 - MAX_KEPT);
         assert!(v.iter().all(|v| v.description.len() <= MAX_TEXT));
         assert!(v.iter().all(|v| v.description.ends_with('…')));
-        assert!(v.to_string().ends_with(&format!("; and {} more", 100_001 - MAX_KEPT)));
+        assert!(v
+            .to_string()
+            .ends_with(&format!("; and {} more", 100_001 - MAX_KEPT)));
 
         let mut merged = violation("to", "é".repeat(MAX_TEXT));
         assert!(merged.iter().all(|v| v.description.len() <= MAX_TEXT));
         merged.absorb(&v);
-        assert_eq!((merged.iter().count(), merged.omitted()), (MAX_KEPT, 100_002 - MAX_KEPT));
+        assert_eq!(
+            (merged.iter().count(), merged.omitted()),
+            (MAX_KEPT, 100_002 - MAX_KEPT)
+        );
     }
 }

@@ -16,7 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as Async
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::support::{issue_request, TestServer};
+use crate::support::process::hermetic;
+use crate::support::{eventually, issue_request, TestServer};
 
 /// `mailroom catch-mail` run as the README runs it, with its stdout read line by line.
 struct CatchMail {
@@ -28,7 +29,7 @@ struct CatchMail {
 
 impl CatchMail {
     fn start(dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+        let mut child = hermetic(&mut Command::new(env!("CARGO_BIN_EXE_mailroom")))
             .args(["catch-mail", "--listen", "127.0.0.1:0", "--dir"])
             .arg(dir)
             .stdout(Stdio::piped())
@@ -191,14 +192,11 @@ async fn the_catcher_prints_and_files_what_mailroom_sends() {
 
     // SIGTERM ends it cleanly.
     kill(Pid::from_raw(catcher.child.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = catcher.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let child = &mut catcher.child;
+    let status = eventually(Duration::from_secs(10), "exit after SIGTERM", async || {
+        child.try_wait().unwrap()
+    })
+    .await;
     assert!(status.success(), "{status}");
 }
 
@@ -347,18 +345,18 @@ async fn connections_beyond_the_limit_are_answered_421() {
     assert!(line.starts_with("421 "), "{line}");
     drop(_first);
     // Its slot comes back once the catcher sees it closed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), "the slot back", async || {
         let stream = TcpStream::connect(catcher.addr).await.unwrap();
         let mut reader = AsyncBufReader::new(stream);
         let mut line = String::new();
         reader.read_line(&mut line).await.unwrap();
         if line.starts_with("220 ") {
-            break;
+            Ok(())
+        } else {
+            Err(line)
         }
-        assert!(Instant::now() < deadline, "the slot never came back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

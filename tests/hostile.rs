@@ -70,6 +70,18 @@ async fn hostile_templates_are_refused_and_the_server_goes_on() {
             "not available",
         ),
         (
+            "the lookup helper",
+            "{{lookup list 0}}".into(),
+            with_list(3),
+            "not available",
+        ),
+        (
+            "too many expressions",
+            "{{a}}".repeat(1001),
+            None,
+            "at most 1000",
+        ),
+        (
             "an output bomb",
             format!(
                 "{{{{#each list}}}}{{{{#each ../list}}}}{}{{{{/each}}}}{{{{/each}}}}",

@@ -125,8 +125,8 @@ async fn counters_move_with_messages_and_tokens() {
 
     // A message's state is visible a moment before its outcome is counted (the count
     // follows the durable write): scrape until both outcomes are in.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let after = loop {
+    let outcomes = "both outcomes counted";
+    let after = support::eventually(std::time::Duration::from_secs(10), outcomes, async || {
         let after = scrape(&server).await;
         let settled = [
             r#"mailroom_messages_total{state="sent"}"#,
@@ -134,11 +134,9 @@ async fn counters_move_with_messages_and_tokens() {
         ]
         .iter()
         .all(|s| counted(&after, s) > counted(&before, s));
-        if settled || tokio::time::Instant::now() > deadline {
-            break after;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+        settled.then_some(after)
+    })
+    .await;
     let moved = |series: &str| get(&after, series) - counted(&before, series);
     assert_eq!(moved(r#"mailroom_messages_total{state="queued"}"#), 2.0);
     assert_eq!(moved(r#"mailroom_messages_total{state="sent"}"#), 1.0);

@@ -7,7 +7,7 @@ use crate::support;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mailroom::proto::v1 as pb;
 use support::process::Process;
@@ -241,21 +241,20 @@ async fn wait_until_sent(
     >,
     ids: &[String],
 ) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for id in ids {
-        loop {
+    support::eventually(Duration::from_secs(20), "every message sent", async || {
+        for id in ids {
             let message = notifier
                 .get_message(pb::GetMessageRequest { id: id.clone() })
                 .await
                 .expect("every acknowledged message is still there")
                 .into_inner();
-            if message.state() == pb::MessageState::Sent {
-                break;
+            if message.state() != pb::MessageState::Sent {
+                return Err(message);
             }
-            assert!(Instant::now() < deadline, "{message:?} never sent");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
+        Ok(())
+    })
+    .await;
 }
 
 /// SIGKILL in the middle of a burst of issues and consumptions: every token whose issue was

@@ -43,7 +43,7 @@ async fn rotation_keeps_every_secret_readable_and_a_wrong_key_fails_clearly() {
 
     let key_file = dir.path().join("master.key");
     let old_key = std::fs::read_to_string(&key_file).unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_mailroom"))
+    let status = support::process::hermetic(&mut Command::new(env!("CARGO_BIN_EXE_mailroom")))
         .args(["rotate-master-key", "--data-dir"])
         .arg(dir.path())
         .status()

@@ -1497,7 +1497,12 @@ fn max_token(login: &str) -> pb::IssueTokenRequest {
             "x".repeat(900)
         ),
         metadata: (0..32)
-            .map(|i| (padded(&format!("k{i:02}"), 64), padded(&format!("v{i}"), 1024)))
+            .map(|i| {
+                (
+                    padded(&format!("k{i:02}"), 64),
+                    padded(&format!("v{i}"), 1024),
+                )
+            })
             .collect(),
     }
 }
@@ -1628,7 +1633,11 @@ async fn worst_smtp(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
             fresh_server,
             smtp.test_smtp_settings(request),
             |r| {
-                let last = r.steps.last().map(|s| s.stage().as_str_name()).unwrap_or("");
+                let last = r
+                    .steps
+                    .last()
+                    .map(|s| s.stage().as_str_name())
+                    .unwrap_or("");
                 format!("success={} (stopped at {last})", r.success)
             },
         )
@@ -1663,7 +1672,10 @@ async fn worst_tokens(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
          most metadata (32 entries of 64 + 1,024 characters)"
     );
     let fresh_server = fresh(binary, dir.path()).await?;
-    let mut client = fresh_server.0.tokens().max_decoding_message_size(usize::MAX);
+    let mut client = fresh_server
+        .0
+        .tokens()
+        .max_decoding_message_size(usize::MAX);
     rows.push(
         worst_row(
             "ListTokens",
@@ -1932,7 +1944,10 @@ async fn worst_outbox(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
     let outbox = "1,001 pending messages, each just under 1 MiB as sent with a subject of \
                   998 bytes";
     let fresh_server = fresh(binary, dir.path()).await?;
-    let mut client = fresh_server.0.notifier().max_decoding_message_size(usize::MAX);
+    let mut client = fresh_server
+        .0
+        .notifier()
+        .max_decoding_message_size(usize::MAX);
     rows.push(
         worst_row(
             "ListMessages",
@@ -1960,7 +1975,10 @@ async fn worst_outbox(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
             "RetryMessage",
             "one of them: refused (not DEAD) once read, as a DEAD one is read",
         ),
-        ("CancelMessage", "one of them: read, cancelled, its body dropped"),
+        (
+            "CancelMessage",
+            "one of them: read, cancelled, its body dropped",
+        ),
     ] {
         let id = ids[0].clone();
         let fresh_server = fresh(binary, dir.path()).await?;
@@ -1973,9 +1991,13 @@ async fn worst_outbox(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
             }
         };
         rows.push(
-            worst_row(rpc, format!("{why}, of {outbox}"), fresh_server, call, |m| {
-                format!("OK ({:?})", m.state())
-            })
+            worst_row(
+                rpc,
+                format!("{why}, of {outbox}"),
+                fresh_server,
+                call,
+                |m| format!("OK ({:?})", m.state()),
+            )
             .await,
         );
     }
@@ -2033,7 +2055,10 @@ async fn worst_directory(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
     );
     let longest = max_user(0, "bench");
     let fresh_server = fresh(binary, dir.path()).await?;
-    let mut client = fresh_server.0.directory().max_decoding_message_size(usize::MAX);
+    let mut client = fresh_server
+        .0
+        .directory()
+        .max_decoding_message_size(usize::MAX);
     rows.push(
         worst_row(
             "ListUsers",
@@ -2114,9 +2139,7 @@ async fn worst_keys(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
     rows.push(
         worst_row(
             "CreateApiKey",
-            format!(
-                "{count} unknown permissions (4 MiB): each one a violation to report"
-            ),
+            format!("{count} unknown permissions (4 MiB): each one a violation to report"),
             fresh_server,
             client.create_api_key(request),
             |_| "OK".into(),
@@ -2125,7 +2148,10 @@ async fn worst_keys(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
     );
     let keys = "1,001 keys with names and organisations of 100 characters";
     let fresh_server = fresh(binary, dir.path()).await?;
-    let mut client = fresh_server.0.api_keys().max_decoding_message_size(usize::MAX);
+    let mut client = fresh_server
+        .0
+        .api_keys()
+        .max_decoding_message_size(usize::MAX);
     rows.push(
         worst_row(
             "ListApiKeys",
@@ -2154,7 +2180,6 @@ async fn worst_keys(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
 
     Ok(rows)
 }
-
 
 /// The most a template writes (the sandbox's limit, 1 MiB).
 fn sandbox_output() -> usize {

@@ -39,6 +39,8 @@ const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// The life of a token whose endpoint did not say (`expires_in` is only recommended).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest life a token is kept for, whatever its endpoint says.
+const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 
 /// An access token. Its secret prints as `[REDACTED]`.
 #[derive(Clone, Debug)]
@@ -373,7 +375,10 @@ async fn request(
             .expires_in
             .as_ref()
             .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
-            .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+            // Clamped: an endpoint's 2^64 - 1 would overflow the expiry's arithmetic.
+            .map_or(DEFAULT_LIFETIME, |secs| {
+                Duration::from_secs(secs.min(MAX_LIFETIME.as_secs()))
+            });
         return Ok((issued.access_token.into(), lifetime));
     }
     match serde_json::from_slice::<Refusal>(&text) {
@@ -584,17 +589,35 @@ fn refused(oauth2: &OAuth2, endpoint: &str, status: reqwest::StatusCode, r: &Ref
 /// Text an endpoint sent, fit for a report: one line, no control characters, 300
 /// characters at most.
 fn clean(text: &str) -> String {
-    let line: String = text
+    // An endpoint may echo the request (measured: `client_secret=…` in its description):
+    // nothing from the first secret parameter on reaches an answer or a log.
+    let lower = text.to_ascii_lowercase();
+    let cut = ["secret=", "assertion=", "password=", "private_key"]
+        .iter()
+        .filter_map(|word| lower.find(word))
+        .min()
+        .unwrap_or(text.len());
+    let mut line: String = text[..cut]
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(300)
         .collect();
+    if cut < text.len() {
+        line.push_str(" [withheld: it may quote a secret]");
+    }
     line.trim().to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_echoing_the_request_never_reaches_an_answer() {
+        let echoed = clean("bad request: grant_type=x&client_secret=S3CRET-value");
+        assert!(!echoed.contains("S3CRET"), "{echoed}");
+        assert!(echoed.starts_with("bad request"), "{echoed}");
+    }
 
     fn oauth2(grant: Grant) -> OAuth2 {
         OAuth2 {

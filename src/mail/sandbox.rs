@@ -24,18 +24,20 @@ use serde_json::Value;
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// Most bytes of one template's source: a larger one could not render into a message.
 pub const MAX_SOURCE_BYTES: usize = MAX_OUTPUT_BYTES;
+/// Most expressions (`{{…}}`) in one template.
+pub const MAX_EXPRESSIONS: usize = 1000;
 /// Deepest nesting of blocks (`{{#each}}`, `{{#if}}`…) and subexpressions.
 pub const MAX_DEPTH: usize = 8;
 /// Steps one template may take: each item a loop runs costs one, plus one for each element
 /// of the block it renders.
 pub const STEPS: u64 = 200_000;
 /// Helpers a template may call: Handlebars' block helpers and comparisons, and TheHive's.
-pub const HELPERS: [&str; 19] = [
+/// (Not `lookup`: it copies the value it finds, a few MiB of context at each call.)
+pub const HELPERS: [&str; 18] = [
     "if",
     "unless",
     "each",
     "with",
-    "lookup",
     "eq",
     "ne",
     "gt",
@@ -58,6 +60,14 @@ pub fn parse(source: &str) -> Result<Template, String> {
         return Err(format!(
             "is {} bytes; a template has at most {MAX_SOURCE_BYTES}",
             source.len()
+        ));
+    }
+    // Handlebars finds each element's line and column from the start of the source:
+    // compiling costs elements × length (measured: 128 KiB of `{{a}}` took 10 s).
+    let expressions = source.matches("{{").count();
+    if expressions > MAX_EXPRESSIONS {
+        return Err(format!(
+            "has {expressions} expressions ({{{{…}}}}); a template has at most {MAX_EXPRESSIONS}"
         ));
     }
     let template = Template::compile(source).map_err(|e| match e.pos() {
@@ -152,7 +162,13 @@ thread_local! {
     /// Steps left to the template rendering on this thread ([`Budget`]). Rendering is
     /// synchronous: one template renders on one thread, start to end.
     static STEPS_LEFT: Cell<u64> = const { Cell::new(STEPS) };
+    /// When the template rendering on this thread must end ([`RENDER_TIME`]).
+    static DEADLINE: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
 }
+
+/// The longest one template may render: steps bound loops, this bounds whatever a step
+/// costs (a helper over a large value).
+pub const RENDER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The render budget of one template: given whole when it starts rendering, spent by the
 /// loops it runs.
@@ -162,6 +178,7 @@ impl Budget {
     /// Gives the template about to render its whole budget.
     pub fn start() {
         STEPS_LEFT.with(|left| left.set(STEPS));
+        DEADLINE.with(|d| d.set(Some(std::time::Instant::now() + RENDER_TIME)));
     }
 
     /// Whether the budget ran out (why the last rendering stopped).
@@ -171,7 +188,12 @@ impl Budget {
 
     /// Spends `steps`; an error once the budget is gone.
     fn spend(steps: usize) -> Result<(), RenderError> {
-        let steps = u64::try_from(steps).unwrap_or(u64::MAX);
+        let late = DEADLINE.with(|d| d.get().is_some_and(|at| std::time::Instant::now() > at));
+        let steps = if late {
+            u64::MAX
+        } else {
+            u64::try_from(steps).unwrap_or(u64::MAX)
+        };
         STEPS_LEFT.with(|left| match left.get().checked_sub(steps) {
             Some(rest) => {
                 left.set(rest);
@@ -187,7 +209,10 @@ impl Budget {
 
 /// Why a template whose budget ran out was refused.
 pub fn too_much_work() -> String {
-    format!("the template does too much work (more than {STEPS} steps)")
+    format!(
+        "the template does too much work (more than {STEPS} steps or {} s)",
+        RENDER_TIME.as_secs()
+    )
 }
 
 /// `{{#each list}}` as Handlebars has it (`this`, `@index`, `@first`, `@last`, `@key`,
@@ -316,6 +341,7 @@ impl Bounded {
 
 impl std::io::Write for &mut Bounded {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        Budget::spend(0).map_err(|_| std::io::Error::other("render budget"))?;
         if self.buf.len() + bytes.len() > self.limit {
             self.overflowed = true;
             return Err(std::io::Error::other("output limit reached"));

@@ -238,6 +238,7 @@ fn registry() -> Handlebars<'static> {
     // The sandbox (see sandbox.rs): `log` would write values into the server log, and
     // `each` must spend the render budget.
     hb.unregister_helper("log");
+    hb.unregister_helper("lookup");
     hb.register_helper("each", Box::new(sandbox::Each));
     hb.register_helper("tlpLabel", Box::new(tlp_label));
     hb.register_helper("papLabel", Box::new(pap_label));
@@ -317,6 +318,13 @@ fn date_format(
             return Err(RenderErrorReason::InvalidParamType("dateFormat pattern: a string").into())
         }
     };
+    if pattern.len() > 64 || value.as_str().is_some_and(|v| v.len() > 64) {
+        // Bounded: each call's cost grows with them, and the context is the caller's.
+        return Err(RenderErrorReason::Other(
+            "dateFormat takes a date and a pattern of at most 64 characters".into(),
+        )
+        .into());
+    }
     let locale = match h.param(2).map(|p| p.value()) {
         None => "en",
         Some(Value::String(l)) => l.as_str(),
@@ -562,7 +570,9 @@ mod tests {
         assert!(v[0].description.contains("line 2"), "{}", v[0].description);
         let t = Templates::compile(&[("body", "{{dateFormat when \"QQ\"}}")], BodyFormat::Text)
             .unwrap();
-        let err = t.render("body", &Data::from(json!({"when": 0}))).unwrap_err();
+        let err = t
+            .render("body", &Data::from(json!({"when": 0})))
+            .unwrap_err();
         assert!(err.to_string().contains("unknown pattern letter"), "{err}");
     }
 }

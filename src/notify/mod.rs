@@ -923,6 +923,8 @@ mod tests {
         let why = header_value(longest + "s").expect_err("too long");
         assert!(why.contains("at most 998"), "{why}");
         let address = format!("{}@example.com", "a".repeat(MAX_HEADER_BYTES));
-        assert!(mailbox(&address).expect_err("too long").contains("at most 998"));
+        assert!(mailbox(&address)
+            .expect_err("too long")
+            .contains("at most 998"));
     }
 }

@@ -203,7 +203,11 @@ mod tests {
         counts.add("acme", 2);
         counts.add("beta", 2);
         assert_eq!(counts.fresh("acme"), Some(7));
-        assert_eq!(counts.fresh("beta"), None, "only a counted organisation grows");
+        assert_eq!(
+            counts.fresh("beta"),
+            None,
+            "only a counted organisation grows"
+        );
         counts.forget("acme");
         assert_eq!(counts.fresh("acme"), None);
         let stale = std::time::Instant::now() - PENDING_FRESH;

@@ -231,9 +231,10 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// Messages of an organisation (in `state`, when given) in id order, after `after`, at
     /// most `limit`, **without their content** (`content` is `None`): a listing never
     /// needs a body, and a page of a thousand messages near the size limit held with their
-    /// bodies came to 1.4 GB. Each is dropped as its record is read. Read a message with
-    /// [`Store::message`] (or [`Store::due_messages`], [`Store::all_messages`]) for its
-    /// content.
+    /// bodies came to 1.4 GB. sled keeps contents apart from records and reads none; etcd
+    /// drops each as its record is decoded. [`Store::message`], [`Store::due_messages`]
+    /// and [`Store::all_messages`] read messages with their content: a listed message is
+    /// never the base of a [`Store::swap_message`].
     async fn list_messages(
         &self,
         organisation: &str,

@@ -25,13 +25,7 @@ impl Process {
     /// Starts the binary on `data_dir` with `extra` arguments, logging JSON at trace level,
     /// with no `MAILROOM_*` variable from the test's environment.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mailroom"));
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("MAILROOM_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command
+        let mut child = hermetic(&mut Command::new(env!("CARGO_BIN_EXE_mailroom")))
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -141,6 +135,17 @@ impl Process {
         self.log.extend(self.lines.try_iter());
         (status, self.log.join("\n"))
     }
+}
+
+/// `command` without the `MAILROOM_*` variables of the test's environment: a variable set
+/// where the tests run must not change what they start.
+pub fn hermetic(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MAILROOM_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 /// A test that fails before it stops its process kills it, rather than leaving it running

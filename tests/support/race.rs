@@ -3,19 +3,18 @@
 
 use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Runs `rounds` rounds of a race between `racers` threads: in round `r` each thread `n`
-/// runs `attempt(r, n)`, all of them at the same instant, and the next round starts once
-/// every thread has finished this one. What the attempts returned, by round then thread.
+/// runs `attempt(r, n)`, all of them at once, and the next round starts once every thread
+/// has finished this one. What the attempts returned, by round then thread.
 ///
 /// Threads, not tasks: futures joined on one task run one after the other between awaits
 /// (a test of them passes without any lock), and tasks spawned together mostly queue on
-/// the worker that woke them. The threads meet at a spinning barrier before each round, so
-/// that they leave it within nanoseconds of each other: threads woken by a condition
-/// variable start microseconds apart, longer than a lock-free store takes to lose most
-/// races. Call it from a multi-threaded runtime, which drives the attempts' I/O.
+/// the worker that woke them. The threads meet before each round and are woken together;
+/// a lock-free store loses a race only when two threads pass through a window a few
+/// microseconds wide at once, hence the rounds. Call it from a multi-threaded runtime,
+/// which drives the attempts' I/O.
 pub async fn race<T, F, A>(racers: usize, rounds: usize, attempt: A) -> Vec<Vec<T>>
 where
     A: Fn(usize, usize) -> F + Send + Sync + 'static,
@@ -24,25 +23,23 @@ where
 {
     let runtime = tokio::runtime::Handle::current();
     let attempt = Arc::new(attempt);
-    let arrived = Arc::new(AtomicUsize::new(0));
+    let meeting = Arc::new(Meeting::new(racers));
     let threads: Vec<_> = (0..racers)
         .map(|n| {
-            let (runtime, attempt, arrived) = (runtime.clone(), attempt.clone(), arrived.clone());
+            let (runtime, attempt, meeting) = (runtime.clone(), attempt.clone(), meeting.clone());
             std::thread::Builder::new()
                 .name(format!("racer {n}"))
                 .spawn(move || {
                     let run = catch_unwind(AssertUnwindSafe(|| {
                         let mut outputs = Vec::with_capacity(rounds);
                         for round in 0..rounds {
-                            arrived.fetch_add(1, Ordering::SeqCst);
-                            meet(&arrived, (round + 1) * racers);
+                            meeting.meet();
                             outputs.push(runtime.block_on(attempt(round, n)));
                         }
                         outputs
                     }));
                     run.unwrap_or_else(|panic| {
-                        // Lets the others through every barrier to come, then fails.
-                        arrived.store(usize::MAX / 2, Ordering::SeqCst);
+                        meeting.abandon();
                         resume_unwind(panic)
                     })
                 })
@@ -66,16 +63,52 @@ where
     by_round
 }
 
-/// Waits until `all` arrivals were counted: spinning, then (a thread that waits longer
-/// waits for one that is not running) yielding its processor.
-fn meet(arrived: &AtomicUsize, all: usize) {
-    let mut spins = 0u32;
-    while arrived.load(Ordering::SeqCst) < all {
-        if spins < 10_000 {
-            std::hint::spin_loop();
-            spins += 1;
-        } else {
-            std::thread::yield_now();
+/// Where the racers wait for each other before each round (a barrier that a racer that
+/// panicked can open for good, so that the others finish and the panic is reported).
+struct Meeting {
+    racers: usize,
+    state: Mutex<Arrivals>,
+    all_here: Condvar,
+}
+
+#[derive(Default)]
+struct Arrivals {
+    waiting: usize,
+    round: usize,
+    abandoned: bool,
+}
+
+impl Meeting {
+    fn new(racers: usize) -> Self {
+        Self {
+            racers,
+            state: Mutex::new(Arrivals::default()),
+            all_here: Condvar::new(),
         }
+    }
+
+    /// Waits until every racer is here, then wakes them all at once.
+    fn meet(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.waiting += 1;
+        if state.waiting == self.racers {
+            state.waiting = 0;
+            state.round += 1;
+            self.all_here.notify_all();
+            return;
+        }
+        let round = state.round;
+        while state.round == round && !state.abandoned {
+            state = self.all_here.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Lets every racer through from now on.
+    fn abandon(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abandoned = true;
+        self.all_here.notify_all();
     }
 }
