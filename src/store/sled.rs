@@ -1278,7 +1278,7 @@ impl SledStore {
     ) -> Result<Option<Idempotency>> {
         let _one_at_a_time = match key {
             Some(k) => {
-                let guard = (); // MUTATION self.enqueue_lock.lock().await;
+                let guard = self.enqueue_lock.lock().await;
                 if let Some(first) = self.idempotency(&k.organisation, &k.key).await? {
                     return Ok(Some(first));
                 }
