@@ -848,11 +848,11 @@ async fn a_message_is_claimed_once_under_concurrency(store: Arc<dyn Store>) {
     }
 }
 
-/// Eight requests race with each of 100 idempotency keys, half queuing in one write and
+/// Eight requests race with each of 50 idempotency keys, half queuing in one write and
 /// half committing a staged batch: one queues its messages, every other answers with that
 /// one's ids.
 async fn an_idempotency_key_is_used_once_under_concurrency(store: Arc<dyn Store>) {
-    let (rounds, racers) = (100, 8);
+    let (rounds, racers) = (50, 8);
     // Each racer's batch, by round; a racer of odd number commits its batch staged.
     let batches: Vec<Vec<(String, Vec<OutboxMessage>)>> = (0..rounds)
         .map(|round| {

@@ -711,7 +711,11 @@ impl NotifyService {
             if page.is_empty() {
                 break;
             }
-            for message in page {
+            // A page holds no contents: each is read with its message, one at a time.
+            for listed in page {
+                let Some(message) = self.store.message(&listed.id).await? else {
+                    continue;
+                };
                 let Some(sealed) = &message.content else {
                     continue;
                 };

@@ -1211,12 +1211,37 @@ impl Store for EtcdStore {
             .and_then(|kv| time_of_hex(&kv.key()[prefix.len()..])))
     }
 
+    /// The keys first, then the records a group at a time (as [`Store::list_messages`]):
+    /// one response of 500 messages near the size limit would be 700 MB.
     async fn all_messages(&self, after: After<'_>, limit: usize) -> Result<Vec<OutboxMessage>> {
-        self.range(&self.key("outbox/m/"), after, limit)
-            .await?
-            .iter()
-            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
-            .collect()
+        let prefix = self.key("outbox/m/");
+        let start = match after {
+            Some(after) => format!("{prefix}{after}\0"),
+            None => prefix.clone(),
+        };
+        let options = GetOptions::new()
+            .with_range(prefix_end(&prefix))
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .with_keys_only();
+        let keys = self
+            .kv
+            .clone()
+            .get(start, Some(options))
+            .await
+            .map_err(unavailable)?
+            .take_kvs();
+        let mut messages = Vec::with_capacity(keys.len());
+        for group in keys.chunks(MESSAGES_READ) {
+            let records = self
+                .records_of::<OutboxMessage>(group, prefix.len(), |id| self.message_key(id))
+                .await?;
+            messages.extend(
+                records
+                    .into_iter()
+                    .map(|(m, _)| OutboxMessage { content: None, ..m }),
+            );
+        }
+        Ok(messages)
     }
 
     async fn pending_of(&self, organisation: &str, _at_most: u64) -> Result<u64> {

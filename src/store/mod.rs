@@ -207,7 +207,9 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// When the earliest pending message is due.
     async fn next_due(&self) -> Result<Option<SystemTime>>;
 
-    /// Every message in id order after `after`, at most `limit` (key rotation).
+    /// Every message in id order after `after`, at most `limit`, without their content
+    /// (as [`Store::list_messages`]): the sweep walks the whole outbox, from start on, and
+    /// key rotation reads each content with [`Store::message`].
     async fn all_messages(&self, after: After<'_>, limit: usize) -> Result<Vec<OutboxMessage>>;
 
     /// How many messages of `organisation` are pending (queued, retrying or claimed),
@@ -232,9 +234,9 @@ pub trait Store: TokenStore + Send + Sync + 'static {
     /// most `limit`, **without their content** (`content` is `None`): a listing never
     /// needs a body, and a page of a thousand messages near the size limit held with their
     /// bodies came to 1.4 GB. sled keeps contents apart from records and reads none; etcd
-    /// drops each as its record is decoded. [`Store::message`], [`Store::due_messages`]
-    /// and [`Store::all_messages`] read messages with their content: a listed message is
-    /// never the base of a [`Store::swap_message`].
+    /// drops each as its record is decoded. [`Store::message`] and
+    /// [`Store::due_messages`] read messages with their content: a listed message is never
+    /// the base of a [`Store::swap_message`].
     async fn list_messages(
         &self,
         organisation: &str,

@@ -9,9 +9,10 @@
 //! Start reads no message bodies: what it repairs and releases is found through index
 //! keys, and only the records a crash left halfway are read.
 //!
-//! A message's sealed content is kept apart from its record, in parts of 4 KiB
-//! ([`CONTENT_PART`]): listings and index walks read small records only, and no leaf of
-//! sled's cache holds more than a few parts (a leaf of whole contents stayed resident).
+//! A message's sealed content larger than 4 KiB ([`CONTENT_PART`]) is kept apart from its
+//! record, in parts of that size: listings and index walks read small records only, and
+//! no leaf of sled's cache holds more than a few parts (a leaf of whole contents near the
+//! size limit stayed resident).
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -61,8 +62,9 @@ const REPLACING: u8 = b'w';
 const LOCKS: usize = 64;
 /// `c<batch>` → (): a batch committed but not yet wholly queued.
 const COMMITTED: u8 = b'c';
-/// `b<id>\0<n>` → the `n`th part (`u32`, big-endian) of a message's sealed content. A
-/// record holds no content (records of earlier versions still do, and are still read).
+/// `b<id>\0<n>` → the `n`th part (`u32`, big-endian) of a message's sealed content, when
+/// it is larger than one part; a smaller one stays in the record (as every content did
+/// before).
 const CONTENT: u8 = b'b';
 /// Bytes of sealed content per part. sled keeps each leaf (up to 16 entries) whole in
 /// its cache, and evicts a page only once enough pages of its shard of the cache were
@@ -70,7 +72,8 @@ const CONTENT: u8 = b'b';
 /// resident once written or read, whatever `--cache-mb` said. Measured on sled alone,
 /// 256 MiB of content written then read back held 315 MiB in values of 1.4 MB, 278 MiB in
 /// parts of 16 KiB, 102 MiB in parts of 4 KiB; and ListMessages over a thousand such
-/// messages took the process to 1.4 GiB.
+/// messages took the process to 1.4 GiB. A content of at most one part stays in its record
+/// (most notifications): queuing and delivering it costs no more writes than before.
 const CONTENT_PART: usize = 4096;
 /// Staged messages queued by one write.
 const QUEUE_CHUNK: usize = 1000;
@@ -152,10 +155,24 @@ fn content_prefix(id: &str) -> Vec<u8> {
     key(CONTENT, &[id.as_bytes(), b""])
 }
 
-/// A message's record: all of it but its content, stored in parts ([`put_content`]).
+/// Whether `content` stays in its message's record (else it is stored in parts).
+fn inline(content: &Sealed) -> bool {
+    content.stored_len() <= CONTENT_PART
+}
+
+/// A message's record: all of it, its content only when [`inline`].
 fn record(message: &OutboxMessage) -> Vec<u8> {
+    record_with(message, message.content.as_ref())
+}
+
+/// The record of `message` holding `content` when it is [`inline`], else none.
+fn record_with(message: &OutboxMessage, content: Option<&Sealed>) -> Vec<u8> {
+    let content = content.filter(|c| inline(c));
+    if content == message.content.as_ref() {
+        return encode(message);
+    }
     encode(&OutboxMessage {
-        content: None,
+        content: content.cloned(),
         ..message.clone()
     })
 }
@@ -182,7 +199,7 @@ fn content_parts<'a>(
 /// Adds to `writes` a new message: its record and its content's parts.
 fn put_message(writes: &mut sled::Batch, message: &OutboxMessage) {
     writes.insert(message_key(&message.id), record(message));
-    if let Some(content) = &message.content {
+    if let Some(content) = message.content.as_ref().filter(|c| !inline(c)) {
         for (k, part) in content_parts(&message.id, content) {
             writes.insert(k, part);
         }
@@ -702,7 +719,7 @@ impl Store for SledStore {
             // record, which the next open removes.
             let intent = self.replacing_key(&message.id);
             self.outbox.insert(&intent, &[]).map_err(unavailable)?;
-            if let Some(content) = &message.content {
+            if let Some(content) = message.content.as_ref().filter(|c| !inline(c)) {
                 for (k, part) in content_parts(&message.id, content) {
                     self.outbox.insert(k, part).map_err(unavailable)?;
                 }
@@ -733,7 +750,9 @@ impl Store for SledStore {
 
     /// Chunk by chunk, so that a batch of any size is forgotten in bounded memory: the
     /// batch was never committed, so a crash midway leaves the rest staged for the next
-    /// start to forget.
+    /// start to forget. Contents go first, with plain writes: a sled batch holds every page
+    /// it replaces until it ends, and the parts of a batch near its size limit (256 MiB)
+    /// in one took the process past 2 GiB.
     async fn discard_batch(&self, batch: &str) -> Result<()> {
         let prefix = staged_key(batch, "");
         loop {
@@ -742,9 +761,7 @@ impl Store for SledStore {
             for entry in self.outbox.scan_prefix(&prefix).keys().take(QUEUE_CHUNK) {
                 let key = entry.map_err(unavailable)?;
                 let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                for part in self.outbox.scan_prefix(content_prefix(&id)).keys() {
-                    writes.remove(part.map_err(unavailable)?);
-                }
+                self.remove_content(&id)?;
                 writes.remove(message_key(&id));
                 writes.remove(key);
                 staged += 1;
@@ -947,20 +964,21 @@ impl Store for SledStore {
         Ok(claims)
     }
 
-    /// A page ends early once it holds [`PAGE_BYTES`] of records and contents: the sweep,
-    /// which runs at start, pages through the outbox, and 500 messages near the size limit
-    /// would be half a GiB.
+    /// Records only, contents kept apart. A page ends early once it holds [`PAGE_BYTES`] of
+    /// records (those of earlier versions hold their content): the sweep, which runs at
+    /// start, pages through the outbox.
     async fn all_messages(&self, after: After<'_>, limit: usize) -> Result<Vec<OutboxMessage>> {
         let (mut messages, mut read) = (Vec::new(), 0);
         for entry in scan_after(&self.outbox, vec![MESSAGE], after).take(limit) {
             let (k, bytes) = entry.map_err(unavailable)?;
             let id = String::from_utf8_lossy(&k[1..]);
-            let message = match self.claimed(&id) {
+            let mut message = match self.claimed(&id) {
                 Some(claimed) => claimed,
-                None => self.with_content(self.decode_record(&id, &bytes)?)?,
+                None => self.decode_record(&id, &bytes)?,
             };
-            read += bytes.len() + message.content.as_ref().map_or(0, Sealed::stored_len);
+            message.content = None;
             messages.push(message);
+            read += bytes.len();
             if read >= PAGE_BYTES {
                 break;
             }
@@ -1405,10 +1423,14 @@ impl SledStore {
         // The content ends with the states that drop it; else it is kept, or replaced when
         // the message brings another (a re-seal), or moved into parts from a record of an
         // earlier version. A message without content (read from a listing or an index
-        // walk) leaves it as it is.
+        // walk) leaves it as it is. Parts can only exist when the record holds none.
         let ends = ends_content(message.state);
-        let kept = message.content.as_ref().or(stored.content.as_ref());
-        if let Some(content) = kept.filter(|_| !ends) {
+        let content = message
+            .content
+            .as_ref()
+            .or(stored.content.as_ref())
+            .filter(|_| !ends);
+        if let Some(content) = content.filter(|c| !inline(c)) {
             if self.content_of(&message.id)?.as_ref() != Some(content) {
                 self.put_content(&message.id, content)?;
             }
@@ -1416,11 +1438,12 @@ impl SledStore {
         let intent = self.replacing_key(&message.id);
         self.outbox.insert(&intent, &[]).map_err(unavailable)?;
         self.outbox
-            .insert(key, record(message))
+            .insert(key, record_with(message, content))
             .map_err(unavailable)?;
         // On failure the intent stays, for the next start to repair.
         self.move_indexes(&stored, message)?;
-        if ends {
+        let parts_left = stored.content.is_none() && (ends || content.is_some_and(inline));
+        if parts_left {
             self.remove_content(&message.id)?;
         }
         self.outbox.remove(&intent).map_err(unavailable)?;
@@ -1833,6 +1856,23 @@ mod tests {
         assert_eq!(stored.content, None, "the record holds no content");
         let parts = |store: &SledStore| store.outbox.scan_prefix(content_prefix("m1")).count();
         assert_eq!(parts(&store), 3);
+        let mut small = sample("m9", now);
+        small.content = Some(Sealed::from_stored("s".repeat(CONTENT_PART)));
+        store
+            .queue_messages("b9", std::slice::from_ref(&small), None)
+            .await
+            .unwrap();
+        let record = store.outbox.get(message_key("m9")).unwrap().unwrap();
+        let stored: OutboxMessage = decode("m9", &record).unwrap();
+        assert_eq!(
+            stored.content, small.content,
+            "one part's worth stays in the record"
+        );
+        assert!(store
+            .outbox
+            .scan_prefix(content_prefix("m9"))
+            .next()
+            .is_none());
         let read = store.message("m1").await.unwrap().unwrap();
         assert_eq!(read.content.as_ref(), Some(&content));
         let due = store.due_messages(now, 10).await.unwrap();

@@ -4,6 +4,7 @@
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::io::Write;
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,7 +18,7 @@ pub const TEST_LIMIT: Duration = Duration::from_secs(300);
 /// How often [`eventually`] looks again.
 const POLL: Duration = Duration::from_millis(20);
 
-/// Bounds the test that calls it, first thing (`let _watchdog = support::watchdog();`):
+/// Bounds the test that calls it, first thing (`let _watchdog = crate::support::watchdog();`):
 /// if the test is still running after [`TEST_LIMIT`], the watchdog names it, kills the
 /// processes the tests started, and ends the run with a failure, as `go test -timeout`
 /// does. A hang can be anywhere (a blocked thread, a runtime that never wakes), so no
@@ -33,7 +34,12 @@ pub fn watchdog() -> Watchdog {
         .name(format!("watchdog of {test}"))
         .spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(TEST_LIMIT) {
-                eprintln!("\n{test} is still running after {TEST_LIMIT:?}: stopping the run");
+                // Not eprintln!: this thread shares its test's captured output, which no
+                // one prints once the run ends here.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n{test} is still running after {TEST_LIMIT:?}: stopping the run"
+                );
                 for mut child in CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
                     let _ = child.kill();
                 }

@@ -165,6 +165,11 @@ impl Etcd {
         super::watch_child(child.id());
         self.child = Some(child);
         super::eventually(Duration::from_secs(30), "etcd answering", async || {
+            // Say so at once if etcd gave up (a port taken meanwhile, say): the end of its
+            // log is printed as the test fails.
+            if let Ok(Some(status)) = self.child.as_mut().expect("started").try_wait() {
+                panic!("etcd exited ({status}) on {}", self.endpoint);
+            }
             self.store("/probe/").await.is_ok()
         })
         .await;

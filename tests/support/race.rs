@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Runs `rounds` rounds of a race between `racers` threads: in round `r` each thread `n`
@@ -63,52 +64,69 @@ where
     by_round
 }
 
-/// Where the racers wait for each other before each round (a barrier that a racer that
-/// panicked can open for good, so that the others finish and the panic is reported).
+/// Where the racers wait for each other before each round: a barrier that those already
+/// there leave within nanoseconds of each other (they spin a while before they sleep:
+/// threads woken by a condition variable start microseconds apart, longer than most races
+/// last), and that a racer that panicked opens for good, so that the others finish and
+/// the panic is reported.
 struct Meeting {
     racers: usize,
-    state: Mutex<Arrivals>,
+    /// The rounds begun; changed only under `state`'s lock.
+    round: AtomicUsize,
+    abandoned: AtomicBool,
+    /// How many wait for the next round.
+    state: Mutex<usize>,
     all_here: Condvar,
 }
 
-#[derive(Default)]
-struct Arrivals {
-    waiting: usize,
-    round: usize,
-    abandoned: bool,
-}
+/// How long a racer spins before it sleeps (tens of microseconds).
+const SPINS: u32 = 20_000;
 
 impl Meeting {
     fn new(racers: usize) -> Self {
         Self {
             racers,
-            state: Mutex::new(Arrivals::default()),
+            round: AtomicUsize::new(0),
+            abandoned: AtomicBool::new(false),
+            state: Mutex::new(0),
             all_here: Condvar::new(),
         }
     }
 
-    /// Waits until every racer is here, then wakes them all at once.
+    /// Waits until every racer is here.
     fn meet(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.waiting += 1;
-        if state.waiting == self.racers {
-            state.waiting = 0;
-            state.round += 1;
+        let mut waiting = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let round = self.round.load(Ordering::SeqCst);
+        *waiting += 1;
+        if *waiting == self.racers {
+            *waiting = 0;
+            self.round.store(round + 1, Ordering::SeqCst);
+            drop(waiting);
             self.all_here.notify_all();
             return;
         }
-        let round = state.round;
-        while state.round == round && !state.abandoned {
-            state = self.all_here.wait(state).unwrap_or_else(|e| e.into_inner());
+        drop(waiting);
+        let here = || self.round.load(Ordering::SeqCst) == round;
+        let open = || self.abandoned.load(Ordering::SeqCst);
+        for _ in 0..SPINS {
+            if !here() || open() {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        let mut waiting = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while here() && !open() {
+            waiting = self
+                .all_here
+                .wait(waiting)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 
     /// Lets every racer through from now on.
     fn abandon(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .abandoned = true;
+        let _waiting = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.abandoned.store(true, Ordering::SeqCst);
         self.all_here.notify_all();
     }
 }

@@ -252,8 +252,10 @@ impl SmtpServer {
                 if stopping.load(Ordering::SeqCst) {
                     return;
                 }
-                let Ok(stream) = stream else { continue };
-                let Ok(clone) = stream.try_clone() else {
+                let accepted = stream.and_then(|s| s.try_clone().map(|clone| (s, clone)));
+                let Ok((stream, clone)) = accepted else {
+                    // Out of descriptors, say: the error would come back at once.
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                     continue;
                 };
                 connections.lock().unwrap().insert(n, clone);
