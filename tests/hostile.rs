@@ -307,3 +307,92 @@ async fn an_organisation_over_its_quota_leaves_the_others_sending() {
         .expect_err("four pending");
     assert_eq!(over_quota(&status).0, "pending_messages");
 }
+
+/// An HTML body nested deeper than the text part's converter can take in linear time is
+/// refused on `body` (html5ever's time grows with the square of the depth: a body of
+/// 1 MiB of `<div>` took minutes); one just within the bound is sent with its text part.
+#[tokio::test]
+async fn html_nested_too_deep_is_refused() {
+    let _watchdog = crate::support::watchdog();
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let send = |depth: usize| pb::SendToAddressesRequest {
+        organisation: "acme".into(),
+        to: vec!["soc@example.com".into()],
+        subject: "deep".into(),
+        body: format!("{}deep text", "<div>".repeat(depth)),
+        format: pb::BodyFormat::Html.into(),
+        ..Default::default()
+    };
+    let mut notifier = server.notifier(&server.admin_key);
+    let status = notifier
+        .send_to_addresses(send(200_000))
+        .await
+        .expect_err("200,000 levels");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status), ["body"], "{status:?}");
+    assert!(status.message().contains("at most 1000"), "{status:?}");
+    let queued = notifier
+        .send_to_addresses(send(1000))
+        .await
+        .expect("1,000 levels")
+        .into_inner();
+    server
+        .wait_for_state(&queued.message_ids[0], pb::MessageState::Sent)
+        .await;
+    assert!(smtp.seen().messages[0].data.contains("deep text"));
+}
+
+/// A template that renders until its time runs out (2 s) does not hold the runtime: on a
+/// runtime of one worker, shared by the server and this client, health checks go on
+/// being answered while it renders (before sends rendered on a thread of their own, none
+/// was: the one worker was rendering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_slow_render_leaves_the_runtime_serving() {
+    let _watchdog = crate::support::watchdog();
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let mut context = with_list(1000).unwrap();
+    context.fields.insert(
+        "big".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("b".repeat(1 << 20))),
+        },
+    );
+    // Each step compares two values of 1 MiB: the step budget outlasts the 2 s.
+    let body = "{{#each list}}{{#each ../list}}{{#if (eq ../../big ../../big)}}{{/if}}\
+                {{/each}}{{/each}}";
+    let mut notifier = server.notifier(&server.admin_key);
+    let slow = tokio::spawn(async move {
+        notifier
+            .send_to_addresses(pb::SendToAddressesRequest {
+                organisation: "acme".into(),
+                to: vec!["soc@example.com".into()],
+                subject: "slow".into(),
+                body: body.into(),
+                context: Some(context),
+                ..Default::default()
+            })
+            .await
+    });
+    let mut health = HealthClient::new(server.channel());
+    let mut answered = 0;
+    while !slow.is_finished() {
+        let serving = health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("health")
+            .into_inner();
+        assert_eq!(serving.status(), ServingStatus::Serving);
+        answered += 1;
+    }
+    let status = slow.await.unwrap().expect_err("out of time");
+    assert!(status.message().contains("too much work"), "{status:?}");
+    // Answers before the rendering started are a handful; during it, thousands.
+    assert!(
+        answered >= 100,
+        "{answered} health checks answered while the template rendered"
+    );
+}

@@ -170,15 +170,23 @@ thread_local! {
 /// costs (a helper over a large value).
 pub const RENDER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The longest all the renderings of one request may take together: `SendToUsers` renders
+/// its templates once per user, and a template just inside [`RENDER_TIME`] would otherwise
+/// hold a thread for hours over a large organisation. 100,000 users of a plain template
+/// render in about a second.
+pub const REQUEST_RENDER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The render budget of one template: given whole when it starts rendering, spent by the
 /// loops it runs.
 pub struct Budget;
 
 impl Budget {
-    /// Gives the template about to render its whole budget.
-    pub fn start() {
+    /// Gives the template about to render its whole budget: its steps, and
+    /// [`RENDER_TIME`] or the `left` of its request's, whichever is shorter.
+    pub fn start(left: std::time::Duration) {
         STEPS_LEFT.with(|left| left.set(STEPS));
-        DEADLINE.with(|d| d.set(Some(std::time::Instant::now() + RENDER_TIME)));
+        let time = RENDER_TIME.min(left);
+        DEADLINE.with(|d| d.set(Some(std::time::Instant::now() + time)));
     }
 
     /// Whether the budget ran out (why the last rendering stopped).
@@ -210,8 +218,10 @@ impl Budget {
 /// Why a template whose budget ran out was refused.
 pub fn too_much_work() -> String {
     format!(
-        "the template does too much work (more than {STEPS} steps or {} s)",
-        RENDER_TIME.as_secs()
+        "the template does too much work (more than {STEPS} steps or {} s; a request's \
+         templates render for at most {} s in all)",
+        RENDER_TIME.as_secs(),
+        REQUEST_RENDER_TIME.as_secs()
     )
 }
 

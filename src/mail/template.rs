@@ -9,7 +9,9 @@
 //! them cost more than a quarter of a `SendToAddresses` (docs/PERFORMANCE.md).
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Locale, Utc};
 use handlebars::{
@@ -34,31 +36,40 @@ pub enum BodyFormat {
 /// A set of templates: the body format and each (field, template).
 type TemplatesKey = (BodyFormat, Vec<(String, String)>);
 
-/// Compiled template sets by their sources, at most a given number of source bytes in all
-/// (least recently and least often used go first): notifiers send the same templates again
+/// Compiled template sets by their sources, at most a given number of bytes in all, as
+/// [`CompiledBytes`] weighs them (least recently and least often used go first): notifiers send the same templates again
 /// and again, and any caller can send new ones.
-pub struct TemplateCache(quick_cache::sync::Cache<TemplatesKey, Arc<Templates>, SourceBytes>);
+pub struct TemplateCache(quick_cache::sync::Cache<TemplatesKey, Arc<Templates>, CompiledBytes>);
 
-/// Weighs a cached set by its source, field names included.
+/// Weighs a cached set by what it holds compiled: its source (field names included), which
+/// the compiled text keeps, and [`EXPRESSION_BYTES`] for each expression.
 #[derive(Clone)]
-struct SourceBytes;
+struct CompiledBytes;
 
-impl quick_cache::Weighter<TemplatesKey, Arc<Templates>> for SourceBytes {
+/// What one expression (`{{…}}`) costs compiled, about: Handlebars makes a node of each,
+/// with its parameters and their paths, each in its own allocation. A source of nothing
+/// but short expressions compiles to tens of times its size.
+const EXPRESSION_BYTES: usize = 512;
+
+impl quick_cache::Weighter<TemplatesKey, Arc<Templates>> for CompiledBytes {
     fn weight(&self, (_, fields): &TemplatesKey, _: &Arc<Templates>) -> u64 {
-        let bytes: usize = fields.iter().map(|(f, t)| f.len() + t.len()).sum();
+        let bytes: usize = fields
+            .iter()
+            .map(|(f, t)| f.len() + t.len() + t.matches("{{").count() * EXPRESSION_BYTES)
+            .sum();
         u64::try_from(bytes).unwrap_or(u64::MAX).max(1)
     }
 }
 
 impl TemplateCache {
-    /// A cache of at most `bytes` of template source.
+    /// A cache of at most `bytes` of compiled templates (as [`CompiledBytes`] weighs them).
     pub fn new(bytes: u64) -> Self {
         // quick_cache sizes its tables from the expected count: sets of a few KiB.
         let expected = usize::try_from(bytes / 4096).unwrap_or(usize::MAX).max(16);
         Self(quick_cache::sync::Cache::with_weighter(
             expected,
             bytes,
-            SourceBytes,
+            CompiledBytes,
         ))
     }
 
@@ -84,7 +95,7 @@ impl TemplateCache {
         Ok(templates)
     }
 
-    /// The bytes of source kept now.
+    /// The bytes kept now, as [`CompiledBytes`] weighs them.
     pub fn weight(&self) -> u64 {
         self.0.weight()
     }
@@ -148,9 +159,12 @@ impl Templates {
         if !registry.has_template(field) {
             return Ok(String::new());
         }
-        sandbox::Budget::start();
+        let started = Instant::now();
+        sandbox::Budget::start(data.left());
         let mut out = sandbox::Bounded::new(sandbox::MAX_OUTPUT_BYTES);
-        match registry.render_with_context_to_write(field, &data.0, &mut out) {
+        let rendered = registry.render_with_context_to_write(field, &data.context, &mut out);
+        data.spend(started.elapsed());
+        match rendered {
             Ok(()) => Ok(out.into_string()),
             Err(e) => {
                 let why = if out.overflowed {
@@ -172,17 +186,38 @@ impl Templates {
 /// What templates render over, made once for every template and message of a request:
 /// Handlebars copies whatever else it is given at each rendering, and a request's context
 /// decodes to millions of values (4 MiB of empty ones: 2 million).
-pub struct Data(Context);
+/// It also holds the request's render time so far: each template renders for at most
+/// [`sandbox::RENDER_TIME`], and all of a request's renderings for at most
+/// [`sandbox::REQUEST_RENDER_TIME`] (`SendToUsers` renders once per user).
+pub struct Data {
+    context: Context,
+    /// Nanoseconds spent rendering over this data.
+    spent: AtomicU64,
+}
 
 impl Data {
     /// The values of `context`.
     pub fn new(context: serde_json::Map<String, Value>) -> Self {
-        Self(Context::from(Value::Object(context)))
+        Self {
+            context: Context::from(Value::Object(context)),
+            spent: AtomicU64::new(0),
+        }
+    }
+
+    /// Render time left to the request.
+    fn left(&self) -> Duration {
+        sandbox::REQUEST_RENDER_TIME
+            .saturating_sub(Duration::from_nanos(self.spent.load(Ordering::Relaxed)))
+    }
+
+    fn spend(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.spent.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Sets `key` to `value` (each recipient's `user`), replacing what it held.
     pub fn set(&mut self, key: &str, value: Value) {
-        if let Value::Object(values) = self.0.data_mut() {
+        if let Value::Object(values) = self.context.data_mut() {
             values.insert(key.to_string(), value);
         }
     }
@@ -190,7 +225,10 @@ impl Data {
 
 impl From<Value> for Data {
     fn from(value: Value) -> Self {
-        Self(Context::from(value))
+        Self {
+            context: Context::from(value),
+            spent: AtomicU64::new(0),
+        }
     }
 }
 
@@ -466,9 +504,58 @@ fn push_literal(out: &mut String, c: char) {
     }
 }
 
-/// The plain-text part of an HTML body.
-pub fn html_to_text(html: &str) -> String {
-    html2text::from_read(html.as_bytes(), 78).unwrap_or_else(|_| html.to_string())
+/// How deeply the elements of an HTML body may nest. html5ever, which html2text parses
+/// with, rescans its stack of open elements as it inserts some of them: time grows with
+/// the square of the depth (measured, 16,000 nested `<div>`s took 0.76 s, and a body of
+/// 1 MiB holds 200,000). Mail written for people nests a few dozen levels.
+pub const MAX_HTML_DEPTH: usize = 1000;
+
+/// The plain-text part of an HTML body, or why none is made: nested deeper than
+/// [`MAX_HTML_DEPTH`].
+pub fn html_to_text(html: &str) -> Result<String, String> {
+    let depth = html_depth(html);
+    if depth > MAX_HTML_DEPTH {
+        return Err(format!(
+            "HTML nested {depth} elements deep; at most {MAX_HTML_DEPTH}"
+        ));
+    }
+    Ok(html2text::from_read(html.as_bytes(), 78).unwrap_or_else(|_| html.to_string()))
+}
+
+/// Elements that never hold others (HTML's void elements).
+const VOID_ELEMENTS: [&str; 14] = [
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr",
+];
+
+/// The deepest nesting of `html`'s elements, from one scan of its tags: an estimate that
+/// errs high (it ignores the closes a parser implies, `<p>` inside `<p>`), which is the
+/// safe direction for a bound far above real mail.
+fn html_depth(html: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut rest = html;
+    while let Some(at) = rest.find('<') {
+        rest = &rest[at + 1..];
+        let closing = rest.starts_with('/');
+        let name_start = usize::from(closing);
+        let name_len = rest[name_start..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len() - name_start);
+        if name_len == 0 {
+            continue;
+        }
+        let name = &rest[name_start..name_start + name_len];
+        let end = rest.find('>').unwrap_or(rest.len());
+        let self_closed = rest[..end].ends_with('/');
+        if closing {
+            depth = depth.saturating_sub(1);
+        } else if !self_closed && !VOID_ELEMENTS.iter().any(|v| v.eq_ignore_ascii_case(name)) {
+            depth += 1;
+            deepest = deepest.max(depth);
+        }
+        rest = &rest[end.min(rest.len())..];
+    }
+    deepest
 }
 
 #[cfg(test)]
@@ -479,6 +566,36 @@ mod tests {
     fn render(template: &str, data: Value, format: BodyFormat) -> String {
         let t = Templates::compile(&[("body", template)], format).unwrap();
         t.render("body", &Data::from(data)).unwrap()
+    }
+
+    #[test]
+    fn the_cache_weighs_sets_by_their_expressions_and_keeps_to_its_bound() {
+        let cache = TemplateCache::new(64 * 1024);
+        let text = "x".repeat(1000);
+        cache.compile(&[("body", &text)], BodyFormat::Text).unwrap();
+        assert_eq!(cache.weight(), 1004, "plain text weighs its source");
+        let expressions = "{{a}}".repeat(100);
+        cache
+            .compile(&[("body", &expressions)], BodyFormat::Text)
+            .unwrap();
+        assert_eq!(cache.weight(), 1004 + 504 + 100 * EXPRESSION_BYTES as u64);
+        for i in 0..100 {
+            let many = format!("{i}{expressions}");
+            cache.compile(&[("body", &many)], BodyFormat::Text).unwrap();
+            assert!(cache.weight() <= 64 * 1024, "{}", cache.weight());
+        }
+    }
+
+    #[test]
+    fn html_nested_too_deep_makes_no_text_part() {
+        assert_eq!(html_depth("<p>a<br><img src=x/><b>b</b></p><hr/>"), 2);
+        assert_eq!(html_depth("<div>".repeat(7).as_str()), 7);
+        assert_eq!(html_depth("a < b, <!-- c --> </div></div>"), 0);
+        let deep = "<div>".repeat(MAX_HTML_DEPTH + 1);
+        let refused = html_to_text(&deep).unwrap_err();
+        assert!(refused.contains("1001 elements deep"), "{refused}");
+        let allowed = format!("{}x", "<div>".repeat(MAX_HTML_DEPTH));
+        assert_eq!(html_to_text(&allowed).unwrap().trim(), "x");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! recipient: every rendered header is refused if it holds CR or LF, and `from` and `to`
 //! must each be one mailbox.
 
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,7 +18,7 @@ use lettre::message::Mailbox;
 use lettre::Address;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::clock::Clock;
 use crate::crypto::{self, CryptoError, MasterKey};
@@ -50,6 +51,10 @@ pub const MAX_ADDRESSES: usize = 100;
 const KEPT_TEMPLATE_BYTES: u64 = 16 * 1024 * 1024;
 /// How long an idempotency key is remembered.
 pub const KEEP_IDEMPOTENCY: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+/// Sends rendering and staging at once, each on a thread of its own: enough for group
+/// commit to gather many writers, few enough that threads rendering a caller's templates
+/// leave the runtime's workers their share of the cores. More wait their turn.
+const SEND_THREADS: usize = 64;
 /// Users read from the directory at a time by SendToUsers.
 const USER_PAGE: usize = 1000;
 
@@ -166,6 +171,8 @@ pub struct NotifyService {
     clock: Clock,
     wake: Arc<Notify>,
     metrics: Metrics,
+    /// Sends running at once, each on a thread ([`NotifyService::on_send_thread`]).
+    send_threads: Arc<Semaphore>,
 }
 
 impl NotifyService {
@@ -186,6 +193,7 @@ impl NotifyService {
             clock,
             wake,
             metrics,
+            send_threads: Arc::new(Semaphore::new(SEND_THREADS)),
         }
     }
 
@@ -207,20 +215,7 @@ impl NotifyService {
         let q = self.quotas;
         let count = u64::try_from(count).unwrap_or(u64::MAX);
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-        let pending = match self.pending.fresh(organisation) {
-            Some(pending) => pending,
-            None => {
-                let at = std::time::Instant::now();
-                let pending = self
-                    .store
-                    .pending_of(organisation, q.pending_messages.saturating_add(1))
-                    .await?;
-                self.pending.keep(organisation, at, pending);
-                pending
-            }
-        };
-        q.check_pending(pending, count)
-            .map_err(NotifyError::OverQuota)?;
+        self.check_pending(organisation, count).await?;
         let now = self.clock.now();
         let tallies = [
             ("messages_per_hour", quota::HOUR, count, q.messages_per_hour),
@@ -240,8 +235,80 @@ impl NotifyService {
         Ok(())
     }
 
+    /// Refused when `count` more messages of `organisation` would pass its pending quota:
+    /// checked again before rendering, so that an organisation at its quota spends no
+    /// rendering on requests that cannot be queued.
+    async fn check_pending(&self, organisation: &str, count: u64) -> Result<(), NotifyError> {
+        let pending = match self.pending.fresh(organisation) {
+            Some(pending) => pending,
+            None => {
+                let at = std::time::Instant::now();
+                let pending = self
+                    .store
+                    .pending_of(organisation, self.quotas.pending_messages.saturating_add(1))
+                    .await?;
+                self.pending.keep(organisation, at, pending);
+                pending
+            }
+        };
+        self.quotas
+            .check_pending(pending, count)
+            .map_err(NotifyError::OverQuota)
+    }
+
     /// EmailerToAddr: one message per address of `to` (1 to 100 templates).
     pub async fn send_to_addresses(
+        &self,
+        n: Notification,
+        to: Vec<String>,
+    ) -> Result<Queued, NotifyError> {
+        let this = self.clone();
+        self.on_send_thread(async move { this.queue_to_addresses(n, to).await })
+            .await
+    }
+
+    /// EmailerToUser: one message per unlocked user of the organisation that has an
+    /// address, with `user` set to that user in the templates.
+    pub async fn send_to_users(&self, n: Notification) -> Result<Queued, NotifyError> {
+        let this = self.clone();
+        self.on_send_thread(async move { this.queue_to_users(n).await })
+            .await
+    }
+
+    /// Runs a send on a thread of its own (tokio's blocking pool), at most
+    /// [`SEND_THREADS`] at once: rendering is synchronous and a caller's template may
+    /// render for seconds, which on one of the runtime's few workers would stall every
+    /// other request, delivery and the health service meanwhile. The send's store calls
+    /// still go through the runtime's drivers. Once started, a send runs to its end even if
+    /// its caller goes away, as a staged batch is then queued or forgotten whole.
+    async fn on_send_thread<T: Send + 'static>(
+        &self,
+        send: impl Future<Output = Result<T, NotifyError>> + Send + 'static,
+    ) -> Result<T, NotifyError> {
+        let slot = self
+            .send_threads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| NotifyError::Store(StoreError::Unavailable("shutting down".into())))?;
+        let runtime = tokio::runtime::Handle::current();
+        let sent = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            runtime.block_on(send)
+        })
+        .await;
+        match sent {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(NotifyError::Store(StoreError::Unavailable(
+                    "the send was cancelled: shutting down".into(),
+                ))),
+            },
+        }
+    }
+
+    async fn queue_to_addresses(
         &self,
         mut n: Notification,
         to: Vec<String>,
@@ -260,6 +327,7 @@ impl NotifyService {
         if let Some(queued) = self.seen(&n).await? {
             return Ok(queued);
         }
+        self.check_pending(&n.organisation, 1).await?;
         let settings = self.configured().await?;
         let fields: Vec<(String, &str)> = to
             .iter()
@@ -298,15 +366,14 @@ impl NotifyService {
         self.finish(&n, stager, staged).await
     }
 
-    /// EmailerToUser: one message per unlocked user of the organisation that has an
-    /// address, with `user` set to that user in the templates.
-    pub async fn send_to_users(&self, mut n: Notification) -> Result<Queued, NotifyError> {
+    async fn queue_to_users(&self, mut n: Notification) -> Result<Queued, NotifyError> {
         check_notification(&n)
             .into_result(())
             .map_err(NotifyError::Invalid)?;
         if let Some(queued) = self.seen(&n).await? {
             return Ok(queued);
         }
+        self.check_pending(&n.organisation, 1).await?;
         let settings = self.configured().await?;
         let templates = self.compile(&n, &[])?;
         // Users are read a page at a time and each message staged as it is rendered, so
@@ -493,7 +560,10 @@ impl NotifyService {
         };
         let (text, html) = match n.format {
             BodyFormat::Text => (body, None),
-            BodyFormat::Html => (html_to_text(&body), Some(body)),
+            BodyFormat::Html => match html_to_text(&body) {
+                Ok(text) => (text, Some(body)),
+                Err(why) => return Err(validation::violation("body", why)),
+            },
         };
         Ok(Parts {
             from,
