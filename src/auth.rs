@@ -250,6 +250,21 @@ impl Authenticator {
         Ok(Some(key))
     }
 
+    /// Whether `metadata` holds the bearer secret of a live key: the check made before a
+    /// request's message is read (`api::gate`), so that no caller without a key gets a
+    /// request of megabytes decoded.
+    /// The key's organisation.
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, AuthError> {
+        Ok(self.caller_key(metadata).await?.organisation.clone())
+    }
+
+    async fn caller_key(&self, metadata: &MetadataMap) -> Result<Arc<ApiKey>, AuthError> {
+        let secret = bearer(metadata)?;
+        self.key(&crypto::digest(secret))
+            .await?
+            .ok_or(AuthError::Unauthenticated("unknown or revoked API key"))
+    }
+
     /// The caller of a request, who must hold `permission`. Records the key id and its
     /// organisation on the RPC's span.
     pub async fn authorize(
@@ -257,11 +272,7 @@ impl Authenticator {
         metadata: &MetadataMap,
         permission: Permission,
     ) -> Result<Caller, AuthError> {
-        let secret = bearer(metadata)?;
-        let key = self
-            .key(&crypto::digest(secret))
-            .await?
-            .ok_or(AuthError::Unauthenticated("unknown or revoked API key"))?;
+        let key = self.caller_key(metadata).await?;
         record_caller(&Span::current(), &key.id, &key.organisation);
         if !key.permissions.contains(&permission) {
             return Err(AuthError::PermissionDenied(format!(

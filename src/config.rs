@@ -165,6 +165,18 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_ORG_BYTES_PER_DAY", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub org_bytes_per_day: u64,
 
+    /// Bytes of request messages let in at once, all callers together (at least 16 MiB,
+    /// four times the longest request), of which one organisation's calls hold at most a
+    /// quarter: a call waits, unread, until both hold its message. A decoded request
+    /// takes several times its size in memory.
+    #[arg(long, env = "MAILROOM_REQUEST_BYTES_IN_FLIGHT", default_value_t = 32 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_bytes_in_flight: u64,
+
+    /// How long a request's message may take to arrive once let in: the bytes it was let
+    /// in for are held meanwhile.
+    #[arg(long, env = "MAILROOM_REQUEST_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_read_timeout: Duration,
+
     /// How many tokens one login may be issued per purpose and hour.
     #[arg(long, env = "MAILROOM_TOKEN_ISSUE_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub token_issue_limit: u32,

@@ -1,7 +1,8 @@
 //! Prometheus metrics: RPCs by method and code with latency, messages by the state they
 //! reach, delivery attempts by outcome and SMTP code class with send latency, the outbox's
 //! depth and oldest due message, tokens issued, consumed and rejected (by reason),
-//! rate-limit rejections, and OAuth2 token fetches (XOAUTH2) by outcome. Always counted;
+//! rate-limit rejections, OAuth2 token fetches (XOAUTH2) by outcome, and the request bytes
+//! let in by the gate. Always counted;
 //! served at `/metrics` only with `--metrics-listen`.
 
 use std::collections::HashSet;
@@ -33,6 +34,7 @@ struct Inner {
     tokens: IntCounterVec,
     rate_limited: IntCounter,
     oauth2_fetches: IntCounterVec,
+    request_bytes_admitted: IntGauge,
 }
 
 impl Default for Metrics {
@@ -132,6 +134,14 @@ impl Metrics {
              unreachable, invalid_answer).",
             &["outcome"],
         );
+        let request_bytes_admitted = registered(
+            &registry,
+            IntGauge::new(
+                "request_bytes_admitted",
+                "Bytes of request messages let in and not yet answered (each rounded up to 16 KiB), \
+                 of --request-bytes-in-flight.",
+            ),
+        );
         Self(Arc::new(Inner {
             registry,
             rpcs,
@@ -145,6 +155,7 @@ impl Metrics {
             tokens,
             rate_limited,
             oauth2_fetches,
+            request_bytes_admitted,
         }))
     }
 
@@ -211,6 +222,11 @@ impl Metrics {
     /// Whether the SMTP server could not be reached (delivery pauses) or was reached again.
     pub fn relay_paused(&self, paused: bool) {
         self.0.relay_paused.set(i64::from(paused));
+    }
+
+    /// `bytes` more of request messages let in (fewer when negative).
+    pub fn requests_admitted(&self, bytes: i64) {
+        self.0.request_bytes_admitted.add(bytes);
     }
 
     /// The Prometheus text exposition of every metric.

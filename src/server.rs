@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::api::api_keys::ApiKeysApi;
 use crate::api::directory::DirectoryApi;
+use crate::api::gate::{request_limit, GateLayer};
 use crate::api::notifier::NotifierApi;
 use crate::api::smtp_admin::SmtpAdminApi;
 use crate::api::token::TokenApi;
@@ -309,6 +310,12 @@ impl Mailroom {
         };
         let server = builder
             .layer(RpcLayer(self.metrics.clone()))
+            .layer(GateLayer::new(
+                self.auth.clone(),
+                usize::try_from(self.args.request_bytes_in_flight).unwrap_or(usize::MAX),
+                self.args.request_read_timeout,
+                self.metrics.clone(),
+            ))
             .trace_fn(|request| {
                 tracing::info_span!(
                     "rpc",
@@ -320,23 +327,26 @@ impl Mailroom {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(SmtpAdminServer::new(SmtpAdminApi::new(
-                self.auth.clone(),
-                self.settings.clone(),
-            )))
-            .add_service(TokenServer::new(TokenApi::new(
-                self.auth.clone(),
-                self.tokens.clone(),
-            )))
-            .add_service(NotifierServer::new(NotifierApi::new(
-                self.auth.clone(),
-                self.notify.clone(),
-            )))
-            .add_service(DirectoryServer::new(DirectoryApi::new(
-                self.auth.clone(),
-                self.directory.clone(),
-            )))
-            .add_service(ApiKeysServer::new(ApiKeysApi::new(self.auth.clone())))
+            .add_service(
+                SmtpAdminServer::new(SmtpAdminApi::new(self.auth.clone(), self.settings.clone()))
+                    .max_decoding_message_size(request_limit("mailroom.v1.SmtpAdmin")),
+            )
+            .add_service(
+                TokenServer::new(TokenApi::new(self.auth.clone(), self.tokens.clone()))
+                    .max_decoding_message_size(request_limit("mailroom.v1.Token")),
+            )
+            .add_service(
+                NotifierServer::new(NotifierApi::new(self.auth.clone(), self.notify.clone()))
+                    .max_decoding_message_size(request_limit("mailroom.v1.Notifier")),
+            )
+            .add_service(
+                DirectoryServer::new(DirectoryApi::new(self.auth.clone(), self.directory.clone()))
+                    .max_decoding_message_size(request_limit("mailroom.v1.Directory")),
+            )
+            .add_service(
+                ApiKeysServer::new(ApiKeysApi::new(self.auth.clone()))
+                    .max_decoding_message_size(request_limit("mailroom.v1.ApiKeys")),
+            )
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 drained,

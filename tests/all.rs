@@ -9,6 +9,7 @@ mod auth;
 mod catcher;
 mod directory;
 mod etcd_security;
+mod gate;
 mod guard;
 mod hostile;
 mod line_ends;

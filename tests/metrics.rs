@@ -12,7 +12,7 @@ use support::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Scrapes `/metrics`: every sample by its name and labels, as Prometheus text requires.
-async fn scrape(server: &TestServer) -> HashMap<String, f64> {
+pub async fn scrape(server: &TestServer) -> HashMap<String, f64> {
     let addr = server.metrics.expect("--metrics-listen is set");
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")

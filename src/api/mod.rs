@@ -5,6 +5,7 @@
 pub mod api_keys;
 pub mod convert;
 pub mod directory;
+pub mod gate;
 pub mod notifier;
 pub mod smtp_admin;
 pub mod status;
