@@ -697,3 +697,204 @@ async fn the_walkthrough_then_the_api_guide_run_in_order() {
         "Carol was deleted before the notification to acme's users"
     );
 }
+
+/// The calls over TLS of the documents (operations' mTLS example), run as written with the
+/// real grpcurl against mailroom served over TLS with a client CA, with certificates of a
+/// test CA in the files the call names (`ca.crt`, `client.crt`, `client.key`) and the
+/// server's name `localhost` in place of `mailroom.example.com`. Without the client
+/// certificate the same call is refused: the server does require it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tls_calls_of_the_docs_run_over_mtls() {
+    let _watchdog = crate::support::watchdog();
+    if !shell_tools() {
+        return;
+    }
+    crate::support::smtp::install_crypto_provider();
+    let (files, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let certs = crate::tls::certificates(files.path());
+    std::fs::write(files.path().join("client.crt"), &certs.client_cert).unwrap();
+    std::fs::write(files.path().join("client.key"), &certs.client_key).unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(data.path());
+    args.tls_cert = Some(files.path().join("server.crt"));
+    args.tls_key = Some(files.path().join("server.key"));
+    args.tls_client_ca = Some(files.path().join("ca.crt"));
+    let server = TestServer::start_with(args).await;
+    let key = format!("KEY='authorization: Bearer {}'\n", server.admin_key);
+    let calls = tls_calls();
+    assert!(!calls.is_empty(), "no call over TLS in the documents");
+    for call in calls {
+        let command = call.words.join(" ");
+        assert!(command.contains("mailroom.example.com:50051"), "{call}");
+        // The words again as a shell reads them ("$KEY" quoted); no call over TLS sends a body.
+        assert!(call.body().is_none(), "{call}");
+        let command: Vec<String> = call
+            .words
+            .iter()
+            .map(|word| match word.as_str() {
+                "mailroom.example.com:50051" => format!("localhost:{}", server.addr.port()),
+                word => format!("\"{word}\""),
+            })
+            .collect();
+        let command = command.join(" ");
+        let answer = run_script(files.path(), format!("{key}{command}")).await;
+        let answer: serde_json::Value =
+            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}\n{call}"));
+        assert!(answer.is_object(), "{answer}\n{call}");
+
+        let without_certificate = command
+            .replace("\"-cert\" \"client.crt\" ", "")
+            .replace("\"-key\" \"client.key\" ", "");
+        assert_ne!(without_certificate, command);
+        let refused = Command::new("bash")
+            .arg("-c")
+            .arg(format!("{key}{without_certificate}"))
+            .current_dir(files.path())
+            .output()
+            .unwrap();
+        assert!(
+            !refused.status.success() && !reached_the_server(refused.status),
+            "a call without the client certificate was answered: {refused:?}"
+        );
+    }
+}
+
+/// Resolves no name: a token endpoint of Microsoft's or Google's is never reached from a
+/// test, and fails at once as unreachable.
+struct NoDns;
+
+#[async_trait::async_trait]
+impl mailroom::settings::Resolve for NoDns {
+    async fn resolve(&self, host: &str, _port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host}: no DNS in this test"),
+        ))
+    }
+}
+
+/// The OAuth2 examples of docs/API.md (Microsoft 365, then Google), run in order as written
+/// with the real grpcurl where the walkthrough left the settings, the Google key's
+/// placeholder replaced by a real RSA key: each update is accepted (fields, enum values and
+/// provider presets as the contract and mailroom's rules have them), the masks keep
+/// `linkOrigins`, and the test reaches the token fetch, where it fails (no provider here).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_oauth2_examples_are_accepted_and_stop_at_the_token_fetch() {
+    let _watchdog = crate::support::watchdog();
+    if !shell_tools() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(data.path());
+    args.resolver = mailroom::settings::Resolver::new(NoDns);
+    let server = TestServer::start_with(args).await;
+    let walkthrough = mailroom::proto::v1::SmtpSettings {
+        host: "127.0.0.1".into(),
+        port: 2525,
+        from: "TheHive <thehive@example.com>".into(),
+        link_origins: vec!["http://localhost:9000".into()],
+        sender_domains: vec!["example.com".into()],
+        ..Default::default()
+    };
+    server.save_smtp(walkthrough).await;
+
+    let guide = std::fs::read_to_string(format!("{ROOT}/docs/API.md")).unwrap();
+    let (_, section) = guide.split_once("## Log in with OAuth2").unwrap();
+    let (section, _) = section.split_once("### When it fails").unwrap();
+    let blocks = sh_blocks(section);
+    assert_eq!(
+        blocks.len(),
+        4,
+        "Microsoft: update, test, new secret; Google: update"
+    );
+    let key = std::fs::read_to_string(format!(
+        "{ROOT}/tests/fixtures/oauth2-service-account.key.pem"
+    ))
+    .unwrap();
+    let key = serde_json::to_string(&key).unwrap();
+    let placeholder = "\"<the private_key of the JSON key file, pasted as it is>\"";
+    let mut script = format!("KEY='authorization: Bearer {}'\n", server.admin_key);
+    for block in &blocks {
+        assert!(
+            block.not_run.is_some_and(
+                |why| why.contains("Microsoft 365") || why.contains("Google Workspace")
+            ),
+            "an OAuth2 example not marked as needing its provider:\n{}",
+            block.text
+        );
+        script += block.text;
+    }
+    assert!(script.contains(placeholder), "the Google key's placeholder");
+    let script = script
+        .replace(placeholder, &key)
+        .replace("127.0.0.1:50051", &server.addr.to_string());
+    let printed = run_script(data.path(), script).await;
+    assert!(printed.contains(r#""clientSecretSet": true"#), "{printed}");
+    assert!(printed.contains(r#""privateKeySet": true"#), "{printed}");
+    // The test: TOKEN first, failed at the endpoint named by the Microsoft preset.
+    let test = printed
+        .split("\n}\n")
+        .find(|answer| answer.contains("\"steps\""))
+        .unwrap_or_else(|| panic!("no TestSmtpSettings answer: {printed}"));
+    let test: serde_json::Value = serde_json::from_str(&format!("{test}\n}}")).unwrap();
+    assert_eq!(test["steps"][0]["stage"], "TEST_STAGE_TOKEN", "{test}");
+    assert_eq!(test["steps"].as_array().unwrap().len(), 1, "{test}");
+    assert!(test["success"].as_bool() != Some(true), "{test}");
+    assert!(
+        test["steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("login.microsoftonline.com"),
+        "{test}"
+    );
+
+    let stored = server
+        .smtp(&server.admin_key)
+        .get_smtp_settings(mailroom::proto::v1::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.host, "smtp.gmail.com");
+    assert_eq!(
+        stored.link_origins,
+        ["http://localhost:9000"],
+        "kept by the masks"
+    );
+    assert_eq!(stored.sender_domains, ["example.com"]);
+    let oauth2 = stored.auth.unwrap().oauth2.unwrap();
+    assert_eq!(
+        oauth2.provider,
+        mailroom::proto::v1::Oauth2Provider::Google as i32
+    );
+    assert!(oauth2.private_key_set && !oauth2.client_secret_set);
+}
+
+/// docs/ARCHITECTURE.md and docs/API.md name every stage of TestSmtpSettings, as the
+/// contract's `TestStage` has them, the TOKEN stage first.
+#[test]
+fn the_docs_list_every_test_stage() {
+    let _watchdog = crate::support::watchdog();
+    let pool = contract();
+    let stages: Vec<String> = pool
+        .get_enum_by_name("mailroom.v1.TestStage")
+        .expect("TestStage")
+        .values()
+        .map(|v| v.name().to_string())
+        .filter(|name| !name.ends_with("_UNSPECIFIED"))
+        .collect();
+    assert!(stages.len() >= 8, "{stages:?}");
+    assert!(stages.contains(&"TEST_STAGE_TOKEN".to_string()));
+    for page in ["docs/ARCHITECTURE.md", "docs/API.md"] {
+        let text = std::fs::read_to_string(format!("{ROOT}/{page}")).unwrap();
+        for stage in &stages {
+            assert!(
+                text.contains(&format!("`{stage}`")),
+                "{page} does not name {stage}"
+            );
+        }
+        let first = |stage: &str| text.find(&format!("`{stage}`")).unwrap();
+        assert!(
+            first("TEST_STAGE_TOKEN") < first("TEST_STAGE_CONNECT"),
+            "{page}: the TOKEN stage comes first"
+        );
+    }
+}
