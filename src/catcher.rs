@@ -43,6 +43,12 @@ const MAX_RECIPIENTS: usize = 100;
 /// The most of a text part printed; the `.eml` file has all of it.
 const MAX_PRINTED_TEXT: usize = 64 * 1024;
 
+/// The most header lines printed of a message, and the most bytes of each (RFC 5322's
+/// longest line): a message of ten thousand headers, or one header folded over megabytes,
+/// does not flood the terminal; the `.eml` file has all of them.
+const MAX_PRINTED_HEADERS: usize = 100;
+const MAX_PRINTED_HEADER: usize = 998;
+
 /// Where the printed lines go: stdout for the command, a pipe in tests.
 pub type Output = Box<dyn AsyncWrite + Send + Unpin>;
 
@@ -197,9 +203,22 @@ impl Catcher {
             match ended {
                 None => {}
                 Some(Ended::Refused(refusal)) => response = refusal,
+                Some(Ended::Caught(message)) if !self.reserve(message.data.len() as u64) => {
+                    response = Response::custom(
+                        452,
+                        format!(
+                            "4.3.1 --max-stored-bytes: this message of {} bytes would pass the \
+                             {} bytes this run may write",
+                            message.data.len(),
+                            self.args.max_stored_bytes
+                        ),
+                    );
+                }
                 Some(Ended::Caught(message)) => {
+                    let bytes = message.data.len() as u64;
                     if let Err(e) = self.file(message, peer).await {
                         tracing::warn!(error = %e, "cannot write a caught message");
+                        self.stored.fetch_sub(bytes, Ordering::Relaxed);
                         response =
                             Response::custom(451, format!("4.3.0 cannot write the message: {e}"));
                     }
@@ -215,14 +234,26 @@ impl Catcher {
         }
     }
 
+    /// Counts `bytes` against `--max-stored-bytes` before they are written, unless they would
+    /// pass it: checked and added in one step, so that messages ending at once on several
+    /// connections cannot pass it together either.
+    fn reserve(&self, bytes: u64) -> bool {
+        let max = self.args.max_stored_bytes;
+        self.stored
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |stored| {
+                stored.checked_add(bytes).filter(|&total| total <= max)
+            })
+            .is_ok()
+    }
+
     /// Writes the message to its `.eml` file (whole, renamed into place), then prints it.
+    /// Its bytes were counted by [`Catcher::reserve`].
     async fn file(&self, message: Caught, peer: SocketAddr) -> anyhow::Result<()> {
         let number = self.caught.fetch_add(1, Ordering::Relaxed) + 1;
         let dir = self.args.dir.clone();
         let data = Arc::new(message.data);
         let written = data.clone();
         let path = tokio::task::spawn_blocking(move || write_eml(&dir, number, &written)).await??;
-        self.stored.fetch_add(data.len() as u64, Ordering::Relaxed);
         tracing::debug!(number, path = %path.display(), bytes = data.len(), "caught a message");
         let text = describe(number, peer, &message.from, &message.to, &data, &path);
         self.print(text).await;
@@ -408,11 +439,19 @@ fn describe(
     text += "---\n";
     match mailparse::parse_mail(data) {
         Ok(mail) => {
-            for header in &mail.headers {
+            for header in mail.headers.iter().take(MAX_PRINTED_HEADERS) {
+                let line = format!("{}: {}", header.get_key(), header.get_value());
+                let shown = truncate(&line, MAX_PRINTED_HEADER);
+                text += &printable(shown);
+                if shown.len() < line.len() {
+                    text += &format!(" [... {} more bytes]", line.len() - shown.len());
+                }
+                text.push('\n');
+            }
+            if mail.headers.len() > MAX_PRINTED_HEADERS {
                 text += &format!(
-                    "{}: {}\n",
-                    printable(&header.get_key()),
-                    printable(&header.get_value())
+                    "[... {} more header lines in the file]\n",
+                    mail.headers.len() - MAX_PRINTED_HEADERS
                 );
             }
             text += "---\n";
@@ -463,15 +502,28 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 /// A header or an address as it may reach a terminal: a control character (an escape
-/// sequence that would recolour or rewrite the screen, a CR that would overwrite the line)
-/// is shown escaped.
+/// sequence that would recolour or rewrite the screen, a CR that would overwrite the line,
+/// C1's single-byte CSI) or a Unicode bidirectional control (which reorders what follows it
+/// on the line, so that a sender could make text read as something else: "Trojan Source",
+/// CVE-2021-42574) is shown escaped, `\u{202e}`.
 fn printable(text: &str) -> String {
     text.chars()
-        .flat_map(|c| match c.is_control() {
+        .flat_map(|c| match c.is_control() || is_bidi_control(c) {
             true => c.escape_default().collect::<Vec<_>>(),
             false => vec![c],
         })
         .collect()
+}
+
+/// Unicode's bidirectional formatting characters (UAX #9 §2: the embeddings and overrides
+/// U+202A–U+202E, the isolates U+2066–U+2069, and the marks ALM, LRM and RLM), and the line
+/// and paragraph separators, which some terminals break lines on.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            | '\u{2028}' | '\u{2029}'
+    )
 }
 
 /// A text part likewise, keeping its line breaks and tabs.
@@ -532,6 +584,87 @@ mod tests {
         );
         assert!(shown.contains("Subject: a\\u{1b}[2Jb"), "{shown}");
         assert!(shown.contains("\n\tnext"), "{shown}");
+    }
+
+    #[test]
+    fn bidi_controls_reach_the_terminal_escaped() {
+        // "Trojan Source": U+202E reverses what follows on the line, U+2066 isolates it.
+        let mail =
+            "Subject: invoice \u{202e}fdp.exe\u{202c}\r\nX-Note: a\u{2066}b\u{2069}\u{200f}\r\n\
+                    Content-Type: text/plain; charset=utf-8\r\n\r\n\
+                    pay \u{202d}now\u{2067}x\u{2068}\u{061c}\u{2028}\r\n";
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let to = vec!["b\u{202e}@example.com".to_string()];
+        let shown = describe(
+            1,
+            peer,
+            "a\u{202a}",
+            &to,
+            mail.as_bytes(),
+            Path::new("x.eml"),
+        );
+        let bidi = |c: char| {
+            matches!(
+                c,
+                '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+            ) || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        };
+        assert!(!shown.chars().any(bidi), "{shown:?}");
+        assert!(
+            shown.contains("Subject: invoice \\u{202e}fdp.exe\\u{202c}\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("X-Note: a\\u{2066}b\\u{2069}\\u{200f}\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("MAIL FROM: <a\\u{202a}>"), "{shown}");
+        assert!(
+            shown.contains("RCPT TO: <b\\u{202e}@example.com>"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("pay \\u{202d}now\\u{2067}x\\u{2068}\\u{61c}\\u{2028}\n"),
+            "{shown}"
+        );
+        // Letters of right-to-left scripts are text, not controls: shown as they are.
+        assert_eq!(printable("שלום"), "שלום");
+    }
+
+    #[test]
+    fn header_lines_printed_are_capped_in_number_and_length() {
+        let mut mail = String::new();
+        for i in 0..150 {
+            mail += &format!("X-Flood-{i}: {i}\r\n");
+        }
+        mail += &format!(
+            "X-Folded: {}\r\n",
+            "word ".repeat(1000).replace(' ', "\r\n ")
+        );
+        mail += "\r\nbody\r\n";
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let shown = describe(1, peer, "", &[], mail.as_bytes(), Path::new("x.eml"));
+        let (headers, body) = shown
+            .split_once("\n---\n")
+            .unwrap()
+            .1
+            .split_once("\n---\n")
+            .unwrap();
+        let lines: Vec<&str> = headers.lines().collect();
+        assert_eq!(lines.len(), MAX_PRINTED_HEADERS + 1, "{headers}");
+        assert_eq!(lines[MAX_PRINTED_HEADERS - 1], "X-Flood-99: 99");
+        assert_eq!(
+            lines[MAX_PRINTED_HEADERS],
+            "[... 51 more header lines in the file]"
+        );
+        assert_eq!(body, "body\n");
+
+        let long = format!("Subject: {}\r\n\r\n", "a".repeat(5000));
+        let shown = describe(1, peer, "", &[], long.as_bytes(), Path::new("x.eml"));
+        let subject = shown.lines().find(|l| l.starts_with("Subject:")).unwrap();
+        assert!(subject.len() < MAX_PRINTED_HEADER + 40, "{subject}");
+        assert!(subject.ends_with(" [... 4011 more bytes]"), "{subject}");
     }
 
     #[test]

@@ -9,10 +9,105 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::clock::Clock;
 
+/// Declares a struct of clap flags that starts with the flags saying where the state lives
+/// (the store, its directory or etcd cluster, the master key) and the log format: the
+/// server's [`Args`] and `rotate-master-key`'s [`RotateMasterKeyArgs`], which need the same
+/// store with the same flags. One definition, not `global` flags: a global flag is offered
+/// by every subcommand, and `catch-mail`, which has no store, showed them all in its help.
+macro_rules! with_state_flags {
+    ($(#[$meta:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($fields)*
+
+            /// Directory of the embedded store, the master key and the bootstrap key file.
+            #[arg(
+                long,
+                env = "MAILROOM_DATA_DIR",
+                default_value = "./data"
+            )]
+            pub data_dir: PathBuf,
+
+            /// Which store holds the state.
+            #[arg(long, env = "MAILROOM_STORE", value_enum, default_value_t = StoreKind::Sled)]
+            pub store: StoreKind,
+
+            /// The etcd cluster of `--store etcd`, comma-separated (`http://host:2379`).
+            #[arg(
+                long,
+                env = "MAILROOM_ETCD_ENDPOINTS",
+                value_delimiter = ',',
+                default_value = "http://127.0.0.1:2379"
+            )]
+            pub etcd_endpoints: Vec<String>,
+
+            /// Where in etcd this mailroom keeps its state: replicas of one deployment share it.
+            #[arg(
+                long,
+                env = "MAILROOM_ETCD_PREFIX",
+                default_value = "/mailroom/"
+            )]
+            pub etcd_prefix: String,
+
+            /// The longest any one request to etcd may take before it fails.
+            #[arg(long, env = "MAILROOM_ETCD_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+            pub etcd_timeout: Duration,
+
+            /// PEM file of the CA that signed etcd's server certificate: etcd is then reached over
+            /// TLS, trusting this CA alone. `https://` endpoints without it are checked against the
+            /// public web roots.
+            #[arg(long, env = "MAILROOM_ETCD_CA")]
+            pub etcd_ca: Option<PathBuf>,
+
+            /// PEM certificate chain shown to etcd over TLS (with --etcd-key), for an etcd that
+            /// requires client certificates (`--client-cert-auth`).
+            #[arg(long, env = "MAILROOM_ETCD_CERT", requires = "etcd_key")]
+            pub etcd_cert: Option<PathBuf>,
+
+            /// PEM private key of --etcd-cert.
+            #[arg(long, env = "MAILROOM_ETCD_KEY", requires = "etcd_cert")]
+            pub etcd_key: Option<PathBuf>,
+
+            /// The etcd user to authenticate as, when etcd's auth is enabled (with
+            /// --etcd-password-file).
+            #[arg(
+                long,
+                env = "MAILROOM_ETCD_USER",
+                requires = "etcd_password_file"
+            )]
+            pub etcd_user: Option<String>,
+
+            /// File holding the password of --etcd-user (trailing line breaks are ignored). Like
+            /// ssh with a private key, mailroom refuses a file that group or others may read;
+            /// except that a file owned by root may be readable by its group, as Kubernetes mounts
+            /// a Secret for a pod with an fsGroup.
+            #[arg(
+                long,
+                env = "MAILROOM_ETCD_PASSWORD_FILE",
+                requires = "etcd_user"
+            )]
+            pub etcd_password_file: Option<PathBuf>,
+
+            /// File holding the 256-bit master key (64 hex digits) that encrypts stored secrets;
+            /// `<data-dir>/master.key`, created on first start, when unset.
+            #[arg(long, env = "MAILROOM_MASTER_KEY_FILE")]
+            pub master_key_file: Option<PathBuf>,
+
+            /// Log line format.
+            #[arg(long, env = "MAILROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+            pub log_format: LogFormat,
+        }
+    };
+}
+
+with_state_flags! {
 /// mailroom: the email control plane of a security-incident platform (SMTP settings,
 /// password-reset and invitation tokens, notification email) over gRPC.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "mailroom", version, about, long_about = None)]
+// A subcommand takes its own flags, after its name (`mailroom rotate-master-key --data-dir
+// ./data`): the server's given before it are refused, not silently ignored (which would
+// rotate the key of the default directory).
+#[command(name = "mailroom", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Args {
     /// What to do instead of serving.
     #[command(subcommand)]
@@ -21,79 +116,6 @@ pub struct Args {
     /// Address to serve gRPC on.
     #[arg(long, env = "MAILROOM_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-
-    /// Directory of the embedded store, the master key and the bootstrap key file.
-    #[arg(
-        long,
-        env = "MAILROOM_DATA_DIR",
-        default_value = "./data",
-        global = true
-    )]
-    pub data_dir: PathBuf,
-
-    /// Which store holds the state.
-    #[arg(long, env = "MAILROOM_STORE", value_enum, default_value_t = StoreKind::Sled, global = true)]
-    pub store: StoreKind,
-
-    /// The etcd cluster of `--store etcd`, comma-separated (`http://host:2379`).
-    #[arg(
-        long,
-        env = "MAILROOM_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379",
-        global = true
-    )]
-    pub etcd_endpoints: Vec<String>,
-
-    /// Where in etcd this mailroom keeps its state: replicas of one deployment share it.
-    #[arg(
-        long,
-        env = "MAILROOM_ETCD_PREFIX",
-        default_value = "/mailroom/",
-        global = true
-    )]
-    pub etcd_prefix: String,
-
-    /// The longest any one request to etcd may take before it fails.
-    #[arg(long, env = "MAILROOM_ETCD_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
-    pub etcd_timeout: Duration,
-
-    /// PEM file of the CA that signed etcd's server certificate: etcd is then reached over
-    /// TLS, trusting this CA alone. `https://` endpoints without it are checked against the
-    /// public web roots.
-    #[arg(long, env = "MAILROOM_ETCD_CA", global = true)]
-    pub etcd_ca: Option<PathBuf>,
-
-    /// PEM certificate chain shown to etcd over TLS (with --etcd-key), for an etcd that
-    /// requires client certificates (`--client-cert-auth`).
-    #[arg(long, env = "MAILROOM_ETCD_CERT", requires = "etcd_key", global = true)]
-    pub etcd_cert: Option<PathBuf>,
-
-    /// PEM private key of --etcd-cert.
-    #[arg(long, env = "MAILROOM_ETCD_KEY", requires = "etcd_cert", global = true)]
-    pub etcd_key: Option<PathBuf>,
-
-    /// The etcd user to authenticate as, when etcd's auth is enabled (with
-    /// --etcd-password-file).
-    #[arg(
-        long,
-        env = "MAILROOM_ETCD_USER",
-        requires = "etcd_password_file",
-        global = true
-    )]
-    pub etcd_user: Option<String>,
-
-    /// File holding the password of --etcd-user (trailing line breaks are ignored). Like
-    /// ssh with a private key, mailroom refuses a file that group or others may read;
-    /// except that a file owned by root may be readable by its group, as Kubernetes mounts
-    /// a Secret for a pod with an fsGroup.
-    #[arg(
-        long,
-        env = "MAILROOM_ETCD_PASSWORD_FILE",
-        requires = "etcd_user",
-        global = true
-    )]
-    pub etcd_password_file: Option<PathBuf>,
 
     /// How long a claim on a message outlives the longest send (four SMTP timeouts): the
     /// margin covers clock differences between replicas. A claim of a replica that died is
@@ -110,15 +132,6 @@ pub struct Args {
     /// Memory for the embedded store's page cache, in MiB.
     #[arg(long, env = "MAILROOM_CACHE_MB", default_value_t = 40)]
     pub cache_mb: u64,
-
-    /// File holding the 256-bit master key (64 hex digits) that encrypts stored secrets;
-    /// `<data-dir>/master.key`, created on first start, when unset.
-    #[arg(long, env = "MAILROOM_MASTER_KEY_FILE", global = true)]
-    pub master_key_file: Option<PathBuf>,
-
-    /// Log line format.
-    #[arg(long, env = "MAILROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
 
     /// How long shutdown waits for in-flight RPCs before it stops them.
     #[arg(long, env = "MAILROOM_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -190,6 +203,7 @@ pub struct Args {
     #[arg(skip)]
     pub resolver: crate::settings::Resolver,
 }
+}
 
 impl Args {
     /// The defaults, as `mailroom` with no flags and no `MAILROOM_*` environment would run
@@ -230,11 +244,53 @@ impl Args {
 pub enum Command {
     /// Seal every stored secret under a new master key, then drop the old one (stop mailroom
     /// first: it needs the store to itself).
-    RotateMasterKey,
+    RotateMasterKey(RotateMasterKeyArgs),
     /// Run a mail catcher for trying mailroom and for tests: an SMTP server on loopback that
     /// accepts every message, prints its envelope, headers and text part, and writes it to
     /// `--dir` as an `.eml` file. It is not a relay: nothing is delivered anywhere.
     CatchMail(CatchMailArgs),
+}
+
+with_state_flags! {
+/// `mailroom rotate-master-key`: the store whose secrets are re-sealed, as the server's
+/// flags of the same names find it.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct RotateMasterKeyArgs {}
+}
+
+impl Args {
+    /// The server's arguments with the store `rotate-master-key` names: what it opens.
+    pub fn for_rotation(&self, rotate: &RotateMasterKeyArgs) -> Args {
+        let RotateMasterKeyArgs {
+            data_dir,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+            etcd_timeout,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_user,
+            etcd_password_file,
+            master_key_file,
+            log_format,
+        } = rotate.clone();
+        Args {
+            data_dir,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+            etcd_timeout,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_user,
+            etcd_password_file,
+            master_key_file,
+            log_format,
+            ..self.clone()
+        }
+    }
 }
 
 /// `mailroom catch-mail`: where it listens, where it writes, and the bounds that keep it from

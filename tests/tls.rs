@@ -15,13 +15,14 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 /// A CA, a server certificate for localhost, and a client certificate, as PEM files.
-struct Certificates {
-    ca: String,
-    client_cert: String,
-    client_key: String,
+pub(crate) struct Certificates {
+    pub(crate) ca: String,
+    pub(crate) client_cert: String,
+    pub(crate) client_key: String,
 }
 
-fn certificates(dir: &Path) -> Certificates {
+/// Writes `server.crt`, `server.key` (for `localhost`) and `ca.crt` into `dir`.
+pub(crate) fn certificates(dir: &Path) -> Certificates {
     certificates_of(dir, "mailroom test CA")
 }
 

@@ -619,6 +619,54 @@ mod tests {
         assert!(echoed.starts_with("bad request"), "{echoed}");
     }
 
+    /// What the JWT-bearer grant's assertion carries (RFC 7523 §3, as Google reads it): RS256,
+    /// issuer the client id, subject the mailbox, audience the token URL, the scope, an hour
+    /// of life. It is not Microsoft's certificate credential (a `client_assertion` whose
+    /// header names the certificate, `x5t#S256`, with `jti` and `sub` = the client id):
+    /// mailroom does not make one, and the settings refuse a private key for Microsoft.
+    #[test]
+    fn the_jwt_bearer_assertion_is_google_s_not_a_microsoft_client_assertion() {
+        use base64::Engine as _;
+        let pem = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/oauth2-service-account.key.pem"
+        ))
+        .unwrap();
+        let endpoint = "https://oauth2.googleapis.com/token";
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let jwt = assertion(
+            &pem.into(),
+            "mailroom@project.iam.gserviceaccount.com",
+            "soc@example.com",
+            "https://mail.google.com/",
+            endpoint,
+            now,
+        )
+        .unwrap_or_else(|_| panic!("the fixture key signs"));
+        let parts: Vec<&str> = jwt.expose_secret().split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let decode = |part: &str| -> serde_json::Value {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let header = decode(parts[0]);
+        assert_eq!(header, serde_json::json!({"alg": "RS256", "typ": "JWT"}));
+        let claims = decode(parts[1]);
+        assert_eq!(
+            claims,
+            serde_json::json!({
+                "iss": "mailroom@project.iam.gserviceaccount.com",
+                "sub": "soc@example.com",
+                "aud": endpoint,
+                "scope": "https://mail.google.com/",
+                "iat": 1_800_000_000u64,
+                "exp": 1_800_003_600u64,
+            })
+        );
+    }
+
     fn oauth2(grant: Grant) -> OAuth2 {
         OAuth2 {
             provider: crate::settings::Provider::Custom,

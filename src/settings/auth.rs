@@ -256,6 +256,15 @@ pub fn token_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `token_url` is Microsoft Entra's token endpoint (`login.microsoftonline.com`,
+/// whatever the tenant), where only the client secret works with mailroom.
+pub fn is_microsoft_endpoint(token_url: &str) -> bool {
+    url::Url::parse(token_url).is_ok_and(|url| {
+        url.host_str()
+            .is_some_and(|host| host.eq_ignore_ascii_case("login.microsoftonline.com"))
+    })
+}
+
 /// Checks a Microsoft Entra tenant id: a GUID or a domain (`contoso.onmicrosoft.com`), the
 /// one path segment of the token URL it goes into.
 pub fn tenant_id(value: &str) -> Result<(), String> {

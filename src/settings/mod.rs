@@ -1153,6 +1153,18 @@ fn check_auth(
              takes the JWT-bearer grant of a service account with domain-wide delegation)",
         );
     }
+    // Microsoft's certificate credentials are a client-credentials grant authenticated by a
+    // `client_assertion` (a JWT whose header carries the certificate's `x5t#S256`, with
+    // `jti`), not the JWT-bearer grant mailroom signs for Google: sent to Microsoft, that
+    // grant is refused. Said here, at the update, rather than at the first send.
+    if has_key && (provider == Provider::Microsoft365 || auth::is_microsoft_endpoint(&effective)) {
+        v.add(
+            format!("{F}.private_key_pem"),
+            "Microsoft 365 certificate credentials (a client assertion signed with the \
+             application's certificate) are not supported: give the application's client \
+             secret (auth.oauth2.client_secret) instead",
+        );
+    }
     if provider == Provider::Microsoft365 && !has_secret {
         v.add(
             format!("{F}.client_secret"),
