@@ -190,6 +190,15 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_REQUEST_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_read_timeout: Duration,
 
+    /// Most tokens one organisation may be issued within an hour (counted by each replica).
+    #[arg(long, env = "MAILROOM_ORG_TOKENS_PER_HOUR", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub org_tokens_per_hour: u64,
+
+    /// Most users the keys of one organisation may create or replace within an hour
+    /// (counted by each replica; admin keys are not held to it).
+    #[arg(long, env = "MAILROOM_ORG_USER_CHANGES_PER_HOUR", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub org_user_changes_per_hour: u64,
+
     /// How many tokens one login may be issued per purpose and hour.
     #[arg(long, env = "MAILROOM_TOKEN_ISSUE_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub token_issue_limit: u32,

@@ -45,6 +45,7 @@ pub mod mail;
 pub mod metrics;
 pub mod notify;
 pub mod proto;
+pub mod quota;
 pub mod server;
 pub mod settings;
 pub mod store;

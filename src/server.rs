@@ -102,7 +102,8 @@ impl Mailroom {
                 .deny_private_addresses(args.smtp_deny_private_addresses)
                 .resolver(args.resolver.clone())
                 .metrics(metrics.clone());
-        let directory = DirectoryService::new(store.clone(), args.clock.clone());
+        let directory = DirectoryService::new(store.clone(), args.clock.clone())
+            .with_org_limit(args.org_user_changes_per_hour);
         let wake = Arc::new(Notify::new());
         let notify = NotifyService::new(
             store.clone(),
@@ -123,7 +124,8 @@ impl Mailroom {
             args.clock.clone(),
             args.token_issue_limit,
             metrics.clone(),
-        );
+        )
+        .with_org_limit(args.org_tokens_per_hour);
         let metrics_listener = match args.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)

@@ -396,3 +396,107 @@ async fn a_slow_render_leaves_the_runtime_serving() {
         "{answered} health checks answered while the template rendered"
     );
 }
+
+/// Tokens issued and users changed are held to hourly quotas per organisation (each
+/// replica counting its own): one organisation past them is refused, naming the quota,
+/// while another goes on; admin keys change users unheld; a new hour lets it in again.
+#[tokio::test]
+async fn tokens_and_user_changes_have_hourly_quotas_per_organisation() {
+    let _watchdog = crate::support::watchdog();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(dir.path());
+    args.clock = crate::support::test_clock();
+    args.org_tokens_per_hour = 2;
+    args.org_user_changes_per_hour = 2;
+    let server = TestServer::start_with(args).await;
+    let acme = server.create_key("acme", &["manageUser"]).await;
+    let beta = server.create_key("beta", &["manageUser"]).await;
+    let issue = |key: &str, organisation: &str, login: &str| {
+        let mut tokens = server.tokens(key);
+        let mut request = crate::support::issue_request(login, pb::TokenPurpose::Invitation);
+        request.organisation = organisation.into();
+        async move { tokens.issue_token(request).await }
+    };
+    issue(&acme, "acme", "new1").await.expect("first");
+    issue(&acme, "acme", "new2").await.expect("second");
+    let status = issue(&acme, "acme", "new3").await.expect_err("third");
+    assert_eq!(over_quota(&status).0, "tokens_per_hour");
+    issue(&beta, "beta", "new3").await.expect("beta's own");
+
+    let upsert = |key: &str, organisation: &str, login: &str| {
+        let mut directory = server.directory(key);
+        let user = pb::User {
+            login: login.into(),
+            email: format!("{login}@example.com"),
+            organisations: vec![organisation.into()],
+            ..Default::default()
+        };
+        async move {
+            directory
+                .upsert_user(pb::UpsertUserRequest { user: Some(user) })
+                .await
+        }
+    };
+    upsert(&acme, "acme", "u1").await.expect("first");
+    upsert(&acme, "acme", "u1")
+        .await
+        .expect("second, the same user");
+    let status = upsert(&acme, "acme", "u2").await.expect_err("third");
+    assert_eq!(over_quota(&status).0, "user_changes_per_hour");
+    let listed = server
+        .directory(&acme)
+        .list_users(pb::ListUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(listed.len(), 1, "the refused change wrote nothing");
+    upsert(&beta, "beta", "u2").await.expect("beta's own");
+    upsert(&server.admin_key, "acme", "u3")
+        .await
+        .expect("admin keys are not held");
+
+    server.advance(std::time::Duration::from_secs(3601));
+    issue(&acme, "acme", "new3").await.expect("a new hour");
+    upsert(&acme, "acme", "u4").await.expect("a new hour");
+}
+
+/// A retried message is queued again, and counts against the quotas as a new one.
+#[tokio::test]
+async fn a_retry_counts_against_the_quotas() {
+    let _watchdog = crate::support::watchdog();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(dir.path());
+    args.clock = crate::support::test_clock();
+    args.org_messages_per_hour = 1;
+    let server = TestServer::start_with(args).await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    let acme = server.create_key("acme", &["manageConfig"]).await;
+    let sent = send_as(&server, &acme, "", &["rejected@example.com"], "x")
+        .await
+        .expect("the hour's one message");
+    let id = &sent.message_ids[0];
+    server
+        .wait_for_state_as(&acme, id, pb::MessageState::Dead)
+        .await;
+    let status = server
+        .notifier(&acme)
+        .retry_message(pb::RetryMessageRequest { id: id.clone() })
+        .await
+        .expect_err("a second message within the hour");
+    assert_eq!(over_quota(&status).0, "messages_per_hour");
+    let message = server
+        .notifier(&acme)
+        .get_message(pb::GetMessageRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(message.state(), pb::MessageState::Dead, "left as it was");
+    server.advance(std::time::Duration::from_secs(3601));
+    server
+        .notifier(&acme)
+        .retry_message(pb::RetryMessageRequest { id: id.clone() })
+        .await
+        .expect("a new hour");
+}

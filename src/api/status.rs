@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use crate::auth::AuthError;
 use crate::directory::{DirectoryError, NotInOrganisation};
 use crate::notify::NotifyError;
+use crate::quota::OverQuota;
 use crate::settings::{SettingsError, Unset};
 use crate::store::StoreError;
 use crate::tokens::TokenError;
@@ -103,8 +104,21 @@ impl From<DirectoryError> for Status {
             DirectoryError::Invalid(v) => invalid(&v),
             DirectoryError::NotFound(_) => Status::not_found(e.to_string()),
             DirectoryError::Forbidden(why) => Status::permission_denied(why),
+            DirectoryError::OverQuota(over) => over.into(),
             DirectoryError::Store(e) => e.into(),
         }
+    }
+}
+
+impl From<OverQuota> for Status {
+    fn from(over: OverQuota) -> Self {
+        let metadata = HashMap::from([
+            ("quota".to_string(), over.quota.to_string()),
+            ("limit".to_string(), over.limit.to_string()),
+        ]);
+        let mut details = ErrorDetails::with_retry_info(Some(over.retry_after));
+        details.set_error_info("QUOTA_EXCEEDED", ERROR_DOMAIN, metadata);
+        Status::with_error_details(Code::ResourceExhausted, over.to_string(), details)
     }
 }
 
@@ -117,16 +131,7 @@ impl From<NotifyError> for Status {
             NotifyError::NotFound(_) => Status::not_found(e.to_string()),
             NotifyError::NoUser(_) => Status::failed_precondition(e.to_string()),
             NotifyError::NotInOrganisation(e) => e.into(),
-            NotifyError::OverQuota(over) => {
-                let message = e.to_string();
-                let metadata = HashMap::from([
-                    ("quota".to_string(), over.quota.to_string()),
-                    ("limit".to_string(), over.limit.to_string()),
-                ]);
-                let mut details = ErrorDetails::with_retry_info(Some(over.retry_after));
-                details.set_error_info("QUOTA_EXCEEDED", ERROR_DOMAIN, metadata);
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
+            NotifyError::OverQuota(over) => over.into(),
             NotifyError::State(_) => Status::failed_precondition(e.to_string()),
             NotifyError::Crypto(e) => {
                 tracing::error!(error = %e, "sealed value unreadable");
@@ -159,6 +164,7 @@ impl From<TokenError> for Status {
                 message,
                 ErrorDetails::with_retry_info(Some(wait)),
             ),
+            TokenError::OverQuota(over) => over.into(),
             TokenError::Notify(e) => e.into(),
             TokenError::Store(e) => e.into(),
         }

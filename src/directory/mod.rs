@@ -10,6 +10,7 @@ use lettre::Address;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
+use crate::quota::Hourly;
 use crate::store::{Store, StoreError};
 use crate::validation::{self, Violations};
 
@@ -84,6 +85,9 @@ pub enum DirectoryError {
     /// The caller's organisation may not manage this user.
     #[error("{0}")]
     Forbidden(String),
+    /// The organisation changed more users this hour than its quota.
+    #[error(transparent)]
+    OverQuota(#[from] crate::quota::OverQuota),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -150,12 +154,26 @@ pub const MAX_ORGANISATIONS: usize = 100;
 pub struct DirectoryService {
     store: Arc<dyn Store>,
     clock: Clock,
+    /// Users created or replaced per organisation and hour, by keys of that organisation.
+    changes: Arc<Hourly>,
 }
 
 impl DirectoryService {
     /// The directory in `store`.
     pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            changes: Arc::new(Hourly::new("user_changes_per_hour", u64::MAX)),
+        }
+    }
+
+    /// The same directory, letting the keys of one organisation create or replace at most
+    /// `limit` users an hour (counted in this process: see [`Hourly`]); admin keys, the
+    /// platform's own, are not held to it.
+    pub fn with_org_limit(mut self, limit: u64) -> Self {
+        self.changes = Arc::new(Hourly::new("user_changes_per_hour", limit));
+        self
     }
 
     /// Checks a draft: one violation per bad field (prefixed `user.`).
@@ -218,6 +236,7 @@ impl DirectoryService {
                     "a key of organisation {org:?} manages only users of that organisation alone"
                 )));
             }
+            self.changes.spend(org, now)?;
         }
         let mut organisations = draft.organisations;
         organisations.sort();

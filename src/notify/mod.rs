@@ -121,7 +121,7 @@ pub enum NotifyError {
     #[error(transparent)]
     NotInOrganisation(#[from] crate::directory::NotInOrganisation),
     /// The organisation's outbox quota would be passed.
-    #[error("organisation over its {} quota ({}); retry in {}", .0.quota, .0.limit, crate::settings::human(.0.retry_after))]
+    #[error(transparent)]
     OverQuota(OverQuota),
     /// No such message (for this caller).
     #[error("message {0:?} not found")]
@@ -809,6 +809,12 @@ impl NotifyService {
     /// Requeues a DEAD message.
     pub async fn retry(&self, id: &str, scope: Option<&str>) -> Result<OutboxMessage, NotifyError> {
         let now = self.clock.now();
+        // A retried message is queued again: it counts against the quotas as a new one
+        // (once it is known to be DEAD, so that a refused retry spends nothing).
+        let current = self.get(id, scope).await?;
+        current.clone().requeue(now)?;
+        let bytes = current.content.as_ref().map_or(0, |c| c.stored_len());
+        self.spend_quota(&current.organisation, 1, bytes).await?;
         let message = self.change(id, scope, |m| m.requeue(now)).await?;
         self.pending.forget(&message.organisation);
         self.metrics.messages("queued", 1);

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::quota::OverQuota;
+
 /// Buckets of a tally's window.
 const BUCKETS: u64 = 24;
 /// The window of [`Quotas::messages_per_hour`].
@@ -32,17 +34,6 @@ pub struct Quotas {
     pub messages_per_hour: u64,
     /// Most bytes (sealed) queued within 24 hours.
     pub bytes_per_day: u64,
-}
-
-/// Which quota a request would pass, and when to retry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OverQuota {
-    /// The quota's name, as in `ErrorInfo.metadata.quota` and the flags.
-    pub quota: &'static str,
-    /// Its limit.
-    pub limit: u64,
-    /// When the request could fit (if nothing else is queued meanwhile).
-    pub retry_after: Duration,
 }
 
 impl Default for Quotas {

@@ -22,6 +22,7 @@ use crate::directory::{canonical_login, member_of, NotInOrganisation, User};
 use crate::mail::rfc3339;
 use crate::metrics::Metrics;
 use crate::notify::{NotifyError, NotifyService, OutgoingEmail};
+use crate::quota::Hourly;
 use crate::settings::{
     human, SettingsError, SettingsService, DEFAULT_INVITATION, DEFAULT_RESET_PASSWORD,
 };
@@ -97,6 +98,9 @@ pub enum TokenError {
     /// Too many issues for this login and purpose.
     #[error("too many tokens issued for this login; retry in {}", human(*.0))]
     RateLimited(Duration),
+    /// The organisation was issued more tokens this hour than its quota.
+    #[error(transparent)]
+    OverQuota(#[from] crate::quota::OverQuota),
     /// The email could not be queued.
     #[error(transparent)]
     Notify(#[from] NotifyError),
@@ -119,6 +123,8 @@ pub struct TokenService {
     notify: NotifyService,
     clock: Clock,
     issue_limit: u32,
+    /// Tokens issued per organisation and hour.
+    org_issues: Arc<Hourly>,
     metrics: Metrics,
 }
 
@@ -138,8 +144,17 @@ impl TokenService {
             notify,
             clock,
             issue_limit,
+            org_issues: Arc::new(Hourly::new("tokens_per_hour", u64::MAX)),
             metrics,
         }
+    }
+
+    /// The same service, issuing each organisation at most `limit` tokens an hour (counted
+    /// in this process: see [`Hourly`]): tokens are kept a week, and new logins (invitations)
+    /// have no per-login allowance spent yet.
+    pub fn with_org_limit(mut self, limit: u64) -> Self {
+        self.org_issues = Arc::new(Hourly::new("tokens_per_hour", limit));
+        self
     }
 
     /// Issues a token (revoking the login's earlier active ones of its purpose) and, with
@@ -179,6 +194,7 @@ impl TokenService {
             self.metrics.rate_limited();
             return Err(TokenError::RateLimited(wait));
         }
+        self.org_issues.spend(&request.organisation, now)?;
         let secret = crypto::random_secret(purpose.prefix());
         let token = Token {
             id: crypto::time_ordered_id("tok_", now),
