@@ -1052,3 +1052,138 @@ async fn no_secret_assertion_or_token_reaches_a_response_the_log_or_the_store() 
         "the fetches are logged"
     );
 }
+
+/// Secrets on the failure paths, through the built binary logging everything (trace, JSON):
+/// a wrong SMTP password refused at AUTH, by TestSmtpSettings and by a delivery; a TLS
+/// client key that is not its certificate's, in a failed test; an OAuth2 client secret the
+/// token endpoint refuses. None of them reaches a log line.
+#[tokio::test]
+async fn no_secret_reaches_the_log_on_a_failure_path() {
+    let _watchdog = crate::support::watchdog();
+    use crate::support::process::Process;
+    use crate::support::smtp::SmtpServer;
+    use crate::support::Bearer;
+    const WRONG_PASSWORD: &str = "wr0ng-relay-password-5512";
+    const WRONG_SECRET: &str = "wr0ng-client-s3cr3t-9d41";
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Arc::new(Pki::new());
+    let smtp = SmtpServer::with_auth(&pki, "relay", "relay-password");
+    let endpoint = TokenEndpoint::start(&pki, application(), Clock::default()).await;
+    // A client certificate and a private key that is not its own.
+    let certified = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["mailroom.example.com".into()])
+        .unwrap()
+        .self_signed(&certified)
+        .unwrap()
+        .pem();
+    let client_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+
+    let process = Process::start(dir.path(), &[]);
+    let admin = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
+    let channel = process.channel().await;
+    let mut admin_smtp = pb::smtp_admin_client::SmtpAdminClient::with_interceptor(
+        channel.clone(),
+        Bearer::new(admin.trim()),
+    );
+    let wrong_password = pb::SmtpSettings {
+        host: "127.0.0.1".into(),
+        port: smtp.addr.port().into(),
+        from: "thehive@example.com".into(),
+        security: pb::ConnectionSecurity::Starttls.into(),
+        username: "relay".into(),
+        password: WRONG_PASSWORD.into(),
+        tls: Some(pb::TlsSettings {
+            ca_certificates_pem: pki.ca_pem.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let with_client_key = pb::SmtpSettings {
+        tls: Some(pb::TlsSettings {
+            ca_certificates_pem: pki.ca_pem.clone(),
+            client_certificate_pem: certificate,
+            client_key_pem: client_key.clone(),
+            ..Default::default()
+        }),
+        ..wrong_password.clone()
+    };
+    let wrong_secret = xoauth2_settings(
+        smtp.addr,
+        &pki.ca_pem,
+        pb::Oauth2Settings {
+            client_secret: WRONG_SECRET.into(),
+            ..microsoft(&endpoint.url)
+        },
+    );
+    for (what, settings) in [
+        ("a wrong password", wrong_password.clone()),
+        ("a client key not the certificate's", with_client_key),
+        ("a refused client secret", wrong_secret),
+    ] {
+        let report = admin_smtp
+            .test_smtp_settings(pb::TestSmtpSettingsRequest {
+                settings: Some(settings),
+                recipient: "soc@example.com".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!report.success, "{what}: {report:#?}");
+    }
+    // Delivery with the wrong password saved: refused at AUTH, to be retried.
+    admin_smtp
+        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
+            settings: Some(wrong_password),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    let mut notifier =
+        pb::notifier_client::NotifierClient::with_interceptor(channel, Bearer::new(admin.trim()));
+    let id = notifier
+        .send_to_addresses(pb::SendToAddressesRequest {
+            organisation: "acme".into(),
+            to: vec!["alice@example.com".into()],
+            subject: "refused".into(),
+            body: "body".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message_ids
+        .remove(0);
+    eventually(
+        Duration::from_secs(10),
+        "the delivery refused",
+        async || {
+            let message = notifier
+                .get_message(pb::GetMessageRequest { id: id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            (message.state() == pb::MessageState::Retrying).then_some(())
+        },
+    )
+    .await;
+    drop(notifier);
+    drop(admin_smtp);
+    let (status, log) = process.terminate().await;
+    assert!(status.success(), "{log}");
+
+    assert!(
+        log.contains("TestSmtpSettings") && log.contains("failed, will retry"),
+        "the failures are logged: {log}"
+    );
+    let mut secrets = vec![WRONG_PASSWORD.to_string(), WRONG_SECRET.to_string()];
+    secrets.extend(
+        client_key
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(String::from),
+    );
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "a secret logged: {secret}");
+    }
+}

@@ -440,3 +440,119 @@ async fn an_acknowledged_replay_survives_sigkill() {
     let (status, log) = second.terminate().await;
     assert!(status.success(), "{log}");
 }
+
+/// A relay in front of `to` that holds every connection silent (a client waits for the
+/// greeting) until `open` is notified, then forwards each, held ones included.
+async fn holding_relay(to: SocketAddr) -> (SocketAddr, Arc<tokio::sync::watch::Sender<bool>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (open, opened) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut opened = opened.clone();
+            tokio::spawn(async move {
+                if opened.wait_for(|o| *o).await.is_err() {
+                    return;
+                }
+                if let Ok(mut server) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (addr, Arc::new(open))
+}
+
+/// A message being sent (its connection open, the server's greeting not yet come) when
+/// SIGTERM arrives: if the relay answers within the grace period, the send finishes
+/// before the exit and the message is SENT after a restart (never sent again); if it does
+/// not, the process exits after the grace period with the message unsent, and the next
+/// start sends it — once either way.
+#[tokio::test]
+async fn shutdown_with_a_send_in_flight_finishes_it_or_leaves_it_for_the_next_start() {
+    let _watchdog = crate::support::watchdog();
+    for relay_answers_in_grace in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let smtp = SmtpServer::start(Options::default());
+        let (relay, open) = holding_relay(smtp.addr).await;
+        let grace = if relay_answers_in_grace { "5s" } else { "1s" };
+        let mut first = Process::start(dir.path(), &["--shutdown-grace", grace]);
+        let admin = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
+        let admin = admin.trim().to_string();
+        first.configure_smtp(&admin, relay.port(), 10).await;
+        let mut notifier = pb::notifier_client::NotifierClient::with_interceptor(
+            first.channel().await,
+            Bearer::new(&admin),
+        );
+        let id = notifier
+            .send_to_addresses(pb::SendToAddressesRequest {
+                organisation: "acme".into(),
+                to: vec!["soc@example.com".into()],
+                subject: "in flight".into(),
+                body: "body".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .message_ids
+            .remove(0);
+        support::eventually(Duration::from_secs(10), "the send in flight", async || {
+            let message = notifier
+                .get_message(pb::GetMessageRequest { id: id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            (message.state() == pb::MessageState::Sending).then_some(())
+        })
+        .await;
+        drop(notifier);
+        let case = if relay_answers_in_grace {
+            "the relay answers within the grace period"
+        } else {
+            "the relay answers after the exit"
+        };
+        first.begin_shutdown();
+        if relay_answers_in_grace {
+            // A slow relay: it answers well within the grace period, but long after a
+            // shutdown that did not wait for the send would have exited.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(first.running(), "{case}: shutdown waits for the send");
+            open.send_replace(true);
+        }
+        let stopped = first.terminate().await;
+        let (status, log) = stopped;
+        assert!(status.success(), "{case}: {status:?}\n{log}");
+        let received = smtp.seen().messages.len();
+        if relay_answers_in_grace {
+            assert_eq!(received, 1, "{case}: sent before the exit\n{log}");
+        } else {
+            assert_eq!(received, 0, "{case}: nothing sent yet");
+            open.send_replace(true);
+        }
+
+        let second = Process::start(dir.path(), &[]);
+        let mut notifier = pb::notifier_client::NotifierClient::with_interceptor(
+            second.channel().await,
+            Bearer::new(&admin),
+        );
+        if relay_answers_in_grace {
+            let message = notifier
+                .get_message(pb::GetMessageRequest { id: id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                message.state(),
+                pb::MessageState::Sent,
+                "{case}: its outcome was kept"
+            );
+        } else {
+            wait_until_sent(&mut notifier, std::slice::from_ref(&id)).await;
+        }
+        drop(notifier);
+        let (status, log) = second.terminate().await;
+        assert!(status.success(), "{case}: {log}");
+        assert_eq!(smtp.seen().messages.len(), 1, "{case}: sent once");
+    }
+}

@@ -568,3 +568,58 @@ async fn no_secret_reaches_etcd_in_plain_text() {
         );
     }
 }
+
+/// Requests with one idempotency key race through two replicas at once, on real threads
+/// (two clients to each, 50 keys): each key queues one batch, and every answer, from
+/// either replica, carries that batch's ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_through_two_replicas_at_once_queues_once() {
+    let _watchdog = crate::support::watchdog();
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let shared = tempfile::tempdir().unwrap();
+    let a = replica(&etcd, shared.path(), dirs[0].path()).await;
+    let b = replica(&etcd, shared.path(), dirs[1].path()).await;
+    let admin = a.admin_key.clone();
+    // Nothing is sent: what counts is what was queued.
+    a.configure_smtp(support::smtp::refused_port()).await;
+    let to = recipients("idem", 5);
+    let clients: Vec<_> = (0..4)
+        .map(|n| if n % 2 == 0 { &a } else { &b }.notifier(&admin))
+        .collect();
+    let rounds = support::race(clients.len(), 50, move |round, n| {
+        let mut client = clients[n].clone();
+        let request = pb::SendToAddressesRequest {
+            idempotency_key: format!("alert-{round}"),
+            ..send_request(&to, "once")
+        };
+        async move {
+            client
+                .send_to_addresses(request)
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    })
+    .await;
+    let mut queued = 0;
+    for (round, answers) in rounds.iter().enumerate() {
+        let firsts = answers.iter().filter(|a| !a.duplicate).count();
+        assert_eq!(firsts, 1, "key {round} used once: {answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.message_ids == answers[0].message_ids),
+            "key {round}: every answer the first one's ids: {answers:?}"
+        );
+        queued += answers[0].message_ids.len();
+    }
+    let store = etcd.store(PREFIX).await.expect("connect to etcd");
+    assert_eq!(
+        store.pending_messages().await.unwrap(),
+        queued,
+        "only the first batch of each key is queued"
+    );
+}

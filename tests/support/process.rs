@@ -19,6 +19,8 @@ pub struct Process {
     lines: mpsc::Receiver<String>,
     log: Vec<String>,
     pub addr: String,
+    /// SIGTERM was sent ([`Process::begin_shutdown`]).
+    terminated: bool,
 }
 
 impl Process {
@@ -55,6 +57,7 @@ impl Process {
             lines,
             log: Vec::new(),
             addr: String::new(),
+            terminated: false,
         };
         process.addr = process
             .wait_for_log(|event| {
@@ -121,10 +124,29 @@ impl Process {
         self.child.wait().unwrap();
     }
 
-    /// Sends SIGTERM; the exit status and every log line. Async, so that this test's own
+    /// Sends SIGTERM and waits (10 s at most) until the process says it is shutting down.
+    pub fn begin_shutdown(&mut self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        self.terminated = true;
+        self.wait_for_log(|event| {
+            (event["message"] == "shutting down: NOT_SERVING, draining in-flight RPCs")
+                .then_some(())
+        })
+        .expect("the binary logs that it is shutting down");
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM (unless [`Process::begin_shutdown`] did); the exit status and every
+    /// log line. Async, so that this test's own
     /// client connections answer the server's GOAWAY while it drains.
     pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        if !self.terminated {
+            kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        }
         // Forgotten before it is reaped: its process id may then be another's.
         super::forget_child(self.child.id());
         let child = &mut self.child;
