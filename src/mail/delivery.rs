@@ -26,7 +26,8 @@ use futures_util::FutureExt;
 use lettre::address::Envelope;
 use lettre::Address;
 use rand::Rng;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::connection::{self, Failed, Login, Stage, Stages};
@@ -104,9 +105,9 @@ impl Delivery {
         self
     }
 
-    /// Delivers until `stopping` turns true, then lets the senders finish what they hold
+    /// Delivers until `stopping` is cancelled, then lets the senders finish what they hold
     /// (at most `grace`).
-    pub async fn run(self, mut stopping: watch::Receiver<bool>, grace: Duration) {
+    pub async fn run(self, stopping: CancellationToken, grace: Duration) {
         let (jobs, queue) = job_queue(self.workers);
         let senders: Vec<_> = (0..self.workers)
             .map(|n| {
@@ -126,7 +127,7 @@ impl Delivery {
             })
             .collect();
         drop(queue);
-        self.dispatch(&jobs, &mut stopping).await;
+        self.dispatch(&jobs, &stopping).await;
         drop(jobs);
         let all = join_all(senders);
         if tokio::time::timeout(grace, all).await.is_err() {
@@ -136,8 +137,8 @@ impl Delivery {
         }
     }
 
-    async fn dispatch(&self, jobs: &mpsc::Sender<Job>, stopping: &mut watch::Receiver<bool>) {
-        while !*stopping.borrow() {
+    async fn dispatch(&self, jobs: &mpsc::Sender<Job>, stopping: &CancellationToken) {
+        while !stopping.is_cancelled() {
             let settings = match self.settings.get().await {
                 Ok(Some(settings)) => settings,
                 Ok(None) => {
@@ -174,7 +175,7 @@ impl Delivery {
             for message in due {
                 let slot = tokio::select! {
                     slot = jobs.reserve() => slot,
-                    () = stopped(stopping) => return,
+                    () = stopping.cancelled() => return,
                 };
                 let Ok(slot) = slot else { return };
                 if let Some(claimed) = self.claim(message, &settings).await {
@@ -212,11 +213,11 @@ impl Delivery {
         }
     }
 
-    async fn idle(&self, wait: Duration, stopping: &mut watch::Receiver<bool>) {
+    async fn idle(&self, wait: Duration, stopping: &CancellationToken) {
         tokio::select! {
             () = self.wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
-            () = stopped(stopping) => {}
+            () = stopping.cancelled() => {}
         }
     }
 }
@@ -247,10 +248,6 @@ fn send_bound(settings: &SmtpSettings) -> Duration {
     } else {
         settings.timeout * 4
     }
-}
-
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|s| *s).await;
 }
 
 /// An open connection, and what it was opened with.
