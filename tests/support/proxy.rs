@@ -15,6 +15,8 @@ pub enum Mode {
     Open,
     /// Accepts connections and holds them silent, forwarding nothing, until opened.
     Hold,
+    /// Accepts connections and closes them at once (a server that went away).
+    Refuse,
 }
 
 #[derive(Clone, Copy)]
@@ -73,6 +75,11 @@ impl Proxy {
         self.state.send_modify(|s| s.mode = Mode::Hold);
     }
 
+    /// Closes the connections it accepts from now on, at once (and the held ones).
+    pub fn refuse(&self) {
+        self.state.send_modify(|s| s.mode = Mode::Refuse);
+    }
+
     /// Forwards again, the held connections first.
     pub fn open(&self) {
         self.state.send_modify(|s| s.mode = Mode::Open);
@@ -102,11 +109,15 @@ impl Drop for Proxy {
     }
 }
 
-/// Holds `client` while the proxy holds, then forwards it to `to` until the proxy is cut.
+/// Holds `client` while the proxy holds, then forwards it to `to` until the proxy is cut
+/// (or closes it, if the proxy refuses).
 async fn forward(mut client: TcpStream, to: SocketAddr, mut states: watch::Receiver<State>) {
-    let Ok(state) = states.wait_for(|s| s.mode == Mode::Open).await.map(|s| *s) else {
+    let Ok(state) = states.wait_for(|s| s.mode != Mode::Hold).await.map(|s| *s) else {
         return;
     };
+    if state.mode == Mode::Refuse {
+        return;
+    }
     let Ok(mut server) = TcpStream::connect(to).await else {
         return;
     };
