@@ -12,6 +12,7 @@ mod etcd_security;
 mod gate;
 mod guard;
 mod hostile;
+mod leases;
 mod line_ends;
 mod metrics;
 mod notifier;

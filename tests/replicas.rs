@@ -16,6 +16,7 @@ use mailroom::proto::v1 as pb;
 use mailroom::store::Store;
 use support::etcd::Etcd;
 use support::process::Process;
+use support::proxy::{Mode, Proxy};
 use support::smtp::{Options, SmtpServer};
 use support::{eventually, Bearer, TestServer};
 use tonic::Code;
@@ -29,9 +30,14 @@ const CLAIM_MARGIN: &str = "2s";
 
 /// A replica on `etcd`, sealing with the key file in `shared`, with its own data directory.
 async fn replica(etcd: &Etcd, shared: &Path, data_dir: &Path) -> TestServer {
+    replica_at(&etcd.endpoint, shared, data_dir).await
+}
+
+/// [`replica`], reaching etcd at `endpoint` (a proxy in front of it).
+async fn replica_at(endpoint: &str, shared: &Path, data_dir: &Path) -> TestServer {
     let mut args = Args::with_data_dir(data_dir);
     args.store = StoreKind::Etcd;
-    args.etcd_endpoints = vec![etcd.endpoint.clone()];
+    args.etcd_endpoints = vec![endpoint.to_string()];
     args.etcd_prefix = PREFIX.into();
     args.etcd_timeout = Duration::from_secs(2);
     args.master_key_file = Some(shared.join("master.key"));
@@ -622,4 +628,85 @@ async fn one_idempotency_key_through_two_replicas_at_once_queues_once() {
         queued,
         "only the first batch of each key is queued"
     );
+}
+
+/// A key revoked through one replica while the other's watch on etcd is broken (its
+/// connection cut by a proxy, new ones held): the other never accepts the key — while cut
+/// it cannot vouch for any key (`UNAVAILABLE`), and once it reaches etcd again it refuses
+/// this one (`UNAUTHENTICATED`), though it had it in memory from before the break.
+#[tokio::test]
+async fn a_key_revoked_while_a_replicas_watch_is_broken_is_never_accepted_by_it() {
+    let _watchdog = crate::support::watchdog();
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let shared = tempfile::tempdir().unwrap();
+    let a = replica(&etcd, shared.path(), dirs[0].path()).await;
+    let etcd_addr = etcd.endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy = Proxy::start(etcd_addr, Mode::Open).await;
+    let b = replica_at(
+        &format!("http://{}", proxy.addr),
+        shared.path(),
+        dirs[1].path(),
+    )
+    .await;
+    let created = a.create_key_full("acme", &["manageConfig"]).await;
+    // GetMessage with no id: a key B accepts gets INVALID_ARGUMENT without B asking etcd
+    // anything more; a key it refuses, UNAUTHENTICATED; one it cannot check, UNAVAILABLE.
+    let mut as_key = b.notifier(&created.secret);
+    let mut ask = async || {
+        as_key
+            .get_message(pb::GetMessageRequest { id: String::new() })
+            .await
+            .expect_err("no message has an empty id")
+            .code()
+    };
+    for _ in 0..2 {
+        assert_eq!(ask().await, Code::InvalidArgument, "B accepts the live key");
+    }
+
+    proxy.cut();
+    eventually(
+        Duration::from_secs(15),
+        "B no longer vouching for keys, its watch broken",
+        async || {
+            let code = ask().await;
+            assert!(
+                matches!(code, Code::InvalidArgument | Code::Unavailable),
+                "{code:?}"
+            );
+            code == Code::Unavailable
+        },
+    )
+    .await;
+    a.keys(&a.admin_key)
+        .revoke_api_key(pb::RevokeApiKeyRequest {
+            id: created.key.unwrap().id,
+        })
+        .await
+        .expect("revoked through A");
+    for _ in 0..3 {
+        let code = ask().await;
+        assert!(
+            matches!(code, Code::Unavailable | Code::Unauthenticated),
+            "B accepted a key revoked while its watch was broken: {code:?}"
+        );
+    }
+
+    proxy.open();
+    eventually(
+        Duration::from_secs(30),
+        "B refusing the revoked key once it reaches etcd again",
+        async || {
+            let code = ask().await;
+            assert!(
+                matches!(code, Code::Unavailable | Code::Unauthenticated),
+                "B accepted a key revoked while its watch was broken: {code:?}"
+            );
+            code == Code::Unauthenticated
+        },
+    )
+    .await;
+    assert_eq!(ask().await, Code::Unauthenticated, "and keeps refusing it");
 }

@@ -15,7 +15,11 @@
 //! message is `DEAD` at once, its error naming the address and the flag. A claim is a lease
 //! longer than the longest send: if this process dies, the messages it held come back when
 //! their leases expire, and at most the message whose 250 was not yet recorded is sent
-//! twice.
+//! twice. The lease is taken at claim time, but the send may start much later (the message
+//! waits for a free sender, the connection for the server's greeting): so once the
+//! connection is open, before `MAIL FROM`, a sender checks that its claim still outlives the
+//! longest send, renewing it by compare-and-swap if not, and sends nothing if another sender
+//! took the message meanwhile (`Sender::hold_claim`).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -118,6 +122,7 @@ impl Delivery {
                     connection: None,
                     metrics: self.metrics.clone(),
                     relay: self.relay.clone(),
+                    claim_margin: self.claim_margin,
                 };
                 tokio::spawn(
                     sender
@@ -273,25 +278,43 @@ struct Sender {
     connection: Option<Open>,
     metrics: Metrics,
     relay: Arc<RelayGate>,
+    claim_margin: Duration,
+}
+
+/// How one claimed message ended with its sender.
+enum Outcome {
+    /// An attempt was made: to be recorded.
+    Attempted(Attempt),
+    /// The claim ran out before the message was given to the server, and another took
+    /// it (or the store could not renew it): nothing was sent, nothing is recorded.
+    ClaimLost,
 }
 
 impl Sender {
     async fn run(mut self, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
         loop {
             let job = queue.lock().await.recv().await;
-            let Some((message, settings)) = job else {
+            let Some((mut message, settings)) = job else {
                 break;
             };
             let span = tracing::info_span!("deliver", message = %message.id, organisation = %message.organisation, attempt = message.attempts);
             let started = Instant::now();
-            let attempt = guarded(self.attempt(&message, &settings))
+            let outcome = guarded(self.attempt(&mut message, &settings))
                 .instrument(span.clone())
                 .await
                 .unwrap_or_else(|failed| {
                     // Mid-exchange, perhaps: not a connection to reuse.
                     self.connection = None;
-                    failed
+                    Outcome::Attempted(failed)
                 });
+            let attempt = match outcome {
+                Outcome::Attempted(attempt) => attempt,
+                Outcome::ClaimLost => {
+                    let _enter = span.enter();
+                    tracing::warn!("the claim ran out before sending, and another holds the message now: not sent");
+                    continue;
+                }
+            };
             let (outcome, code) = match &attempt {
                 Attempt::Sent => ("sent", None),
                 Attempt::Permanent { code, .. } => ("permanent_failure", *code),
@@ -305,7 +328,7 @@ impl Sender {
         }
     }
 
-    async fn attempt(&mut self, message: &OutboxMessage, settings: &SmtpSettings) -> Attempt {
+    async fn attempt(&mut self, message: &mut OutboxMessage, settings: &SmtpSettings) -> Outcome {
         let opened = match &message.content {
             Some(sealed) => self
                 .settings
@@ -317,15 +340,16 @@ impl Sender {
         };
         let content = match opened {
             Ok(content) => content,
-            Err(error) => return Attempt::Permanent { code: None, error },
+            Err(error) => return Outcome::Attempted(Attempt::Permanent { code: None, error }),
         };
         let envelope = match envelope(message) {
             Ok(envelope) => envelope,
-            Err(error) => return Attempt::Permanent { code: None, error },
+            Err(error) => return Outcome::Attempted(Attempt::Permanent { code: None, error }),
         };
         let bound = send_bound(settings);
-        match tokio::time::timeout(bound, self.send(settings, &envelope, &content)).await {
-            Ok(attempt) => attempt,
+        let send = self.send(message, settings, &envelope, &content);
+        match tokio::time::timeout(bound, send).await {
+            Ok(outcome) => outcome,
             Err(_) => {
                 let error = format!("no answer within {}", human(bound));
                 // Without a connection, the time ran out opening one: the server was
@@ -334,7 +358,7 @@ impl Sender {
                     self.relay
                         .unreachable(settings.revision, self.clock.now(), &error);
                 }
-                Attempt::Transient { code: None, error }
+                Outcome::Attempted(Attempt::Transient { code: None, error })
             }
         }
     }
@@ -343,10 +367,11 @@ impl Sender {
     /// the server answered is retried once on a fresh one (servers close idle clients).
     async fn send(
         &mut self,
+        message: &mut OutboxMessage,
         settings: &SmtpSettings,
         envelope: &Envelope,
         content: &[u8],
-    ) -> Attempt {
+    ) -> Outcome {
         for fresh in [false, true] {
             let reusable = self.connection.as_ref().is_some_and(|open| {
                 open.revision == settings.revision
@@ -382,10 +407,10 @@ impl Sender {
                     // error names the address and the flag; RetryMessage once fixed), and
                     // delivery does not pause: every message meets the same refusal at once.
                     Err(Failed) if failure.refused => {
-                        return Attempt::Permanent {
+                        return Outcome::Attempted(Attempt::Permanent {
                             code: None,
                             error: failure.error(),
-                        };
+                        });
                     }
                     // Connecting is the relay's or the settings' problem, not the message's:
                     // retried whatever the code, and delivery pauses.
@@ -393,18 +418,24 @@ impl Sender {
                         let error = failure.error();
                         self.relay
                             .unreachable(settings.revision, self.clock.now(), &error);
-                        return Attempt::Transient {
+                        return Outcome::Attempted(Attempt::Transient {
                             code: failure.code,
                             error,
-                        };
+                        });
                     }
                 }
+            }
+            // The connection is open (the wait for its greeting may have been long): the
+            // message goes to the server only under a claim that outlives the rest of
+            // the send.
+            if !self.hold_claim(message, settings).await {
+                return Outcome::ClaimLost;
             }
             let open = self.connection.as_mut().expect("opened above");
             let result = open.smtp.send(envelope, content).await;
             open.last_used = Instant::now();
             match result {
-                Ok(_) => return Attempt::Sent,
+                Ok(_) => return Outcome::Attempted(Attempt::Sent),
                 Err(e) => {
                     self.connection = None;
                     let code = e.status().map(u16::from);
@@ -412,7 +443,7 @@ impl Sender {
                         tracing::debug!(error = %e, "reused connection failed; retrying on a new one");
                         continue;
                     }
-                    return if e.is_permanent() {
+                    return Outcome::Attempted(if e.is_permanent() {
                         Attempt::Permanent {
                             code,
                             error: e.to_string(),
@@ -422,11 +453,49 @@ impl Sender {
                             code,
                             error: e.to_string(),
                         }
-                    };
+                    });
                 }
             }
         }
         unreachable!("the second pass always returns")
+    }
+
+    /// Whether `claimed` is still this sender's for at least the longest send, by the
+    /// clock: the lease taken at claim time does not tell, since the message may have
+    /// waited for a sender, and its connection for the server's greeting. A lease with that
+    /// much left is used as it is (no store request); one with less is renewed by a
+    /// compare-and-swap on the version claimed, which fails if the lease ran out and
+    /// another sender, of this process or another, claimed the message meanwhile. Then (or
+    /// if the store does not answer) the message must not be sent: it is not this sender's.
+    async fn hold_claim(&self, claimed: &mut OutboxMessage, settings: &SmtpSettings) -> bool {
+        let now = self.clock.now();
+        let bound = send_bound(settings);
+        let Some(lease) = &claimed.lease else {
+            return false;
+        };
+        if lease.until >= now + bound {
+            return true;
+        }
+        let mut renewed = claimed.clone();
+        if let Some(lease) = &mut renewed.lease {
+            lease.until = now + bound + self.claim_margin;
+        }
+        renewed.version += 1;
+        match self
+            .store
+            .swap_message(claimed.version, &renewed, false)
+            .await
+        {
+            Ok(true) => {
+                *claimed = renewed;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the claim; not sending");
+                false
+            }
+        }
     }
 
     /// Records the outcome, if this sender's claim still holds. The write is not waited
@@ -490,7 +559,7 @@ const PANICKED: &str = "internal error while sending (see the server log)";
 /// permanent failure (`Err`) instead of ending the sender: otherwise the message would stay
 /// claimed, and once its claim came back it would take the next sender down too, until
 /// none was left.
-async fn guarded(attempt: impl Future<Output = Attempt>) -> Result<Attempt, Attempt> {
+async fn guarded<T>(attempt: impl Future<Output = T>) -> Result<T, Attempt> {
     AssertUnwindSafe(attempt).catch_unwind().await.map_err(|_| {
         tracing::error!("sending panicked; the message is dead (RetryMessage once fixed)");
         Attempt::Permanent {

@@ -772,7 +772,10 @@ impl NotifyService {
     }
 
     /// Seals every message's content again with the master key's sealing key (after a
-    /// rotation). How many.
+    /// rotation). How many. Each page re-sealed is made durable and logged before the next:
+    /// a rotation of a large outbox shows its progress, and one interrupted (killed, or the
+    /// store failing) keeps what it did; the keyring still opens the rest, and running it
+    /// again finishes it.
     pub async fn reseal(&self) -> Result<usize, NotifyError> {
         let key = self.settings.master_key();
         let (mut after, mut count) = (None, 0);
@@ -801,8 +804,9 @@ impl NotifyService {
                     count += 1;
                 }
             }
+            self.store.flush().await?;
+            tracing::info!(resealed = count, "message contents re-sealed so far");
         }
-        self.store.flush().await?;
         Ok(count)
     }
 

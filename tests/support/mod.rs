@@ -9,6 +9,7 @@ pub mod contract;
 pub mod etcd;
 pub mod oauth2;
 pub mod process;
+pub mod proxy;
 mod race;
 pub mod smtp;
 
