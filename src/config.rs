@@ -199,6 +199,11 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_ORG_USER_CHANGES_PER_HOUR", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub org_user_changes_per_hour: u64,
 
+    /// Sends (SendToAddresses, SendToUsers) rendering and staging at once, each on a thread
+    /// of its own; one organisation's take at most a quarter of them.
+    #[arg(long, env = "MAILROOM_SEND_THREADS", default_value_t = crate::notify::SEND_THREADS, value_parser = clap::builder::ValueParser::new(clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096)))]
+    pub send_threads: usize,
+
     /// How many tokens one login may be issued per purpose and hour.
     #[arg(long, env = "MAILROOM_TOKEN_ISSUE_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub token_issue_limit: u32,

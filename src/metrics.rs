@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// The metrics of one mailroom. Cheap to clone.
@@ -35,6 +35,7 @@ struct Inner {
     rate_limited: IntCounter,
     oauth2_fetches: IntCounterVec,
     request_bytes_admitted: IntGauge,
+    sends: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -142,6 +143,20 @@ impl Metrics {
                  of --request-bytes-in-flight.",
             ),
         );
+        let sends = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sends",
+                    "SendToAddresses and SendToUsers calls rendering on a thread (running) or \
+                     waiting for one (waiting; see --send-threads).",
+                ),
+                &["state"],
+            ),
+        );
+        for state in ["waiting", "running"] {
+            sends.with_label_values(&[state]).set(0);
+        }
         Self(Arc::new(Inner {
             registry,
             rpcs,
@@ -156,6 +171,7 @@ impl Metrics {
             rate_limited,
             oauth2_fetches,
             request_bytes_admitted,
+            sends,
         }))
     }
 
@@ -227,6 +243,12 @@ impl Metrics {
     /// `bytes` more of request messages let in (fewer when negative).
     pub fn requests_admitted(&self, bytes: i64) {
         self.0.request_bytes_admitted.add(bytes);
+    }
+
+    /// A send began (`1`) or ended (`-1`) waiting for a thread or running on one (`state`:
+    /// `waiting`, `running`).
+    pub fn sends(&self, state: &str, change: i64) {
+        self.0.sends.with_label_values(&[state]).add(change);
     }
 
     /// The Prometheus text exposition of every metric.

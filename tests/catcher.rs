@@ -373,17 +373,25 @@ async fn a_silent_or_endless_connection_is_closed() {
     assert_eq!(code, 421, "{text}");
     assert_eq!(silent.reply().await.0, 0, "closed");
 
-    // Busy but endless (a NOOP every 100 ms): closed after the connection timeout.
-    let mut busy = catcher.connect().await;
+    // Busy but endless (a NOOP every 100 ms): closed after the connection timeout. Its own
+    // catcher, idle for far longer than a busy machine can delay a NOOP: the idle timeout
+    // above once closed it first.
+    let patient = InProcess::start(|a| {
+        a.idle_timeout = Duration::from_secs(30);
+        a.connection_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut busy = patient.connect().await;
     let started = Instant::now();
     loop {
         busy.send(b"NOOP\r\n").await;
         let (code, text) = busy.reply().await;
         if code != 250 {
             assert_eq!(code, 421, "{text}");
+            assert!(text.contains("connection open longer than 1s"), "{text}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "never closed");
+        assert!(started.elapsed() < Duration::from_secs(20), "never closed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(started.elapsed() >= Duration::from_millis(900));

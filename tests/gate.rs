@@ -27,13 +27,24 @@ struct Stalled {
 
 impl Stalled {
     fn new(length: u32, sent: usize) -> Self {
-        let mut first = vec![0u8];
-        first.extend_from_slice(&length.to_be_bytes());
+        let mut first = prefix(length);
         first.extend(std::iter::repeat_n(0u8, sent));
+        Self::raw(first)
+    }
+
+    /// Sends `bytes`, then nothing.
+    fn raw(bytes: Vec<u8>) -> Self {
         Self {
-            first: Some(first.into()),
+            first: Some(bytes.into()),
         }
     }
+}
+
+/// gRPC's prefix of an uncompressed message of `length` bytes.
+fn prefix(length: u32) -> Vec<u8> {
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&length.to_be_bytes());
+    prefix
 }
 
 impl http_body::Body for Stalled {
@@ -233,4 +244,50 @@ async fn a_stalled_message_holds_its_organisation_only_and_not_for_long() {
         async || admitted(&server).await == 0.0,
     )
     .await;
+}
+
+/// A call may carry one message: tonic would decode (and hold) every further message of a
+/// body, unmetered, before answering. A second one, however short the first, is refused
+/// unread; so is a prefix that never completes, once the read time has passed.
+#[tokio::test]
+async fn a_second_message_or_an_unfinished_prefix_is_refused() {
+    let _watchdog = support::watchdog();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(dir.path());
+    args.clock = support::test_clock();
+    args.request_read_timeout = Duration::from_secs(1);
+    let server = TestServer::start_with(args).await;
+    let path = "/mailroom.v1.Notifier/SendToAddresses";
+    let mut two = prefix(0);
+    two.extend(prefix(4 << 20));
+    two.extend(std::iter::repeat_n(0u8, 1024));
+    let (code, message) = support::within(
+        Duration::from_secs(10),
+        "an answer without the second message",
+        call_stalled(&server, path, &server.admin_key, Stalled::raw(two)),
+    )
+    .await;
+    assert_eq!(
+        tonic::Code::from(code),
+        tonic::Code::InvalidArgument,
+        "{message}"
+    );
+    assert!(message.contains("one request message"), "{message}");
+
+    let (code, message) = support::within(
+        Duration::from_secs(10),
+        "an answer to a prefix never finished",
+        call_stalled(
+            &server,
+            path,
+            &server.admin_key,
+            Stalled::raw(vec![0, 0, 0]),
+        ),
+    )
+    .await;
+    assert_eq!(
+        tonic::Code::from(code),
+        tonic::Code::DeadlineExceeded,
+        "{message}"
+    );
 }

@@ -14,8 +14,13 @@
 //!   4 MiB decodes to two million values): without a budget, a few hundred concurrent
 //!   calls of 4 MiB held gigabytes. Waiting calls queue in order (tokio's semaphore is
 //!   fair), and their bytes wait in HTTP/2's flow control.
-//! - **a time to send the message**, once let in: a caller that declares 4 MiB and sends
-//!   none of it would hold that much of the budget for as long as it liked.
+//! - **one message a call**: every mailroom RPC is unary, and tonic reads (and holds) any
+//!   further message of a body before it answers; a second message is refused
+//!   `INVALID_ARGUMENT`, unread.
+//! - **a time to send the message**: its length prefix within `--request-read-timeout` of
+//!   the call's arrival, and the rest within as much again once let in (a caller that
+//!   declares 4 MiB and sends none of it would hold that much of the budget for as long
+//!   as it liked; one that never finishes the prefix would hold a stream).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -169,10 +174,12 @@ where
                 limit,
                 most: layer.share,
                 prefix: Vec::with_capacity(PREFIX),
+                expected: None,
+                seen: 0,
                 waiting: None,
                 held: held.clone(),
                 read_time: layer.read_time,
-                deadline: None,
+                deadline: Some(Box::pin(tokio::time::sleep(layer.read_time))),
             });
             let answer = inner.call(http::Request::from_parts(parts, body)).await;
             // The request is decoded and served: its bytes go back to the budget.
@@ -219,21 +226,25 @@ struct Metered {
     most: usize,
     /// The prefix bytes seen so far (the first frames may be shorter than it).
     prefix: Vec<u8>,
+    /// The bytes of the one message, prefix included, once the prefix is whole.
+    expected: Option<usize>,
+    /// The data bytes seen so far.
+    seen: usize,
     /// A frame held back until the budgets have room, and the units it waits for.
     waiting: Option<(Frame<Bytes>, u32)>,
     /// The units taken, given back when the call is answered.
     held: Arc<Mutex<Held>>,
     read_time: Duration,
-    /// When the message let in must have arrived.
+    /// When the prefix, or the message once let in, must have arrived (none while the call
+    /// waits for the budgets: that wait is the server's, not the caller's).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Metered {
-    /// Units for a message of `length` bytes, once the prefix is whole: none for a message
-    /// past the service's limit, which tonic refuses unread.
+    /// Units for the message, once the prefix is whole: none for a message past the
+    /// service's limit, which tonic refuses unread.
     fn units_for(&self) -> Option<u32> {
-        let length: [u8; 4] = self.prefix[1..PREFIX].try_into().ok()?;
-        let length = usize::try_from(u32::from_be_bytes(length)).ok()?;
+        let length = self.expected? - PREFIX;
         if length > self.limit {
             return None;
         }
@@ -285,20 +296,37 @@ impl http_body::Body for Metered {
                     .is_some_and(|d| d.as_mut().poll(cx).is_ready());
                 if late {
                     return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
-                        "the request message did not arrive within {:?} of being let in",
+                        "the request message did not arrive within {:?}",
                         self.read_time
                     )))));
                 }
                 return Poll::Pending;
             }
         };
-        let first = self.prefix.len() < PREFIX;
-        if let Some(data) = frame.data_ref().filter(|_| first) {
+        let Some(data) = frame.data_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        self.seen = self.seen.saturating_add(data.len());
+        if self.expected.is_some_and(|expected| self.seen > expected) {
+            return Poll::Ready(Some(Err(Status::invalid_argument(
+                "a call carries one request message: every mailroom RPC is unary",
+            ))));
+        }
+        if self.prefix.len() < PREFIX {
             let missing = PREFIX - self.prefix.len();
             let seen = &data.chunk()[..missing.min(data.len())];
             self.prefix.extend_from_slice(seen);
-            if self.prefix.len() == PREFIX {
+            if let Ok(length) = <[u8; 4]>::try_from(&self.prefix[1..]) {
+                let length = usize::try_from(u32::from_be_bytes(length)).unwrap_or(usize::MAX);
+                let expected = length.saturating_add(PREFIX);
+                self.expected = Some(expected);
+                if self.seen > expected {
+                    return Poll::Ready(Some(Err(Status::invalid_argument(
+                        "a call carries one request message: every mailroom RPC is unary",
+                    ))));
+                }
                 if let Some(units) = self.units_for() {
+                    self.deadline = None;
                     self.waiting = Some((frame, units));
                     return self.poll_frame(cx);
                 }

@@ -51,10 +51,13 @@ pub const MAX_ADDRESSES: usize = 100;
 const KEPT_TEMPLATE_BYTES: u64 = 16 * 1024 * 1024;
 /// How long an idempotency key is remembered.
 pub const KEEP_IDEMPOTENCY: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
-/// Sends rendering and staging at once, each on a thread of its own: enough for group
-/// commit to gather many writers, few enough that threads rendering a caller's templates
-/// leave the runtime's workers their share of the cores. More wait their turn.
-const SEND_THREADS: usize = 64;
+/// Sends rendering and staging at once by default, each on a thread of its own: enough for
+/// group commit to gather many writers, few enough that threads rendering a caller's
+/// templates leave the runtime's workers their share of the cores. More wait their turn;
+/// one organisation's sends take at most a quarter of them.
+pub const SEND_THREADS: usize = 64;
+/// Organisations whose shares are kept before the idle ones are forgotten.
+const KEPT_SHARES: usize = 10_000;
 /// Users read from the directory at a time by SendToUsers.
 const USER_PAGE: usize = 1000;
 
@@ -173,6 +176,9 @@ pub struct NotifyService {
     metrics: Metrics,
     /// Sends running at once, each on a thread ([`NotifyService::on_send_thread`]).
     send_threads: Arc<Semaphore>,
+    /// Each organisation's share of them, and its size.
+    send_shares: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>>,
+    send_share: usize,
 }
 
 impl NotifyService {
@@ -194,7 +200,17 @@ impl NotifyService {
             wake,
             metrics,
             send_threads: Arc::new(Semaphore::new(SEND_THREADS)),
+            send_shares: Arc::default(),
+            send_share: SEND_THREADS / 4,
         }
+    }
+
+    /// The same notifier, running at most `threads` sends at once (see
+    /// [`NotifyService::on_send_thread`]), one organisation's at most a quarter of them.
+    pub fn with_send_threads(mut self, threads: usize) -> Self {
+        self.send_threads = Arc::new(Semaphore::new(threads.max(1)));
+        self.send_share = (threads / 4).max(1);
+        self
     }
 
     /// The same notifier, holding each organisation to `quotas`.
@@ -212,27 +228,47 @@ impl NotifyService {
         count: usize,
         bytes: usize,
     ) -> Result<(), NotifyError> {
-        let q = self.quotas;
+        self.spend_messages(organisation, count).await?;
+        self.spend_bytes(organisation, bytes).await
+    }
+
+    /// Counts `count` messages against `organisation`'s pending and hourly quotas.
+    async fn spend_messages(&self, organisation: &str, count: usize) -> Result<(), NotifyError> {
         let count = u64::try_from(count).unwrap_or(u64::MAX);
-        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
         self.check_pending(organisation, count).await?;
-        let now = self.clock.now();
-        let tallies = [
-            ("messages_per_hour", quota::HOUR, count, q.messages_per_hour),
-            ("bytes_per_day", quota::DAY, bytes, q.bytes_per_day),
-        ];
-        for (quota, window, amount, limit) in tallies {
-            let key = format!("{quota}/{organisation}");
-            if let Some(retry_after) = self.store.tally(&key, now, window, amount, limit).await? {
-                return Err(NotifyError::OverQuota(OverQuota {
-                    quota,
-                    limit,
-                    retry_after,
-                }));
-            }
-        }
+        let limit = self.quotas.messages_per_hour;
+        self.spend_tally(organisation, "messages_per_hour", quota::HOUR, count, limit)
+            .await?;
         self.pending.add(organisation, count);
         Ok(())
+    }
+
+    /// Counts `bytes` (sealed) against `organisation`'s daily quota.
+    async fn spend_bytes(&self, organisation: &str, bytes: usize) -> Result<(), NotifyError> {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let limit = self.quotas.bytes_per_day;
+        self.spend_tally(organisation, "bytes_per_day", quota::DAY, bytes, limit)
+            .await
+    }
+
+    async fn spend_tally(
+        &self,
+        organisation: &str,
+        quota: &'static str,
+        window: Duration,
+        amount: u64,
+        limit: u64,
+    ) -> Result<(), NotifyError> {
+        let key = format!("{quota}/{organisation}");
+        let now = self.clock.now();
+        match self.store.tally(&key, now, window, amount, limit).await? {
+            Some(retry_after) => Err(NotifyError::OverQuota(OverQuota {
+                quota,
+                limit,
+                retry_after,
+            })),
+            None => Ok(()),
+        }
     }
 
     /// Refused when `count` more messages of `organisation` would pass its pending quota:
@@ -262,38 +298,59 @@ impl NotifyService {
         n: Notification,
         to: Vec<String>,
     ) -> Result<Queued, NotifyError> {
-        let this = self.clone();
-        self.on_send_thread(async move { this.queue_to_addresses(n, to).await })
-            .await
+        let (this, organisation) = (self.clone(), n.organisation.clone());
+        self.on_send_thread(&organisation, async move {
+            this.queue_to_addresses(n, to).await
+        })
+        .await
     }
 
     /// EmailerToUser: one message per unlocked user of the organisation that has an
     /// address, with `user` set to that user in the templates.
     pub async fn send_to_users(&self, n: Notification) -> Result<Queued, NotifyError> {
-        let this = self.clone();
-        self.on_send_thread(async move { this.queue_to_users(n).await })
+        let (this, organisation) = (self.clone(), n.organisation.clone());
+        self.on_send_thread(&organisation, async move { this.queue_to_users(n).await })
             .await
     }
 
-    /// Runs a send on a thread of its own (tokio's blocking pool), at most
-    /// [`SEND_THREADS`] at once: rendering is synchronous and a caller's template may
-    /// render for seconds, which on one of the runtime's few workers would stall every
-    /// other request, delivery and the health service meanwhile. The send's store calls
-    /// still go through the runtime's drivers. Once started, a send runs to its end even if
-    /// its caller goes away, as a staged batch is then queued or forgotten whole.
+    /// Runs a send of `organisation` on a thread of its own (tokio's blocking pool), at
+    /// most [`SEND_THREADS`] at once (`--send-threads`) and a quarter of them of one
+    /// organisation: rendering is synchronous and a caller's template may render for
+    /// seconds, which on one of the runtime's few workers would stall every other request,
+    /// delivery and the health service meanwhile; and one organisation's slow sends must
+    /// leave the others threads to run on. The send's store calls still go through the
+    /// runtime's drivers. Once started, a send runs to its end even if its caller goes
+    /// away, as a staged batch is then queued or forgotten whole.
     async fn on_send_thread<T: Send + 'static>(
         &self,
+        organisation: &str,
         send: impl Future<Output = Result<T, NotifyError>> + Send + 'static,
     ) -> Result<T, NotifyError> {
+        let share = {
+            let mut shares = self.send_shares.lock().unwrap_or_else(|e| e.into_inner());
+            if shares.len() >= KEPT_SHARES && !shares.contains_key(organisation) {
+                // Idle ones only: a share in use is held by its sends too.
+                shares.retain(|_, s| s.available_permits() < self.send_share);
+            }
+            shares
+                .entry(organisation.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.send_share)))
+                .clone()
+        };
+        let closed = |_| NotifyError::Store(StoreError::Unavailable("shutting down".into()));
+        let waiting = Counted::new(&self.metrics, "waiting");
+        let own = share.acquire_owned().await.map_err(closed)?;
         let slot = self
             .send_threads
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| NotifyError::Store(StoreError::Unavailable("shutting down".into())))?;
+            .map_err(closed)?;
+        drop(waiting);
+        let running = Counted::new(&self.metrics, "running");
         let runtime = tokio::runtime::Handle::current();
         let sent = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
+            let _slots = (own, slot, running);
             runtime.block_on(send)
         })
         .await;
@@ -335,10 +392,13 @@ impl NotifyService {
             .map(|(i, t)| (format!("to[{i}]"), t.as_str()))
             .collect();
         let templates = self.compile(&n, &fields)?;
-        let mut stager = Stager::new(&*self.store, crypto::random_id("batch_"));
+        // One message per recipient: counted before anything is rendered.
+        self.spend_messages(&n.organisation, to.len()).await?;
+        // Every recipient sees the same data: all but `to` renders once.
+        let data = Data::new(std::mem::take(&mut n.context));
+        let mut stager =
+            Stager::new(self, &n.organisation, crypto::random_id("batch_")).messages_counted();
         let staged = async {
-            // Every recipient sees the same data: all but `to` renders once.
-            let data = Data::new(std::mem::take(&mut n.context));
             let parts = self.render_parts(&n, &settings, &templates, &data);
             let parts = match parts {
                 Ok(parts) => Some(parts),
@@ -379,7 +439,7 @@ impl NotifyService {
         // Users are read a page at a time and each message staged as it is rendered, so
         // that memory stays bounded however large the organisation; all are queued at once
         // at the end.
-        let mut stager = Stager::new(&*self.store, crypto::random_id("batch_"));
+        let mut stager = Stager::new(self, &n.organisation, crypto::random_id("batch_"));
         // The context is made once; only `user` changes from one recipient to the next.
         let mut data = Data::new(std::mem::take(&mut n.context));
         let staged = async {
@@ -560,10 +620,13 @@ impl NotifyService {
         };
         let (text, html) = match n.format {
             BodyFormat::Text => (body, None),
-            BodyFormat::Html => match html_to_text(&body) {
-                Ok(text) => (text, Some(body)),
-                Err(why) => return Err(validation::violation("body", why)),
-            },
+            BodyFormat::Html => {
+                // Part of the request's render time (once per recipient in SendToUsers).
+                let started = std::time::Instant::now();
+                let text = html_to_text(&body);
+                data.spend(started.elapsed());
+                (text, Some(body))
+            }
         };
         Ok(Parts {
             from,
@@ -660,13 +723,6 @@ impl NotifyService {
             queued,
             create_time: now,
         };
-        if let Err(e) = self
-            .spend_quota(&n.organisation, stager.ids().len(), stager.bytes())
-            .await
-        {
-            stager.abandon().await?;
-            return Err(e);
-        }
         let ids = stager.ids().to_vec();
         let queued = Queued {
             recipients: u32::try_from(ids.len()).unwrap_or(u32::MAX),
@@ -857,6 +913,28 @@ impl NotifyService {
                 return Ok(next);
             }
         }
+    }
+}
+
+/// A send counted in the `sends` gauge under a state until dropped.
+struct Counted {
+    metrics: Metrics,
+    state: &'static str,
+}
+
+impl Counted {
+    fn new(metrics: &Metrics, state: &'static str) -> Self {
+        metrics.sends(state, 1);
+        Self {
+            metrics: metrics.clone(),
+            state,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.metrics.sends(self.state, -1);
     }
 }
 

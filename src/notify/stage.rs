@@ -1,11 +1,14 @@
 //! How a request's messages reach the outbox as they are rendered: a few MiB at a time
 //! ([`STAGE_BYTES`]), so that the memory a request holds stays bounded however many
 //! messages it makes and however large each is, then queued in one atomic write at the end.
+//!
+//! Each part is counted against the organisation's quotas before it is written: a request
+//! past a quota stops at the part that passes it, having rendered and written at most that
+//! much, and what it staged counts (it was written) even though it is then forgotten.
 
-use crate::store::Store;
 use crate::validation::{self, Violations};
 
-use super::{Idempotency, NotifyError, OutboxMessage};
+use super::{Idempotency, NotifyError, NotifyService, OutboxMessage};
 
 /// Most violations reported for one request (a bad template over 100,000 users is one
 /// mistake, not 100,000).
@@ -18,7 +21,10 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024 * 1024;
 
 /// The messages of one request, staged as they come.
 pub struct Stager<'a> {
-    store: &'a dyn Store,
+    notify: &'a NotifyService,
+    organisation: &'a str,
+    /// Whether the request's messages were counted before (it knew how many it makes).
+    messages_counted: bool,
     batch: String,
     held: Vec<OutboxMessage>,
     held_bytes: usize,
@@ -29,10 +35,13 @@ pub struct Stager<'a> {
 }
 
 impl<'a> Stager<'a> {
-    /// An empty batch `batch` of `store`.
-    pub fn new(store: &'a dyn Store, batch: String) -> Self {
+    /// An empty batch `batch` of `organisation`, in `notify`'s store and counted against
+    /// its quotas.
+    pub fn new(notify: &'a NotifyService, organisation: &'a str, batch: String) -> Self {
         Self {
-            store,
+            notify,
+            organisation,
+            messages_counted: false,
             batch,
             held: Vec::new(),
             held_bytes: 0,
@@ -43,9 +52,23 @@ impl<'a> Stager<'a> {
         }
     }
 
-    /// The bytes (sealed) of the messages taken so far.
-    pub fn bytes(&self) -> usize {
-        self.total_bytes
+    /// The same stager, for a request whose messages were counted before it rendered
+    /// them: only their bytes are counted as they are written.
+    pub fn messages_counted(mut self) -> Self {
+        self.messages_counted = true;
+        self
+    }
+
+    /// Counts what is held against the quotas: done before it is written.
+    async fn spend_held(&self) -> Result<(), NotifyError> {
+        if !self.messages_counted {
+            self.notify
+                .spend_messages(self.organisation, self.held.len())
+                .await?;
+        }
+        self.notify
+            .spend_bytes(self.organisation, self.held_bytes)
+            .await
     }
 
     /// The ids of the messages taken so far.
@@ -92,7 +115,12 @@ impl<'a> Stager<'a> {
         self.held.push(message);
         self.held_bytes += size;
         if self.held_bytes >= STAGE_BYTES {
-            self.store.stage_messages(&self.batch, &self.held).await?;
+            // Refused: the caller abandons what was staged before.
+            self.spend_held().await?;
+            self.notify
+                .store
+                .stage_messages(&self.batch, &self.held)
+                .await?;
             self.held.clear();
             self.held_bytes = 0;
             self.staged = true;
@@ -107,13 +135,16 @@ impl<'a> Stager<'a> {
         self,
         key: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>, NotifyError> {
+        if let Err(e) = self.spend_held().await {
+            self.abandon().await?;
+            return Err(e);
+        }
+        let store = &self.notify.store;
         let first = if self.staged {
-            self.store.stage_messages(&self.batch, &self.held).await?;
-            self.store.commit_batch(&self.batch, key).await?
+            store.stage_messages(&self.batch, &self.held).await?;
+            store.commit_batch(&self.batch, key).await?
         } else {
-            self.store
-                .queue_messages(&self.batch, &self.held, key)
-                .await?
+            store.queue_messages(&self.batch, &self.held, key).await?
         };
         Ok(first)
     }
@@ -121,7 +152,7 @@ impl<'a> Stager<'a> {
     /// Forgets what was staged (a request that failed halfway).
     pub async fn abandon(self) -> Result<(), NotifyError> {
         if self.staged {
-            self.store.discard_batch(&self.batch).await?;
+            self.notify.store.discard_batch(&self.batch).await?;
         }
         Ok(())
     }

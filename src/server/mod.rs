@@ -68,6 +68,11 @@ pub const SERVICES: [&str; 5] = [
     <ApiKeysServer<ApiKeysApi> as NamedService>::NAME,
 ];
 
+/// How often an idle HTTP/2 connection is pinged (and TCP's keepalive probes sent).
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a ping may go unanswered before the connection is closed.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// An opened mailroom: store, keys and services, ready to serve.
 pub struct Mailroom {
     args: Args,
@@ -125,6 +130,7 @@ impl Mailroom {
             wake.clone(),
             metrics.clone(),
         )
+        .with_send_threads(args.send_threads)
         .with_quotas(Quotas {
             pending_messages: args.org_pending_messages,
             messages_per_hour: args.org_messages_per_hour,
@@ -307,7 +313,11 @@ impl Mailroom {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let builder = Server::builder();
+        // A connection that stops answering is closed: a stream it holds holds memory.
+        let builder = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .tcp_keepalive(Some(KEEPALIVE));
         #[cfg(feature = "tls")]
         let builder = match self.tls.clone() {
             Some(tls) => builder.tls_config(tls).context("configuring TLS")?,
