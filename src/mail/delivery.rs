@@ -113,31 +113,31 @@ impl Delivery {
     /// (at most `grace`).
     pub async fn run(self, stopping: CancellationToken, grace: Duration) {
         let (jobs, queue) = job_queue(self.workers);
-        let senders: Vec<_> = (0..self.workers)
-            .map(|n| {
-                let sender = Sender {
-                    store: self.store.clone(),
-                    settings: self.settings.clone(),
-                    clock: self.clock.clone(),
-                    connection: None,
-                    metrics: self.metrics.clone(),
-                    relay: self.relay.clone(),
-                    claim_margin: self.claim_margin,
-                };
-                tokio::spawn(
-                    sender
-                        .run(queue.clone())
-                        .instrument(tracing::info_span!("sender", n)),
-                )
-            })
-            .collect();
+        let mut senders = tokio::task::JoinSet::new();
+        for n in 0..self.workers {
+            let sender = Sender {
+                store: self.store.clone(),
+                settings: self.settings.clone(),
+                clock: self.clock.clone(),
+                connection: None,
+                metrics: self.metrics.clone(),
+                relay: self.relay.clone(),
+                claim_margin: self.claim_margin,
+            };
+            senders.spawn(
+                sender
+                    .run(queue.clone())
+                    .instrument(tracing::info_span!("sender", n)),
+            );
+        }
         drop(queue);
         self.dispatch(&jobs, &stopping).await;
         drop(jobs);
-        let all = join_all(senders);
+        let all = async { while senders.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all).await.is_err() {
+            // Dropping the set stops them.
             tracing::warn!(
-                "sends still in flight after the grace period; their leases will bring them back"
+                "sends still in flight after the grace period, stopped; their leases will bring them back"
             );
         }
     }
@@ -227,7 +227,10 @@ impl Delivery {
     }
 }
 
-/// A bounded queue of jobs that several senders take from.
+/// A bounded queue of jobs that several senders take from. By hand (a receiver behind a
+/// mutex) rather than a multi-consumer channel crate: dispatch reserves a place in the
+/// queue (`mpsc::Sender::reserve`) before it claims a message, so that a message is claimed
+/// only once a sender is free to take it; async-channel and flume offer no reservation.
 fn job_queue(
     capacity: usize,
 ) -> (
@@ -236,12 +239,6 @@ fn job_queue(
 ) {
     let (tx, rx) = mpsc::channel(capacity);
     (tx, Arc::new(tokio::sync::Mutex::new(rx)))
-}
-
-async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for handle in handles {
-        let _ = handle.await;
-    }
 }
 
 /// The longest one send may take: every SMTP step is bounded by `timeout`, and a send is
