@@ -41,3 +41,8 @@ impl Clock {
         }
     }
 }
+
+/// A time as RFC 3339 in UTC, for humans reading an email.
+pub fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

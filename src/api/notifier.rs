@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, Page};
 use super::status::invalid;
 use crate::auth::{Authenticator, Permission};
-use crate::mail::template::BodyFormat;
+use crate::notify::template::BodyFormat;
 use crate::notify::{Notification, NotifyService, Queued};
 use crate::proto::v1 as pb;
 use crate::proto::v1::notifier_server::Notifier;

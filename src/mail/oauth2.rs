@@ -224,7 +224,7 @@ impl Tokens {
                     oauth2.grant().name(),
                     oauth2.client_id,
                     human(lifetime),
-                    super::rfc3339(expires_at),
+                    crate::clock::rfc3339(expires_at),
                 );
                 let token = AccessToken {
                     secret,
@@ -244,7 +244,7 @@ impl Tokens {
             Ok(token) => tracing::info!(
                 grant = oauth2.grant().name(),
                 endpoint = %endpoint,
-                expires = %super::rfc3339(token.expires_at),
+                expires = %crate::clock::rfc3339(token.expires_at),
                 "OAuth2 access token fetched"
             ),
             Err(e) => tracing::warn!(endpoint = %endpoint, error = %e, "OAuth2 token fetch failed"),

@@ -15,8 +15,9 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 pub use super::connection::Stage;
 use super::connection::{self, client_id, crlf_line_ends, Failed, Login, Stages};
 use super::oauth2::Tokens;
-use super::{new_message_id, rfc3339};
+use crate::clock::rfc3339;
 use crate::crypto::MasterKey;
+use crate::notify::email::new_message_id;
 use crate::settings::{human, AddressGuard, Mechanism, Security, SmtpSettings};
 
 /// The outcome of one stage.

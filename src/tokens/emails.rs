@@ -1,6 +1,6 @@
 //! The built-in password-reset and invitation emails, text and HTML.
 
-use crate::mail::template::Builtin;
+use crate::notify::template::Builtin;
 
 /// "Reset your password": the link, and how long it stays valid.
 pub const RESET: Builtin = Builtin {

@@ -16,10 +16,10 @@ use lettre::Address;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
+use crate::clock::rfc3339;
 use crate::clock::Clock;
 use crate::crypto;
 use crate::directory::{canonical_login, member_of, NotInOrganisation, User};
-use crate::mail::rfc3339;
 use crate::metrics::Metrics;
 use crate::notify::{NotifyError, NotifyService, OutgoingEmail};
 use crate::quota::Hourly;
