@@ -40,6 +40,21 @@ impl Stalled {
     }
 }
 
+/// A request body that sends `bytes` (perhaps none) in one frame, then ends.
+struct Once(Option<Bytes>);
+
+impl http_body::Body for Once {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+}
+
 /// gRPC's prefix of an uncompressed message of `length` bytes.
 fn prefix(length: u32) -> Vec<u8> {
     let mut prefix = vec![0u8];
@@ -64,7 +79,12 @@ impl http_body::Body for Stalled {
 
 /// Calls `path` with `key` (none when empty) and a body that never ends; the answer's gRPC
 /// code (from the headers of a trailers-only answer, else from the trailers) and message.
-async fn call_stalled(server: &TestServer, path: &str, key: &str, body: Stalled) -> (i32, String) {
+async fn call_stalled(
+    server: &TestServer,
+    path: &str,
+    key: &str,
+    body: impl http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + 'static,
+) -> (i32, String) {
     let mut request = http::Request::post(format!("http://{}{path}", server.addr))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
@@ -290,4 +310,63 @@ async fn a_second_message_or_an_unfinished_prefix_is_refused() {
         tonic::Code::DeadlineExceeded,
         "{message}"
     );
+}
+
+/// Health and reflection need no key, and are held to the gate all the same: a message of at
+/// most 64 KiB, its prefix within the read time. An empty frame that ends the body is a
+/// call without a message (it once met an index out of range in the gate), not a panic.
+#[tokio::test]
+async fn calls_without_a_key_are_bounded_too() {
+    let _watchdog = support::watchdog();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = mailroom::config::Args::with_data_dir(dir.path());
+    args.clock = support::test_clock();
+    args.request_read_timeout = Duration::from_secs(1);
+    let server = TestServer::start_with(args).await;
+    let health = "/grpc.health.v1.Health/Check";
+    let (code, message) = support::within(
+        Duration::from_secs(10),
+        "a large health check refused",
+        call_stalled(&server, health, "", Stalled::new(1 << 20, 1024)),
+    )
+    .await;
+    assert_eq!(
+        tonic::Code::from(code),
+        tonic::Code::OutOfRange,
+        "{message}"
+    );
+    let (code, message) = support::within(
+        Duration::from_secs(10),
+        "an unfinished health check refused",
+        call_stalled(&server, health, "", Stalled::raw(vec![0, 0])),
+    )
+    .await;
+    assert_eq!(
+        tonic::Code::from(code),
+        tonic::Code::DeadlineExceeded,
+        "{message}"
+    );
+    for path in [health, "/mailroom.v1.Token/VerifyToken"] {
+        let (code, message) = support::within(
+            Duration::from_secs(10),
+            "an empty body answered",
+            call_stalled(&server, path, &server.admin_key, Once(Some(Bytes::new()))),
+        )
+        .await;
+        assert_ne!(
+            tonic::Code::from(code),
+            tonic::Code::Ok,
+            "{path}: {message}"
+        );
+        assert_ne!(
+            tonic::Code::from(code),
+            tonic::Code::Unknown,
+            "{path}: {message}"
+        );
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel());
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("still serving");
 }

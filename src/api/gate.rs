@@ -3,10 +3,12 @@
 //!
 //! - **a key first**: a call without the secret of a live API key is answered
 //!   `UNAUTHENTICATED` unread (the service then checks the key's permission and
-//!   organisation as before). Health and reflection are open, as they were.
+//!   organisation as before). Health and reflection need none: their messages are small
+//!   ([`OPEN_LIMIT`]), and share a budget of their own ([`OPEN_BUDGET`]), with the same
+//!   time to arrive.
 //! - **a size per service** ([`request_limit`]): what the largest valid request of the
 //!   service can need, 4 MiB for the two that take templates or certificates, far less
-//!   for the others; tonic refuses a longer message `OUT_OF_RANGE` from its length prefix.
+//!   for the others; a longer message is refused `OUT_OF_RANGE` from its length prefix.
 //! - **a budget of request bytes in flight**, shared by every call, of which one
 //!   organisation's calls hold at most a quarter: a message is let through once both hold
 //!   its length (from gRPC's length prefix, in units of [`UNIT`]), and gives it back when
@@ -43,8 +45,13 @@ use crate::metrics::Metrics;
 /// The unit the budget counts in.
 pub const UNIT: usize = 16 * 1024;
 
-/// The services behind the gate: the contract's, by path prefix.
+/// The services behind the gate's key check: the contract's, by path prefix.
 const GATED: &str = "/mailroom.v1.";
+/// The longest message of a call without a key (a health check, a reflection request: a
+/// few hundred bytes).
+pub const OPEN_LIMIT: usize = 64 * 1024;
+/// The bytes of messages of calls without a key let in at once.
+const OPEN_BUDGET: usize = 4 * 1024 * 1024;
 
 /// The longest request message each service accepts, in bytes. Notifier templates and
 /// contexts, and SMTP settings with their CA certificates, take up to gRPC's usual 4 MiB;
@@ -73,6 +80,8 @@ pub struct GateLayer {
     shares: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     /// Units in a share.
     share: usize,
+    /// The budget of calls without a key (health, reflection).
+    open: Arc<Semaphore>,
     /// How long a message let in may take to arrive.
     read_time: Duration,
     metrics: Metrics,
@@ -88,6 +97,7 @@ impl GateLayer {
             budget: Arc::new(Semaphore::new(units)),
             shares: Arc::default(),
             share: units / 4,
+            open: Arc::new(Semaphore::new(OPEN_BUDGET.div_ceil(UNIT))),
             read_time,
             metrics,
         }
@@ -144,21 +154,26 @@ where
         // The service that was polled ready serves this call; a clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if !request.uri().path().starts_with(GATED) {
-            return Box::pin(inner.call(request));
-        }
         let layer = self.layer.clone();
         Box::pin(async move {
-            let metadata = MetadataMap::from_headers(request.headers().clone());
-            let organisation = match layer.auth.authenticate(&metadata).await {
-                Ok(organisation) => organisation,
-                Err(e) => return Ok(Status::from(e).into_http()),
+            let path = request.uri().path();
+            let unary = path.starts_with(GATED);
+            let (limit, budgets) = if unary {
+                let metadata = MetadataMap::from_headers(request.headers().clone());
+                let organisation = match layer.auth.authenticate(&metadata).await {
+                    Ok(organisation) => organisation,
+                    Err(e) => return Ok(Status::from(e).into_http()),
+                };
+                let service = path[1..].split('/').next().unwrap_or_default();
+                let budgets = vec![
+                    PollSemaphore::new(layer.share_of(&organisation)),
+                    PollSemaphore::new(layer.budget.clone()),
+                ];
+                (request_limit(service), budgets)
+            } else {
+                // Health and reflection: no key, small messages, a budget of their own.
+                (OPEN_LIMIT, vec![PollSemaphore::new(layer.open.clone())])
             };
-            let service = request.uri().path()[1..]
-                .split('/')
-                .next()
-                .unwrap_or_default();
-            let limit = request_limit(service);
             let held = Arc::new(Mutex::new(Held {
                 permits: Vec::new(),
                 bytes: 0,
@@ -167,11 +182,9 @@ where
             let (parts, body) = request.into_parts();
             let body = Body::new(Metered {
                 inner: body,
-                budgets: [
-                    PollSemaphore::new(layer.share_of(&organisation)),
-                    PollSemaphore::new(layer.budget.clone()),
-                ],
+                budgets,
                 limit,
+                unary,
                 most: layer.share,
                 prefix: Vec::with_capacity(PREFIX),
                 expected: None,
@@ -218,15 +231,19 @@ const PREFIX: usize = 5;
 /// the message on, then gives the message [`GateLayer::read_time`] to arrive.
 struct Metered {
     inner: Body,
-    /// The organisation's share, then the whole budget: taken in that order.
-    budgets: [PollSemaphore; 2],
-    /// The service's longest message: a longer one is tonic's to refuse, unbudgeted.
+    /// The organisation's share, then the whole budget, taken in that order (the open
+    /// budget alone, for calls without a key).
+    budgets: Vec<PollSemaphore>,
+    /// The service's longest message: a longer one is refused unread.
     limit: usize,
     /// The most units one message takes (a share).
     most: usize,
     /// The prefix bytes seen so far (the first frames may be shorter than it).
     prefix: Vec<u8>,
-    /// The bytes of the one message, prefix included, once the prefix is whole.
+    /// Whether the call is unary (every mailroom RPC): one message, and the read time until
+    /// the body ends. Otherwise (health's watch, reflection) the first message is metered.
+    unary: bool,
+    /// The bytes of the first message, prefix included, once the prefix is whole.
     expected: Option<usize>,
     /// The data bytes seen so far.
     seen: usize,
@@ -241,15 +258,10 @@ struct Metered {
 }
 
 impl Metered {
-    /// Units for the message, once the prefix is whole: none for a message past the
-    /// service's limit, which tonic refuses unread.
-    fn units_for(&self) -> Option<u32> {
-        let length = self.expected? - PREFIX;
-        if length > self.limit {
-            return None;
-        }
+    /// Units for a message of `length` bytes.
+    fn units_for(&self, length: usize) -> u32 {
         let units = length.div_ceil(UNIT).clamp(1, self.most);
-        u32::try_from(units).ok()
+        u32::try_from(units).unwrap_or(u32::MAX)
     }
 
     /// Takes `units` of each budget not yet taken, in order.
@@ -307,29 +319,49 @@ impl http_body::Body for Metered {
             return Poll::Ready(Some(Ok(frame)));
         };
         self.seen = self.seen.saturating_add(data.len());
-        if self.expected.is_some_and(|expected| self.seen > expected) {
-            return Poll::Ready(Some(Err(Status::invalid_argument(
-                "a call carries one request message: every mailroom RPC is unary",
-            ))));
+        match self.expected {
+            Some(expected) if self.unary && self.seen > expected => {
+                return Poll::Ready(Some(Err(Status::invalid_argument(
+                    "a call carries one request message: every mailroom RPC is unary",
+                ))));
+            }
+            // A stream (reflection): its first message arrived; the service's own limit
+            // bounds the next ones.
+            Some(expected) if !self.unary && self.seen >= expected => {
+                self.deadline = None;
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            _ => {}
         }
         if self.prefix.len() < PREFIX {
             let missing = PREFIX - self.prefix.len();
             let seen = &data.chunk()[..missing.min(data.len())];
             self.prefix.extend_from_slice(seen);
-            if let Ok(length) = <[u8; 4]>::try_from(&self.prefix[1..]) {
+            if self.prefix.len() == PREFIX {
+                let length = [
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ];
                 let length = usize::try_from(u32::from_be_bytes(length)).unwrap_or(usize::MAX);
+                if length > self.limit {
+                    return Poll::Ready(Some(Err(Status::out_of_range(format!(
+                        "the request message is too large: {length} bytes, of at most {}",
+                        self.limit
+                    )))));
+                }
                 let expected = length.saturating_add(PREFIX);
                 self.expected = Some(expected);
-                if self.seen > expected {
+                if self.unary && self.seen > expected {
                     return Poll::Ready(Some(Err(Status::invalid_argument(
                         "a call carries one request message: every mailroom RPC is unary",
                     ))));
                 }
-                if let Some(units) = self.units_for() {
-                    self.deadline = None;
-                    self.waiting = Some((frame, units));
-                    return self.poll_frame(cx);
-                }
+                let units = self.units_for(length);
+                self.deadline = None;
+                self.waiting = Some((frame, units));
+                return self.poll_frame(cx);
             }
         }
         Poll::Ready(Some(Ok(frame)))

@@ -173,6 +173,9 @@ pub struct NotifyService {
     /// Each organisation's share of them, and its size.
     send_shares: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>>,
     send_share: usize,
+    /// Each organisation's turns to render, and how many it has at once.
+    render_shares: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>>,
+    render_share: usize,
 }
 
 impl NotifyService {
@@ -196,6 +199,10 @@ impl NotifyService {
             send_threads: Arc::new(Semaphore::new(SEND_THREADS)),
             send_shares: Arc::default(),
             send_share: SEND_THREADS / 4,
+            render_shares: Arc::default(),
+            render_share: std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1),
         }
     }
 

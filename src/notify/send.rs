@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use lettre::message::Mailbox;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::render::{check_notification, has_line_break, mailbox, user_value};
 use super::stage::Stager;
@@ -122,7 +122,9 @@ impl NotifyService {
             .enumerate()
             .map(|(i, t)| (format!("to[{i}]"), t.as_str()))
             .collect();
+        let turn = self.render_turn(&n.organisation).await?;
         let templates = self.compile(&n, &fields)?;
+        drop(turn);
         // One message per recipient: counted before anything is rendered.
         self.spend_messages(&n.organisation, to.len()).await?;
         // Every recipient sees the same data: all but `to` renders once.
@@ -130,7 +132,9 @@ impl NotifyService {
         let mut stager =
             Stager::new(self, &n.organisation, crypto::random_id("batch_")).messages_counted();
         let staged = async {
+            let turn = self.render_turn(&n.organisation).await?;
             let parts = self.render_parts(&n, &settings, &templates, &data);
+            drop(turn);
             let parts = match parts {
                 Ok(parts) => Some(parts),
                 Err(found) => {
@@ -139,6 +143,7 @@ impl NotifyService {
                 }
             };
             for (field, _) in &fields {
+                let turn = self.render_turn(&n.organisation).await?;
                 let to = templates
                     .render(field, &data)
                     .and_then(|to| mailbox(&to).map_err(|why| validation::violation(field, why)));
@@ -147,6 +152,7 @@ impl NotifyService {
                     (_, Err(found)) => Err(found),
                     (None, Ok(_)) => continue,
                 };
+                drop(turn);
                 if !stager.take(message).await? {
                     break;
                 }
@@ -166,7 +172,9 @@ impl NotifyService {
         }
         self.check_pending(&n.organisation, 1).await?;
         let settings = self.configured().await?;
+        let turn = self.render_turn(&n.organisation).await?;
         let templates = self.compile(&n, &[])?;
+        drop(turn);
         // Users are read a page at a time and each message staged as it is rendered, so
         // that memory stays bounded however large the organisation; all are queued at once
         // at the end.
@@ -188,6 +196,7 @@ impl NotifyService {
                         continue;
                     };
                     data.set("user", user_value(user, &address));
+                    let turn = self.render_turn(&n.organisation).await?;
                     let message = self
                         .render_parts(&n, &settings, &templates, &data)
                         .and_then(|parts| {
@@ -195,6 +204,7 @@ impl NotifyService {
                                 .then(|| user.name.clone());
                             self.build(&n, &parts, Mailbox::new(name, address))
                         });
+                    drop(turn);
                     if !stager.take(message).await? {
                         break 'pages;
                     }
@@ -207,6 +217,27 @@ impl NotifyService {
         }
         .await;
         self.finish(&n, stager, staged).await
+    }
+
+    /// A turn of `organisation` to render: one organisation renders on at most half the
+    /// cores at once (one on two), however many of its sends run, so that its costly
+    /// templates leave the others CPU as well as threads. Taken for each message's
+    /// rendering and sealing, not while it is written.
+    async fn render_turn(&self, organisation: &str) -> Result<OwnedSemaphorePermit, NotifyError> {
+        let turns = {
+            let mut shares = self.render_shares.lock().unwrap_or_else(|e| e.into_inner());
+            if shares.len() >= KEPT_SHARES && !shares.contains_key(organisation) {
+                shares.retain(|_, s| s.available_permits() < self.render_share);
+            }
+            shares
+                .entry(organisation.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.render_share)))
+                .clone()
+        };
+        turns
+            .acquire_owned()
+            .await
+            .map_err(|_| NotifyError::Store(StoreError::Unavailable("shutting down".into())))
     }
 
     /// Queues messages built elsewhere (account notices), durably, within the quotas.

@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::api::api_keys::ApiKeysApi;
 use crate::api::directory::DirectoryApi;
-use crate::api::gate::{request_limit, GateLayer};
+use crate::api::gate::{request_limit, GateLayer, OPEN_LIMIT};
 use crate::api::notifier::NotifierApi;
 use crate::api::smtp_admin::SmtpAdminApi;
 use crate::api::token::TokenApi;
@@ -339,9 +339,9 @@ impl Mailroom {
                     organisation = tracing::field::Empty,
                 )
             })
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_service(health_service.max_decoding_message_size(OPEN_LIMIT))
+            .add_service(reflection_v1.max_decoding_message_size(OPEN_LIMIT))
+            .add_service(reflection_v1alpha.max_decoding_message_size(OPEN_LIMIT))
             .add_service(
                 SmtpAdminServer::new(SmtpAdminApi::new(self.auth.clone(), self.settings.clone()))
                     .max_decoding_message_size(request_limit("mailroom.v1.SmtpAdmin")),
