@@ -22,7 +22,6 @@ use crate::tokens::{Purpose, RateWindow, Token};
 pub mod etcd;
 mod layouts;
 pub mod sled;
-mod sled_files;
 
 /// Errors of a store.
 #[derive(Debug, thiserror::Error)]
