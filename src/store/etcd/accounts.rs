@@ -7,11 +7,12 @@ use super::kv::*;
 use super::{contention, EtcdStore, CAS_ATTEMPTS};
 use crate::auth::ApiKey;
 use crate::directory::User;
+use crate::store::keyspace::Encoding;
 use crate::store::{decode, encode, After, Result};
 
 impl EtcdStore {
     pub(super) async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
-        let bootstrapped = self.key("meta/bootstrapped");
+        let bootstrapped = crate::store::keyspace::meta(self, crate::store::keyspace::BOOTSTRAPPED);
         let compares = if only_if_first {
             vec![unchanged(&bootstrapped, None)]
         } else {
@@ -19,9 +20,9 @@ impl EtcdStore {
         };
         let txn = Txn::new().when(compares).and_then([
             put(bootstrapped, b"1".to_vec()),
-            put(self.key(&format!("keys/{}", key.id)), encode(key)),
+            put(crate::store::keyspace::api_key(self, &key.id), encode(key)),
             put(
-                self.key(&format!("key_digests/{}", key.secret_digest)),
+                crate::store::keyspace::api_key_digest(self, &key.secret_digest),
                 key.id.clone().into_bytes(),
             ),
         ]);
@@ -30,14 +31,14 @@ impl EtcdStore {
 
     pub(super) async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>> {
         let Some(id) = self
-            .get(&self.key(&format!("key_digests/{digest}")))
+            .get(&crate::store::keyspace::api_key_digest(self, digest))
             .await?
         else {
             return Ok(None);
         };
         let id = String::from_utf8_lossy(id.value()).into_owned();
         Ok(self
-            .read(&self.key(&format!("keys/{id}")))
+            .read(&crate::store::keyspace::api_key(self, &id))
             .await?
             .map(|(k, _)| k))
     }
@@ -47,7 +48,7 @@ impl EtcdStore {
         after: After<'_>,
         limit: usize,
     ) -> Result<Vec<ApiKey>> {
-        self.range(&self.key("keys/"), after, limit)
+        self.range(&self.begin(crate::store::keyspace::API_KEYS), after, limit)
             .await?
             .iter()
             .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
@@ -59,7 +60,7 @@ impl EtcdStore {
         id: &str,
         organisation: Option<&str>,
     ) -> Result<Option<ApiKey>> {
-        let key = self.key(&format!("keys/{id}"));
+        let key = crate::store::keyspace::api_key(self, id);
         for _ in 0..CAS_ATTEMPTS {
             let Some((mut api_key, rev)) = self.read::<ApiKey>(&key).await? else {
                 return Ok(None);
@@ -80,7 +81,7 @@ impl EtcdStore {
     }
 
     pub(super) async fn put_user(&self, user: &User) -> Result<()> {
-        let key = self.key(&format!("users/{}", user.login));
+        let key = crate::store::keyspace::user(self, &user.login);
         for _ in 0..CAS_ATTEMPTS {
             let old = self.read::<User>(&key).await?;
             // One operation per key: etcd refuses a transaction that names a key twice.
@@ -106,13 +107,13 @@ impl EtcdStore {
 
     pub(super) async fn user(&self, login: &str) -> Result<Option<User>> {
         Ok(self
-            .read(&self.key(&format!("users/{login}")))
+            .read(&crate::store::keyspace::user(self, login))
             .await?
             .map(|(u, _)| u))
     }
 
     pub(super) async fn delete_user(&self, login: &str) -> Result<Option<User>> {
-        let key = self.key(&format!("users/{login}"));
+        let key = crate::store::keyspace::user(self, login);
         for _ in 0..CAS_ATTEMPTS {
             let Some((old, rev)) = self.read::<User>(&key).await? else {
                 return Ok(None);
@@ -141,7 +142,7 @@ impl EtcdStore {
         let members = self.range(&prefix, after, limit).await?;
         let users = self
             .records_of(&members, prefix.len(), |login| {
-                self.key(&format!("users/{login}"))
+                crate::store::keyspace::user(self, login)
             })
             .await?;
         Ok(users.into_iter().map(|(u, _)| u).collect())

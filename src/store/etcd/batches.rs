@@ -13,6 +13,7 @@ use super::keys::*;
 use super::kv::*;
 use super::EtcdStore;
 use crate::notify::{Idempotency, OutboxMessage};
+use crate::store::keyspace::Encoding;
 use crate::store::{decode, encode, Result};
 
 /// Messages a batch may hold to be committed and queued in one transaction.
@@ -181,7 +182,7 @@ impl EtcdStore {
     pub(super) async fn recover_batches(&self, before: SystemTime) -> Result<usize> {
         let started_before = |kv: &KeyValue| time_of_hex(kv.value()).is_none_or(|t| t < before);
         let mut recovered = 0;
-        let staging = self.key("outbox/s/");
+        let staging = self.key(crate::store::keyspace::etcd_only::STAGING);
         for kv in self.range(&staging, None, 0).await? {
             if started_before(&kv) {
                 let batch = String::from_utf8_lossy(&kv.key()[staging.len()..]).into_owned();
@@ -189,7 +190,7 @@ impl EtcdStore {
                 recovered += 1;
             }
         }
-        let committed = self.key("outbox/c/");
+        let committed = self.begin(crate::store::keyspace::COMMITTED);
         for kv in self.range(&committed, None, 0).await? {
             if started_before(&kv) {
                 let batch = String::from_utf8_lossy(&kv.key()[committed.len()..]).into_owned();

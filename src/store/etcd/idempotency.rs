@@ -9,6 +9,7 @@ use etcd_client::Txn;
 use super::kv::*;
 use super::EtcdStore;
 use crate::notify::Idempotency;
+use crate::store::keyspace::Encoding;
 use crate::store::{decode, encode, Result};
 
 /// Message ids an idempotency record holds itself; a larger batch's ids (100,000 are about
@@ -34,7 +35,7 @@ impl EtcdStore {
     pub(super) async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
         // A record goes with the ids it keeps apart, in one transaction: a crash between
         // the two would leave ids nothing names.
-        self.sweep(&self.key("outbox/i/"), |kv| {
+        self.sweep(&self.begin(crate::store::keyspace::IDEMPOTENCY), |kv| {
             let record: Idempotency = decode("idempotency", kv.value())?;
             Ok(if record.create_time < before {
                 Verdict::Stale {

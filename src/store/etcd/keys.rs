@@ -1,12 +1,28 @@
-//! How the etcd store names its keys: every record and index under `--etcd-prefix`, one
-//! function per key. Time in a key is 16 hex digits ([`hex_time`]), which sort like the
-//! time.
+//! How the etcd store writes the keys of the shared keyspace ([`crate::store::keyspace`]):
+//! every family under `--etcd-prefix` at its path, a time as 16 hex digits ([`hex_time`]),
+//! which sort like the time. And the keys only etcd has: staging records and entries, ids
+//! kept apart, tokens by id.
 
 use std::time::SystemTime;
 
 use super::EtcdStore;
-use crate::notify::OutboxMessage;
-use crate::store::{state_name, time_key};
+use crate::notify::{MessageState, OutboxMessage};
+use crate::store::keyspace::{self, etcd_only, Encoding, Family};
+use crate::store::time_key;
+
+/// The keyspace as etcd writes it: under the store's prefix.
+impl Encoding for EtcdStore {
+    type Key = String;
+    fn begin(&self, family: Family) -> String {
+        format!("{}{}", self.prefix, family.etcd)
+    }
+    fn push(key: &mut String, text: &str) {
+        key.push_str(text);
+    }
+    fn push_time(key: &mut String, time: SystemTime) {
+        key.push_str(&hex_time(time));
+    }
+}
 
 impl EtcdStore {
     pub(super) fn key(&self, path: &str) -> String {
@@ -14,72 +30,62 @@ impl EtcdStore {
     }
 
     pub(super) fn message_key(&self, id: &str) -> String {
-        self.key(&format!("outbox/m/{id}"))
+        keyspace::message(self, id)
     }
 
     pub(super) fn staging_key(&self, batch: &str) -> String {
-        self.key(&format!("outbox/s/{batch}"))
+        self.key(&format!("{}{batch}", etcd_only::STAGING))
     }
 
     pub(super) fn commit_marker(&self, batch: &str) -> String {
-        self.key(&format!("outbox/c/{batch}"))
+        keyspace::committed(self, batch)
     }
 
     pub(super) fn batch_prefix(&self, batch: &str) -> String {
-        self.key(&format!("outbox/b/{batch}/"))
+        self.key(&format!("{}{batch}/", etcd_only::BATCH))
     }
 
     pub(super) fn idempotency_key(&self, organisation: &str, key: &str) -> String {
-        self.key(&format!("outbox/i/{organisation}\0{key}"))
+        keyspace::idempotency(self, organisation, key)
     }
 
     /// Where the message ids of `batch` are stored apart from its idempotency record.
     pub(super) fn ids_prefix(&self, batch: &str) -> String {
-        self.key(&format!("outbox/ii/{batch}/"))
+        self.key(&format!("{}{batch}/", etcd_only::IDS_APART))
     }
 
     pub(super) fn due_key(&self, message: &OutboxMessage) -> Option<String> {
-        message.due_at().map(|due| {
-            self.key(&format!(
-                "outbox/q/{}{}",
-                hex::encode(time_key(due)),
-                message.id
-            ))
-        })
+        keyspace::due(self, message)
     }
 
     pub(super) fn state_key(&self, message: &OutboxMessage) -> String {
-        self.key(&format!(
-            "outbox/t/{}\0{}\0{}",
-            message.organisation,
-            state_name(message.state),
-            message.id
-        ))
+        keyspace::by_state(self, &message.organisation, message.state, &message.id)
+    }
+
+    /// The prefix of the keys of `organisation`'s messages in `state`.
+    pub(super) fn state_prefix(&self, organisation: &str, state: MessageState) -> String {
+        keyspace::by_state(self, organisation, state, "")
     }
 
     /// The index keys that queue `message`: by organisation, by state, by due time.
     pub(super) fn index_keys(&self, message: &OutboxMessage) -> Vec<String> {
-        let mut keys = vec![
-            self.key(&format!(
-                "outbox/o/{}\0{}",
-                message.organisation, message.id
-            )),
-            self.state_key(message),
-        ];
-        keys.extend(self.due_key(message));
-        keys
+        keyspace::index_keys(self, message)
     }
 
     pub(super) fn token_key(&self, id: &str) -> String {
-        self.key(&format!("tokens/{id}"))
+        self.key(&format!("{}{id}", etcd_only::TOKENS))
+    }
+
+    pub(super) fn token_digest_key(&self, digest: &str) -> String {
+        self.key(&format!("{}{digest}", etcd_only::TOKEN_DIGESTS))
     }
 
     pub(super) fn login_tokens_key(&self, login: &str) -> String {
-        self.key(&format!("login_tokens/{login}"))
+        keyspace::login_tokens(self, login)
     }
 
     pub(super) fn member_key(&self, organisation: &str, login: &str) -> String {
-        self.key(&format!("members/{organisation}\0{login}"))
+        keyspace::member(self, organisation, login)
     }
 }
 

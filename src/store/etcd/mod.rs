@@ -55,6 +55,7 @@ use crate::crypto::Sealed;
 use crate::directory::User;
 use crate::notify::{Idempotency, MessageState, OutboxMessage};
 use crate::settings::SmtpSettings;
+use crate::store::keyspace;
 use watch::watch_cached;
 
 mod accounts;
@@ -171,7 +172,7 @@ impl Store for EtcdStore {
         let options = GetOptions::new().with_keys_only();
         self.kv
             .clone()
-            .get(self.key("meta/key_check"), Some(options))
+            .get(keyspace::meta(self, keyspace::KEY_CHECK), Some(options))
             .await
             .map_err(unavailable)?;
         Ok(())

@@ -10,7 +10,8 @@ use super::keys::*;
 use super::kv::*;
 use super::{contention, unavailable, EtcdStore, CAS_ATTEMPTS};
 use crate::notify::{MessageState, OutboxMessage};
-use crate::store::{decode, encode, state_name, After, Result};
+use crate::store::keyspace::{self, Encoding};
+use crate::store::{decode, encode, After, Result};
 
 impl EtcdStore {
     pub(super) async fn remove_message(&self, expected: u64, id: &str) -> Result<bool> {
@@ -73,8 +74,8 @@ impl EtcdStore {
         now: SystemTime,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>> {
-        let prefix = self.key("outbox/q/");
-        let end = format!("{prefix}{}", hex_time(now + Duration::from_micros(1)));
+        let prefix = self.begin(keyspace::DUE);
+        let end = keyspace::due_at(self, now + Duration::from_micros(1));
         let entries = self.range_to(&prefix, end.into_bytes(), limit).await?;
         let skip = prefix.len() + 16;
         let keys: Vec<String> = entries
@@ -105,7 +106,7 @@ impl EtcdStore {
     }
 
     pub(super) async fn next_due(&self) -> Result<Option<SystemTime>> {
-        let prefix = self.key("outbox/q/");
+        let prefix = self.begin(keyspace::DUE);
         let first = self.range(&prefix, None, 1).await?;
         Ok(first
             .first()
@@ -119,7 +120,7 @@ impl EtcdStore {
         after: After<'_>,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>> {
-        let prefix = self.key("outbox/m/");
+        let prefix = self.begin(keyspace::MESSAGES);
         let start = match after {
             Some(after) => format!("{prefix}{after}\0"),
             None => prefix.clone(),
@@ -157,14 +158,14 @@ impl EtcdStore {
             MessageState::Sending,
         ]
         .map(|state| {
-            let prefix = self.key(&format!("outbox/t/{organisation}\0{}\0", state_name(state)));
+            let prefix = self.state_prefix(organisation, state);
             self.count_prefix(prefix)
         });
         Ok(try_join_all(counts).await?.into_iter().sum())
     }
 
     pub(super) async fn pending_messages(&self) -> Result<usize> {
-        let count = self.count_prefix(self.key("outbox/q/")).await?;
+        let count = self.count_prefix(self.begin(keyspace::DUE)).await?;
         Ok(usize::try_from(count).unwrap_or(usize::MAX))
     }
 
@@ -176,8 +177,8 @@ impl EtcdStore {
         limit: usize,
     ) -> Result<Vec<OutboxMessage>> {
         let prefix = match state {
-            Some(state) => self.key(&format!("outbox/t/{organisation}\0{}\0", state_name(state))),
-            None => self.key(&format!("outbox/o/{organisation}\0")),
+            Some(state) => self.state_prefix(organisation, state),
+            None => keyspace::by_organisation(self, organisation, ""),
         };
         let entries = self.range(&prefix, after, limit).await?;
         let mut messages = Vec::with_capacity(entries.len());

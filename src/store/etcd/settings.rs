@@ -6,23 +6,25 @@ use super::kv::*;
 use super::{contention, EtcdStore, CAS_ATTEMPTS};
 use crate::crypto::Sealed;
 use crate::settings::SmtpSettings;
+use crate::store::keyspace::{self};
 use crate::store::{encode, Result};
 
 impl EtcdStore {
     pub(super) async fn key_check(&self) -> Result<Option<Sealed>> {
         Ok(self
-            .read(&self.key("meta/key_check"))
+            .read(&keyspace::meta(self, keyspace::KEY_CHECK))
             .await?
             .map(|(v, _)| v))
     }
 
     pub(super) async fn set_key_check(&self, sealed: &Sealed) -> Result<()> {
-        self.put(&self.key("meta/key_check"), encode(sealed)).await
+        self.put(&keyspace::meta(self, keyspace::KEY_CHECK), encode(sealed))
+            .await
     }
 
     pub(super) async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
         Ok(self
-            .read(&self.key("meta/smtp_settings"))
+            .read(&keyspace::meta(self, keyspace::SMTP_SETTINGS))
             .await?
             .map(|(v, _)| v))
     }
@@ -32,7 +34,7 @@ impl EtcdStore {
         expected: u64,
         settings: &SmtpSettings,
     ) -> Result<bool> {
-        let key = self.key("meta/smtp_settings");
+        let key = keyspace::meta(self, keyspace::SMTP_SETTINGS);
         for _ in 0..CAS_ATTEMPTS {
             let stored = self.read::<SmtpSettings>(&key).await?;
             let revision = stored.as_ref().map_or(0, |(s, _)| s.revision);

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use etcd_client::{Txn, TxnOp};
 
-use super::keys::*;
 use super::kv::*;
 use super::{contention, EtcdStore, CAS_ATTEMPTS};
+use crate::store::keyspace::{self, Encoding};
 use crate::store::{decode, encode, Result, TokenStore};
 use crate::tokens::{Purpose, RateWindow, Token};
 
@@ -85,15 +85,11 @@ impl TokenStore for EtcdStore {
                 vec![
                     put(self.token_key(&token.id), encode(token)),
                     put(
-                        self.key(&format!("token_digests/{}", token.digest)),
+                        self.token_digest_key(&token.digest),
                         token.id.clone().into_bytes(),
                     ),
                     put(
-                        self.key(&format!(
-                            "token_purge/{}{}",
-                            hex_time(token.purge_time()),
-                            token.id
-                        )),
+                        keyspace::token_purge(self, token.purge_time(), &token.id),
                         Vec::new(),
                     ),
                     put(list.as_str(), encode(&ids)),
@@ -104,10 +100,7 @@ impl TokenStore for EtcdStore {
     }
 
     async fn token_by_digest(&self, digest: &str) -> Result<Option<Token>> {
-        let Some(id) = self
-            .get(&self.key(&format!("token_digests/{digest}")))
-            .await?
-        else {
+        let Some(id) = self.get(&self.token_digest_key(digest)).await? else {
             return Ok(None);
         };
         let id = String::from_utf8_lossy(id.value()).into_owned();
@@ -158,8 +151,8 @@ impl TokenStore for EtcdStore {
     }
 
     async fn purge_tokens(&self, now: SystemTime, limit: usize) -> Result<u32> {
-        let prefix = self.key("token_purge/");
-        let end = format!("{prefix}{}", hex_time(now));
+        let prefix = self.begin(keyspace::TOKEN_PURGE);
+        let end = keyspace::token_purge(self, now, "");
         let due = self.range_to(&prefix, end.into_bytes(), limit).await?;
         let mut purged = 0;
         for entry in due {
@@ -176,10 +169,7 @@ impl TokenStore for EtcdStore {
                 ids.retain(|i| *i != id);
                 compares = vec![unchanged(&token_key, Some(rev)), unchanged(&list, list_rev)];
                 ops.push(TxnOp::delete(token_key.as_str(), None));
-                ops.push(TxnOp::delete(
-                    self.key(&format!("token_digests/{}", token.digest)),
-                    None,
-                ));
+                ops.push(TxnOp::delete(self.token_digest_key(&token.digest), None));
                 ops.push(if ids.is_empty() {
                     TxnOp::delete(list.as_str(), None)
                 } else {
@@ -199,7 +189,7 @@ impl TokenStore for EtcdStore {
     }
 
     async fn purge_rate_limits(&self, before: SystemTime) -> Result<usize> {
-        self.sweep(&self.key("rate_limits/"), |kv| {
+        self.sweep(&self.begin(keyspace::RATE_LIMITS), |kv| {
             let window: RateWindow = decode("rate_limit", kv.value())?;
             Ok(if window.hits.iter().all(|t| *t < before) {
                 Verdict::Stale { with_prefix: None }
@@ -217,7 +207,7 @@ impl TokenStore for EtcdStore {
         window: Duration,
         limit: u32,
     ) -> Result<Option<Duration>> {
-        let key = self.key(&format!("rate_limits/{key}"));
+        let key = keyspace::rate_limit(self, key);
         self.update_window(&key, |hits: &mut RateWindow| hits.hit(now, window, limit))
             .await
     }

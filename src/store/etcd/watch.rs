@@ -8,6 +8,7 @@ use std::time::Duration;
 use etcd_client::{Client, WatchOptions};
 use tokio::sync::broadcast;
 
+use crate::store::keyspace::{self};
 use crate::store::Changed;
 
 /// Follows changes to the settings and the API keys into `changes`. After a broken watch,
@@ -20,8 +21,8 @@ pub(super) async fn watch_cached(
     changes: broadcast::Sender<Changed>,
     epoch: Arc<AtomicU64>,
 ) {
-    let settings = format!("{prefix}meta/smtp_settings");
-    let keys = format!("{prefix}keys/");
+    let settings = format!("{prefix}{}{}", keyspace::META.etcd, keyspace::SMTP_SETTINGS);
+    let keys = format!("{prefix}{}", keyspace::API_KEYS.etcd);
     let mut resumed = false;
     let mut watches: u64 = 0;
     loop {

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::kv::*;
 use super::{contention, EtcdStore, CAS_ATTEMPTS};
+use crate::store::keyspace::{self};
 use crate::store::{encode, Record, Result};
 
 impl EtcdStore {
@@ -43,7 +44,7 @@ impl EtcdStore {
         amount: u64,
         limit: u64,
     ) -> Result<Option<Duration>> {
-        let key = self.key(&format!("quota_tallies/{key}"));
+        let key = keyspace::quota_tally(self, key);
         self.update_window(&key, |tally: &mut crate::notify::Tally| {
             tally.add(now, window, amount, limit)
         })

@@ -4,13 +4,14 @@
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use super::keys::{key, scan_after};
+use super::keys::{scan_after, Sled};
 use super::{aborted, unavailable, SledStore};
 use crate::auth::ApiKey;
 use crate::directory::User;
+use crate::store::keyspace;
 use crate::store::{decode, encode, After, Result, StoreError};
 
-pub(super) const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
+pub(super) const BOOTSTRAPPED_KEY: &[u8] = keyspace::BOOTSTRAPPED.as_bytes();
 
 impl SledStore {
     pub(super) async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
@@ -99,15 +100,11 @@ impl SledStore {
                     let old: User =
                         decode(&user.login, &old).map_err(ConflictableTransactionError::Abort)?;
                     for organisation in &old.organisations {
-                        memberships
-                            .remove(key(0, &[organisation.as_bytes(), user.login.as_bytes()]))?;
+                        memberships.remove(keyspace::member(&Sled, organisation, &user.login))?;
                     }
                 }
                 for organisation in &user.organisations {
-                    memberships.insert(
-                        key(0, &[organisation.as_bytes(), user.login.as_bytes()]),
-                        &[],
-                    )?;
+                    memberships.insert(keyspace::member(&Sled, organisation, &user.login), &[])?;
                 }
                 users.insert(user.login.as_bytes(), value.as_slice())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
@@ -132,7 +129,7 @@ impl SledStore {
                 };
                 let old: User = decode(login, &old).map_err(ConflictableTransactionError::Abort)?;
                 for organisation in &old.organisations {
-                    memberships.remove(key(0, &[organisation.as_bytes(), login.as_bytes()]))?;
+                    memberships.remove(keyspace::member(&Sled, organisation, login))?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(Some(old))
             })
@@ -149,7 +146,7 @@ impl SledStore {
         after: After<'_>,
         limit: usize,
     ) -> Result<Vec<User>> {
-        let prefix = key(0, &[organisation.as_bytes(), b""]);
+        let prefix = keyspace::member(&Sled, organisation, "");
         let mut users = Vec::new();
         for entry in scan_after(&self.user_organisations, prefix.clone(), after).take(limit) {
             let (k, _) = entry.map_err(unavailable)?;

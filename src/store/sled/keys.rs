@@ -1,60 +1,92 @@
-//! How the sled store names its keys: the trees, the prefix bytes of the outbox tree's
-//! entries, and one function per key. Time in a key is [`crate::store::time_key`]: eight
-//! bytes, big-endian, so that keys sort by time.
-//!
-//! The outbox is one tree, so that a whole batch is one atomic `apply_batch`.
+//! How the sled store writes the keys of the shared keyspace ([`crate::store::keyspace`]):
+//! each family in its tree, those of the outbox tree behind their prefix byte, a time as
+//! [`crate::store::time_key`] (eight bytes, big-endian). And the keys only sled has:
+//! staging entries, replacement intents, content parts.
 
-use crate::notify::OutboxMessage;
-use crate::store::{state_name, time_key};
+use std::time::SystemTime;
+
+use crate::notify::{MessageState, OutboxMessage};
+use crate::store::keyspace::{self, sled_only, Encoding, Family};
+use crate::store::time_key;
 use crate::tokens::Token;
 
-/// `m<id>` → message.
-pub(super) const MESSAGE: u8 = b'm';
+pub(super) use sled_only::{CONTENT, REPLACING, STAGED};
 
-/// `q<due time><id>` → (): pending messages by due time.
-pub(super) const DUE: u8 = b'q';
+/// The keyspace as sled writes it: the key within the family's tree.
+pub(super) struct Sled;
 
-/// `o<organisation>\0<id>` → (): messages by organisation.
-pub(super) const BY_ORGANISATION: u8 = b'o';
+impl Encoding for Sled {
+    type Key = Vec<u8>;
+    fn begin(&self, family: Family) -> Vec<u8> {
+        family.byte.into_iter().collect()
+    }
+    fn push(key: &mut Vec<u8>, text: &str) {
+        key.extend_from_slice(text.as_bytes());
+    }
+    fn push_time(key: &mut Vec<u8>, time: SystemTime) {
+        key.extend_from_slice(&time_key(time));
+    }
+}
 
-/// `i<organisation>\0<key>` → idempotency record.
-pub(super) const IDEMPOTENCY: u8 = b'i';
+/// The byte a family's keys start with in the outbox tree.
+const fn byte(family: Family) -> u8 {
+    match family.byte {
+        Some(byte) => byte,
+        None => panic!("a family of the outbox tree has a prefix byte"),
+    }
+}
 
-/// `t<organisation>\0<state>\0<id>` → (): messages by organisation and state.
-pub(super) const BY_STATE: u8 = b't';
+/// The prefix bytes of the outbox tree, for walks that read keys as bytes.
+pub(super) const MESSAGE: u8 = byte(keyspace::MESSAGES);
+pub(super) const DUE: u8 = byte(keyspace::DUE);
+pub(super) const IDEMPOTENCY: u8 = byte(keyspace::IDEMPOTENCY);
+pub(super) const BY_STATE: u8 = byte(keyspace::BY_STATE);
+pub(super) const COMMITTED: u8 = byte(keyspace::COMMITTED);
 
-/// `s<batch>\0<id>` → the keys that queue a staged message (organisation index, due index).
-pub(super) const STAGED: u8 = b's';
-
-/// `w<id>\0<n>` → (): a message whose record is being replaced; a crash leaves it, and
-/// the next start puts the message's index entries in step with its record.
-pub(super) const REPLACING: u8 = b'w';
-
-/// `c<batch>` → (): a batch committed but not yet wholly queued.
-pub(super) const COMMITTED: u8 = b'c';
-
-/// `b<id>\0<n>` → the `n`th part (`u32`, big-endian) of a message's sealed content, when
-/// it is larger than one part; a smaller one stays in the record (as every content did
-/// before).
-pub(super) const CONTENT: u8 = b'b';
+/// Bytes of a due index key before the message id: the prefix byte and the time.
+pub(super) const DUE_ID_AT: usize = 9;
 
 pub(super) fn commit_marker(batch: &str) -> Vec<u8> {
-    key(COMMITTED, &[batch.as_bytes()])
+    keyspace::committed(&Sled, batch)
+}
+
+/// The index keys that queue a message: by organisation, by state, by due time.
+pub(super) fn index_keys(message: &OutboxMessage) -> Vec<Vec<u8>> {
+    keyspace::index_keys(&Sled, message)
+}
+
+/// `t<organisation>\0<state>\0<id>`: the message's entry by organisation and state.
+pub(super) fn state_key(message: &OutboxMessage) -> Vec<u8> {
+    keyspace::by_state(&Sled, &message.organisation, message.state, &message.id)
+}
+
+/// The prefix of the keys of `organisation`'s messages in `state`.
+pub(super) fn state_prefix(organisation: &str, state: MessageState) -> Vec<u8> {
+    keyspace::by_state(&Sled, organisation, state, "")
+}
+
+pub(super) fn message_key(id: &str) -> Vec<u8> {
+    keyspace::message(&Sled, id)
+}
+
+pub(super) fn due_key(message: &OutboxMessage) -> Option<Vec<u8>> {
+    keyspace::due(&Sled, message)
+}
+
+pub(super) fn organisation_key(organisation: &str, id: &str) -> Vec<u8> {
+    keyspace::by_organisation(&Sled, organisation, id)
+}
+
+pub(super) fn idempotency_key(organisation: &str, k: &str) -> Vec<u8> {
+    keyspace::idempotency(&Sled, organisation, k)
+}
+
+pub(super) fn purge_key(token: &Token) -> Vec<u8> {
+    keyspace::token_purge(&Sled, token.purge_time(), &token.digest)
 }
 
 pub(super) fn staged_key(batch: &str, id: &str) -> Vec<u8> {
     key(STAGED, &[batch.as_bytes(), id.as_bytes()])
-}
-
-/// The index keys that queue a message: by organisation, by state, by due time.
-pub(super) fn index_keys(message: &OutboxMessage) -> impl Iterator<Item = Vec<u8>> {
-    [
-        Some(organisation_key(&message.organisation, &message.id)),
-        Some(state_key(message)),
-        due_key(message),
-    ]
-    .into_iter()
-    .flatten()
 }
 
 /// What a staging entry holds: the index keys that queue the message, each behind its
@@ -81,18 +113,6 @@ pub(super) fn staged_keys(mut value: &[u8]) -> Vec<Vec<u8>> {
     keys
 }
 
-/// `t<organisation>\0<state>\0<id>`: messages by organisation and state.
-pub(super) fn state_key(message: &OutboxMessage) -> Vec<u8> {
-    key(
-        BY_STATE,
-        &[
-            message.organisation.as_bytes(),
-            state_name(message.state).as_bytes(),
-            message.id.as_bytes(),
-        ],
-    )
-}
-
 pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = vec![prefix];
     for (i, part) in parts.iter().enumerate() {
@@ -104,30 +124,9 @@ pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
-pub(super) fn message_key(id: &str) -> Vec<u8> {
-    key(MESSAGE, &[id.as_bytes()])
-}
-
 /// The prefix of the keys of a message's content parts.
 pub(super) fn content_prefix(id: &str) -> Vec<u8> {
     key(CONTENT, &[id.as_bytes(), b""])
-}
-
-pub(super) fn due_key(message: &OutboxMessage) -> Option<Vec<u8>> {
-    message.due_at().map(|due| {
-        let mut k = vec![DUE];
-        k.extend_from_slice(&time_key(due));
-        k.extend_from_slice(message.id.as_bytes());
-        k
-    })
-}
-
-pub(super) fn organisation_key(organisation: &str, id: &str) -> Vec<u8> {
-    key(BY_ORGANISATION, &[organisation.as_bytes(), id.as_bytes()])
-}
-
-pub(super) fn idempotency_key(organisation: &str, k: &str) -> Vec<u8> {
-    key(IDEMPOTENCY, &[organisation.as_bytes(), k.as_bytes()])
 }
 
 /// The keys after `prefix` + `after` (exclusive) that start with `prefix`.
@@ -146,10 +145,4 @@ pub(super) fn scan_after(tree: &sled::Tree, prefix: Vec<u8>, after: Option<&str>
         }
         None => tree.scan_prefix(prefix),
     }
-}
-
-pub(super) fn purge_key(token: &Token) -> Vec<u8> {
-    let mut k = time_key(token.purge_time()).to_vec();
-    k.extend_from_slice(token.digest.as_bytes());
-    k
 }

@@ -33,7 +33,7 @@ pub use files::CommitCounts;
 use files::{Commits, SledFiles};
 use flusher::{group_commit, FlushRequest};
 
-use super::{After, Result, Store, StoreError};
+use super::{keyspace, After, Result, Store, StoreError};
 use crate::auth::ApiKey;
 use crate::crypto::Sealed;
 use crate::directory::User;
@@ -107,17 +107,17 @@ impl SledStore {
             group_commit(requests, files).instrument(tracing::info_span!("sled_flusher")),
         );
         let store = Self {
-            meta: tree("meta")?,
-            keys: tree("api_keys")?,
-            key_digests: tree("api_key_digests")?,
-            users: tree("users")?,
-            user_organisations: tree("user_organisations")?,
-            outbox: tree("outbox")?,
-            tokens: tree("tokens_by_digest")?,
-            login_tokens: tree("login_token_digests")?,
-            token_purge: tree("token_purge_by_digest")?,
-            rate_limits: tree("rate_limits")?,
-            tallies: tree("quota_tallies")?,
+            meta: tree(keyspace::META.tree)?,
+            keys: tree(keyspace::API_KEYS.tree)?,
+            key_digests: tree(keyspace::API_KEY_DIGESTS.tree)?,
+            users: tree(keyspace::USERS.tree)?,
+            user_organisations: tree(keyspace::MEMBERS.tree)?,
+            outbox: tree(keyspace::MESSAGES.tree)?,
+            tokens: tree(keyspace::sled_only::TOKENS_BY_DIGEST)?,
+            login_tokens: tree(keyspace::LOGIN_TOKENS.tree)?,
+            token_purge: tree(keyspace::TOKEN_PURGE.tree)?,
+            rate_limits: tree(keyspace::RATE_LIMITS.tree)?,
+            tallies: tree(keyspace::QUOTA_TALLIES.tree)?,
             enqueue_lock: tokio::sync::Mutex::new(()),
             locks: (0..LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
             swaps: std::sync::atomic::AtomicU64::new(0),

@@ -10,7 +10,8 @@ use super::content::*;
 use super::keys::*;
 use super::{unavailable, SledStore};
 use crate::notify::{Idempotency, MessageState, OutboxMessage};
-use crate::store::{decode, encode, state_name, time_from_key, time_key, After, Result};
+use crate::store::keyspace;
+use crate::store::{decode, encode, time_from_key, After, Result};
 
 /// Staged messages queued by one write.
 pub(super) const QUEUE_CHUNK: usize = 1000;
@@ -219,8 +220,7 @@ impl SledStore {
         now: SystemTime,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>> {
-        let mut end = vec![DUE];
-        end.extend_from_slice(&time_key(now + std::time::Duration::from_micros(1)));
+        let end = keyspace::due_at(&Sled, now + std::time::Duration::from_micros(1));
         // Claims whose lease ran out, then pending records not claimed.
         let mut due: Vec<OutboxMessage> = self
             .claims_held()
@@ -233,10 +233,10 @@ impl SledStore {
                 break;
             }
             let (k, _) = entry.map_err(unavailable)?;
-            if self.is_claimed(&k[9..]) {
+            if self.is_claimed(&k[DUE_ID_AT..]) {
                 continue;
             }
-            if let Some(message) = self.decode_message(&k[9..])? {
+            if let Some(message) = self.decode_message(&k[DUE_ID_AT..])? {
                 // An entry a swap has not removed yet: the message is due under another.
                 if due_key(&message).as_deref() == Some(&k[..]) {
                     due.push(self.with_content(message)?);
@@ -252,11 +252,11 @@ impl SledStore {
         let claims = self.claims_held().values().filter_map(|m| m.due_at()).min();
         for entry in self.outbox.scan_prefix([DUE]).keys() {
             let k = entry.map_err(unavailable)?;
-            if self.is_claimed(&k[9..]) {
+            if self.is_claimed(&k[DUE_ID_AT..]) {
                 continue;
             }
             let mut time = [0u8; 8];
-            time.copy_from_slice(&k[1..9]);
+            time.copy_from_slice(&k[1..DUE_ID_AT]);
             let pending = time_from_key(time);
             return Ok(Some(claims.map_or(pending, |c| c.min(pending))));
         }
@@ -297,10 +297,7 @@ impl SledStore {
             MessageState::Retrying,
             MessageState::Sending,
         ] {
-            let prefix = key(
-                BY_STATE,
-                &[organisation.as_bytes(), state_name(state).as_bytes(), b""],
-            );
+            let prefix = state_prefix(organisation, state);
             for entry in self.outbox.scan_prefix(prefix).keys() {
                 entry.map_err(unavailable)?;
                 count += 1;
@@ -329,10 +326,7 @@ impl SledStore {
         limit: usize,
     ) -> Result<Vec<OutboxMessage>> {
         let prefix = match state {
-            Some(state) => key(
-                BY_STATE,
-                &[organisation.as_bytes(), state_name(state).as_bytes(), b""],
-            ),
+            Some(state) => state_prefix(organisation, state),
             None => organisation_key(organisation, ""),
         };
         // Claims are listed under SENDING, not under the state of their records.

@@ -176,7 +176,7 @@ impl SledStore {
         }
         for entry in self.outbox.scan_prefix([DUE]).keys() {
             let k = entry.map_err(unavailable)?;
-            let id = String::from_utf8_lossy(&k[9..]).into_owned();
+            let id = String::from_utf8_lossy(&k[DUE_ID_AT..]).into_owned();
             if due_keys
                 .get(&id)
                 .is_some_and(|due| due.as_deref() != Some(&k[..]))

@@ -4,11 +4,12 @@ use sled::transaction::ConflictableTransactionError;
 
 use super::{aborted, unavailable, SledStore};
 use crate::settings::SmtpSettings;
+use crate::store::keyspace;
 use crate::store::{decode, encode, Result};
 
-pub(super) const SETTINGS_KEY: &[u8] = b"smtp_settings";
+pub(super) const SETTINGS_KEY: &[u8] = keyspace::SMTP_SETTINGS.as_bytes();
 
-pub(super) const KEY_CHECK: &[u8] = b"key_check";
+pub(super) const KEY_CHECK: &[u8] = keyspace::KEY_CHECK.as_bytes();
 
 impl SledStore {
     pub(super) async fn key_check(&self) -> Result<Option<crate::crypto::Sealed>> {

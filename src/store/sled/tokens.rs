@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use super::keys::purge_key;
+use super::keys::{purge_key, Sled};
 use super::{aborted, unavailable, SledStore};
-use crate::store::{decode, encode, time_key, Result, StoreError, TokenStore};
+use crate::store::{decode, encode, keyspace, Result, StoreError, TokenStore};
 use crate::tokens::{Purpose, RateWindow, Token};
 
 #[async_trait]
@@ -97,7 +97,7 @@ impl TokenStore for SledStore {
     }
 
     async fn purge_tokens(&self, now: SystemTime, limit: usize) -> Result<u32> {
-        let end = time_key(now);
+        let end = keyspace::token_purge(&Sled, now, "");
         let due: Vec<sled::IVec> = self
             .token_purge
             .range(..end.as_slice())
