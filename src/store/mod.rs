@@ -1,8 +1,11 @@
 //! Persistence: the [`Store`] trait, one atomic operation per need of the domain, and its
-//! backends (`sled.rs`, the embedded default, whose files `sled_files.rs` syncs at each
-//! group commit). Backends keep domain records in one encoding (`encode`, `decode`: a
-//! format byte, then postcard; JSON from earlier versions), each record's earlier layouts
-//! still read (`layouts.rs`); nothing backend-specific crosses this trait.
+//! backends, each a folder of files with one concern each: `sled/`, the embedded default
+//! (group-committed flushes, each ending with a real sync of sled's files), and `etcd/`,
+//! shared by replicas (the `etcd` feature). Both write the keys of one shared layout
+//! (`keyspace.rs`: every family of keys and the order of its parts, written once). Backends
+//! keep domain records in one encoding (`encode`, `decode`: a format byte, then postcard;
+//! JSON from earlier versions), each record's earlier layouts still read (`layouts.rs`);
+//! nothing backend-specific crosses this trait.
 //!
 //! Every write answers only once it is durable: a caller that got `Ok` never loses it to a
 //! crash of this process, nor of the machine (a power cut, a kernel panic).

@@ -1,7 +1,7 @@
 //! The shared store: etcd, for several mailroom replicas on one state (`--store etcd`).
 //!
 //! Every record lives under `--etcd-prefix` in the stores' encoding (`store::encode`), keyed
-//! like the sled store's trees.
+//! by the layout both stores share (`store::keyspace`).
 //! Operations that must be atomic are etcd transactions guarded by the `mod_revision` of
 //! what they read (optimistic compare-and-swap, retried on conflict). Every etcd write is
 //! durable (raft and fsync) before it answers.
@@ -15,7 +15,7 @@
 //! dies between the two leaves the marker, and [`Store::recover_batches`] on any replica
 //! finishes the job; a batch never committed is dropped the same way. A small batch is
 //! committed and queued in one transaction. An idempotency record of more than
-//! [`IDS_INLINE`] messages keeps their ids apart (`outbox/ii/<batch>/`), written before the
+//! `IDS_INLINE` messages keeps their ids apart (`outbox/ii/<batch>/`), written before the
 //! commit and named by the record.
 //!
 //! The settings and API keys are watched: another replica's change reaches
@@ -27,16 +27,16 @@
 //! Where things are:
 //! - this file: [`EtcdStore`], connecting, and the [`Store`] trait, each method forwarded
 //!   to its concern;
-//! - [`security`]: TLS and the etcd user;
-//! - [`keys`]: the key of every record and index under the prefix;
-//! - [`kv`]: reads, ranges, transactions chunked under etcd's limits, sweeps;
-//! - [`watch`]: the watch that reports other replicas' changes;
-//! - [`settings`] and [`accounts`]: the SMTP settings and key check, API keys and users;
-//! - [`batches`]: staging, committing, discarding and recovering batches;
-//! - [`idempotency`]: idempotency records, their ids kept apart when many;
-//! - [`outbox`]: reading, replacing, removing and counting messages;
-//! - [`windows`]: rate-limit windows and quota tallies;
-//! - [`tokens`]: the [`TokenStore`].
+//! - `security.rs`: TLS and the etcd user;
+//! - `keys.rs`: the key of every record and index under the prefix;
+//! - `kv.rs`: reads, ranges, transactions chunked under etcd's limits, sweeps;
+//! - `watch.rs`: the watch that reports other replicas' changes;
+//! - `settings.rs` and `accounts.rs`: the SMTP settings and key check, API keys and users;
+//! - `batches.rs`: staging, committing, discarding and recovering batches;
+//! - `idempotency.rs`: idempotency records, their ids kept apart when many;
+//! - `outbox.rs`: reading, replacing, removing and counting messages;
+//! - `windows.rs`: rate-limit windows and quota tallies;
+//! - `tokens.rs`: the [`TokenStore`](super::TokenStore).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,13 +49,12 @@ use tracing::Instrument;
 
 pub use security::{EtcdSecurity, EtcdTls, EtcdUser};
 
-use super::{After, Changed, Result, Store, StoreError};
+use super::{keyspace, After, Changed, Result, Store, StoreError};
 use crate::auth::ApiKey;
 use crate::crypto::Sealed;
 use crate::directory::User;
 use crate::notify::{Idempotency, MessageState, OutboxMessage};
 use crate::settings::SmtpSettings;
-use crate::store::keyspace;
 use watch::watch_cached;
 
 mod accounts;

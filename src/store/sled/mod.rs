@@ -2,24 +2,24 @@
 //!
 //! Multi-record operations are sled transactions across trees, or batches on the outbox
 //! tree. Durability comes from one flusher task that batches every write waiting for it
-//! into a single `flush` (group commit, [`flusher`]), which ends with a real `fsync` of
-//! sled's files ([`files`]): acknowledged means on disk.
+//! into a single `flush` (group commit, `flusher.rs`), which ends with a real `fsync` of
+//! sled's files (`files.rs`): acknowledged means on disk.
 //!
-//! Start reads no message bodies: what it repairs and releases ([`recovery`]) is found
+//! Start reads no message bodies: what it repairs and releases (`recovery.rs`) is found
 //! through index keys, and only the records a crash left halfway are read.
 //!
 //! Where things are:
 //! - this file: [`SledStore`], opening it (waiting for sled to let go of the directory's
 //!   lock), closing it, and the [`Store`] trait, each method forwarded to its concern;
-//! - [`keys`]: the trees and the keys of every record and index;
-//! - [`flusher`] and [`files`]: the group commit and the sync of sled's files;
-//! - [`settings`] and [`accounts`]: the SMTP settings and key check, API keys and users;
-//! - [`outbox`]: queuing batches, replacing messages and their index entries, reading them;
-//! - [`content`]: a message's sealed content, apart from its record when large;
-//! - [`claims`]: claims held in memory;
-//! - [`windows`]: rate-limit windows and quota tallies;
-//! - [`tokens`]: the [`TokenStore`];
-//! - [`recovery`]: crash repair, batches and claims left by a dead process, migration.
+//! - `keys.rs`: the trees and the keys of every record and index;
+//! - `flusher.rs` and `files.rs`: the group commit and the sync of sled's files;
+//! - `settings.rs` and `accounts.rs`: the SMTP settings and key check, API keys and users;
+//! - `outbox.rs`: queuing batches, replacing messages and their index entries, reading them;
+//! - `content.rs`: a message's sealed content, apart from its record when large;
+//! - `claims.rs`: claims held in memory;
+//! - `windows.rs`: rate-limit windows and quota tallies;
+//! - `tokens.rs`: the [`TokenStore`](super::TokenStore);
+//! - `recovery.rs`: crash repair, batches and claims left by a dead process, migration.
 
 use std::path::Path;
 use std::time::SystemTime;

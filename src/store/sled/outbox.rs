@@ -385,7 +385,7 @@ impl SledStore {
         Ok(None)
     }
 
-    /// [`Store::swap_message`] but for the wait for durability: a claim (not `durable`, to
+    /// [`crate::store::Store::swap_message`] but for the wait for durability: a claim (not `durable`, to
     /// `SENDING` from a pending state) is held in memory, anything else replaces the record
     /// and moves its index entries under an intent.
     pub(super) fn replace_message(
