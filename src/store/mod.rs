@@ -1,13 +1,16 @@
 //! Persistence: the [`Store`] trait, one atomic operation per need of the domain, and its
-//! backends (`sled.rs`, the embedded default, whose files `sled_files.rs` syncs at each
-//! group commit). Backends keep domain records in one encoding (`encode`, `decode`: a
-//! format byte, then postcard; JSON from earlier versions), each record's earlier layouts
-//! still read (`layouts.rs`); nothing backend-specific crosses this trait.
+//! backends, each a folder of files with one concern each: `sled/`, the embedded default
+//! (group-committed flushes, each ending with a real sync of sled's files), and `etcd/`,
+//! shared by replicas (the `etcd` feature). Both write the keys of one shared layout
+//! (`keyspace.rs`: every family of keys and the order of its parts, written once). Backends
+//! keep domain records in one encoding (`encode`, `decode`: a format byte, then postcard;
+//! JSON from earlier versions), each record's earlier layouts still read (`layouts.rs`);
+//! nothing backend-specific crosses this trait.
 //!
 //! Every write answers only once it is durable: a caller that got `Ok` never loses it to a
 //! crash of this process, nor of the machine (a power cut, a kernel panic).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
@@ -20,9 +23,11 @@ use crate::tokens::{Purpose, RateWindow, Token};
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+mod keyspace;
 mod layouts;
 pub mod sled;
-mod sled_files;
+
+pub(crate) use keyspace::{state_name, time_from_key, time_key};
 
 /// Errors of a store.
 #[derive(Debug, thiserror::Error)]
@@ -291,17 +296,6 @@ pub trait TokenStore: Send + Sync {
     ) -> Result<Option<std::time::Duration>>;
 }
 
-/// Microseconds since the epoch, big-endian: time as a sortable key.
-pub(crate) fn time_key(t: SystemTime) -> [u8; 8] {
-    let micros = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
-    u64::try_from(micros).unwrap_or(u64::MAX).to_be_bytes()
-}
-
-/// The time of a [`time_key`].
-pub(crate) fn time_from_key(key: [u8; 8]) -> SystemTime {
-    UNIX_EPOCH + std::time::Duration::from_micros(u64::from_be_bytes(key))
-}
-
 /// What [`Store::commit_batch`] answers for a batch whose staged messages are gone: the
 /// request failed (`UNAVAILABLE`, retried with a new batch), never an acknowledgement.
 pub fn batch_gone(batch: &str) -> StoreError {
@@ -320,19 +314,6 @@ pub(crate) async fn stage_and_commit<S: Store + ?Sized>(
 ) -> Result<Option<Idempotency>> {
     store.stage_messages(batch, messages).await?;
     store.commit_batch(batch, key).await
-}
-
-/// A message state's name in index keys.
-pub(crate) fn state_name(state: crate::notify::MessageState) -> &'static str {
-    use crate::notify::MessageState;
-    match state {
-        MessageState::Queued => "queued",
-        MessageState::Sending => "sending",
-        MessageState::Sent => "sent",
-        MessageState::Retrying => "retrying",
-        MessageState::Dead => "dead",
-        MessageState::Cancelled => "cancelled",
-    }
 }
 
 /// The first byte of a record in the compact encoding (postcard): the first layout of every
@@ -409,6 +390,8 @@ pub(crate) fn decode<T: Record + DeserializeOwned>(key: &str, bytes: &[u8]) -> R
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use crate::crypto::Sealed;
     use crate::tokens::sample;

@@ -44,7 +44,7 @@ pub(super) struct Commits {
     failed: OnceLock<String>,
 }
 
-/// The group commits of a store so far (see [`super::sled::SledStore::commits`]).
+/// The group commits of a store so far (see [`super::SledStore::commits`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CommitCounts {
     /// Commits that began: sled's flush started, after every write of their batch was made.
