@@ -30,6 +30,10 @@
 //! - [`catcher`]: `mailroom catch-mail`, the mail catcher for trying mailroom and for tests
 //!   (an SMTP server that prints and files every message; not a relay).
 //! - [`proto`]: the generated contract (`proto/mailroom/v1`).
+//!
+//! No `unsafe` here: the one use in the project is the allocator's option in `main.rs`.
+
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;

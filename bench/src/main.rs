@@ -19,6 +19,8 @@
 //! sets the server's `RUST_LOG` (it must keep `mailroom::server=info`: the tool reads the
 //! server's address from that log), and the server's log lines are then copied to stderr.
 
+#![forbid(unsafe_code)]
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
