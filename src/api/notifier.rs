@@ -30,26 +30,25 @@ fn format(value: i32) -> Result<BodyFormat, Status> {
         .ok_or_else(|| invalid(&violation("format", "is not a known BodyFormat value")))
 }
 
-/// What both notifiers' requests share: from, subject, body, format, context and key.
-type Parts = (
-    String,
-    String,
-    String,
-    i32,
-    Option<prost_types::Struct>,
-    String,
-);
+/// What both notifiers' requests share, as they come.
+struct Shared {
+    from: String,
+    subject: String,
+    body: String,
+    format: i32,
+    context: Option<prost_types::Struct>,
+    idempotency_key: String,
+}
 
-fn notification(organisation: String, parts: Parts) -> Result<Notification, Status> {
-    let (from, subject, body, body_format, context, idempotency_key) = parts;
+fn notification(organisation: String, shared: Shared) -> Result<Notification, Status> {
     Ok(Notification {
         organisation,
-        from,
-        subject,
-        body,
-        format: format(body_format)?,
-        context: convert::json_object(context),
-        idempotency_key,
+        from: shared.from,
+        subject: shared.subject,
+        body: shared.body,
+        format: format(shared.format)?,
+        context: convert::json_object(shared.context),
+        idempotency_key: shared.idempotency_key,
     })
 }
 
@@ -82,15 +81,15 @@ impl Notifier for NotifierApi {
             .await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
-        let parts = (
-            r.from,
-            r.subject,
-            r.body,
-            r.format,
-            r.context,
-            r.idempotency_key,
-        );
-        let notification = notification(organisation, parts)?;
+        let shared = Shared {
+            from: r.from,
+            subject: r.subject,
+            body: r.body,
+            format: r.format,
+            context: r.context,
+            idempotency_key: r.idempotency_key,
+        };
+        let notification = notification(organisation, shared)?;
         let queued = self.notify.send_to_addresses(notification, r.to).await?;
         tracing::info!(
             recipients = queued.recipients,
@@ -110,17 +109,17 @@ impl Notifier for NotifierApi {
             .await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
-        let parts = (
-            r.from,
-            r.subject,
-            r.body,
-            r.format,
-            r.context,
-            r.idempotency_key,
-        );
+        let shared = Shared {
+            from: r.from,
+            subject: r.subject,
+            body: r.body,
+            format: r.format,
+            context: r.context,
+            idempotency_key: r.idempotency_key,
+        };
         let queued = self
             .notify
-            .send_to_users(notification(organisation, parts)?)
+            .send_to_users(notification(organisation, shared)?)
             .await?;
         tracing::info!(
             recipients = queued.recipients,

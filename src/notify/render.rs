@@ -40,7 +40,7 @@ impl NotifyService {
         } else {
             templates
                 .render("from", data)
-                .map_err(|e| merge(&mut v, e))
+                .map_err(|e| v.absorb(&e))
                 .ok()
                 .and_then(|from| {
                     let from = mailbox(&from).and_then(|m| settings.check_sender(&m).map(|()| m));
@@ -49,12 +49,12 @@ impl NotifyService {
         };
         let subject = templates
             .render("subject", data)
-            .map_err(|e| merge(&mut v, e))
+            .map_err(|e| v.absorb(&e))
             .ok()
             .and_then(|s| v.check("subject", header_value(s)));
         let body = templates
             .render("body", data)
-            .map_err(|e| merge(&mut v, e))
+            .map_err(|e| v.absorb(&e))
             .ok();
         let (Some(from), Some(subject), Some(body)) = (from, subject, body) else {
             return Err(v);
@@ -129,10 +129,6 @@ pub(super) fn check_notification(n: &Notification) -> Violations {
         validation::text(&n.idempotency_key, false, 200),
     );
     v
-}
-
-pub(super) fn merge(into: &mut Violations, found: Violations) {
-    into.absorb(&found);
 }
 
 pub(super) fn has_line_break(s: &str) -> bool {
