@@ -12,14 +12,14 @@
 //! queue each); the commit is one transaction that turns the staging record
 //! (`outbox/s/<batch>`) into a commit marker (`outbox/c/<batch>`) together with the
 //! idempotency key, after which the index entries are written in chunks. A replica that
-//! dies between the two leaves the marker, and [`Store::recover_batches`] on any replica
+//! dies between the two leaves the marker, and [`OutboxStore::recover_batches`] on any replica
 //! finishes the job; a batch never committed is dropped the same way. A small batch is
 //! committed and queued in one transaction. An idempotency record of more than
 //! `IDS_INLINE` messages keeps their ids apart (`outbox/ii/<batch>/`), written before the
 //! commit and named by the record.
 //!
 //! The settings and API keys are watched: another replica's change reaches
-//! [`Store::changes`] as it happens.
+//! [`Backend::changes`] as it happens.
 //!
 //! The connection may be TLS (etcd's CA, a client certificate) and authenticated as an etcd
 //! user: [`EtcdSecurity`].
@@ -85,7 +85,7 @@ pub struct EtcdStore {
     kv: KvClient,
     prefix: String,
     changes: broadcast::Sender<Changed>,
-    /// [`Store::watch_epoch`]: 0 while the watch is not established.
+    /// [`Backend::watch_epoch`]: 0 while the watch is not established.
     epoch: Arc<AtomicU64>,
     watcher: tokio::task::JoinHandle<()>,
 }
