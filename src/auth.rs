@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
@@ -21,7 +22,7 @@ use zeroize::Zeroizing;
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::crypto;
-use crate::store::{Store, StoreError};
+use crate::ports::{After, Backend, Result as StoreResult, StoreError};
 use crate::validation::{self, Violations};
 
 /// The organisation whose keys may act for every organisation.
@@ -208,11 +209,35 @@ pub struct NewKey {
     pub secret: SecretString,
 }
 
+/// The API keys of the store (`store::sled`, `store::etcd`). Each method is atomic and
+/// each write durable. Keys are cached in memory, so the port extends [`Backend`] for its
+/// watch epoch: a key another replica revoked is never served from the cache.
+#[async_trait]
+pub trait ApiKeyStore: Backend {
+    /// Adds an API key. With `only_if_first`, adds it only to a store that never held a key
+    /// (the bootstrap key: several replicas may race to create it) and says whether it did.
+    async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> StoreResult<bool>;
+
+    /// The key whose secret has this SHA-256 digest (hex).
+    async fn api_key_by_digest(&self, digest: &str) -> StoreResult<Option<ApiKey>>;
+
+    /// Keys in id order, after `after`, at most `limit`.
+    async fn list_api_keys(&self, after: After<'_>, limit: usize) -> StoreResult<Vec<ApiKey>>;
+
+    /// Marks a key revoked if it belongs to `organisation` (any, for `None`); the key as it
+    /// now is, `None` when unknown or another organisation's.
+    async fn revoke_api_key(
+        &self,
+        id: &str,
+        organisation: Option<&str>,
+    ) -> StoreResult<Option<ApiKey>>;
+}
+
 /// Checks callers' keys and manages keys. Keys that authenticated are kept in memory by
 /// digest (every RPC checks one); revoking a key through this process forgets it at once.
 #[derive(Clone)]
 pub struct Authenticator {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ApiKeyStore>,
     clock: Clock,
     /// Keys by digest, served only in the watch epoch they were read in.
     known: Arc<Cache<String, Arc<ApiKey>>>,
@@ -220,7 +245,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// An authenticator over the keys in `store`.
-    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
+    pub fn new(store: Arc<dyn ApiKeyStore>, clock: Clock) -> Self {
         Self {
             store,
             clock,

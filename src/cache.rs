@@ -1,6 +1,6 @@
 //! Values kept in memory in front of the store (settings, API keys), forgotten when the
 //! store reports that another process changed them, and served only while it can report
-//! it: each value is kept with the store's watch epoch (`Store::watch_epoch`) it was read
+//! it: each value is kept with the store's watch epoch (`Backend::watch_epoch`) it was read
 //! in, and served only in that same epoch.
 
 use std::borrow::Borrow;

@@ -17,8 +17,12 @@
 //! - [`tokens`]: password-reset and invitation tokens and their emails.
 //! - [`mail`]: SMTP: the TLS policy, lettre connections from the settings, the staged test, the
 //!   templates, the delivery workers, and XOAUTH2's OAuth2 access tokens.
-//! - [`store`]: the [`store::Store`] trait and its backends (`store::sled`, and
-//!   `store::etcd` for several replicas with the `etcd` feature).
+//! - [`ports`]: what the domain and the store share: [`ports::StoreError`], paging, change
+//!   notices and [`ports::Backend`] (flush, health, watch epoch). Each domain module defines
+//!   the store trait it needs next to its records.
+//! - [`store`]: the backends implementing the domain's ports (`store::sled`, and
+//!   `store::etcd` for several replicas with the `etcd` feature), and [`store::Store`], all
+//!   ports over one backend, for the wiring.
 //! - `etcd_access` (the `etcd` feature): TLS and the etcd user, read from the files the
 //!   `--etcd-*` flags name and checked before connecting.
 //! - [`cache`]: settings and API keys kept in memory, forgotten when another replica
@@ -48,6 +52,7 @@ pub mod etcd_access;
 pub mod mail;
 pub mod metrics;
 pub mod notify;
+pub mod ports;
 pub mod proto;
 pub mod quota;
 pub mod server;

@@ -896,8 +896,8 @@ async fn a_batch_never_queued_is_dropped_at_start() {
     let _watchdog = crate::support::watchdog();
     use mailroom::crypto::MasterKey;
     use mailroom::notify::OutgoingEmail;
+    use mailroom::store::prelude::*;
     use mailroom::store::sled::SledStore;
-    use mailroom::store::Store;
 
     let dir = tempfile::tempdir().unwrap();
     let staged = {

@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use mailroom::config::{Args, StoreKind};
 use mailroom::notify::MessageState;
 use mailroom::proto::v1 as pb;
-use mailroom::store::Store;
+use mailroom::store::prelude::*;
 use support::etcd::Etcd;
 use support::process::Process;
 use support::proxy::{Mode, Proxy};

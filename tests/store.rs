@@ -11,8 +11,9 @@ use mailroom::crypto::MasterKey;
 use mailroom::directory::User;
 use mailroom::notify::{Idempotency, MessageState, OutboxMessage, Queued};
 use mailroom::settings::SmtpSettings;
+use mailroom::store::prelude::*;
 use mailroom::store::sled::SledStore;
-use mailroom::store::{Store, StoreError};
+use mailroom::store::StoreError;
 use mailroom::tokens::{Purpose, Token, TokenState};
 use secrecy::ExposeSecret;
 

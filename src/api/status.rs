@@ -9,9 +9,9 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use crate::auth::AuthError;
 use crate::directory::{DirectoryError, NotInOrganisation};
 use crate::notify::NotifyError;
+use crate::ports::StoreError;
 use crate::quota::OverQuota;
 use crate::settings::{SettingsError, Unset};
-use crate::store::StoreError;
 use crate::tokens::TokenError;
 use crate::validation::Violations;
 

@@ -6,12 +6,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use async_trait::async_trait;
 use lettre::Address;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
+use crate::ports::{After, Result as StoreResult, StoreError};
 use crate::quota::Hourly;
-use crate::store::{Store, StoreError};
 use crate::validation::{self, Violations};
 
 /// A user of the platform.
@@ -146,23 +147,63 @@ fn invisible(c: char) -> bool {
         | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
+/// The users of the store (`store::sled`, `store::etcd`). Each method is atomic and each
+/// write durable.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates or replaces a user (and its organisation memberships).
+    async fn put_user(&self, user: &User) -> StoreResult<()>;
+
+    /// One user.
+    async fn user(&self, login: &str) -> StoreResult<Option<User>>;
+
+    /// Removes a user; the user as it was, `None` when unknown.
+    async fn delete_user(&self, login: &str) -> StoreResult<Option<User>>;
+
+    /// Users of an organisation in login order, after `after`, at most `limit`.
+    async fn list_users(
+        &self,
+        organisation: &str,
+        after: After<'_>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>>;
+}
+
+/// What ends with a membership: the tokens issued under it. Any `tokens::TokenStore` is
+/// one (the directory does not know tokens; tokens know the directory).
+#[async_trait]
+pub trait MembershipTokens: Send + Sync {
+    /// Revokes the tokens of `login` active at `now` issued for organisations not in
+    /// `kept`, each organisation's in one atomic, durable write. How many.
+    async fn revoke_tokens_outside(
+        &self,
+        login: &str,
+        kept: &[String],
+        now: SystemTime,
+    ) -> StoreResult<u32>;
+}
+
 /// Most organisations one user belongs to.
 pub const MAX_ORGANISATIONS: usize = 100;
 
 /// Reads and changes users.
 #[derive(Clone)]
 pub struct DirectoryService {
-    store: Arc<dyn Store>,
+    store: Arc<dyn UserStore>,
+    /// The tokens of the memberships that end.
+    tokens: Arc<dyn MembershipTokens>,
     clock: Clock,
     /// Users created or replaced per organisation and hour, by keys of that organisation.
     changes: Arc<Hourly>,
 }
 
 impl DirectoryService {
-    /// The directory in `store`.
-    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
+    /// The directory of the users in `store`, revoking in `tokens` what a membership that
+    /// ends leaves.
+    pub fn new(store: Arc<dyn UserStore>, tokens: Arc<dyn MembershipTokens>, clock: Clock) -> Self {
         Self {
             store,
+            tokens,
             clock,
             changes: Arc::new(Hourly::new("user_changes_per_hour", u64::MAX)),
         }
@@ -259,22 +300,9 @@ impl DirectoryService {
     /// Revokes the active tokens of `login` issued for organisations not in `kept`: a
     /// token never outlives the membership it was issued under.
     async fn revoke_outside(&self, login: &str, kept: &[String]) -> Result<(), DirectoryError> {
-        let mut others: Vec<String> = self
-            .store
-            .tokens_of(login)
-            .await?
-            .into_iter()
-            .map(|t| t.organisation)
-            .filter(|o| !kept.contains(o))
-            .collect();
-        others.sort();
-        others.dedup();
-        let now = self.clock.now();
-        for organisation in others {
-            self.store
-                .revoke_tokens(login, None, Some(&organisation), now)
-                .await?;
-        }
+        self.tokens
+            .revoke_tokens_outside(login, kept, self.clock.now())
+            .await?;
         Ok(())
     }
 

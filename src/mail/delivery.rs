@@ -38,9 +38,8 @@ use super::connection::{self, Failed, Login, Stage, Stages};
 use crate::clock::Clock;
 use crate::crypto;
 use crate::metrics::Metrics;
-use crate::notify::{Attempt, OutboxMessage, CONTENT_PURPOSE};
+use crate::notify::{Attempt, OutboxMessage, OutboxStore, CONTENT_PURPOSE};
 use crate::settings::{human, SettingsService, SmtpSettings};
-use crate::store::Store;
 
 /// Longest sleep of an idle dispatcher (a backstop against clock jumps).
 const MAX_IDLE: Duration = Duration::from_secs(30);
@@ -60,7 +59,7 @@ const MAX_RELAY_PAUSE: Duration = crate::notify::message::BACKOFF_BASE;
 
 /// The delivery workers of one process.
 pub struct Delivery {
-    store: Arc<dyn Store>,
+    store: Arc<dyn OutboxStore>,
     settings: SettingsService,
     clock: Clock,
     wake: Arc<Notify>,
@@ -77,7 +76,7 @@ type Job = (OutboxMessage, Arc<SmtpSettings>);
 impl Delivery {
     /// Workers sending at most `workers` messages at once, woken by `wake`.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn OutboxStore>,
         settings: SettingsService,
         clock: Clock,
         wake: Arc<Notify>,
@@ -269,7 +268,7 @@ async fn quit(mut open: Open, within: Duration) {
 
 /// One sender: takes jobs, keeps a connection.
 struct Sender {
-    store: Arc<dyn Store>,
+    store: Arc<dyn OutboxStore>,
     settings: SettingsService,
     clock: Clock,
     connection: Option<Open>,

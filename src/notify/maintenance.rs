@@ -10,7 +10,7 @@ impl NotifyService {
     pub async fn purge_idempotency(&self) -> Result<usize, NotifyError> {
         let now = self.clock.now();
         let before = now.checked_sub(KEEP_IDEMPOTENCY).unwrap_or(now);
-        Ok(self.store.purge_idempotency(before).await?)
+        Ok(self.outbox.purge_idempotency(before).await?)
     }
 
     /// Forgets the finished messages (`SENT`, `DEAD`, `CANCELLED`) queued, or last requeued,
@@ -34,7 +34,7 @@ impl NotifyService {
                 if message.due_at().is_none()
                     && message.window_start < before
                     && self
-                        .store
+                        .outbox
                         .remove_message(message.version, &message.id)
                         .await?
                 {
@@ -50,7 +50,7 @@ impl NotifyService {
         &self,
         after: &mut Option<String>,
     ) -> Result<Vec<OutboxMessage>, NotifyError> {
-        let page = self.store.all_messages(after.as_deref(), 500).await?;
+        let page = self.outbox.all_messages(after.as_deref(), 500).await?;
         if let Some(last) = page.last() {
             *after = Some(last.id.clone());
         }
@@ -58,16 +58,16 @@ impl NotifyService {
     }
 
     /// Settles the batches of requests that stopped halfway, staged or committed before
-    /// `before` (see [`Store::recover_batches`]). How many batches.
+    /// `before` (see [`OutboxStore::recover_batches`](super::OutboxStore::recover_batches)). How many batches.
     pub async fn recover_batches(&self, before: SystemTime) -> Result<usize, NotifyError> {
-        Ok(self.store.recover_batches(before).await?)
+        Ok(self.outbox.recover_batches(before).await?)
     }
 
     /// Makes every claimed message due now: for a store only this process can open, the
     /// claims found at start belong to a process that died. Returns how many. The store
     /// finds them by its indexes: start reads none of the backlog's bodies.
     pub async fn release_claims(&self) -> Result<usize, NotifyError> {
-        Ok(self.store.release_claims(self.clock.now()).await?)
+        Ok(self.outbox.release_claims(self.clock.now()).await?)
     }
 
     /// Seals every message's content again with the master key's sealing key (after a
@@ -85,7 +85,7 @@ impl NotifyService {
             }
             // A page holds no contents: each is read with its message, one at a time.
             for listed in page {
-                let Some(message) = self.store.message(&listed.id).await? else {
+                let Some(message) = self.outbox.message(&listed.id).await? else {
                     continue;
                 };
                 let Some(sealed) = &message.content else {
@@ -96,14 +96,14 @@ impl NotifyService {
                 next.content = Some(key.seal_bytes(CONTENT_PURPOSE, &content));
                 next.version += 1;
                 if self
-                    .store
+                    .outbox
                     .swap_message(message.version, &next, false)
                     .await?
                 {
                     count += 1;
                 }
             }
-            self.store.flush().await?;
+            self.outbox.flush().await?;
             tracing::info!(resealed = count, "message contents re-sealed so far");
         }
         Ok(count)

@@ -18,9 +18,10 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::clock::Clock;
 use crate::crypto::CryptoError;
+use crate::directory::UserStore;
 use crate::metrics::Metrics;
+use crate::ports::StoreError;
 use crate::settings::{SettingsError, SettingsService};
-use crate::store::{Store, StoreError};
 use crate::validation::Violations;
 use template::{BodyFormat, TemplateCache};
 
@@ -29,6 +30,7 @@ mod maintenance;
 pub mod message;
 mod notices;
 mod outbox;
+mod port;
 mod quota;
 mod render;
 pub mod sandbox;
@@ -40,6 +42,7 @@ pub mod template;
 pub use email::{OutgoingEmail, SealError, MAX_MESSAGE_BYTES};
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
 pub use notices::NoticeKind;
+pub use port::{batch_gone, stage_and_commit, OutboxStore};
 use quota::PendingCounts;
 pub use quota::{OverQuota, Quotas, Tally};
 pub use render::MAX_HEADER_BYTES;
@@ -159,7 +162,9 @@ impl From<SettingsError> for NotifyError {
 /// Queues and manages notifications.
 #[derive(Clone)]
 pub struct NotifyService {
-    store: Arc<dyn Store>,
+    outbox: Arc<dyn OutboxStore>,
+    /// The recipients of EmailerToUser and of account notices.
+    users: Arc<dyn UserStore>,
     /// Compiled request templates, bounded in bytes: any caller sends templates.
     templates: Arc<TemplateCache>,
     quotas: Quotas,
@@ -179,16 +184,19 @@ pub struct NotifyService {
 }
 
 impl NotifyService {
-    /// The notifier over `store`, waking delivery through `wake` when it queues mail.
+    /// The notifier over `outbox`, sending to the `users` of a directory, waking delivery
+    /// through `wake` when it queues mail.
     pub fn new(
-        store: Arc<dyn Store>,
+        outbox: Arc<dyn OutboxStore>,
+        users: Arc<dyn UserStore>,
         settings: SettingsService,
         clock: Clock,
         wake: Arc<Notify>,
         metrics: Metrics,
     ) -> Self {
         Self {
-            store,
+            outbox,
+            users,
             templates: Arc::new(TemplateCache::new(KEPT_TEMPLATE_BYTES)),
             quotas: Quotas::default(),
             pending: Arc::default(),

@@ -100,7 +100,7 @@ impl NotifyService {
         };
         v.into_result(()).map_err(NotifyError::Invalid)?;
         let kind = kind.expect("checked above");
-        let found = self.store.user(login).await?;
+        let found = self.users.user(login).await?;
         let user = crate::directory::member_of(found, login, organisation)?
             .ok_or_else(|| NotifyError::NoUser(login.to_string()))?;
         let address = user

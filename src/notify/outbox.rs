@@ -5,7 +5,7 @@ use super::{MessageState, NotifyError, NotifyService, OutboxMessage, StateError}
 impl NotifyService {
     /// One message; `scope` limits it to an organisation (`None`: any).
     pub async fn get(&self, id: &str, scope: Option<&str>) -> Result<OutboxMessage, NotifyError> {
-        self.store
+        self.outbox
             .message(id)
             .await?
             .filter(|m| scope.is_none_or(|org| m.organisation == org))
@@ -22,7 +22,7 @@ impl NotifyService {
         limit: usize,
     ) -> Result<Vec<OutboxMessage>, NotifyError> {
         Ok(self
-            .store
+            .outbox
             .list_messages(organisation, state, after.as_deref(), limit)
             .await?)
     }
@@ -67,7 +67,7 @@ impl NotifyService {
             apply(&mut next)?;
             next.version += 1;
             if self
-                .store
+                .outbox
                 .swap_message(current.version, &next, true)
                 .await?
             {

@@ -18,8 +18,8 @@ use super::{
 };
 use crate::crypto;
 use crate::metrics::Metrics;
+use crate::ports::StoreError;
 use crate::settings::SmtpSettings;
-use crate::store::StoreError;
 use crate::validation;
 
 impl NotifyService {
@@ -185,7 +185,7 @@ impl NotifyService {
             let mut after: Option<String> = None;
             'pages: loop {
                 let users = self
-                    .store
+                    .users
                     .list_users(&n.organisation, after.as_deref(), USER_PAGE)
                     .await?;
                 let Some(last) = users.last() else { break };
@@ -263,7 +263,7 @@ impl NotifyService {
     /// Queues messages [`NotifyService::charge`] counted, durably.
     pub async fn queue_charged(&self, messages: Vec<OutboxMessage>) -> Result<(), NotifyError> {
         let batch = crypto::random_id("batch_");
-        self.store.queue_messages(&batch, &messages, None).await?;
+        self.outbox.queue_messages(&batch, &messages, None).await?;
         self.metrics.messages("queued", messages.len());
         self.wake.notify_one();
         Ok(())
@@ -275,7 +275,7 @@ impl NotifyService {
             return Ok(None);
         }
         let Some(first) = self
-            .store
+            .outbox
             .idempotency(&n.organisation, &n.idempotency_key)
             .await?
         else {
@@ -288,7 +288,7 @@ impl NotifyService {
     /// to reach the disk (a group commit in flight): a retry that answered before it would
     /// hand out ids that a crash could still lose, so it waits for the same durability.
     pub(super) async fn replay(&self, first: Idempotency) -> Result<Queued, NotifyError> {
-        self.store.flush().await?;
+        self.outbox.flush().await?;
         Ok(Queued {
             duplicate: true,
             ..first.queued

@@ -57,7 +57,7 @@ impl NotifyService {
     ) -> Result<(), NotifyError> {
         let key = format!("{quota}/{organisation}");
         let now = self.clock.now();
-        match self.store.tally(&key, now, window, amount, limit).await? {
+        match self.outbox.tally(&key, now, window, amount, limit).await? {
             Some(retry_after) => Err(NotifyError::OverQuota(OverQuota {
                 quota,
                 limit,
@@ -80,7 +80,7 @@ impl NotifyService {
             None => {
                 let at = std::time::Instant::now();
                 let pending = self
-                    .store
+                    .outbox
                     .pending_of(organisation, self.quotas.pending_messages.saturating_add(1))
                     .await?;
                 self.pending.keep(organisation, at, pending);

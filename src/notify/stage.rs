@@ -118,7 +118,7 @@ impl<'a> Stager<'a> {
             // Refused: the caller abandons what was staged before.
             self.spend_held().await?;
             self.notify
-                .store
+                .outbox
                 .stage_messages(&self.batch, &self.held)
                 .await?;
             self.held.clear();
@@ -139,7 +139,7 @@ impl<'a> Stager<'a> {
             self.abandon().await?;
             return Err(e);
         }
-        let store = &self.notify.store;
+        let store = &self.notify.outbox;
         let first = if self.staged {
             store.stage_messages(&self.batch, &self.held).await?;
             store.commit_batch(&self.batch, key).await?
@@ -152,7 +152,7 @@ impl<'a> Stager<'a> {
     /// Forgets what was staged (a request that failed halfway).
     pub async fn abandon(self) -> Result<(), NotifyError> {
         if self.staged {
-            self.notify.store.discard_batch(&self.batch).await?;
+            self.notify.outbox.discard_batch(&self.batch).await?;
         }
         Ok(())
     }

@@ -55,6 +55,7 @@ pub async fn rotate_master_key(args: &Args) -> anyhow::Result<usize> {
     let settings = SettingsService::new(store.clone(), keyring.clone(), args.clock.clone());
     let notify = NotifyService::new(
         store.clone(),
+        store.clone(),
         settings.clone(),
         args.clock.clone(),
         Arc::new(Notify::new()),

@@ -120,10 +120,11 @@ impl Mailroom {
                 .deny_private_addresses(args.smtp_deny_private_addresses)
                 .resolver(args.resolver.clone())
                 .metrics(metrics.clone());
-        let directory = DirectoryService::new(store.clone(), args.clock.clone())
+        let directory = DirectoryService::new(store.clone(), store.clone(), args.clock.clone())
             .with_org_limit(args.org_user_changes_per_hour);
         let wake = Arc::new(Notify::new());
         let notify = NotifyService::new(
+            store.clone(),
             store.clone(),
             settings.clone(),
             args.clock.clone(),
@@ -137,6 +138,7 @@ impl Mailroom {
             bytes_per_day: args.org_bytes_per_day,
         });
         let tokens = TokenService::new(
+            store.clone(),
             store.clone(),
             settings.clone(),
             notify.clone(),

@@ -25,16 +25,18 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, MasterKey, Sealed};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::ports::StoreError;
 use crate::validation::{self, Violations};
 
 mod auth;
 mod fields;
 pub mod guard;
+mod port;
 
 pub use auth::{Auth, AuthDraft, Grant, Mechanism, OAuth2, OAuth2Draft, Provider};
 pub use fields::{Host, LinkOrigin, Port, Security, Sender, SenderDomain};
 pub use guard::{AddressGuard, Resolve, Resolver};
+pub use port::SettingsStore;
 
 /// Default bound on an SMTP exchange.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -426,7 +428,7 @@ impl SecretChange {
 /// memory once read, and replaced when this process updates them.
 #[derive(Clone)]
 pub struct SettingsService {
-    store: Arc<dyn Store>,
+    store: Arc<dyn SettingsStore>,
     master_key: Arc<MasterKey>,
     clock: Clock,
     cache: Arc<Cache<(), Option<Arc<SmtpSettings>>>>,
@@ -436,7 +438,7 @@ pub struct SettingsService {
 
 impl SettingsService {
     /// A service over `store`, sealing secrets with `master_key`.
-    pub fn new(store: Arc<dyn Store>, master_key: Arc<MasterKey>, clock: Clock) -> Self {
+    pub fn new(store: Arc<dyn SettingsStore>, master_key: Arc<MasterKey>, clock: Clock) -> Self {
         Self {
             store,
             master_key,

@@ -1,16 +1,17 @@
-//! Persistence: the [`Store`] trait, one atomic operation per need of the domain, and its
-//! backends, each a folder of files with one concern each: `sled/`, the embedded default
+//! Persistence: the domain's ports (`settings::SettingsStore`, `auth::ApiKeyStore`,
+//! `directory::UserStore`, `tokens::TokenStore`, `notify::OutboxStore`, each defined next to
+//! its records), implemented here by two backends, and [`Store`], all of them over one
+//! backend for the wiring. This module imports the domain's records and ports and
+//! `crate::ports` (errors, paging, [`Backend`]); no domain module imports it. The backends, each a folder of files with one concern each: `sled/`, the embedded default
 //! (group-committed flushes, each ending with a real sync of sled's files), and `etcd/`,
 //! shared by replicas (the `etcd` feature). Both write the keys of one shared layout
 //! (`keyspace.rs`: every family of keys and the order of its parts, written once). Backends
 //! keep domain records in one encoding (`encode`, `decode`: a format byte, then postcard;
 //! JSON from earlier versions), each record's earlier layouts still read (`layouts.rs`);
-//! nothing backend-specific crosses this trait.
+//! nothing backend-specific crosses the ports.
 //!
 //! Every write answers only once it is durable: a caller that got `Ok` never loses it to a
 //! crash of this process, nor of the machine (a power cut, a kernel panic).
-
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
@@ -18,8 +19,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::auth::ApiKey;
 use crate::directory::User;
 use crate::notify::{Idempotency, OutboxMessage};
-use crate::settings::SmtpSettings;
-use crate::tokens::{Purpose, RateWindow, Token};
+use crate::tokens::{RateWindow, Token};
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -29,291 +29,41 @@ pub mod sled;
 
 pub(crate) use keyspace::{state_name, time_from_key, time_key};
 
-/// Errors of a store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The backend failed or cannot be reached; the operation may be retried.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// A stored record cannot be read back.
-    #[error("stored record {key} is corrupt: {reason}")]
-    Corrupt {
-        /// Which record.
-        key: String,
-        /// Why.
-        reason: String,
-    },
+pub use crate::auth::ApiKeyStore;
+pub use crate::directory::{MembershipTokens, UserStore};
+pub use crate::notify::{batch_gone, OutboxStore};
+pub use crate::ports::{After, Backend, Changed, Result, StoreError};
+pub use crate::settings::SettingsStore;
+pub use crate::tokens::TokenStore;
+
+/// Every port's trait, for code that calls a backend's methods directly (tests, tools):
+/// `use mailroom::store::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        ApiKeyStore, Backend, MembershipTokens, OutboxStore, SettingsStore, Store, TokenStore,
+        UserStore,
+    };
 }
 
-/// A cached part of the store that another process changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Changed {
-    /// The SMTP settings.
-    SmtpSettings,
-    /// An API key (created or revoked).
-    ApiKeys,
-}
-
-/// Result of a store operation.
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// Where paging resumes: the last key returned, exclusive.
-pub type After<'a> = Option<&'a str>;
-
-/// The persistence the domain needs. Each method is atomic.
+/// Every port of the domain over one backend, and the master key's check: what the wiring
+/// (`server/`) opens, and hands each service the ports it needs of.
 #[async_trait]
-pub trait Store: TokenStore + Send + Sync + 'static {
-    /// Whether only this process can use the store (sled locks its directory): then claims
-    /// found at start belong to a dead process.
-    fn exclusive(&self) -> bool;
-
-    /// Changes made by other processes to what this one caches (settings, API keys);
-    /// `None` when no other process can write to the store.
-    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Changed>>;
-
-    /// Whether what this process caches of the store (API keys) can be served now: `None`
-    /// while changes by other processes might not reach [`Store::changes`] (etcd's watch not
-    /// yet established, or broken); otherwise a number that differs from any earlier one
-    /// whenever changes may have been missed in between, so that nothing cached before is
-    /// served. A store no other process writes is always `Some(0)`.
-    fn watch_epoch(&self) -> Option<u64> {
-        Some(0)
-    }
-
-    /// Answers when the store is reachable (health).
-    async fn ping(&self) -> Result<()>;
-
-    /// Makes every earlier write durable (shutdown).
-    async fn flush(&self) -> Result<()>;
-
+pub trait Store:
+    Backend
+    + SettingsStore
+    + ApiKeyStore
+    + UserStore
+    + MembershipTokens
+    + TokenStore
+    + OutboxStore
+    + 'static
+{
     /// A value sealed with the master key when the store was created: proof at start that
     /// the key opens this store's secrets.
     async fn key_check(&self) -> Result<Option<crate::crypto::Sealed>>;
 
     /// Replaces the key check (first start, key rotation). Durable.
     async fn set_key_check(&self, sealed: &crate::crypto::Sealed) -> Result<()>;
-
-    /// The SMTP settings, when ever saved.
-    async fn smtp_settings(&self) -> Result<Option<SmtpSettings>>;
-
-    /// Replaces the SMTP settings if their stored revision is still `expected_revision`
-    /// (0: never saved). `Ok(false)` when another write came first.
-    async fn swap_smtp_settings(
-        &self,
-        expected_revision: u64,
-        settings: &SmtpSettings,
-    ) -> Result<bool>;
-
-    /// Adds an API key. With `only_if_first`, adds it only to a store that never held a key
-    /// (the bootstrap key: several replicas may race to create it) and says whether it did.
-    async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool>;
-
-    /// The key whose secret has this SHA-256 digest (hex).
-    async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>>;
-
-    /// Keys in id order, after `after`, at most `limit`.
-    async fn list_api_keys(&self, after: After<'_>, limit: usize) -> Result<Vec<ApiKey>>;
-
-    /// Marks a key revoked if it belongs to `organisation` (any, for `None`); the key as it
-    /// now is, `None` when unknown or another organisation's.
-    async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>>;
-
-    /// Creates or replaces a user (and its organisation memberships).
-    async fn put_user(&self, user: &User) -> Result<()>;
-
-    /// One user.
-    async fn user(&self, login: &str) -> Result<Option<User>>;
-
-    /// Removes a user; the user as it was, `None` when unknown.
-    async fn delete_user(&self, login: &str) -> Result<Option<User>>;
-
-    /// Users of an organisation in login order, after `after`, at most `limit`.
-    async fn list_users(
-        &self,
-        organisation: &str,
-        after: After<'_>,
-        limit: usize,
-    ) -> Result<Vec<User>>;
-
-    /// Writes `messages` as part of batch `batch`, not yet queued: invisible to delivery and
-    /// to listing until [`Store::commit_batch`]. A large batch is staged in chunks (bounded
-    /// memory) and still queued in one atomic write.
-    async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()>;
-
-    /// Queues every message staged in `batch`, with `key` when given, in one atomic,
-    /// durable write. When `key` was used before, discards the batch instead and returns the
-    /// key's first use. A batch with nothing staged any more (dropped as abandoned while its
-    /// request was still running) is [`batch_gone`]: nothing may be acknowledged for it.
-    async fn commit_batch(
-        &self,
-        batch: &str,
-        key: Option<&Idempotency>,
-    ) -> Result<Option<Idempotency>>;
-
-    /// Queues `messages` (few enough to hold in memory) as batch `batch`, with `key` when
-    /// given: [`Store::stage_messages`] then [`Store::commit_batch`], in one write where
-    /// the backend can.
-    async fn queue_messages(
-        &self,
-        batch: &str,
-        messages: &[OutboxMessage],
-        key: Option<&Idempotency>,
-    ) -> Result<Option<Idempotency>> {
-        stage_and_commit(self, batch, messages, key).await
-    }
-
-    /// Forgets the messages staged in `batch` (a request that failed halfway).
-    async fn discard_batch(&self, batch: &str) -> Result<()>;
-
-    /// Settles the batches whose writer stopped halfway: forgets those staged before
-    /// `before` and never committed, and finishes queuing committed ones (a store that
-    /// queues a large batch in several writes after its atomic commit). On a store only
-    /// this process can open, called at start with the current time: every staged batch
-    /// then belongs to a dead process. How many batches.
-    async fn recover_batches(&self, before: SystemTime) -> Result<usize>;
-
-    /// On an [`exclusive`](Store::exclusive) store, at start: makes every claim stored by
-    /// the process that died due at `now`, reading no record but the claimed ones (start
-    /// must not read the backlog's bodies). How many. A shared store's claims come back
-    /// when their leases run out: by default, none is released.
-    async fn release_claims(&self, _now: SystemTime) -> Result<usize> {
-        Ok(0)
-    }
-
-    /// Forgets idempotency keys first used before `before`. How many.
-    async fn purge_idempotency(&self, before: SystemTime) -> Result<usize>;
-
-    /// Forgets a message and its index entries if its stored version is still `expected`.
-    /// `Ok(false)` when it changed or is gone.
-    async fn remove_message(&self, expected: u64, id: &str) -> Result<bool>;
-
-    /// The first use of an idempotency key.
-    async fn idempotency(&self, organisation: &str, key: &str) -> Result<Option<Idempotency>>;
-
-    /// One message.
-    async fn message(&self, id: &str) -> Result<Option<OutboxMessage>>;
-
-    /// Replaces a message if its stored version is still `expected_version`, keeping the
-    /// due index in step with [`OutboxMessage::due_at`]. `Ok(false)` when it changed.
-    /// With `durable`, answers once the write is on disk. An [`exclusive`](Store::exclusive)
-    /// store may hold a claim (a swap to `SENDING` from a pending state, not `durable`) in
-    /// memory only: every reader of the store sees it, and a crash forgets it, which leaves
-    /// the message due again at once.
-    async fn swap_message(
-        &self,
-        expected_version: u64,
-        message: &OutboxMessage,
-        durable: bool,
-    ) -> Result<bool>;
-
-    /// Messages due at `now` (pending, or with an expired lease), earliest first.
-    async fn due_messages(&self, now: SystemTime, limit: usize) -> Result<Vec<OutboxMessage>>;
-
-    /// When the earliest pending message is due.
-    async fn next_due(&self) -> Result<Option<SystemTime>>;
-
-    /// Every message in id order after `after`, at most `limit`, without their content
-    /// (as [`Store::list_messages`]): the sweep walks the whole outbox, from start on, and
-    /// key rotation reads each content with [`Store::message`].
-    async fn all_messages(&self, after: After<'_>, limit: usize) -> Result<Vec<OutboxMessage>>;
-
-    /// How many messages of `organisation` are pending (queued, retrying or claimed),
-    /// counting no further than `at_most` (the quota: a count bounded in time).
-    async fn pending_of(&self, organisation: &str, at_most: u64) -> Result<u64>;
-
-    /// Adds `amount` to the tally `key` at `now` unless its total over `window` would pass
-    /// `limit` (see [`crate::notify::Tally`]); else how long until it would fit.
-    async fn tally(
-        &self,
-        key: &str,
-        now: SystemTime,
-        window: std::time::Duration,
-        amount: u64,
-        limit: u64,
-    ) -> Result<Option<std::time::Duration>>;
-
-    /// How many messages are pending (queued, retrying or claimed).
-    async fn pending_messages(&self) -> Result<usize>;
-
-    /// Messages of an organisation (in `state`, when given) in id order, after `after`, at
-    /// most `limit`, **without their content** (`content` is `None`): a listing never
-    /// needs a body, and a page of a thousand messages near the size limit held with their
-    /// bodies came to 1.4 GB. sled keeps contents apart from records and reads none; etcd
-    /// drops each as its record is decoded. [`Store::message`] and
-    /// [`Store::due_messages`] read messages with their content: a listed message is never
-    /// the base of a [`Store::swap_message`].
-    async fn list_messages(
-        &self,
-        organisation: &str,
-        state: Option<crate::notify::MessageState>,
-        after: After<'_>,
-        limit: usize,
-    ) -> Result<Vec<OutboxMessage>>;
-}
-
-/// The token operations of a [`Store`]: issue (revoking earlier ones) and consume-once are
-/// atomic; each answers once durable.
-#[async_trait]
-pub trait TokenStore: Send + Sync {
-    /// Inserts `token`, first revoking the login's tokens of its purpose and organisation
-    /// that are active at `now` (another organisation's are not touched), in one atomic,
-    /// durable write. How many it revoked.
-    async fn issue_token(&self, token: &Token, now: SystemTime) -> Result<u32>;
-
-    /// The token whose secret has this digest.
-    async fn token_by_digest(&self, digest: &str) -> Result<Option<Token>>;
-
-    /// Replaces a token if its stored version is still `expected_version` (durable).
-    async fn swap_token(&self, expected_version: u64, token: &Token) -> Result<bool>;
-
-    /// A login's tokens, oldest first.
-    async fn tokens_of(&self, login: &str) -> Result<Vec<Token>>;
-
-    /// Revokes a login's tokens active at `now` (of `purpose`, in `organisation`, when
-    /// given) in one atomic, durable write. How many.
-    async fn revoke_tokens(
-        &self,
-        login: &str,
-        purpose: Option<Purpose>,
-        organisation: Option<&str>,
-        now: SystemTime,
-    ) -> Result<u32>;
-
-    /// Forgets up to `limit` tokens whose [`Token::purge_time`] is past at `now`. How many.
-    async fn purge_tokens(&self, now: SystemTime, limit: usize) -> Result<u32>;
-
-    /// Forgets the rate-limit windows with no issue since `before`. How many.
-    async fn purge_rate_limits(&self, before: SystemTime) -> Result<usize>;
-
-    /// Counts one issue for `key` at `now` unless `limit` happened within `window`; else
-    /// how long until the next is allowed.
-    async fn hit_rate_limit(
-        &self,
-        key: &str,
-        now: SystemTime,
-        window: std::time::Duration,
-        limit: u32,
-    ) -> Result<Option<std::time::Duration>>;
-}
-
-/// What [`Store::commit_batch`] answers for a batch whose staged messages are gone: the
-/// request failed (`UNAVAILABLE`, retried with a new batch), never an acknowledgement.
-pub fn batch_gone(batch: &str) -> StoreError {
-    StoreError::Unavailable(format!(
-        "batch {batch} was dropped before it was committed (staged too long ago)"
-    ))
-}
-
-/// [`Store::stage_messages`] then [`Store::commit_batch`]: how any store queues a batch
-/// too large for one write.
-pub(crate) async fn stage_and_commit<S: Store + ?Sized>(
-    store: &S,
-    batch: &str,
-    messages: &[OutboxMessage],
-    key: Option<&Idempotency>,
-) -> Result<Option<Idempotency>> {
-    store.stage_messages(batch, messages).await?;
-    store.commit_batch(batch, key).await
 }
 
 /// The first byte of a record in the compact encoding (postcard): the first layout of every
@@ -390,10 +140,11 @@ pub(crate) fn decode<T: Record + DeserializeOwned>(key: &str, bytes: &[u8]) -> R
 
 #[cfg(test)]
 mod tests {
-    use std::time::UNIX_EPOCH;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     use super::*;
     use crate::crypto::Sealed;
+    use crate::settings::SmtpSettings;
     use crate::tokens::sample;
 
     fn token(now: SystemTime) -> Token {

@@ -19,22 +19,25 @@ use zeroize::Zeroizing;
 use crate::clock::rfc3339;
 use crate::clock::Clock;
 use crate::crypto;
+use crate::directory::UserStore;
 use crate::directory::{canonical_login, member_of, NotInOrganisation, User};
 use crate::metrics::Metrics;
 use crate::notify::{NotifyError, NotifyService, OutgoingEmail};
+use crate::ports::StoreError;
 use crate::quota::Hourly;
 use crate::settings::{
     human, SettingsError, SettingsService, DEFAULT_INVITATION, DEFAULT_RESET_PASSWORD,
 };
-use crate::store::{Store, StoreError};
 use crate::validation::{self, Violations};
 
 mod emails;
 mod model;
+mod port;
 
 #[cfg(test)]
 pub(crate) use model::sample;
 pub use model::{Purpose, RateWindow, Token, TokenState, KEEP_ENDED};
+pub use port::TokenStore;
 
 /// The window of the issue rate limit.
 pub const RATE_WINDOW: Duration = Duration::from_secs(3600);
@@ -118,7 +121,9 @@ impl From<SettingsError> for TokenError {
 /// Issues and redeems tokens.
 #[derive(Clone)]
 pub struct TokenService {
-    store: Arc<dyn Store>,
+    store: Arc<dyn TokenStore>,
+    /// The users tokens are issued to.
+    users: Arc<dyn UserStore>,
     settings: SettingsService,
     notify: NotifyService,
     clock: Clock,
@@ -131,7 +136,8 @@ pub struct TokenService {
 impl TokenService {
     /// Tokens in `store`, at most `issue_limit` issues per login and purpose an hour.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn TokenStore>,
+        users: Arc<dyn UserStore>,
         settings: SettingsService,
         notify: NotifyService,
         clock: Clock,
@@ -140,6 +146,7 @@ impl TokenService {
     ) -> Self {
         Self {
             store,
+            users,
             settings,
             notify,
             clock,
@@ -305,7 +312,7 @@ impl TokenService {
     /// Directory holds it; refused when another organisation's does.
     async fn member(&self, login: &str, organisation: &str) -> Result<Option<User>, TokenError> {
         Ok(member_of(
-            self.store.user(login).await?,
+            self.users.user(login).await?,
             login,
             organisation,
         )?)

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use mailroom::auth::{ApiKey, Permission};
-use mailroom::store::Store;
+use mailroom::store::prelude::*;
 use prost::bytes::{Buf, BufMut};
 use prost_reflect::{DescriptorPool, Kind, MessageDescriptor};
 use secrecy::ExposeSecret;

@@ -2,7 +2,7 @@
 //! (`outbox/s/<batch>`, `outbox/b/<batch>/<id>`), committed with its idempotency key in
 //! one transaction that leaves a marker (`outbox/c/<batch>`), then its index entries
 //! written in chunks; discarded when its request failed; finished or dropped by
-//! [`crate::store::Store::recover_batches`] on any replica when its writer died.
+//! [`crate::notify::OutboxStore::recover_batches`] on any replica when its writer died.
 
 use std::time::SystemTime;
 
@@ -57,7 +57,7 @@ impl EtcdStore {
         if staged.is_empty() {
             // Dropped as abandoned (or never staged): a transaction with nothing to queue
             // would succeed, and the request acknowledge mail that does not exist.
-            return Err(crate::store::batch_gone(batch));
+            return Err(crate::notify::batch_gone(batch));
         }
         let mut compares = Vec::new();
         let mut ops = Vec::new();
@@ -107,7 +107,7 @@ impl EtcdStore {
                 }
                 None => {
                     self.forget_ids(batch).await?;
-                    Err(crate::store::batch_gone(batch))
+                    Err(crate::notify::batch_gone(batch))
                 }
             };
         }
@@ -126,7 +126,7 @@ impl EtcdStore {
         let values: Vec<Vec<u8>> = messages.iter().map(encode).collect();
         let bytes: usize = values.iter().map(Vec::len).sum();
         if messages.len() * 4 + 1 > MAX_OPS || bytes > MAX_BYTES {
-            return crate::store::stage_and_commit(self, batch, messages, idempotency).await;
+            return crate::notify::stage_and_commit(self, batch, messages, idempotency).await;
         }
         let mut ops = Vec::with_capacity(messages.len() * 4 + 1);
         for (message, value) in messages.iter().zip(values) {

@@ -12,14 +12,14 @@
 //! queue each); the commit is one transaction that turns the staging record
 //! (`outbox/s/<batch>`) into a commit marker (`outbox/c/<batch>`) together with the
 //! idempotency key, after which the index entries are written in chunks. A replica that
-//! dies between the two leaves the marker, and [`Store::recover_batches`] on any replica
+//! dies between the two leaves the marker, and [`OutboxStore::recover_batches`] on any replica
 //! finishes the job; a batch never committed is dropped the same way. A small batch is
 //! committed and queued in one transaction. An idempotency record of more than
 //! `IDS_INLINE` messages keeps their ids apart (`outbox/ii/<batch>/`), written before the
 //! commit and named by the record.
 //!
 //! The settings and API keys are watched: another replica's change reaches
-//! [`Store::changes`] as it happens.
+//! [`Backend::changes`] as it happens.
 //!
 //! The connection may be TLS (etcd's CA, a client certificate) and authenticated as an etcd
 //! user: [`EtcdSecurity`].
@@ -49,7 +49,10 @@ use tracing::Instrument;
 
 pub use security::{EtcdSecurity, EtcdTls, EtcdUser};
 
-use super::{keyspace, After, Changed, Result, Store, StoreError};
+use super::{
+    keyspace, After, ApiKeyStore, Backend, Changed, OutboxStore, Result, SettingsStore, Store,
+    StoreError, UserStore,
+};
 use crate::auth::ApiKey;
 use crate::crypto::Sealed;
 use crate::directory::User;
@@ -82,7 +85,7 @@ pub struct EtcdStore {
     kv: KvClient,
     prefix: String,
     changes: broadcast::Sender<Changed>,
-    /// [`Store::watch_epoch`]: 0 while the watch is not established.
+    /// [`Backend::watch_epoch`]: 0 while the watch is not established.
     epoch: Arc<AtomicU64>,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -151,7 +154,7 @@ fn contention(what: &str) -> StoreError {
 
 /// Each method is written next to what it touches (see the module's list).
 #[async_trait]
-impl Store for EtcdStore {
+impl Backend for EtcdStore {
     fn exclusive(&self) -> bool {
         false
     }
@@ -180,7 +183,10 @@ impl Store for EtcdStore {
     async fn flush(&self) -> Result<()> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl Store for EtcdStore {
     async fn key_check(&self) -> Result<Option<Sealed>> {
         EtcdStore::key_check(self).await
     }
@@ -188,7 +194,10 @@ impl Store for EtcdStore {
     async fn set_key_check(&self, sealed: &Sealed) -> Result<()> {
         EtcdStore::set_key_check(self, sealed).await
     }
+}
 
+#[async_trait]
+impl SettingsStore for EtcdStore {
     async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
         EtcdStore::smtp_settings(self).await
     }
@@ -196,7 +205,10 @@ impl Store for EtcdStore {
     async fn swap_smtp_settings(&self, expected: u64, settings: &SmtpSettings) -> Result<bool> {
         EtcdStore::swap_smtp_settings(self, expected, settings).await
     }
+}
 
+#[async_trait]
+impl ApiKeyStore for EtcdStore {
     async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
         EtcdStore::insert_api_key(self, key, only_if_first).await
     }
@@ -212,7 +224,10 @@ impl Store for EtcdStore {
     async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>> {
         EtcdStore::revoke_api_key(self, id, organisation).await
     }
+}
 
+#[async_trait]
+impl UserStore for EtcdStore {
     async fn put_user(&self, user: &User) -> Result<()> {
         EtcdStore::put_user(self, user).await
     }
@@ -233,7 +248,10 @@ impl Store for EtcdStore {
     ) -> Result<Vec<User>> {
         EtcdStore::list_users(self, organisation, after, limit).await
     }
+}
 
+#[async_trait]
+impl OutboxStore for EtcdStore {
     async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()> {
         EtcdStore::stage_messages(self, batch, messages).await
     }

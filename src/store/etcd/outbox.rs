@@ -113,7 +113,7 @@ impl EtcdStore {
             .and_then(|kv| time_of_hex(&kv.key()[prefix.len()..])))
     }
 
-    /// The keys first, then the records a group at a time (as [`crate::store::Store::list_messages`]):
+    /// The keys first, then the records a group at a time (as [`crate::notify::OutboxStore::list_messages`]):
     /// one response of 500 messages near the size limit would be 700 MB.
     pub(super) async fn all_messages(
         &self,

@@ -1,5 +1,5 @@
 //! The watch on the settings and the API keys: another replica's change reaches
-//! [`crate::store::Store::changes`] as it happens, and [`crate::store::Store::watch_epoch`] says whether it would.
+//! [`crate::ports::Backend::changes`] as it happens, and [`crate::ports::Backend::watch_epoch`] says whether it would.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -76,7 +76,7 @@ pub(super) fn ends_content(state: MessageState) -> bool {
     matches!(state, MessageState::Sent | MessageState::Cancelled)
 }
 
-/// A copy of `message` without its content (see [`crate::store::Store::list_messages`]).
+/// A copy of `message` without its content (see [`crate::notify::OutboxStore::list_messages`]).
 pub(super) fn without_content(message: &OutboxMessage) -> OutboxMessage {
     OutboxMessage {
         content: None,

@@ -33,7 +33,10 @@ pub use files::CommitCounts;
 use files::{Commits, SledFiles};
 use flusher::{group_commit, FlushRequest};
 
-use super::{keyspace, After, Result, Store, StoreError};
+use super::{
+    keyspace, After, ApiKeyStore, Backend, OutboxStore, Result, SettingsStore, Store, StoreError,
+    UserStore,
+};
 use crate::auth::ApiKey;
 use crate::crypto::Sealed;
 use crate::directory::User;
@@ -219,7 +222,7 @@ impl Drop for SledStore {
 }
 /// Each method is written next to what it touches (see the module's list).
 #[async_trait]
-impl Store for SledStore {
+impl Backend for SledStore {
     fn exclusive(&self) -> bool {
         true
     }
@@ -241,7 +244,10 @@ impl Store for SledStore {
     async fn flush(&self) -> Result<()> {
         self.durable().await
     }
+}
 
+#[async_trait]
+impl Store for SledStore {
     async fn key_check(&self) -> Result<Option<Sealed>> {
         SledStore::key_check(self).await
     }
@@ -249,7 +255,10 @@ impl Store for SledStore {
     async fn set_key_check(&self, sealed: &Sealed) -> Result<()> {
         SledStore::set_key_check(self, sealed).await
     }
+}
 
+#[async_trait]
+impl SettingsStore for SledStore {
     async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
         SledStore::smtp_settings(self).await
     }
@@ -257,7 +266,10 @@ impl Store for SledStore {
     async fn swap_smtp_settings(&self, expected: u64, settings: &SmtpSettings) -> Result<bool> {
         SledStore::swap_smtp_settings(self, expected, settings).await
     }
+}
 
+#[async_trait]
+impl ApiKeyStore for SledStore {
     async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
         SledStore::insert_api_key(self, key, only_if_first).await
     }
@@ -273,7 +285,10 @@ impl Store for SledStore {
     async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>> {
         SledStore::revoke_api_key(self, id, organisation).await
     }
+}
 
+#[async_trait]
+impl UserStore for SledStore {
     async fn put_user(&self, user: &User) -> Result<()> {
         SledStore::put_user(self, user).await
     }
@@ -294,7 +309,10 @@ impl Store for SledStore {
     ) -> Result<Vec<User>> {
         SledStore::list_users(self, organisation, after, limit).await
     }
+}
 
+#[async_trait]
+impl OutboxStore for SledStore {
     async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()> {
         SledStore::stage_messages(self, batch, messages).await
     }
@@ -439,6 +457,7 @@ mod testing {
             clock.clone(),
         );
         crate::notify::NotifyService::new(
+            store.clone(),
             store,
             settings,
             clock,

@@ -42,7 +42,7 @@ impl SledStore {
         if staged == 0 {
             // Discarded (or never staged): an empty write would succeed, and the request
             // acknowledge mail that does not exist.
-            return Err(crate::store::batch_gone(batch));
+            return Err(crate::notify::batch_gone(batch));
         }
         // Too large to queue in one write without holding every replaced page at once:
         // commit a marker, then queue chunk by chunk (finished at the next start after a
@@ -73,7 +73,7 @@ impl SledStore {
         idempotency: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>> {
         if messages.len() > QUEUE_CHUNK {
-            return crate::store::stage_and_commit(self, batch, messages, idempotency).await;
+            return crate::notify::stage_and_commit(self, batch, messages, idempotency).await;
         }
         if let ([message], None) = (messages, idempotency) {
             // One message and no key: nothing to keep atomic with it, so plain writes under
@@ -385,7 +385,7 @@ impl SledStore {
         Ok(None)
     }
 
-    /// [`crate::store::Store::swap_message`] but for the wait for durability: a claim (not `durable`, to
+    /// [`crate::notify::OutboxStore::swap_message`] but for the wait for durability: a claim (not `durable`, to
     /// `SENDING` from a pending state) is held in memory, anything else replaces the record
     /// and moves its index entries under an intent.
     pub(super) fn replace_message(

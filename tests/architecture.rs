@@ -1,0 +1,183 @@
+//! The structure of the crate, checked from its source: which top-level module of `src/`
+//! names which (`crate::<module>` in code, comments left out), so that the layering stays:
+//! no import cycle between top-level modules, the domain imports neither the backends
+//! (`store`) nor the gRPC layer (`api`), and the store imports no transport.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// The domain: records, their rules and the store ports they need.
+const DOMAIN: [&str; 5] = ["auth", "directory", "notify", "settings", "tokens"];
+
+/// Edges that still close a cycle, each with why; each is to go, and the test fails once
+/// one is gone from the source so that it is struck from here too.
+const KNOWN: [(&str, &str, &str); 2] = [
+    (
+        "settings",
+        "mail",
+        "SettingsService keeps the OAuth2 access tokens (mail::oauth2::Tokens)",
+    ),
+    (
+        "quota",
+        "notify",
+        "quota's OverQuota is counted with notify::Tally",
+    ),
+];
+
+/// Top-level module -> the top-level modules its files name.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph = BTreeMap::new();
+    let mut files = vec![src.clone()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                files.push(entry.unwrap().path());
+            }
+            continue;
+        }
+        if path.extension() != Some("rs".as_ref()) {
+            continue;
+        }
+        let relative = path.strip_prefix(&src).unwrap();
+        let first = relative.components().next().unwrap().as_os_str();
+        let module = first.to_str().unwrap().trim_end_matches(".rs").to_string();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let names: &mut BTreeSet<String> = graph.entry(module.clone()).or_default();
+        for name in crate_names(&text) {
+            if name != module {
+                names.insert(name);
+            }
+        }
+    }
+    graph
+}
+
+/// The lines of `text` without their `//` comments (doc comments included).
+fn code(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+}
+
+/// Every top-level module `text` names: `crate::x`, and each of `crate::{x, y::z}`.
+fn crate_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let code: String = code(text).collect::<Vec<_>>().join("\n");
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            names.extend(group.split(',').map(ident).filter(|n| !n.is_empty()));
+        } else {
+            names.insert(ident(rest));
+        }
+    }
+    names.remove("");
+    names
+}
+
+/// A cycle of `graph`, if it has one, as the modules along it.
+fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        node: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            let mut found = path[start..].to_vec();
+            found.push(node.to_string());
+            return Some(found);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(found) = visit(graph, next, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|node| visit(graph, node, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_import_cycle_between_top_level_modules() {
+    let _watchdog = crate::support::watchdog();
+    let mut graph = graph();
+    for (from, to, why) in KNOWN {
+        assert!(
+            graph.get_mut(from).is_some_and(|names| names.remove(to)),
+            "{from} no longer imports {to} ({why}): strike the edge from KNOWN"
+        );
+    }
+    if let Some(found) = cycle(&graph) {
+        panic!(
+            "top-level modules import each other: {}",
+            found.join(" -> ")
+        );
+    }
+}
+
+#[test]
+fn the_domain_imports_neither_the_store_nor_the_grpc_layer() {
+    let _watchdog = crate::support::watchdog();
+    let graph = graph();
+    for module in DOMAIN {
+        let names = &graph[module];
+        for forbidden in ["store", "api", "server"] {
+            assert!(
+                !names.contains(forbidden),
+                "domain module {module} imports crate::{forbidden}: the domain defines the ports it \
+                 needs (store/ implements them) and knows no transport"
+            );
+        }
+    }
+    assert!(
+        graph["ports"].is_empty(),
+        "ports, shared by the domain and the store, imports {:?}",
+        graph["ports"]
+    );
+}
+
+#[test]
+fn the_store_imports_no_transport() {
+    let _watchdog = crate::support::watchdog();
+    let graph = graph();
+    for forbidden in ["api", "server", "mail"] {
+        assert!(
+            !graph["store"].contains(forbidden),
+            "store imports crate::{forbidden}"
+        );
+    }
+    let store = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+    let mut files = vec![store];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                files.push(entry.unwrap().path());
+            }
+        } else if path.extension() == Some("rs".as_ref()) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let names_tonic = code(&text)
+                .any(|line| line.contains("tonic::") || line.trim_start().starts_with("use tonic"));
+            assert!(!names_tonic, "{} uses tonic", path.display());
+        }
+    }
+}
