@@ -1,13 +1,13 @@
 //! Quotas shared by the services: what one organisation passing a quota is told
-//! ([`OverQuota`], `RESOURCE_EXHAUSTED` with the quota named and when to retry), and the
-//! hourly quotas counted in this process ([`Hourly`]). The outbox's quotas, counted in the
-//! store, are in `notify::quota`.
+//! ([`OverQuota`], `RESOURCE_EXHAUSTED` with the quota named and when to retry), the
+//! sliding window they are counted in ([`Tally`]: in the store for the outbox's quotas of
+//! `notify::quota`, in memory for [`Hourly`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::notify::Tally;
+use serde::{Deserialize, Serialize};
 
 /// Which quota a request would pass, and when to retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +21,8 @@ pub struct OverQuota {
     pub retry_after: Duration,
 }
 
+/// Buckets of a tally's window.
+const BUCKETS: u64 = 24;
 /// The hour of [`Hourly`].
 const HOUR: Duration = Duration::from_secs(3600);
 /// Organisations whose tallies are kept at most (then all start again).
@@ -65,9 +67,79 @@ impl Hourly {
     }
 }
 
+/// Amounts added within a sliding window, in [`BUCKETS`] buckets: (start of the bucket in
+/// seconds since the epoch, amount), oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// The buckets that have amounts within the window.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl Tally {
+    /// Adds `amount` at `now` unless the window's total would pass `limit`; otherwise how
+    /// long until it would fit (the window itself when it never can).
+    pub fn add(
+        &mut self,
+        now: SystemTime,
+        window: Duration,
+        amount: u64,
+        limit: u64,
+    ) -> Result<(), Duration> {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let span = window.as_secs().max(BUCKETS);
+        let width = span / BUCKETS;
+        self.buckets.retain(|(start, _)| start + span > now);
+        let total: u64 = self.buckets.iter().map(|(_, a)| a).sum();
+        if total.saturating_add(amount) > limit {
+            if amount > limit {
+                return Err(window);
+            }
+            // Buckets leave the window oldest first: wait for enough of them.
+            let mut left = total;
+            for (start, a) in &self.buckets {
+                left -= a;
+                if left + amount <= limit {
+                    return Err(Duration::from_secs(
+                        (start + span).saturating_sub(now).max(1),
+                    ));
+                }
+            }
+            return Err(window);
+        }
+        let bucket = now - now % width;
+        match self.buckets.last_mut() {
+            Some((start, a)) if *start == bucket => *a += amount,
+            _ => self.buckets.push((bucket, amount)),
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    #[test]
+    fn a_tally_refuses_past_its_limit_until_the_window_moves_on() {
+        let mut tally = Tally::default();
+        assert_eq!(tally.add(at(0), HOUR, 60, 100), Ok(()));
+        assert_eq!(tally.add(at(1000), HOUR, 40, 100), Ok(()));
+        // Full: the first 60 leave the window at 3600 s (their bucket's end).
+        assert_eq!(
+            tally.add(at(1200), HOUR, 1, 100),
+            Err(Duration::from_secs(3600 - 1200))
+        );
+        assert_eq!(tally.add(at(3600), HOUR, 60, 100), Ok(()));
+        // More than the limit ever allows: the whole window.
+        assert_eq!(tally.add(at(3600), HOUR, 101, 100), Err(HOUR));
+        // Old buckets are dropped, not kept forever.
+        assert_eq!(tally.add(at(10 * 3600), HOUR, 1, 100), Ok(()));
+        assert_eq!(tally.buckets.len(), 1);
+    }
 
     #[test]
     fn an_hourly_quota_counts_each_organisation_apart() {

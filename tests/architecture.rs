@@ -9,21 +9,6 @@ use std::path::Path;
 /// The domain: records, their rules and the store ports they need.
 const DOMAIN: [&str; 5] = ["auth", "directory", "notify", "settings", "tokens"];
 
-/// Edges that still close a cycle, each with why; each is to go, and the test fails once
-/// one is gone from the source so that it is struck from here too.
-const KNOWN: [(&str, &str, &str); 2] = [
-    (
-        "settings",
-        "mail",
-        "SettingsService keeps the OAuth2 access tokens (mail::oauth2::Tokens)",
-    ),
-    (
-        "quota",
-        "notify",
-        "quota's OverQuota is counted with notify::Tally",
-    ),
-];
-
 /// Top-level module -> the top-level modules its files name.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -120,13 +105,7 @@ fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 #[test]
 fn no_import_cycle_between_top_level_modules() {
     let _watchdog = crate::support::watchdog();
-    let mut graph = graph();
-    for (from, to, why) in KNOWN {
-        assert!(
-            graph.get_mut(from).is_some_and(|names| names.remove(to)),
-            "{from} no longer imports {to} ({why}): strike the edge from KNOWN"
-        );
-    }
+    let graph = graph();
     if let Some(found) = cycle(&graph) {
         panic!(
             "top-level modules import each other: {}",

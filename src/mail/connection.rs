@@ -16,7 +16,7 @@
 //!
 //! The login follows `auth.mechanism`: `AUTO` lets lettre pick PLAIN or LOGIN among those
 //! the server advertises; `PLAIN` or `LOGIN` is sent whether advertised or not (relays that
-//! misadvertise); `XOAUTH2` first gets an access token ([`super::oauth2`], the `TOKEN`
+//! misadvertise); `XOAUTH2` first gets an access token ([`crate::settings::oauth2`], the `TOKEN`
 //! stage, before CONNECT), then sends it only over an encrypted connection and only to a
 //! server that advertises XOAUTH2; a cached token the server refuses with `535` is replaced
 //! once and the login retried on the same connection. Providers' well-known refusals
@@ -45,9 +45,9 @@ use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::oauth2::{AccessToken, TokenError, Tokens};
 use super::tls::TlsPolicy;
 use crate::crypto::MasterKey;
+use crate::settings::oauth2::{AccessToken, TokenError, Tokens};
 use crate::settings::{AddressGuard, Mechanism as AuthMechanism, Security, SmtpSettings};
 
 /// The stages of an SMTP exchange.

@@ -1,14 +1,13 @@
 //! Mail: everything that speaks SMTP. [`connection`] opens a lettre connection from the
 //! settings, stage by stage, with the TLS policy of [`tls`]; [`probe`] runs
 //! `TestSmtpSettings` over one; [`delivery`] keeps one per sender to deliver the outbox;
-//! [`oauth2`] gets and keeps the access tokens of XOAUTH2 logins. What is sent is made in
+//! the access tokens of XOAUTH2 logins come from `settings::oauth2`. What is sent is made in
 //! `notify` (templates, composing, sealing): this module only carries it.
 
 use crate::crypto::CryptoError;
 
 pub mod connection;
 pub mod delivery;
-pub mod oauth2;
 pub mod probe;
 pub mod tls;
 

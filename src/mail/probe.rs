@@ -14,10 +14,10 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 
 pub use super::connection::Stage;
 use super::connection::{self, client_id, crlf_line_ends, Failed, Login, Stages};
-use super::oauth2::Tokens;
 use crate::clock::rfc3339;
 use crate::crypto::MasterKey;
 use crate::notify::email::new_message_id;
+use crate::settings::oauth2::Tokens;
 use crate::settings::{human, AddressGuard, Mechanism, Security, SmtpSettings};
 
 /// The outcome of one stage.

@@ -10,14 +10,10 @@
 //!
 //! The hour and the day are [`Tally`] records: 24 buckets of a sliding window.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use crate::quota::{OverQuota, Tally};
 
-pub use crate::quota::OverQuota;
-
-/// Buckets of a tally's window.
-const BUCKETS: u64 = 24;
 /// The window of [`Quotas::messages_per_hour`].
 pub const HOUR: Duration = Duration::from_secs(3600);
 /// The window of [`Quotas::bytes_per_day`].
@@ -112,79 +108,9 @@ impl PendingCounts {
     }
 }
 
-/// Amounts added within a sliding window, in [`BUCKETS`] buckets: (start of the bucket in
-/// seconds since the epoch, amount), oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally {
-    /// The buckets that have amounts within the window.
-    pub buckets: Vec<(u64, u64)>,
-}
-
-impl Tally {
-    /// Adds `amount` at `now` unless the window's total would pass `limit`; otherwise how
-    /// long until it would fit (the window itself when it never can).
-    pub fn add(
-        &mut self,
-        now: SystemTime,
-        window: Duration,
-        amount: u64,
-        limit: u64,
-    ) -> Result<(), Duration> {
-        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let span = window.as_secs().max(BUCKETS);
-        let width = span / BUCKETS;
-        self.buckets.retain(|(start, _)| start + span > now);
-        let total: u64 = self.buckets.iter().map(|(_, a)| a).sum();
-        if total.saturating_add(amount) > limit {
-            if amount > limit {
-                return Err(window);
-            }
-            // Buckets leave the window oldest first: wait for enough of them.
-            let mut left = total;
-            for (start, a) in &self.buckets {
-                left -= a;
-                if left + amount <= limit {
-                    return Err(Duration::from_secs(
-                        (start + span).saturating_sub(now).max(1),
-                    ));
-                }
-            }
-            return Err(window);
-        }
-        let bucket = now - now % width;
-        match self.buckets.last_mut() {
-            Some((start, a)) if *start == bucket => *a += amount,
-            _ => self.buckets.push((bucket, amount)),
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
-    }
-
-    #[test]
-    fn a_tally_refuses_past_its_limit_until_the_window_moves_on() {
-        let mut tally = Tally::default();
-        assert_eq!(tally.add(at(0), HOUR, 60, 100), Ok(()));
-        assert_eq!(tally.add(at(1000), HOUR, 40, 100), Ok(()));
-        // Full: the first 60 leave the window at 3600 s (their bucket's end).
-        assert_eq!(
-            tally.add(at(1200), HOUR, 1, 100),
-            Err(Duration::from_secs(3600 - 1200))
-        );
-        assert_eq!(tally.add(at(3600), HOUR, 60, 100), Ok(()));
-        // More than the limit ever allows: the whole window.
-        assert_eq!(tally.add(at(3600), HOUR, 101, 100), Err(HOUR));
-        // Old buckets are dropped, not kept forever.
-        assert_eq!(tally.add(at(10 * 3600), HOUR, 1, 100), Ok(()));
-        assert_eq!(tally.buckets.len(), 1);
-    }
 
     #[test]
     fn a_kept_pending_count_grows_with_what_is_queued_and_is_forgotten_on_change() {

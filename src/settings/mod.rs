@@ -31,6 +31,7 @@ use crate::validation::{self, Violations};
 mod auth;
 mod fields;
 pub mod guard;
+pub mod oauth2;
 mod port;
 
 pub use auth::{Auth, AuthDraft, Grant, Mechanism, OAuth2, OAuth2Draft, Provider};
@@ -433,7 +434,7 @@ pub struct SettingsService {
     clock: Clock,
     cache: Arc<Cache<(), Option<Arc<SmtpSettings>>>>,
     guard: AddressGuard,
-    tokens: Arc<crate::mail::oauth2::Tokens>,
+    tokens: Arc<oauth2::Tokens>,
 }
 
 impl SettingsService {
@@ -445,19 +446,19 @@ impl SettingsService {
             clock,
             cache: Arc::default(),
             guard: AddressGuard::default(),
-            tokens: Arc::new(crate::mail::oauth2::Tokens::new(Metrics::new())),
+            tokens: Arc::new(oauth2::Tokens::new(Metrics::new())),
         }
     }
 
     /// Counts the OAuth2 token fetches of XOAUTH2 logins in `metrics`.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.tokens = Arc::new(crate::mail::oauth2::Tokens::new(metrics));
+        self.tokens = Arc::new(oauth2::Tokens::new(metrics));
         self
     }
 
     /// The access tokens of XOAUTH2 logins, kept beside the guard: every connection made
     /// with these settings gets its token here.
-    pub fn oauth2_tokens(&self) -> &crate::mail::oauth2::Tokens {
+    pub fn oauth2_tokens(&self) -> &oauth2::Tokens {
         &self.tokens
     }
 

@@ -93,7 +93,7 @@ pub(crate) trait Record: Serialize {
 
 impl Record for Token {}
 impl Record for RateWindow {}
-impl Record for crate::notify::Tally {}
+impl Record for crate::quota::Tally {}
 impl Record for OutboxMessage {}
 impl Record for Idempotency {}
 impl Record for ApiKey {}

@@ -45,7 +45,7 @@ impl EtcdStore {
         limit: u64,
     ) -> Result<Option<Duration>> {
         let key = keyspace::quota_tally(self, key);
-        self.update_window(&key, |tally: &mut crate::notify::Tally| {
+        self.update_window(&key, |tally: &mut crate::quota::Tally| {
             tally.add(now, window, amount, limit)
         })
         .await

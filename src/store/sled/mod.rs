@@ -75,7 +75,7 @@ pub struct SledStore {
     /// Purge time and digest of every token.
     token_purge: sled::Tree,
     rate_limits: sled::Tree,
-    /// Quota tallies by key (`crate::notify::Tally`).
+    /// Quota tallies by key (`crate::quota::Tally`).
     tallies: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
     locks: Vec<std::sync::Mutex<()>>,

@@ -17,7 +17,7 @@ impl SledStore {
         amount: u64,
         limit: u64,
     ) -> Result<Option<std::time::Duration>> {
-        self.update_window(&self.tallies, key, |tally: &mut crate::notify::Tally| {
+        self.update_window(&self.tallies, key, |tally: &mut crate::quota::Tally| {
             tally.add(now, window, amount, limit)
         })
     }

@@ -8,7 +8,7 @@
 //! the next one; connections that need a token at once wait for one fetch and share it (a
 //! failure too: waiting senders do not each try a dead endpoint in turn). A token the SMTP
 //! server refuses (`535`) may have been revoked early: [`Tokens::refresh`] fetches another
-//! once, and a connection retries with it ([`super::connection`]). `TestSmtpSettings`
+//! once, and a connection retries with it ([`crate::mail::connection`]). `TestSmtpSettings`
 //! fetches a fresh token every time ([`Tokens::fetch`]): it tests unsaved settings too.
 //!
 //! The endpoint's host goes through the settings' private-address guard like the SMTP
