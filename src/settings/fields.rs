@@ -114,15 +114,16 @@ impl From<Port> for u32 {
     }
 }
 
-/// The sender of emails: `addr` or `Name <addr>`, as lettre parses it.
+/// The `From` of emails: `addr` or `Name <addr>`, as lettre parses it. (A delivery worker
+/// is a `Sender` in `mail::delivery`; this is an address.)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Sender(String);
+pub struct FromAddress(String);
 
-impl Sender {
+impl FromAddress {
     /// The sender as parsed by lettre.
     pub fn mailbox(&self) -> Mailbox {
-        Mailbox::from_str(&self.0).expect("a Sender is a valid mailbox by construction")
+        Mailbox::from_str(&self.0).expect("a FromAddress is a valid mailbox by construction")
     }
 
     /// The sender as given.
@@ -131,7 +132,7 @@ impl Sender {
     }
 }
 
-impl TryFrom<String> for Sender {
+impl TryFrom<String> for FromAddress {
     type Error = String;
 
     fn try_from(value: String) -> Result<Self, String> {
@@ -149,8 +150,8 @@ impl TryFrom<String> for Sender {
     }
 }
 
-impl From<Sender> for String {
-    fn from(sender: Sender) -> String {
+impl From<FromAddress> for String {
+    fn from(sender: FromAddress) -> String {
         sender.0
     }
 }
@@ -429,8 +430,8 @@ mod tests {
         assert!(Port::try_from(0).is_err());
         assert!(Port::try_from(70000).is_err());
         assert_eq!(Port::try_from(587).unwrap().get(), 587);
-        assert!(Sender::try_from("Mail Room <mr@example.com>".to_string()).is_ok());
-        assert!(Sender::try_from("no-at-sign".to_string()).is_err());
-        assert!(Sender::try_from("a@b.c\r\nBcc: x@y.z".to_string()).is_err());
+        assert!(FromAddress::try_from("Mail Room <mr@example.com>".to_string()).is_ok());
+        assert!(FromAddress::try_from("no-at-sign".to_string()).is_err());
+        assert!(FromAddress::try_from("a@b.c\r\nBcc: x@y.z".to_string()).is_err());
     }
 }

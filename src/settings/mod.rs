@@ -35,7 +35,7 @@ pub mod oauth2;
 mod port;
 
 pub use auth::{Auth, AuthDraft, Grant, Mechanism, OAuth2, OAuth2Draft, Provider};
-pub use fields::{Host, LinkOrigin, Port, Security, Sender, SenderDomain};
+pub use fields::{FromAddress, Host, LinkOrigin, Port, Security, SenderDomain};
 pub use guard::{AddressGuard, Resolve, Resolver};
 pub use port::SettingsStore;
 
@@ -72,7 +72,7 @@ pub struct SmtpSettings {
     /// Its port.
     pub port: Port,
     /// The default sender.
-    pub from: Sender,
+    pub from: FromAddress,
     /// Connection security.
     pub security: Security,
     /// SMTP AUTH user; empty for none.
@@ -192,7 +192,11 @@ impl SmtpSettings {
 }
 
 /// Whether `sender` is at one of `domains` (at the domain of `own` when there are none).
-fn sender_within(domains: &[SenderDomain], own: &Sender, sender: &Mailbox) -> Result<(), String> {
+fn sender_within(
+    domains: &[SenderDomain],
+    own: &FromAddress,
+    sender: &Mailbox,
+) -> Result<(), String> {
     let domain = sender.email.domain();
     if domains.is_empty() {
         let own = own.mailbox();
@@ -791,7 +795,7 @@ fn merge(
 
     let host = v.check("settings.host", Host::try_from(host));
     let port = v.check("settings.port", Port::try_from(port));
-    let from = v.check("settings.from", Sender::try_from(from));
+    let from = v.check("settings.from", FromAddress::try_from(from));
     if security.is_none() {
         v.add(
             "settings.security",

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::{Record, POSTCARD};
 use crate::crypto::Sealed;
 use crate::settings::{
-    Auth, Host, LinkOrigin, Port, Security, Sender, SenderDomain, SmtpSettings, Tls,
+    Auth, FromAddress, Host, LinkOrigin, Port, Security, SenderDomain, SmtpSettings, Tls,
 };
 
 impl Record for SmtpSettings {
@@ -42,7 +42,7 @@ impl Record for SmtpSettings {
 pub(super) struct SmtpSettings2 {
     host: Host,
     port: Port,
-    from: Sender,
+    from: FromAddress,
     security: Security,
     username: String,
     password: Option<Sealed>,
@@ -87,7 +87,7 @@ impl From<SmtpSettings2> for SmtpSettings {
 pub(super) struct SmtpSettings1 {
     host: Host,
     port: Port,
-    from: Sender,
+    from: FromAddress,
     security: Security,
     username: String,
     password: Option<Sealed>,
