@@ -1,17 +1,21 @@
 //! API keys (`keys/<id>`, `key_digests/<digest>` → id, `meta/bootstrapped`) and users
 //! (`users/<login>`, `members/<organisation>\0<login>`).
 
+use async_trait::async_trait;
 use etcd_client::{Txn, TxnOp};
 
 use super::kv::*;
 use super::{contention, EtcdStore, CAS_ATTEMPTS};
 use crate::auth::ApiKey;
+use crate::auth::ApiKeyStore;
 use crate::directory::User;
+use crate::directory::UserStore;
 use crate::store::keyspace::Encoding;
 use crate::store::{decode, encode, After, Result};
 
-impl EtcdStore {
-    pub(super) async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
+#[async_trait]
+impl ApiKeyStore for EtcdStore {
+    async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
         let bootstrapped = crate::store::keyspace::meta(self, crate::store::keyspace::BOOTSTRAPPED);
         let compares = if only_if_first {
             vec![unchanged(&bootstrapped, None)]
@@ -29,7 +33,7 @@ impl EtcdStore {
         Ok(self.txn(txn).await?.succeeded())
     }
 
-    pub(super) async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>> {
+    async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>> {
         let Some(id) = self
             .get(&crate::store::keyspace::api_key_digest(self, digest))
             .await?
@@ -43,11 +47,7 @@ impl EtcdStore {
             .map(|(k, _)| k))
     }
 
-    pub(super) async fn list_api_keys(
-        &self,
-        after: After<'_>,
-        limit: usize,
-    ) -> Result<Vec<ApiKey>> {
+    async fn list_api_keys(&self, after: After<'_>, limit: usize) -> Result<Vec<ApiKey>> {
         self.range(&self.begin(crate::store::keyspace::API_KEYS), after, limit)
             .await?
             .iter()
@@ -55,11 +55,7 @@ impl EtcdStore {
             .collect()
     }
 
-    pub(super) async fn revoke_api_key(
-        &self,
-        id: &str,
-        organisation: Option<&str>,
-    ) -> Result<Option<ApiKey>> {
+    async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>> {
         let key = crate::store::keyspace::api_key(self, id);
         for _ in 0..CAS_ATTEMPTS {
             let Some((mut api_key, rev)) = self.read::<ApiKey>(&key).await? else {
@@ -79,8 +75,11 @@ impl EtcdStore {
         }
         Err(contention("the API key"))
     }
+}
 
-    pub(super) async fn put_user(&self, user: &User) -> Result<()> {
+#[async_trait]
+impl UserStore for EtcdStore {
+    async fn put_user(&self, user: &User) -> Result<()> {
         let key = crate::store::keyspace::user(self, &user.login);
         for _ in 0..CAS_ATTEMPTS {
             let old = self.read::<User>(&key).await?;
@@ -105,14 +104,14 @@ impl EtcdStore {
         Err(contention("the user"))
     }
 
-    pub(super) async fn user(&self, login: &str) -> Result<Option<User>> {
+    async fn user(&self, login: &str) -> Result<Option<User>> {
         Ok(self
             .read(&crate::store::keyspace::user(self, login))
             .await?
             .map(|(u, _)| u))
     }
 
-    pub(super) async fn delete_user(&self, login: &str) -> Result<Option<User>> {
+    async fn delete_user(&self, login: &str) -> Result<Option<User>> {
         let key = crate::store::keyspace::user(self, login);
         for _ in 0..CAS_ATTEMPTS {
             let Some((old, rev)) = self.read::<User>(&key).await? else {
@@ -132,7 +131,7 @@ impl EtcdStore {
         Err(contention("the user"))
     }
 
-    pub(super) async fn list_users(
+    async fn list_users(
         &self,
         organisation: &str,
         after: After<'_>,

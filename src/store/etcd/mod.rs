@@ -49,15 +49,9 @@ use tracing::Instrument;
 
 pub use security::{EtcdSecurity, EtcdTls, EtcdUser};
 
-use super::{
-    keyspace, After, ApiKeyStore, Backend, Changed, OutboxStore, Result, SettingsStore, Store,
-    StoreError, UserStore,
-};
-use crate::auth::ApiKey;
+use super::{keyspace, After, Backend, Changed, OutboxStore, Result, Store, StoreError};
 use crate::crypto::Sealed;
-use crate::directory::User;
 use crate::notify::{Idempotency, MessageState, OutboxMessage};
-use crate::settings::SmtpSettings;
 use watch::watch_cached;
 
 mod accounts;
@@ -193,60 +187,6 @@ impl Store for EtcdStore {
 
     async fn set_key_check(&self, sealed: &Sealed) -> Result<()> {
         EtcdStore::set_key_check(self, sealed).await
-    }
-}
-
-#[async_trait]
-impl SettingsStore for EtcdStore {
-    async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
-        EtcdStore::smtp_settings(self).await
-    }
-
-    async fn swap_smtp_settings(&self, expected: u64, settings: &SmtpSettings) -> Result<bool> {
-        EtcdStore::swap_smtp_settings(self, expected, settings).await
-    }
-}
-
-#[async_trait]
-impl ApiKeyStore for EtcdStore {
-    async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
-        EtcdStore::insert_api_key(self, key, only_if_first).await
-    }
-
-    async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>> {
-        EtcdStore::api_key_by_digest(self, digest).await
-    }
-
-    async fn list_api_keys(&self, after: After<'_>, limit: usize) -> Result<Vec<ApiKey>> {
-        EtcdStore::list_api_keys(self, after, limit).await
-    }
-
-    async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>> {
-        EtcdStore::revoke_api_key(self, id, organisation).await
-    }
-}
-
-#[async_trait]
-impl UserStore for EtcdStore {
-    async fn put_user(&self, user: &User) -> Result<()> {
-        EtcdStore::put_user(self, user).await
-    }
-
-    async fn user(&self, login: &str) -> Result<Option<User>> {
-        EtcdStore::user(self, login).await
-    }
-
-    async fn delete_user(&self, login: &str) -> Result<Option<User>> {
-        EtcdStore::delete_user(self, login).await
-    }
-
-    async fn list_users(
-        &self,
-        organisation: &str,
-        after: After<'_>,
-        limit: usize,
-    ) -> Result<Vec<User>> {
-        EtcdStore::list_users(self, organisation, after, limit).await
     }
 }
 

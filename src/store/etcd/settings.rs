@@ -1,10 +1,12 @@
 //! The SMTP settings and the master key's check (`meta/`).
 
+use async_trait::async_trait;
 use etcd_client::Txn;
 
 use super::kv::*;
 use super::{contention, EtcdStore, CAS_ATTEMPTS};
 use crate::crypto::Sealed;
+use crate::settings::SettingsStore;
 use crate::settings::SmtpSettings;
 use crate::store::keyspace::{self};
 use crate::store::{encode, Result};
@@ -21,19 +23,18 @@ impl EtcdStore {
         self.put(&keyspace::meta(self, keyspace::KEY_CHECK), encode(sealed))
             .await
     }
+}
 
-    pub(super) async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
+#[async_trait]
+impl SettingsStore for EtcdStore {
+    async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
         Ok(self
             .read(&keyspace::meta(self, keyspace::SMTP_SETTINGS))
             .await?
             .map(|(v, _)| v))
     }
 
-    pub(super) async fn swap_smtp_settings(
-        &self,
-        expected: u64,
-        settings: &SmtpSettings,
-    ) -> Result<bool> {
+    async fn swap_smtp_settings(&self, expected: u64, settings: &SmtpSettings) -> Result<bool> {
         let key = keyspace::meta(self, keyspace::SMTP_SETTINGS);
         for _ in 0..CAS_ATTEMPTS {
             let stored = self.read::<SmtpSettings>(&key).await?;

@@ -2,19 +2,23 @@
 //! `bootstrapped` flag in `meta`) and users (tree `users` by login, `user_organisations`
 //! by organisation then login).
 
+use async_trait::async_trait;
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use super::keys::{scan_after, Sled};
 use super::{aborted, unavailable, SledStore};
 use crate::auth::ApiKey;
+use crate::auth::ApiKeyStore;
 use crate::directory::User;
+use crate::directory::UserStore;
 use crate::store::keyspace;
 use crate::store::{decode, encode, After, Result, StoreError};
 
 pub(super) const BOOTSTRAPPED_KEY: &[u8] = keyspace::BOOTSTRAPPED.as_bytes();
 
-impl SledStore {
-    pub(super) async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
+#[async_trait]
+impl ApiKeyStore for SledStore {
+    async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
         let value = encode(key);
         let inserted = (&self.meta, &self.keys, &self.key_digests)
             .transaction(|(meta, keys, digests)| {
@@ -33,7 +37,7 @@ impl SledStore {
         Ok(inserted)
     }
 
-    pub(super) async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>> {
+    async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>> {
         let Some(id) = self.key_digests.get(digest).map_err(unavailable)? else {
             return Ok(None);
         };
@@ -44,11 +48,7 @@ impl SledStore {
             .transpose()
     }
 
-    pub(super) async fn list_api_keys(
-        &self,
-        after: After<'_>,
-        limit: usize,
-    ) -> Result<Vec<ApiKey>> {
+    async fn list_api_keys(&self, after: After<'_>, limit: usize) -> Result<Vec<ApiKey>> {
         let range = match after {
             Some(after) => self.keys.range::<&[u8], _>((
                 std::ops::Bound::Excluded(after.as_bytes()),
@@ -65,11 +65,7 @@ impl SledStore {
             .collect()
     }
 
-    pub(super) async fn revoke_api_key(
-        &self,
-        id: &str,
-        organisation: Option<&str>,
-    ) -> Result<Option<ApiKey>> {
+    async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>> {
         let revoked = self
             .keys
             .transaction(|keys| {
@@ -91,8 +87,11 @@ impl SledStore {
         }
         Ok(revoked)
     }
+}
 
-    pub(super) async fn put_user(&self, user: &User) -> Result<()> {
+#[async_trait]
+impl UserStore for SledStore {
+    async fn put_user(&self, user: &User) -> Result<()> {
         let value = encode(user);
         (&self.users, &self.user_organisations)
             .transaction(|(users, memberships)| {
@@ -113,7 +112,7 @@ impl SledStore {
         self.durable().await
     }
 
-    pub(super) async fn user(&self, login: &str) -> Result<Option<User>> {
+    async fn user(&self, login: &str) -> Result<Option<User>> {
         self.users
             .get(login.as_bytes())
             .map_err(unavailable)?
@@ -121,7 +120,7 @@ impl SledStore {
             .transpose()
     }
 
-    pub(super) async fn delete_user(&self, login: &str) -> Result<Option<User>> {
+    async fn delete_user(&self, login: &str) -> Result<Option<User>> {
         let removed = (&self.users, &self.user_organisations)
             .transaction(|(users, memberships)| {
                 let Some(old) = users.remove(login.as_bytes())? else {
@@ -140,7 +139,7 @@ impl SledStore {
         Ok(removed)
     }
 
-    pub(super) async fn list_users(
+    async fn list_users(
         &self,
         organisation: &str,
         after: After<'_>,

@@ -33,15 +33,9 @@ pub use files::CommitCounts;
 use files::{Commits, SledFiles};
 use flusher::{group_commit, FlushRequest};
 
-use super::{
-    keyspace, After, ApiKeyStore, Backend, OutboxStore, Result, SettingsStore, Store, StoreError,
-    UserStore,
-};
-use crate::auth::ApiKey;
+use super::{keyspace, After, Backend, OutboxStore, Result, Store, StoreError};
 use crate::crypto::Sealed;
-use crate::directory::User;
 use crate::notify::{Idempotency, MessageState, OutboxMessage};
-use crate::settings::SmtpSettings;
 
 mod accounts;
 mod claims;
@@ -254,60 +248,6 @@ impl Store for SledStore {
 
     async fn set_key_check(&self, sealed: &Sealed) -> Result<()> {
         SledStore::set_key_check(self, sealed).await
-    }
-}
-
-#[async_trait]
-impl SettingsStore for SledStore {
-    async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
-        SledStore::smtp_settings(self).await
-    }
-
-    async fn swap_smtp_settings(&self, expected: u64, settings: &SmtpSettings) -> Result<bool> {
-        SledStore::swap_smtp_settings(self, expected, settings).await
-    }
-}
-
-#[async_trait]
-impl ApiKeyStore for SledStore {
-    async fn insert_api_key(&self, key: &ApiKey, only_if_first: bool) -> Result<bool> {
-        SledStore::insert_api_key(self, key, only_if_first).await
-    }
-
-    async fn api_key_by_digest(&self, digest: &str) -> Result<Option<ApiKey>> {
-        SledStore::api_key_by_digest(self, digest).await
-    }
-
-    async fn list_api_keys(&self, after: After<'_>, limit: usize) -> Result<Vec<ApiKey>> {
-        SledStore::list_api_keys(self, after, limit).await
-    }
-
-    async fn revoke_api_key(&self, id: &str, organisation: Option<&str>) -> Result<Option<ApiKey>> {
-        SledStore::revoke_api_key(self, id, organisation).await
-    }
-}
-
-#[async_trait]
-impl UserStore for SledStore {
-    async fn put_user(&self, user: &User) -> Result<()> {
-        SledStore::put_user(self, user).await
-    }
-
-    async fn user(&self, login: &str) -> Result<Option<User>> {
-        SledStore::user(self, login).await
-    }
-
-    async fn delete_user(&self, login: &str) -> Result<Option<User>> {
-        SledStore::delete_user(self, login).await
-    }
-
-    async fn list_users(
-        &self,
-        organisation: &str,
-        after: After<'_>,
-        limit: usize,
-    ) -> Result<Vec<User>> {
-        SledStore::list_users(self, organisation, after, limit).await
     }
 }
 

@@ -1,8 +1,10 @@
 //! The SMTP settings and the master key's check: the `meta` tree.
 
+use async_trait::async_trait;
 use sled::transaction::ConflictableTransactionError;
 
 use super::{aborted, unavailable, SledStore};
+use crate::settings::SettingsStore;
 use crate::settings::SmtpSettings;
 use crate::store::keyspace;
 use crate::store::{decode, encode, Result};
@@ -26,8 +28,11 @@ impl SledStore {
             .map_err(unavailable)?;
         self.durable().await
     }
+}
 
-    pub(super) async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
+#[async_trait]
+impl SettingsStore for SledStore {
+    async fn smtp_settings(&self) -> Result<Option<SmtpSettings>> {
         self.meta
             .get(SETTINGS_KEY)
             .map_err(unavailable)?
@@ -35,11 +40,7 @@ impl SledStore {
             .transpose()
     }
 
-    pub(super) async fn swap_smtp_settings(
-        &self,
-        expected: u64,
-        settings: &SmtpSettings,
-    ) -> Result<bool> {
+    async fn swap_smtp_settings(&self, expected: u64, settings: &SmtpSettings) -> Result<bool> {
         let value = encode(settings);
         let swapped = self
             .meta
