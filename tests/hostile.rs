@@ -120,13 +120,7 @@ async fn hostile_templates_are_refused_and_the_server_goes_on() {
     }
 
     // Still serving, and still delivering.
-    let mut health = HealthClient::new(server.channel());
-    let serving = health
-        .check(HealthCheckRequest::default())
-        .await
-        .expect("health")
-        .into_inner();
-    assert_eq!(serving.status(), ServingStatus::Serving);
+    server.assert_serving().await;
     let ids = server
         .send_to(
             &["soc@example.com"],
@@ -363,13 +357,7 @@ async fn an_html_body_of_too_many_elements_is_sent_with_its_tags_taken_out() {
         Ok(_) => {}
         Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "{status:?}"),
     }
-    let mut health = HealthClient::new(server.channel());
-    let serving = health
-        .check(HealthCheckRequest::default())
-        .await
-        .expect("health")
-        .into_inner();
-    assert_eq!(serving.status(), ServingStatus::Serving);
+    server.assert_serving().await;
 }
 
 /// A send for `organisation` whose body renders until its time runs out (2 s): each step

@@ -133,6 +133,18 @@ impl TestServer {
         }
     }
 
+    /// Checks the server as a whole answers its health check `SERVING` (no key needed).
+    pub async fn assert_serving(&self) {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let status = tonic_health::pb::health_client::HealthClient::new(self.channel())
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("a health answer")
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving);
+    }
+
     pub fn channel(&self) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.addr))
             .unwrap()
