@@ -1,5 +1,6 @@
 //! Callers: API keys, the three permissions, organisation scoping, and the check every
-//! RPC starts with ([`Authenticator::authorize`]).
+//! RPC starts with ([`Authenticator::authorize`]); managing keys (the ApiKeys service's use
+//! cases and the bootstrap key) is in [`keys`].
 //!
 //! A caller sends `authorization: Bearer <secret>`. Secrets are `mrk_` and 256 random
 //! bits, shown once, and stored only as SHA-256. A key belongs to one organisation; keys
@@ -7,23 +8,24 @@
 //! and only `admin` keys may hold `managePlatform`.
 
 use std::fmt;
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 use tracing::Span;
-use zeroize::Zeroizing;
 
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::crypto;
 use crate::ports::{After, Backend, Result as StoreResult, StoreError};
-use crate::validation::{self, Violations};
+use crate::validation::Violations;
+
+mod keys;
+
+pub use keys::NewKey;
 
 /// The organisation whose keys may act for every organisation.
 pub const ADMIN_ORGANISATION: &str = "admin";
@@ -200,15 +202,6 @@ impl Caller {
     }
 }
 
-/// A new key and its secret, shown once.
-#[derive(Debug)]
-pub struct NewKey {
-    /// The key.
-    pub key: ApiKey,
-    /// The secret (`mrk_…`).
-    pub secret: SecretString,
-}
-
 /// The API keys of the store (`store::sled`, `store::etcd`). Each method is atomic and
 /// each write durable. Keys are cached in memory, so the port extends [`Backend`] for its
 /// watch epoch: a key another replica revoked is never served from the cache.
@@ -311,113 +304,9 @@ impl Authenticator {
         })
     }
 
-    /// Creates a key for `organisation` with `permissions`.
-    pub async fn create(
-        &self,
-        name: &str,
-        organisation: &str,
-        permissions: &[String],
-    ) -> Result<NewKey, AuthError> {
-        let mut v = Violations::new();
-        v.check("name", validation::text(name, true, 100));
-        v.check("organisation", validation::text(organisation, true, 100));
-        let mut granted = Vec::new();
-        if permissions.is_empty() {
-            v.add("permissions", "at least one permission is required");
-        }
-        for (i, p) in permissions.iter().enumerate() {
-            if let Some(p) = v.check(&format!("permissions[{i}]"), Permission::from_str(p)) {
-                if p == Permission::ManagePlatform && organisation != ADMIN_ORGANISATION {
-                    v.add(
-                        format!("permissions[{i}]"),
-                        "managePlatform can only be granted to keys of the admin organisation",
-                    );
-                }
-                granted.push(p);
-            }
-        }
-        v.into_result(()).map_err(AuthError::Invalid)?;
-        granted.sort();
-        granted.dedup();
-        let new = self.new_key(name, organisation, granted);
-        self.store.insert_api_key(&new.key, false).await?;
-        Ok(new)
-    }
-
-    fn new_key(&self, name: &str, organisation: &str, permissions: Vec<Permission>) -> NewKey {
-        let secret = crypto::random_secret(SECRET_PREFIX);
-        NewKey {
-            key: ApiKey {
-                id: crypto::random_id("key_"),
-                name: name.to_string(),
-                organisation: organisation.to_string(),
-                permissions,
-                create_time: self.clock.now(),
-                revoked: false,
-                secret_digest: crypto::digest(secret.expose_secret()),
-            },
-            secret,
-        }
-    }
-
-    /// Keys in id order after `after`.
-    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<ApiKey>, AuthError> {
-        Ok(self.store.list_api_keys(after, limit).await?)
-    }
-
     /// Forgets the keys held in memory: another replica changed them.
     pub fn forget(&self) {
         self.known.forget();
-    }
-
-    /// Revokes key `id`; a caller cannot revoke the key it calls with, and one outside the
-    /// admin organisation only its own organisation's keys (another's is not found).
-    pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<ApiKey, AuthError> {
-        if id.is_empty() {
-            return Err(AuthError::Invalid(validation::violation(
-                "id",
-                "is required",
-            )));
-        }
-        if id == caller.key_id {
-            return Err(AuthError::FailedPrecondition(
-                "a key cannot revoke itself: revoke it with another managePlatform key",
-            ));
-        }
-        let key = self
-            .store
-            .revoke_api_key(id, caller.scope())
-            .await?
-            .ok_or_else(|| AuthError::NotFound(id.to_string()))?;
-        self.known.remove(&key.secret_digest);
-        Ok(key)
-    }
-
-    /// On a store that never held a key, creates `bootstrap-admin` (admin organisation,
-    /// every permission) and writes its secret to `<data_dir>/admin.key`, mode 0600.
-    /// Returns the file's path when it did. An `admin.key` left open to group or others
-    /// is refused.
-    pub async fn bootstrap(&self, data_dir: &Path) -> anyhow::Result<Option<std::path::PathBuf>> {
-        crypto::check_private_file(&data_dir.join(BOOTSTRAP_KEY_FILE))?;
-        let new = self.new_key(
-            BOOTSTRAP_KEY_NAME,
-            ADMIN_ORGANISATION,
-            Permission::ALL.to_vec(),
-        );
-        let path = data_dir.join(BOOTSTRAP_KEY_FILE);
-        let staged = data_dir.join(format!("{BOOTSTRAP_KEY_FILE}.new"));
-        let _ = std::fs::remove_file(&staged);
-        // The secret reaches the disk before the key exists, so a crash in between never
-        // leaves a key nobody can use.
-        let line = Zeroizing::new(format!("{}\n", new.secret.expose_secret()));
-        crypto::write_private_file(&staged, line.as_bytes())?;
-        if self.store.insert_api_key(&new.key, true).await? {
-            crypto::rename_durably(&staged, &path)?;
-            Ok(Some(path))
-        } else {
-            std::fs::remove_file(&staged)?;
-            Ok(None)
-        }
     }
 }
 
