@@ -14,7 +14,7 @@ use mailroom::config::Args;
 use mailroom::crypto::MasterKey;
 use mailroom::proto::v1 as pb;
 use mailroom::server::Mailroom;
-use mailroom::settings::{AuthDraft, Draft, OAuth2Draft, TlsDraft};
+use mailroom::settings::{AuthDraft, OAuth2Draft, SettingsDraft, TlsDraft};
 use mailroom::tokens::{Issued, Purpose, Token, TokenState};
 use prost::Message;
 use prost_reflect::{
@@ -202,7 +202,7 @@ fn domain_types_print_their_secrets_redacted() {
     let key_file = dir.path().join("master.key");
     let master_key = MasterKey::load_or_create(&key_file).unwrap();
     let master_hex = std::fs::read_to_string(&key_file).unwrap();
-    let draft = Draft {
+    let draft = SettingsDraft {
         password: SECRET.into(),
         tls: TlsDraft {
             client_key_pem: SECRET.into(),

@@ -91,8 +91,8 @@ mod settings {
     use super::{duration, duration_from, timestamp};
     use crate::proto::v1 as pb;
     use crate::settings::{
-        Auth, AuthDraft, Draft, Mechanism, OAuth2Draft, Provider, Security, SmtpSettings, TlsDraft,
-        DEFAULT_INVITATION, DEFAULT_RESET_PASSWORD, DEFAULT_TIMEOUT,
+        Auth, AuthDraft, Mechanism, OAuth2Draft, Provider, Security, SettingsDraft, SmtpSettings,
+        TlsDraft, DEFAULT_INVITATION, DEFAULT_RESET_PASSWORD, DEFAULT_TIMEOUT,
     };
 
     /// The proto enum for a security mode.
@@ -193,11 +193,11 @@ mod settings {
         }
     }
 
-    impl From<pb::SmtpSettings> for Draft {
+    impl From<pb::SmtpSettings> for SettingsDraft {
         fn from(p: pb::SmtpSettings) -> Self {
             let tls = p.tls.unwrap_or_default();
             let expiration = p.token_expiration.unwrap_or_default();
-            Draft {
+            SettingsDraft {
                 host: p.host,
                 port: p.port,
                 from: p.from,

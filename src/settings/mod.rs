@@ -222,7 +222,7 @@ fn sender_within(
 /// Settings as a caller sends them: raw values, checked by [`SettingsService::update`].
 /// Empty strings and `None` durations mean "not given".
 #[derive(Clone, Debug, Default)]
-pub struct Draft {
+pub struct SettingsDraft {
     /// See [`SmtpSettings::host`].
     pub host: String,
     /// See [`SmtpSettings::port`].
@@ -534,7 +534,10 @@ impl SettingsService {
     /// The settings a test uses: `draft` applied over the stored settings as a full update
     /// would apply it, but not saved (so a stored secret is used only on terms at least as
     /// strict as those it was given with); the stored settings when there is no draft.
-    pub async fn candidate(&self, draft: Option<Draft>) -> Result<SmtpSettings, SettingsError> {
+    pub async fn candidate(
+        &self,
+        draft: Option<SettingsDraft>,
+    ) -> Result<SmtpSettings, SettingsError> {
         let current = self.store.smtp_settings().await?;
         let candidate = match draft {
             None => current.ok_or(SettingsError::NotConfigured)?,
@@ -601,7 +604,7 @@ impl SettingsService {
     /// result, recording `updated_by`.
     pub async fn update(
         &self,
-        draft: Draft,
+        draft: SettingsDraft,
         mask: &[String],
         updated_by: &str,
     ) -> Result<SmtpSettings, SettingsError> {
@@ -641,7 +644,7 @@ impl SettingsService {
 /// The settings `draft` makes of `current`, or every violation found.
 fn merge(
     current: Option<&SmtpSettings>,
-    draft: Draft,
+    draft: SettingsDraft,
     mask: &[String],
     key: &MasterKey,
     now: SystemTime,
