@@ -150,7 +150,7 @@ async fn the_catcher_prints_and_files_what_mailroom_sends() {
         issued.token
     ));
     catcher.wait_for("RCPT TO: <soc@example.com>");
-    catcher.wait_for("#42** needs you");
+    catcher.wait_for("Case #42 needs you");
     let printed = catcher.printed.clone();
     for expected in [
         "MAIL FROM: <thehive@example.com>",

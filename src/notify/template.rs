@@ -517,91 +517,196 @@ fn push_literal(out: &mut String, c: char) {
     }
 }
 
-/// The most elements an HTML body may have for its text part to be laid out by
-/// html2text. html2text's cost grows faster than the body: html5ever's tree builder
-/// rescans its stack of open elements as it inserts some of them (time in the square of
-/// the depth: 16,000 nested `<div>`s took 0.76 s), and its table layout holds every cell
-/// (one row of 165,000 cells, rendered from 200 bytes of template, took 455 MB). Mail
-/// written for people has a few hundred elements.
-pub const MAX_LAID_OUT_ELEMENTS: usize = 5000;
-
-/// The most formatting elements (`<b>`, `<a>`, `<font>`…) an HTML body may leave open at
-/// once for its text part to be laid out by html2text. HTML's parser opens every
-/// formatting element still open again in each new block: `<b>` left open 600 times,
-/// then 600 paragraphs, made 360,000 elements of 1,201 tags (14.6 s, 1 GB). Mail closes
-/// what it opens.
-pub const MAX_OPEN_FORMATTING: usize = 32;
-
-/// HTML's formatting elements, those its parser reopens (the "list of active formatting
-/// elements").
-const FORMATTING: [&str; 14] = [
-    "a", "b", "big", "code", "em", "font", "i", "nobr", "s", "small", "strike", "strong", "tt", "u",
-];
-
-/// The plain-text part of an HTML body: laid out by html2text when the body has at most
-/// [`MAX_LAID_OUT_ELEMENTS`] tags and never leaves more than [`MAX_OPEN_FORMATTING`]
-/// formatting elements open, else its text with the tags taken out (linear time, never
-/// longer than the body).
+/// The plain-text part of an HTML body, made in one pass over it: the text between tags,
+/// whitespace collapsed, a line break for each block (`p`, `div`, `br`, `li`, `tr`,
+/// headings…), a link's address after its text, the content of `script`, `style`, `head`
+/// and `title` left out, and the common character references decoded.
+///
+/// By hand rather than html2text: html2text lays the body out with html5ever's tree
+/// builder, whose cost on hostile markup grows much faster than the body — the square of
+/// the nesting depth (16,000 nested `<div>`s: 0.76 s), every cell of a table held (a row
+/// of 165,000 cells from 200 bytes of template: 455 MB), every unclosed formatting element
+/// opened again in each new block (36 KB of markup: 4.6 GB), attributes compared pairwise
+/// (120,000 on one tag: 52 s) — and a caller writes the body. This takes time and memory
+/// in proportion to the body, whatever it holds.
 pub fn html_to_text(html: &str) -> String {
-    if tags(html) > MAX_LAID_OUT_ELEMENTS || open_formatting(html) > MAX_OPEN_FORMATTING {
-        return strip_tags(html);
-    }
-    html2text::from_read(html.as_bytes(), 78).unwrap_or_else(|_| strip_tags(html))
-}
-
-/// How many tags `html` opens or closes, at most: every `<` before a letter or `/`. An
-/// upper bound on the elements a parser makes of them, up to the few it implies for each
-/// (a `<td>` alone becomes a table, a body, a row and a cell).
-fn tags(html: &str) -> usize {
-    html.as_bytes()
-        .windows(2)
-        .filter(|w| w[0] == b'<' && (w[1].is_ascii_alphabetic() || w[1] == b'/'))
-        .count()
-}
-
-/// The most formatting elements `html` leaves open at once: each start tag of one opens
-/// it (`<b/>` too: HTML ignores the slash), each end tag of the same name closes one.
-fn open_formatting(html: &str) -> usize {
-    let mut open = [0usize; FORMATTING.len()];
-    let mut most = 0;
-    let bytes = html.as_bytes();
-    for (at, _) in html.match_indices('<') {
-        let closing = bytes.get(at + 1) == Some(&b'/');
-        let start = at + 1 + usize::from(closing);
-        let name: String = bytes[start.min(bytes.len())..]
-            .iter()
-            .take_while(|b| b.is_ascii_alphanumeric())
-            .map(|b| b.to_ascii_lowercase() as char)
-            .collect();
-        let Some(kind) = FORMATTING.iter().position(|f| *f == name) else {
-            continue;
-        };
-        if closing {
-            open[kind] = open[kind].saturating_sub(1);
-        } else {
-            open[kind] += 1;
-            most = most.max(open.iter().sum());
-        }
-    }
-    most
-}
-
-/// `html` without its tags and comments: what is between them, as it is.
-fn strip_tags(html: &str) -> String {
-    let mut out = String::with_capacity(html.len() / 2);
+    let mut text = Text::default();
     let mut rest = html;
     while let Some(at) = rest.find('<') {
+        text.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(comment) = rest.strip_prefix("<!--") {
+            rest = comment.find("-->").map_or("", |end| &comment[end + 3..]);
+            continue;
+        }
+        let Some(end) = tag_end(rest) else {
+            text.push_str(rest);
+            rest = "";
+            break;
+        };
+        let tag = &rest[1..end];
+        rest = &rest[end + 1..];
+        let closing = tag.starts_with('/');
+        let name: String = tag[usize::from(closing)..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .take(16)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if name.is_empty() {
+            // Not a tag: `a < b`.
+            text.push_str("<");
+            text.push_str(tag);
+            text.push_str(">");
+            continue;
+        }
+        match name.as_str() {
+            "script" | "style" | "head" | "title" if !closing => {
+                rest = after_closing(rest, &name);
+            }
+            "a" if !closing => text.link = href(tag),
+            "a" => {
+                if let Some(href) = text.link.take() {
+                    text.push_str(&format!(" ({href})"));
+                }
+            }
+            "br" => text.line_break(),
+            "p" | "div" | "li" | "tr" | "ul" | "ol" | "table" | "blockquote" | "hr" | "h1"
+            | "h2" | "h3" | "h4" | "h5" | "h6" | "pre" | "section" | "article" | "header"
+            | "footer" => text.block(),
+            "td" | "th" => text.push_str(" "),
+            _ => {}
+        }
+    }
+    text.push_str(rest);
+    text.out.trim().to_string()
+}
+
+/// Where the tag `rest` starts with ends: its first `>` outside quoted attribute values.
+fn tag_end(rest: &str) -> Option<usize> {
+    let mut quote = None;
+    for (at, c) in rest.char_indices().skip(1) {
+        match (quote, c) {
+            (None, '>') => return Some(at),
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What comes after the closing tag of `name` (case aside) in `rest`, or nothing.
+fn after_closing<'a>(rest: &'a str, name: &str) -> &'a str {
+    let mut from = 0;
+    while let Some(at) = rest[from..].find("</") {
+        let start = from + at + 2;
+        let candidate = rest.get(start..start + name.len());
+        if candidate.is_some_and(|c| c.eq_ignore_ascii_case(name)) {
+            return rest[start..]
+                .find('>')
+                .map_or("", |end| &rest[start + end + 1..]);
+        }
+        from = start;
+    }
+    ""
+}
+
+/// The `href` of an `a` tag's attributes, when there is one (not `javascript:`).
+fn href(tag: &str) -> Option<String> {
+    let lower = tag.to_ascii_lowercase();
+    let at = lower.find("href=")? + 5;
+    let value = &tag[at..];
+    let value = match value.chars().next()? {
+        quote @ ('"' | '\'') => value[1..].split(quote).next()?,
+        _ => value.split(|c: char| c.is_whitespace()).next()?,
+    };
+    let value = decode_references(value.trim());
+    (!value.is_empty() && !value.to_ascii_lowercase().starts_with("javascript:")).then_some(value)
+}
+
+/// Text being made: whitespace collapsed, at most one blank line between blocks.
+#[derive(Default)]
+struct Text {
+    out: String,
+    /// A space is due before the next word.
+    space: bool,
+    /// The address of the link being read.
+    link: Option<String>,
+}
+
+impl Text {
+    fn push_str(&mut self, raw: &str) {
+        let decoded = decode_references(raw);
+        for (n, word) in decoded.split_whitespace().enumerate() {
+            let blank = decoded.starts_with(char::is_whitespace);
+            if (n > 0 || self.space || blank) && !self.out.is_empty() && !self.out.ends_with('\n') {
+                self.out.push(' ');
+            }
+            self.space = false;
+            self.out.push_str(word);
+        }
+        if decoded.ends_with(char::is_whitespace) && !decoded.trim().is_empty() {
+            self.space = true;
+        }
+    }
+
+    fn line_break(&mut self) {
+        self.out.push('\n');
+        self.space = false;
+    }
+
+    fn block(&mut self) {
+        if !self.out.is_empty() && !self.out.ends_with("\n\n") {
+            self.out.push_str(if self.out.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            });
+        }
+        self.space = false;
+    }
+}
+
+/// `text` with the common character references decoded (`&amp;`, `&lt;`, `&gt;`,
+/// `&quot;`, `&apos;`, `&#39;`, `&nbsp;`, and any `&#N;` or `&#xH;`); others as they are.
+fn decode_references(text: &str) -> String {
+    if !text.contains('&') {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
-        let end = if rest.starts_with("<!--") {
-            rest.find("-->").map(|e| e + 3)
-        } else {
-            rest.find('>').map(|e| e + 1)
-        };
-        match end {
-            Some(end) => rest = &rest[end..],
+        let end = rest[1..].find(';').map(|e| e + 1).filter(|e| *e <= 10);
+        let decoded = end.and_then(|end| {
+            let name = &rest[1..end];
+            let c = match name {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                "nbsp" => Some(' '),
+                _ => name.strip_prefix('#').and_then(|n| {
+                    let code = match n.strip_prefix(['x', 'X']) {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                        None => n.parse().ok(),
+                    };
+                    code.and_then(char::from_u32)
+                }),
+            };
+            c.map(|c| (c, end))
+        });
+        match decoded {
+            Some((c, end)) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
             None => {
-                rest = "";
+                out.push('&');
+                rest = &rest[1..];
             }
         }
     }
@@ -644,30 +749,40 @@ mod tests {
     }
 
     #[test]
-    fn an_html_body_of_too_many_elements_gets_its_tags_taken_out() {
-        assert_eq!(tags("<p>a<br><img src=x/><b>b</b></p><hr/> a < b"), 7);
-        let laid_out = format!("<p>{}</p><p>end</p>", "<b>x</b>".repeat(100));
-        assert!(
-            html_to_text(&laid_out).contains("\n"),
-            "paragraphs laid out"
-        );
-        let many = format!(
-            "{}<!-- <b> -->end",
-            "<div/>x".repeat(MAX_LAID_OUT_ELEMENTS + 1)
-        );
-        let text = html_to_text(&many);
+    fn an_html_body_becomes_text_in_one_pass() {
+        let html = "<html><head><title>T</title><style>p{}</style></head><body>\
+                    <h1>Alert &amp; case</h1><p>Hello <b>ana</b>,</p>\
+                    <p>See <a href=\"https://x.example/c?a=1&amp;b=2\">the case</a>.<br>Bye\
+                    </p><ul><li>one</li><li>two</li></ul><script>x()</script>a &lt; b\
+                    <!-- <p>hidden</p> --> &#233;&#x41; &unknown;</body></html>";
         assert_eq!(
-            text,
-            format!("{}end", "x".repeat(MAX_LAID_OUT_ELEMENTS + 1))
+            html_to_text(html),
+            "Alert & case\n\nHello ana,\n\nSee the case (https://x.example/c?a=1&b=2).\nBye\
+             \n\none\n\ntwo\n\na < b éA &unknown;"
         );
-        assert_eq!(strip_tags("a <b unclosed"), "a ");
-        let closed = format!("{}<p>end", "<b>bold</b> <A href=x>link</a>".repeat(100));
-        assert_eq!(open_formatting(&closed), 1);
-        assert!(html_to_text(&closed).contains("**bold**"), "laid out");
-        let reopened: String = (0..33).map(|i| format!("<b x={i}>")).collect();
-        let reopened = format!("<p>{reopened}{}", "<p>x".repeat(33));
-        assert_eq!(open_formatting(&reopened), 33);
-        assert_eq!(html_to_text(&reopened), "x".repeat(33), "tags taken out");
+        assert_eq!(html_to_text("a < b > c"), "a < b > c");
+        assert_eq!(html_to_text("<p>unclosed <b"), "unclosed <b");
+        assert_eq!(html_to_text("<script>never closed"), "");
+        assert_eq!(html_to_text("<a href='javascript:x()'>no</a>"), "no");
+    }
+
+    #[test]
+    fn hostile_markup_costs_its_length() {
+        // Shapes that cost html2text seconds and gigabytes: here each is one pass.
+        let reopened: String = (0..20_000)
+            .map(|i| format!("<font x=\"</font>{i}\">"))
+            .collect();
+        let text = html_to_text(&format!("{reopened}{}", "<p>x".repeat(20_000)));
+        assert!(text.starts_with("x\n\nx"), "{}", &text[..20]);
+        let attributes: String = (0..100_000).map(|i| format!(" z{i}")).collect();
+        assert_eq!(html_to_text(&format!("<p{attributes}>x</p>")), "x");
+        assert_eq!(html_to_text(&"<div>".repeat(200_000)), "");
+        let links = html_to_text(&"<a href=h>l".repeat(50_000));
+        assert_eq!(
+            links.matches("l (h)").count(),
+            0,
+            "unclosed links print no address"
+        );
     }
 
     #[test]
