@@ -567,7 +567,7 @@ pub fn html_to_text(html: &str) -> String {
             "a" if !closing => text.link = href(tag),
             "a" => {
                 if let Some(href) = text.link.take() {
-                    text.push_str(&format!(" ({href})"));
+                    text.push_raw(&format!(" ({href})"));
                 }
             }
             "br" => text.line_break(),
@@ -646,9 +646,15 @@ impl Text {
             self.space = false;
             self.out.push_str(word);
         }
-        if decoded.ends_with(char::is_whitespace) && !decoded.trim().is_empty() {
+        if decoded.ends_with(char::is_whitespace) {
             self.space = true;
         }
+    }
+
+    /// Adds `raw` as it is (already decoded: a link's address).
+    fn push_raw(&mut self, raw: &str) {
+        self.out.push_str(raw);
+        self.space = false;
     }
 
     fn line_break(&mut self) {
@@ -766,6 +772,16 @@ mod tests {
              \n\none\n\ntwo\n\na < b éA &unknown;"
         );
         assert_eq!(html_to_text("a < b > c"), "a < b > c");
+        assert_eq!(html_to_text("<b>x</b> <i>y</i>"), "x y");
+        assert_eq!(
+            html_to_text("<table><tr><td>a</td><td>b</td></tr></table>"),
+            "a b"
+        );
+        assert_eq!(
+            html_to_text("<a href=\"?q=&amp;lt;\">q</a>"),
+            "q (?q=&lt;)",
+            "an address decoded once"
+        );
         assert_eq!(html_to_text("<p>unclosed <b"), "unclosed <b");
         assert_eq!(html_to_text("<script>never closed"), "");
         assert_eq!(html_to_text("<a href='javascript:x()'>no</a>"), "no");
