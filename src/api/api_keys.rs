@@ -29,7 +29,7 @@ impl ApiKeys for ApiKeysApi {
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManagePlatform)
+            .authorize(&request, Permission::ManagePlatform)
             .await?;
         let request = request.into_inner();
         caller.act_for(&request.organisation)?;
@@ -49,7 +49,7 @@ impl ApiKeys for ApiKeysApi {
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         self.auth
-            .authorize(request.metadata(), Permission::ManagePlatform)
+            .authorize(&request, Permission::ManagePlatform)
             .await?;
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token).map_err(|v| invalid(&v))?;
@@ -67,7 +67,7 @@ impl ApiKeys for ApiKeysApi {
     ) -> Result<Response<pb::ApiKey>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManagePlatform)
+            .authorize(&request, Permission::ManagePlatform)
             .await?;
         let key = self.auth.revoke(&caller, &request.into_inner().id).await?;
         tracing::info!(revoked_key_id = %key.id, "API key revoked");

@@ -36,7 +36,7 @@ impl Directory for DirectoryApi {
     ) -> Result<Response<pb::User>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         let user = request
             .into_inner()
@@ -52,7 +52,7 @@ impl Directory for DirectoryApi {
     ) -> Result<Response<pb::User>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         let user = self
             .directory
@@ -67,7 +67,7 @@ impl Directory for DirectoryApi {
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         self.directory
             .delete(login(&request.get_ref().login)?, caller.scope())
@@ -81,7 +81,7 @@ impl Directory for DirectoryApi {
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         let request = request.into_inner();
         let organisation = caller.act_for(&request.organisation)?;

@@ -39,7 +39,7 @@ use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticated, Authenticator};
 use crate::metrics::Metrics;
 
 /// The unit the budget counts in.
@@ -156,14 +156,17 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            let path = request.uri().path();
+            let mut request = request;
+            let path = request.uri().path().to_string();
             let unary = path.starts_with(GATED);
             let (limit, budgets) = if unary {
                 let metadata = MetadataMap::from_headers(request.headers().clone());
-                let organisation = match layer.auth.authenticate(&metadata).await {
-                    Ok(organisation) => organisation,
+                let key = match layer.auth.authenticate(&metadata).await {
+                    Ok(key) => key,
                     Err(e) => return Ok(Status::from(e).into_http()),
                 };
+                let organisation = key.organisation.clone();
+                request.extensions_mut().insert(Authenticated(key));
                 let service = path[1..].split('/').next().unwrap_or_default();
                 let budgets = vec![
                     PollSemaphore::new(layer.share_of(&organisation)),

@@ -77,7 +77,7 @@ impl Notifier for NotifierApi {
     ) -> Result<Response<pb::SendResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageConfig)
+            .authorize(&request, Permission::ManageConfig)
             .await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
@@ -105,7 +105,7 @@ impl Notifier for NotifierApi {
     ) -> Result<Response<pb::SendResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageConfig)
+            .authorize(&request, Permission::ManageConfig)
             .await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
@@ -135,7 +135,7 @@ impl Notifier for NotifierApi {
     ) -> Result<Response<pb::SendAccountNoticeResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?;
@@ -158,7 +158,7 @@ impl Notifier for NotifierApi {
     ) -> Result<Response<pb::Message>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageConfig)
+            .authorize(&request, Permission::ManageConfig)
             .await?;
         let message = self
             .notify
@@ -173,7 +173,7 @@ impl Notifier for NotifierApi {
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageConfig)
+            .authorize(&request, Permission::ManageConfig)
             .await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?;
@@ -203,7 +203,7 @@ impl Notifier for NotifierApi {
     ) -> Result<Response<pb::Message>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageConfig)
+            .authorize(&request, Permission::ManageConfig)
             .await?;
         let message = self
             .notify
@@ -219,7 +219,7 @@ impl Notifier for NotifierApi {
     ) -> Result<Response<pb::Message>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageConfig)
+            .authorize(&request, Permission::ManageConfig)
             .await?;
         let message = self
             .notify

@@ -31,7 +31,7 @@ impl SmtpAdmin for SmtpAdminApi {
         request: Request<pb::GetSmtpSettingsRequest>,
     ) -> Result<Response<pb::SmtpSettings>, Status> {
         self.auth
-            .authorize(request.metadata(), Permission::ManagePlatform)
+            .authorize(&request, Permission::ManagePlatform)
             .await?;
         let settings = self.settings.get().await?;
         Ok(Response::new(convert::settings(settings.as_deref())))
@@ -43,7 +43,7 @@ impl SmtpAdmin for SmtpAdminApi {
     ) -> Result<Response<pb::SmtpSettings>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManagePlatform)
+            .authorize(&request, Permission::ManagePlatform)
             .await?;
         let request = request.into_inner();
         let settings = request
@@ -63,7 +63,7 @@ impl SmtpAdmin for SmtpAdminApi {
         request: Request<pb::TestSmtpSettingsRequest>,
     ) -> Result<Response<pb::TestSmtpSettingsResponse>, Status> {
         self.auth
-            .authorize(request.metadata(), Permission::ManagePlatform)
+            .authorize(&request, Permission::ManagePlatform)
             .await?;
         let request = request.into_inner();
         let to = probe::recipient(&request.recipient)

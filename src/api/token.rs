@@ -41,7 +41,7 @@ impl Token for TokenApi {
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
@@ -70,7 +70,7 @@ impl Token for TokenApi {
     ) -> Result<Response<pb::TokenInfo>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         let r = request.get_ref();
         let token = self
@@ -86,7 +86,7 @@ impl Token for TokenApi {
     ) -> Result<Response<pb::TokenInfo>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         let r = request.get_ref();
         let token = self
@@ -102,7 +102,7 @@ impl Token for TokenApi {
     ) -> Result<Response<pb::RevokeTokensResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         let r = request.get_ref();
         let revoked = self
@@ -122,7 +122,7 @@ impl Token for TokenApi {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let caller = self
             .auth
-            .authorize(request.metadata(), Permission::ManageUser)
+            .authorize(&request, Permission::ManageUser)
             .await?;
         let r = request.into_inner();
         let purpose = purpose_filter(r.purpose)?;

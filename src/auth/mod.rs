@@ -226,6 +226,11 @@ pub trait ApiKeyStore: Backend {
     ) -> StoreResult<Option<ApiKey>>;
 }
 
+/// The key the gate found on a request (`api::gate`), carried in its extensions so that the
+/// key is looked up once per call.
+#[derive(Clone)]
+pub struct Authenticated(pub Arc<ApiKey>);
+
 /// Checks callers' keys and manages keys. Keys that authenticated are kept in memory by
 /// digest (every RPC checks one); revoking a key through this process forgets it at once.
 #[derive(Clone)]
@@ -268,15 +273,11 @@ impl Authenticator {
         Ok(Some(key))
     }
 
-    /// Whether `metadata` holds the bearer secret of a live key: the check made before a
+    /// The live key whose bearer secret `metadata` holds: the check made before a
     /// request's message is read (`api::gate`), so that no caller without a key gets a
-    /// request of megabytes decoded.
-    /// The key's organisation.
-    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, AuthError> {
-        Ok(self.caller_key(metadata).await?.organisation.clone())
-    }
-
-    async fn caller_key(&self, metadata: &MetadataMap) -> Result<Arc<ApiKey>, AuthError> {
+    /// request of megabytes decoded. The gate leaves the key on the request
+    /// ([`Authenticated`]) for [`Authenticator::authorize`].
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<ApiKey>, AuthError> {
         let secret = bearer(metadata)?;
         self.key(&crypto::digest(secret))
             .await?
@@ -285,12 +286,15 @@ impl Authenticator {
 
     /// The caller of a request, who must hold `permission`. Records the key id and its
     /// organisation on the RPC's span.
-    pub async fn authorize(
+    pub async fn authorize<T>(
         &self,
-        metadata: &MetadataMap,
+        request: &tonic::Request<T>,
         permission: Permission,
     ) -> Result<Caller, AuthError> {
-        let key = self.caller_key(metadata).await?;
+        let key = match request.extensions().get::<Authenticated>() {
+            Some(Authenticated(key)) => key.clone(),
+            None => self.authenticate(request.metadata()).await?,
+        };
         record_caller(&Span::current(), &key.id, &key.organisation);
         if !key.permissions.contains(&permission) {
             return Err(AuthError::PermissionDenied(format!(
