@@ -184,13 +184,12 @@ async fn admitted(server: &TestServer) -> f64 {
 #[tokio::test]
 async fn a_stalled_message_holds_its_organisation_only_and_not_for_long() {
     let _watchdog = support::watchdog();
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = mailroom::config::Args::with_data_dir(dir.path());
-    args.clock = support::test_clock();
-    args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    args.request_bytes_in_flight = 16 << 20;
-    args.request_read_timeout = Duration::from_secs(3);
-    let server = TestServer::start_with(args).await;
+    let server = TestServer::start_tuned(|args| {
+        args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        args.request_bytes_in_flight = 16 << 20;
+        args.request_read_timeout = Duration::from_secs(3);
+    })
+    .await;
     let smtp = support::smtp::SmtpServer::start(support::smtp::Options::default());
     server.configure_smtp(smtp.addr.port()).await;
     let acme = server.create_key("acme", &["manageConfig"]).await;
@@ -268,11 +267,10 @@ async fn a_stalled_message_holds_its_organisation_only_and_not_for_long() {
 #[tokio::test]
 async fn a_second_message_or_an_unfinished_prefix_is_refused() {
     let _watchdog = support::watchdog();
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = mailroom::config::Args::with_data_dir(dir.path());
-    args.clock = support::test_clock();
-    args.request_read_timeout = Duration::from_secs(1);
-    let server = TestServer::start_with(args).await;
+    let server = TestServer::start_tuned(|args| {
+        args.request_read_timeout = Duration::from_secs(1);
+    })
+    .await;
     let path = "/mailroom.v1.Notifier/SendToAddresses";
     let mut two = prefix(0);
     two.extend(prefix(4 << 20));
@@ -314,11 +312,10 @@ async fn a_second_message_or_an_unfinished_prefix_is_refused() {
 #[tokio::test]
 async fn calls_without_a_key_are_bounded_too() {
     let _watchdog = support::watchdog();
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = mailroom::config::Args::with_data_dir(dir.path());
-    args.clock = support::test_clock();
-    args.request_read_timeout = Duration::from_secs(1);
-    let server = TestServer::start_with(args).await;
+    let server = TestServer::start_tuned(|args| {
+        args.request_read_timeout = Duration::from_secs(1);
+    })
+    .await;
     let health = "/grpc.health.v1.Health/Check";
     let (code, message) = support::within(
         Duration::from_secs(10),

@@ -232,13 +232,12 @@ fn over_quota(status: &tonic::Status) -> (String, std::time::Duration) {
 #[tokio::test]
 async fn an_organisation_over_its_quota_leaves_the_others_sending() {
     let _watchdog = crate::support::watchdog();
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = mailroom::config::Args::with_data_dir(dir.path());
-    args.clock = crate::support::test_clock();
-    args.org_pending_messages = 3;
-    args.org_messages_per_hour = 4;
-    args.org_bytes_per_day = 64 * 1024;
-    let server = TestServer::start_with(args).await;
+    let server = TestServer::start_tuned(|args| {
+        args.org_pending_messages = 3;
+        args.org_messages_per_hour = 4;
+        args.org_bytes_per_day = 64 * 1024;
+    })
+    .await;
     // Nothing listens there: messages stay pending.
     server.configure_smtp(crate::support::free_port()).await;
     let acme = server.create_key("acme", &["manageConfig"]).await;
@@ -420,12 +419,11 @@ async fn a_slow_render_leaves_the_runtime_serving() {
 #[tokio::test]
 async fn tokens_and_user_changes_have_hourly_quotas_per_organisation() {
     let _watchdog = crate::support::watchdog();
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = mailroom::config::Args::with_data_dir(dir.path());
-    args.clock = crate::support::test_clock();
-    args.org_tokens_per_hour = 2;
-    args.org_user_changes_per_hour = 2;
-    let server = TestServer::start_with(args).await;
+    let server = TestServer::start_tuned(|args| {
+        args.org_tokens_per_hour = 2;
+        args.org_user_changes_per_hour = 2;
+    })
+    .await;
     let acme = server.create_key("acme", &["manageUser"]).await;
     let beta = server.create_key("beta", &["manageUser"]).await;
     let issue = |key: &str, organisation: &str, login: &str| {
@@ -482,11 +480,10 @@ async fn tokens_and_user_changes_have_hourly_quotas_per_organisation() {
 #[tokio::test]
 async fn a_retry_counts_against_the_quotas() {
     let _watchdog = crate::support::watchdog();
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = mailroom::config::Args::with_data_dir(dir.path());
-    args.clock = crate::support::test_clock();
-    args.org_messages_per_hour = 1;
-    let server = TestServer::start_with(args).await;
+    let server = TestServer::start_tuned(|args| {
+        args.org_messages_per_hour = 1;
+    })
+    .await;
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
     let acme = server.create_key("acme", &["manageConfig"]).await;
@@ -524,11 +521,10 @@ async fn a_retry_counts_against_the_quotas() {
 #[tokio::test]
 async fn a_send_past_the_hourly_quota_is_refused_before_it_renders() {
     let _watchdog = crate::support::watchdog();
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = mailroom::config::Args::with_data_dir(dir.path());
-    args.clock = crate::support::test_clock();
-    args.org_messages_per_hour = 1;
-    let server = TestServer::start_with(args).await;
+    let server = TestServer::start_tuned(|args| {
+        args.org_messages_per_hour = 1;
+    })
+    .await;
     server.configure_smtp(crate::support::free_port()).await;
     let acme = server.create_key("acme", &["manageConfig"]).await;
     send_as(&server, &acme, "", &["a@example.com"], "x")
@@ -548,12 +544,11 @@ async fn a_send_past_the_hourly_quota_is_refused_before_it_renders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_organisations_slow_sends_leave_the_others_a_thread() {
     let _watchdog = crate::support::watchdog();
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = mailroom::config::Args::with_data_dir(dir.path());
-    args.clock = crate::support::test_clock();
-    args.send_threads = 2;
-    args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = TestServer::start_with(args).await;
+    let server = TestServer::start_tuned(|args| {
+        args.send_threads = 2;
+        args.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     server.configure_smtp(crate::support::free_port()).await;
     let acme = server.create_key("acme", &["manageConfig"]).await;
     let beta = server.create_key("beta", &["manageConfig"]).await;

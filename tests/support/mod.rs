@@ -70,6 +70,18 @@ impl TestServer {
         server
     }
 
+    /// A server on a new temporary data directory, with a manual clock and the arguments
+    /// `tune` sets.
+    pub async fn start_tuned(tune: impl FnOnce(&mut Args)) -> Self {
+        let temp = tempfile::tempdir().expect("temporary directory");
+        let mut args = Args::with_data_dir(temp.path());
+        args.clock = test_clock();
+        tune(&mut args);
+        let mut server = Self::start_with(args).await;
+        server._temp = Some(temp);
+        server
+    }
+
     /// A server on `data_dir` (kept after it stops).
     pub async fn start_in(data_dir: &Path) -> Self {
         let mut args = Args::with_data_dir(data_dir);
