@@ -21,6 +21,40 @@ pub struct OverQuota {
     pub retry_after: Duration,
 }
 
+/// Organisations whose shares are kept before the idle ones are forgotten.
+const KEPT_SHARES: usize = 10_000;
+
+/// A semaphore of `permits` per organisation, made on first use: what one organisation may
+/// hold of something all share (request bytes, send threads, cores to render on). Past
+/// [`KEPT_SHARES`] organisations, the idle ones are forgotten (a share in use is held by
+/// its permits too).
+pub struct Shares {
+    permits: usize,
+    shares: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+}
+
+impl Shares {
+    /// Shares of `permits` each.
+    pub fn new(permits: usize) -> Self {
+        Self {
+            permits,
+            shares: Mutex::default(),
+        }
+    }
+
+    /// The share of `organisation`.
+    pub fn of(&self, organisation: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        if shares.len() >= KEPT_SHARES && !shares.contains_key(organisation) {
+            shares.retain(|_, s| s.available_permits() < self.permits);
+        }
+        shares
+            .entry(organisation.to_string())
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.permits)))
+            .clone()
+    }
+}
+
 /// Buckets of a tally's window.
 const BUCKETS: u64 = 24;
 /// The hour of [`Hourly`].

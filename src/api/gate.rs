@@ -24,7 +24,6 @@
 //!   declares 4 MiB and sends none of it would hold that much of the budget for as long
 //!   as it liked; one that never finishes the prefix would hold a stream).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -41,6 +40,7 @@ use tonic::Status;
 
 use crate::auth::{Authenticated, Authenticator};
 use crate::metrics::Metrics;
+use crate::quota::Shares;
 
 /// The unit the budget counts in.
 pub const UNIT: usize = 16 * 1024;
@@ -77,7 +77,7 @@ pub struct GateLayer {
     /// The whole budget.
     budget: Arc<Semaphore>,
     /// Each organisation's share of it, made on its first call.
-    shares: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    shares: Arc<Shares>,
     /// Units in a share.
     share: usize,
     /// The budget of calls without a key (health, reflection).
@@ -95,21 +95,12 @@ impl GateLayer {
         Self {
             auth,
             budget: Arc::new(Semaphore::new(units)),
-            shares: Arc::default(),
+            shares: Arc::new(Shares::new(units / 4)),
             share: units / 4,
             open: Arc::new(Semaphore::new(OPEN_BUDGET.div_ceil(UNIT))),
             read_time,
             metrics,
         }
-    }
-
-    /// The share of `organisation`.
-    fn share_of(&self, organisation: &str) -> Arc<Semaphore> {
-        let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
-        shares
-            .entry(organisation.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.share)))
-            .clone()
     }
 }
 
@@ -169,7 +160,7 @@ where
                 request.extensions_mut().insert(Authenticated(key));
                 let service = path[1..].split('/').next().unwrap_or_default();
                 let budgets = vec![
-                    PollSemaphore::new(layer.share_of(&organisation)),
+                    PollSemaphore::new(layer.shares.of(&organisation)),
                     PollSemaphore::new(layer.budget.clone()),
                 ];
                 (request_limit(service), budgets)

@@ -21,6 +21,7 @@ use crate::crypto::CryptoError;
 use crate::directory::UserStore;
 use crate::metrics::Metrics;
 use crate::ports::StoreError;
+use crate::quota::Shares;
 use crate::settings::{SettingsError, SettingsService};
 use crate::validation::Violations;
 use template::{BodyFormat, TemplateCache};
@@ -61,8 +62,6 @@ pub const KEEP_IDEMPOTENCY: std::time::Duration = std::time::Duration::from_secs
 /// templates leave the runtime's workers their share of the cores. More wait their turn;
 /// one organisation's sends take at most a quarter of them.
 pub const SEND_THREADS: usize = 64;
-/// Organisations whose shares are kept before the idle ones are forgotten.
-const KEPT_SHARES: usize = 10_000;
 /// Users read from the directory at a time by SendToUsers.
 const USER_PAGE: usize = 1000;
 
@@ -175,12 +174,10 @@ pub struct NotifyService {
     metrics: Metrics,
     /// Sends running at once, each on a thread ([`NotifyService::on_send_thread`]).
     send_threads: Arc<Semaphore>,
-    /// Each organisation's share of them, and its size.
-    send_shares: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>>,
-    send_share: usize,
-    /// Each organisation's turns to render, and how many it has at once.
-    render_shares: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>>,
-    render_share: usize,
+    /// Each organisation's share of them.
+    send_shares: Arc<Shares>,
+    /// Each organisation's turns to render.
+    render_shares: Arc<Shares>,
 }
 
 impl NotifyService {
@@ -205,12 +202,12 @@ impl NotifyService {
             wake,
             metrics,
             send_threads: Arc::new(Semaphore::new(SEND_THREADS)),
-            send_shares: Arc::default(),
-            send_share: SEND_THREADS / 4,
-            render_shares: Arc::default(),
-            render_share: std::thread::available_parallelism()
-                .map_or(1, |n| n.get() / 2)
-                .max(1),
+            send_shares: Arc::new(Shares::new(SEND_THREADS / 4)),
+            render_shares: Arc::new(Shares::new(
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get() / 2)
+                    .max(1),
+            )),
         }
     }
 
@@ -218,7 +215,7 @@ impl NotifyService {
     /// [`NotifyService::on_send_thread`]), one organisation's at most a quarter of them.
     pub fn with_send_threads(mut self, threads: usize) -> Self {
         self.send_threads = Arc::new(Semaphore::new(threads.max(1)));
-        self.send_share = (threads / 4).max(1);
+        self.send_shares = Arc::new(Shares::new((threads / 4).max(1)));
         self
     }
 

@@ -7,14 +7,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use lettre::message::Mailbox;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::render::{check_notification, has_line_break, mailbox, user_value};
 use super::stage::Stager;
 use super::template::Data;
 use super::{
-    Idempotency, Notification, NotifyError, NotifyService, OutboxMessage, Queued, KEPT_SHARES,
-    MAX_ADDRESSES, USER_PAGE,
+    Idempotency, Notification, NotifyError, NotifyService, OutboxMessage, Queued, MAX_ADDRESSES,
+    USER_PAGE,
 };
 use crate::crypto;
 use crate::metrics::Metrics;
@@ -57,17 +57,7 @@ impl NotifyService {
         organisation: &str,
         send: impl Future<Output = Result<T, NotifyError>> + Send + 'static,
     ) -> Result<T, NotifyError> {
-        let share = {
-            let mut shares = self.send_shares.lock().unwrap_or_else(|e| e.into_inner());
-            if shares.len() >= KEPT_SHARES && !shares.contains_key(organisation) {
-                // Idle ones only: a share in use is held by its sends too.
-                shares.retain(|_, s| s.available_permits() < self.send_share);
-            }
-            shares
-                .entry(organisation.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.send_share)))
-                .clone()
-        };
+        let share = self.send_shares.of(organisation);
         let closed = |_| NotifyError::Store(StoreError::Unavailable("shutting down".into()));
         let waiting = Counted::new(&self.metrics, "waiting");
         let own = share.acquire_owned().await.map_err(closed)?;
@@ -224,17 +214,8 @@ impl NotifyService {
     /// templates leave the others CPU as well as threads. Taken for each message's
     /// rendering and sealing, not while it is written.
     async fn render_turn(&self, organisation: &str) -> Result<OwnedSemaphorePermit, NotifyError> {
-        let turns = {
-            let mut shares = self.render_shares.lock().unwrap_or_else(|e| e.into_inner());
-            if shares.len() >= KEPT_SHARES && !shares.contains_key(organisation) {
-                shares.retain(|_, s| s.available_permits() < self.render_share);
-            }
-            shares
-                .entry(organisation.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.render_share)))
-                .clone()
-        };
-        turns
+        self.render_shares
+            .of(organisation)
             .acquire_owned()
             .await
             .map_err(|_| NotifyError::Store(StoreError::Unavailable("shutting down".into())))
