@@ -263,6 +263,59 @@ pub enum Command {
     /// accepts every message, prints its envelope, headers and text part, and writes it to
     /// `--dir` as an `.eml` file. It is not a relay: nothing is delivered anywhere.
     CatchMail(CatchMailArgs),
+    /// Write every record of the store to one file, secrets still sealed under the master
+    /// key (a backup, or the first half of a move). The embedded store must be stopped; an
+    /// etcd store is read as of one revision while its replicas run.
+    Export(ExportArgs),
+    /// Read a file `export` wrote into an empty store (or, with `--replace`, in place of
+    /// what it holds), once the master key is shown to open the file's secrets.
+    Import(ImportArgs),
+    /// Move the embedded store in `--data-dir` to etcd in one step (export, then import):
+    /// mailroom stopped, etcd's replicas not yet started.
+    Migrate(MigrateArgs),
+}
+
+/// `mailroom export`: the store to read, and the file to write.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct ExportArgs {
+    /// The file to write (replaced whole once complete; never left half-written).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The store to read.
+    #[command(flatten)]
+    pub store: RotateMasterKeyArgs,
+}
+
+/// `mailroom import`: the file to read, and the store to write.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct ImportArgs {
+    /// The file `mailroom export` wrote.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Remove whatever the store holds before importing (else a store holding anything is
+    /// refused).
+    #[arg(long)]
+    pub replace: bool,
+    /// The store to write, and the master key that must open the file's secrets.
+    #[command(flatten)]
+    pub store: RotateMasterKeyArgs,
+}
+
+/// `mailroom migrate`: the embedded store in `--data-dir` to the etcd cluster the
+/// `--etcd-*` flags name.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct MigrateArgs {
+    /// The store to move to: `etcd`.
+    #[arg(long, value_enum)]
+    pub to_store: StoreKind,
+    /// Remove whatever the etcd prefix holds first (else a prefix holding anything is
+    /// refused).
+    #[arg(long)]
+    pub replace: bool,
+    /// Where the sled store is (`--data-dir`), where etcd is (`--etcd-*`), and the master
+    /// key (`--master-key-file`, else `<data-dir>/master.key`). `--store` must be `sled`.
+    #[command(flatten)]
+    pub store: RotateMasterKeyArgs,
 }
 
 with_state_flags! {
@@ -275,6 +328,12 @@ pub struct RotateMasterKeyArgs {}
 impl Args {
     /// The server's arguments with the store `rotate-master-key` names: what it opens.
     pub fn for_rotation(&self, rotate: &RotateMasterKeyArgs) -> Args {
+        self.with_store(rotate)
+    }
+
+    /// The server's arguments with the store a maintenance command's flags name (the state
+    /// flags of `rotate-master-key`, `export`, `import` and `migrate`).
+    pub fn with_store(&self, rotate: &RotateMasterKeyArgs) -> Args {
         let RotateMasterKeyArgs {
             data_dir,
             store,

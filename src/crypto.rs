@@ -59,6 +59,10 @@ pub enum CryptoError {
     Open,
 }
 
+/// What the store's key check (a value sealed with the master key when the store was
+/// created) is sealed for.
+pub const KEY_CHECK_PURPOSE: &str = "mailroom.key_check";
+
 /// The keys that seal stored secrets: a keyring whose first key seals and every key opens,
 /// so that a rotation can re-seal stored values while the old ones still open. The key file
 /// holds one key per line (64 hex digits), the sealing key first.

@@ -33,6 +33,9 @@
 //! - [`clock`]: the time the domain asks, settable in tests.
 //! - [`catcher`]: `mailroom catch-mail`, the mail catcher for trying mailroom and for tests
 //!   (an SMTP server that prints and files every message; not a relay).
+//! - [`snapshot`]: what `mailroom export`, `import` and `migrate` move: every record as
+//!   the domain holds it, the export file's format, and [`snapshot::Snapshot`], the port
+//!   each backend implements for them.
 //! - [`proto`]: the generated contract (`proto/mailroom/v1`).
 //!
 //! No `unsafe` here: the one use in the project is the allocator's option in `main.rs`.
@@ -57,6 +60,7 @@ pub mod proto;
 pub mod quota;
 pub mod server;
 pub mod settings;
+pub mod snapshot;
 pub mod store;
 pub mod tokens;
 pub mod validation;

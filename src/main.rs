@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mailroom::config::{Args, Command};
+use mailroom::snapshot::{Counts, Kind};
 
 /// mimalloc: under many requests in flight, glibc's malloc spent a quarter of the CPU of
 /// `IssueToken` in its arena locks; mimalloc's per-thread heaps raised durable-RPC
@@ -63,6 +64,51 @@ async fn serve() -> ExitCode {
                 }
             };
         }
+        Some(Command::Export(export)) => {
+            let args = args.with_store(&export.store);
+            mailroom::server::init_tracing(args.log_format);
+            return finish(
+                "export",
+                mailroom::server::export(&args, &export.out)
+                    .await
+                    .map(|header| {
+                        println!(
+                            "mailroom export: wrote {} ({})",
+                            export.out.display(),
+                            describe(&header.counts)
+                        );
+                        println!(
+                            "It holds the store's secrets sealed under the master key, and                              digests of its keys and tokens: keep it as you keep the master key."
+                        );
+                    }),
+            );
+        }
+        Some(Command::Import(import)) => {
+            let args = args.with_store(&import.store);
+            mailroom::server::init_tracing(args.log_format);
+            return finish(
+                "import",
+                mailroom::server::import(&args, &import.from, import.replace)
+                    .await
+                    .map(|header| {
+                        println!(
+                            "mailroom import: read {} ({})",
+                            import.from.display(),
+                            describe(&header.counts)
+                        );
+                    }),
+            );
+        }
+        Some(Command::Migrate(migrate)) => {
+            let args = args.with_store(&migrate.store);
+            mailroom::server::init_tracing(args.log_format);
+            return finish(
+                "migrate",
+                mailroom::server::migrate(&args, migrate.to_store, migrate.replace)
+                    .await
+                    .map(|counts| print_migrated(&args, &counts)),
+            );
+        }
         None => mailroom::server::init_tracing(args.log_format),
     }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -79,6 +125,46 @@ async fn serve() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The exit of a maintenance command, its error logged.
+fn finish(command: &str, outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), command, "failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `migrate` moved, per kind, and what to do next.
+fn print_migrated(args: &Args, counts: &Counts) {
+    println!(
+        "mailroom migrate: moved the embedded store in {} to etcd at {} (prefix {}):",
+        args.data_dir.display(),
+        args.etcd_endpoints.join(","),
+        args.etcd_prefix
+    );
+    for kind in Kind::ALL {
+        println!(
+            "  {:<12} {}",
+            kind.name(),
+            counts.get(&kind).copied().unwrap_or(0)
+        );
+    }
+    println!(
+        "Next: start the replicas with --store etcd, the same --etcd-* flags, and the same \
+         master key ({}: copy it to each replica, --master-key-file); the API keys' secrets \
+         (admin.key too) and pending tokens keep working. Keep {} stopped: it no longer \
+         holds the current state.",
+        args.master_key_path().display(),
+        args.data_dir.display()
+    );
+}
+
+fn describe(counts: &Counts) -> String {
+    mailroom::snapshot::file::describe(counts)
 }
 
 #[cfg(test)]

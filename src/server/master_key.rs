@@ -7,13 +7,11 @@ use tokio::sync::Notify;
 
 use super::store::open_store;
 use crate::config::Args;
-use crate::crypto::MasterKey;
+use crate::crypto::{MasterKey, KEY_CHECK_PURPOSE};
 use crate::metrics::Metrics;
 use crate::notify::NotifyService;
 use crate::settings::SettingsService;
 use crate::store::Store;
-
-const KEY_CHECK_PURPOSE: &str = "mailroom.key_check";
 
 /// Proves that `key` opens this store's secrets (sealing the proof on a new store): a
 /// wrong or lost key stops the start with a clear error instead of failing later.

@@ -7,6 +7,7 @@
 
 mod jobs;
 mod master_key;
+mod portability;
 mod process;
 mod store;
 #[cfg(feature = "tls")]
@@ -57,6 +58,7 @@ use tls::tls_config;
 
 pub use jobs::sweeper::Sweeper;
 pub use master_key::rotate_master_key;
+pub use portability::{export, import, migrate};
 pub use process::{init_tracing, shutdown_signal};
 
 /// The services whose health is reported, besides the server as a whole (`""`).
@@ -106,6 +108,10 @@ impl Mailroom {
         }
         let master_key = MasterKey::load_or_create(&args.master_key_path())?;
         let store = open_store(&args).await?;
+        // Before anything is written: a store an import is writing is not the server's yet.
+        if let Some(mark) = store.import_mark().await? {
+            return Err(crate::snapshot::interrupted(&mark).into());
+        }
         check_master_key(store.as_ref(), &master_key, &args).await?;
         let auth = Authenticator::new(store.clone(), args.clock.clone());
         if let Some(file) = auth.bootstrap(&args.data_dir).await? {

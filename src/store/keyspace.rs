@@ -31,7 +31,7 @@ pub(crate) struct Family {
 }
 
 /// `<name>` → a record of the store itself: [`SMTP_SETTINGS`], [`BOOTSTRAPPED`],
-/// [`KEY_CHECK`].
+/// [`KEY_CHECK`], [`IMPORTING`].
 pub(crate) const META: Family = Family {
     etcd: "meta/",
     tree: "meta",
@@ -43,6 +43,9 @@ pub(crate) const SMTP_SETTINGS: &str = "smtp_settings";
 pub(crate) const BOOTSTRAPPED: &str = "bootstrapped";
 /// In [`META`]: a value sealed with the master key, proof that the key opens the store.
 pub(crate) const KEY_CHECK: &str = "key_check";
+/// In [`META`]: the digest of the file an import is writing, until it has written it
+/// all (`mailroom import`); the server refuses a store so marked.
+pub(crate) const IMPORTING: &str = "importing";
 
 /// `<id>` → API key.
 pub(crate) const API_KEYS: Family = Family {

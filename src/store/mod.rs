@@ -43,9 +43,11 @@ pub mod prelude {
         ApiKeyStore, Backend, MembershipTokens, OutboxStore, SettingsStore, Store, TokenStore,
         UserStore,
     };
+    pub use crate::snapshot::Snapshot;
 }
 
-/// Every port of the domain over one backend, and the master key's check: what the wiring
+/// Every port of the domain over one backend, export and import
+/// ([`Snapshot`](crate::snapshot::Snapshot)), and the master key's check: what the wiring
 /// (`server/`) opens, and hands each service the ports it needs of.
 #[async_trait]
 pub trait Store:
@@ -56,6 +58,7 @@ pub trait Store:
     + MembershipTokens
     + TokenStore
     + OutboxStore
+    + crate::snapshot::Snapshot
     + 'static
 {
     /// A value sealed with the master key when the store was created: proof at start that

@@ -36,7 +36,9 @@
 //! - `idempotency.rs`: idempotency records, their ids kept apart when many;
 //! - `outbox.rs`: reading, replacing, removing and counting messages;
 //! - `windows.rs`: rate-limit windows and quota tallies;
-//! - `tokens.rs`: the [`TokenStore`](super::TokenStore).
+//! - `tokens.rs`: the [`TokenStore`](super::TokenStore);
+//! - `snapshot.rs`: export (at one revision) and import (the
+//!   [`Snapshot`](crate::snapshot::Snapshot) port).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,6 +64,7 @@ mod kv;
 mod outbox;
 mod security;
 mod settings;
+mod snapshot;
 mod tokens;
 mod watch;
 mod windows;

@@ -19,6 +19,7 @@
 //! - `claims.rs`: claims held in memory;
 //! - `windows.rs`: rate-limit windows and quota tallies;
 //! - `tokens.rs`: the [`TokenStore`](super::TokenStore);
+//! - `snapshot.rs`: export and import (the [`Snapshot`](crate::snapshot::Snapshot) port);
 //! - `recovery.rs`: crash repair, batches and claims left by a dead process, migration.
 
 use std::path::Path;
@@ -46,6 +47,7 @@ mod keys;
 mod outbox;
 mod recovery;
 mod settings;
+mod snapshot;
 mod tokens;
 mod windows;
 

@@ -1,0 +1,205 @@
+//! `mailroom export`, `import` and `migrate`: a store's records to a file, a file's
+//! records into an empty store, and the embedded store into etcd in one step (see
+//! [`crate::snapshot`] for what moves and how an import survives being cut short).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::store::{create_private_dir, open_store};
+use crate::config::{Args, StoreKind};
+use crate::crypto::MasterKey;
+use crate::ports::StoreError;
+use crate::snapshot::file::{self, Header, Reader, Writer};
+use crate::snapshot::{secrets, Counts, Kind, Portable};
+use crate::store::Store;
+
+/// Records written to the store at once, and message records (with their contents).
+const CHUNK: usize = 256;
+const MESSAGE_CHUNK: usize = 16;
+
+/// `mailroom export --out FILE`: every record of the store the flags name, written to
+/// `out` (in place only once whole). The embedded store must not be in use.
+pub async fn export(args: &Args, out: &Path) -> anyhow::Result<Header> {
+    if args.store == StoreKind::Sled && !args.data_dir.join("sled").is_dir() {
+        anyhow::bail!(
+            "no embedded store in {} (--data-dir): nothing to export",
+            args.data_dir.display()
+        );
+    }
+    let store = open_store(args)
+        .await
+        .context("mailroom export reads the embedded store with mailroom stopped: stop it first")?;
+    let header = export_from(store.as_ref(), args.store, out).await?;
+    close(store).await?;
+    Ok(header)
+}
+
+async fn export_from(store: &dyn Store, kind: StoreKind, out: &Path) -> anyhow::Result<Header> {
+    let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut writer = Writer::create(out)?;
+    store
+        .export(&mut |record| {
+            writer
+                .write(&record)
+                .map_err(|e| StoreError::Unavailable(format!("writing the export: {e}")))
+        })
+        .await
+        .context("reading the store")?;
+    let header = writer.finish(store_name(kind), started)?;
+    tracing::info!(
+        file = %out.display(),
+        records = %file::describe(&header.counts),
+        "store exported"
+    );
+    Ok(header)
+}
+
+/// `mailroom import --from FILE`: the file's records into the store the flags name, which
+/// must hold nothing (unless `replace`), once the master key opens every secret in the
+/// file. Run again after a crash, it finishes what the first run began.
+pub async fn import(args: &Args, from: &Path, replace: bool) -> anyhow::Result<Header> {
+    let key = master_key_of(args)?;
+    let (header, digest) = check_file(from, &key)?;
+    if args.store == StoreKind::Sled {
+        create_private_dir(&args.data_dir)?;
+    }
+    let store = open_store(args)
+        .await
+        .context("mailroom import writes the store with mailroom stopped: stop it first")?;
+    import_into(store.as_ref(), from, &digest, replace).await?;
+    close(store).await?;
+    tracing::info!(
+        file = %from.display(),
+        records = %file::describe(&header.counts),
+        "store imported"
+    );
+    Ok(header)
+}
+
+/// The master key the flags name, which must exist: a key made now would open nothing.
+fn master_key_of(args: &Args) -> anyhow::Result<MasterKey> {
+    let path = args.master_key_path();
+    if !path.exists() {
+        anyhow::bail!(
+            "no master key at {}: the file's secrets are sealed under the master key of the \
+             store it was exported from; copy that key file here (or name it with \
+             --master-key-file)",
+            path.display()
+        );
+    }
+    Ok(MasterKey::load_or_create(&path)?)
+}
+
+/// Reads the whole file before anything is written: every record must decode, the counts
+/// match the header, and `key` open every sealed value. Its header and digest.
+fn check_file(path: &Path, key: &MasterKey) -> anyhow::Result<(Header, String)> {
+    let mut reader = Reader::open(path)?;
+    while let Some(record) = reader.next_record()? {
+        if let Some(what) = secrets::unopened(&record, key) {
+            anyhow::bail!(
+                "the master key does not open {what} in {}: it is not the key of the store \
+                 this was exported from (give that key with --master-key-file). Nothing was \
+                 written",
+                path.display()
+            );
+        }
+    }
+    let header = reader.header().clone();
+    Ok((header, file::digest(path)?))
+}
+
+/// Writes the file's records into `store`, under the import's mark.
+async fn import_into(
+    store: &dyn Store,
+    from: &Path,
+    digest: &str,
+    replace: bool,
+) -> anyhow::Result<()> {
+    match store.import_mark().await? {
+        Some(mark) if mark == digest => {
+            tracing::info!("finishing an import of this file that did not finish");
+        }
+        Some(mark) if !replace => {
+            anyhow::bail!(
+                "an import of another file (digest {mark}) into this store did not finish: \
+                 run it again with that file, or use --replace to import this one instead"
+            );
+        }
+        _ => {
+            if !replace && store.holds_records().await? {
+                anyhow::bail!(
+                    "the store already holds records: import writes into an empty store \
+                     (--replace removes what it holds first)"
+                );
+            }
+        }
+    }
+    store.set_import_mark(Some(digest)).await?;
+    // Whatever a first run of this file, or the store before --replace, left: gone.
+    store.remove_all().await?;
+    let mut reader = Reader::open(from)?;
+    let mut chunk: Vec<Portable> = Vec::with_capacity(CHUNK);
+    while let Some(record) = reader.next_record()? {
+        let limit = if record.kind() == Kind::Message {
+            MESSAGE_CHUNK
+        } else {
+            CHUNK
+        };
+        chunk.push(record);
+        if chunk.len() >= limit {
+            store.restore(&chunk).await?;
+            chunk.clear();
+        }
+    }
+    store.restore(&chunk).await?;
+    store.flush().await?;
+    store.set_import_mark(None).await?;
+    Ok(())
+}
+
+/// `mailroom migrate --to-store etcd`: the embedded store in `--data-dir` exported, then
+/// imported into the etcd cluster the `--etcd-*` flags name, through a file in the data
+/// directory (`migration.jsonl`, removed at the end). Run again after a crash, it finishes
+/// the import from that file. What moved, per kind.
+pub async fn migrate(args: &Args, to: StoreKind, replace: bool) -> anyhow::Result<Counts> {
+    if args.store != StoreKind::Sled || to != StoreKind::Etcd {
+        anyhow::bail!(
+            "mailroom migrate moves the embedded store (--store sled, the default) to etcd \
+             (--to-store etcd)"
+        );
+    }
+    let key = master_key_of(args)?;
+    let file = args.data_dir.join("migration.jsonl");
+    let target = Args {
+        store: StoreKind::Etcd,
+        ..args.clone()
+    };
+    let etcd = open_store(&target).await?;
+    let resumable = match (etcd.import_mark().await?, file.is_file()) {
+        (Some(mark), true) => file::digest(&file)? == mark,
+        _ => false,
+    };
+    if !resumable {
+        export(args, &file).await?;
+    }
+    let (header, digest) = check_file(&file, &key)?;
+    import_into(etcd.as_ref(), &file, &digest, replace).await?;
+    std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+    Ok(header.counts)
+}
+
+fn store_name(kind: StoreKind) -> &'static str {
+    match kind {
+        StoreKind::Sled => "sled",
+        StoreKind::Etcd => "etcd",
+    }
+}
+
+/// Lets go of the store: the embedded one's directory is released once it is closed.
+async fn close(store: Arc<dyn Store>) -> anyhow::Result<()> {
+    store.flush().await?;
+    drop(store);
+    Ok(())
+}

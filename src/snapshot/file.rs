@@ -1,0 +1,314 @@
+//! The export file: JSON lines. The first line is the [`Header`] (format, its version,
+//! the mailroom version that wrote it, the kind of store it came from, when, and how many
+//! records of each kind follow); then one [`Portable`] per line, `{"kind": ..., "record":
+//! ...}`, kind by kind. Self-describing (field names, not postcard's positions), so that a
+//! later version reads it as it reads JSON records stored by earlier ones.
+//!
+//! [`Writer`] writes the records to a temporary file beside the destination while it
+//! counts them, then the header and the records to another, synced and renamed over the
+//! destination: the file is either whole or absent. Both are readable by their owner only.
+//! [`Reader`] reads a line at a time, each at most [`MAX_LINE`] bytes.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Counts, Portable};
+
+/// What the header's `format` says.
+pub const FORMAT: &str = "mailroom-export";
+/// The version of the format this mailroom writes, and the newest it reads.
+pub const VERSION: u32 = 1;
+/// The longest line read: a message near the size limit, sealed and in base64, is far
+/// shorter.
+pub const MAX_LINE: u64 = 64 << 20;
+
+/// The first line of the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// [`FORMAT`].
+    pub format: String,
+    /// [`VERSION`] when written.
+    pub version: u32,
+    /// The mailroom version that wrote it.
+    pub mailroom: String,
+    /// The kind of store it was exported from (`sled`, `etcd`).
+    pub source: String,
+    /// When the export began (RFC 3339).
+    pub exported_at: String,
+    /// How many records of each kind follow.
+    pub counts: Counts,
+}
+
+/// A failure to write or read the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not an export this version reads.
+    #[error("{path}, line {line}: {reason}")]
+    Format {
+        /// The file.
+        path: String,
+        /// The line (1: the header).
+        line: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> FileError + '_ {
+    move |source| FileError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes an export file.
+pub struct Writer {
+    path: PathBuf,
+    records: BufWriter<tempfile::NamedTempFile>,
+    counts: Counts,
+}
+
+impl Writer {
+    /// Starts the file `path` (nothing is there until [`Writer::finish`]).
+    pub fn create(path: &Path) -> Result<Self, FileError> {
+        let records = tempfile::NamedTempFile::new_in(directory_of(path)).map_err(io(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            records: BufWriter::new(records),
+            counts: BTreeMap::new(),
+        })
+    }
+
+    /// Adds a record.
+    pub fn write(&mut self, record: &Portable) -> Result<(), FileError> {
+        serde_json::to_writer(&mut self.records, record)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.records.write_all(b"\n"))
+            .map_err(io(&self.path))?;
+        *self.counts.entry(record.kind()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Writes the header, then the records, and puts the file in place, durably.
+    pub fn finish(self, source: &str, exported_at: String) -> Result<Header, FileError> {
+        let path = self.path.clone();
+        let header = Header {
+            format: FORMAT.into(),
+            version: VERSION,
+            mailroom: env!("CARGO_PKG_VERSION").into(),
+            source: source.into(),
+            exported_at,
+            counts: self.counts,
+        };
+        let mut records = self
+            .records
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(io(&path))?;
+        let write = |records: &mut tempfile::NamedTempFile| -> std::io::Result<()> {
+            records.rewind()?;
+            let mut out = BufWriter::new(tempfile::NamedTempFile::new_in(directory_of(&path))?);
+            serde_json::to_writer(&mut out, &header)?;
+            out.write_all(b"\n")?;
+            std::io::copy(records, &mut out)?;
+            let out = out.into_inner().map_err(|e| e.into_error())?;
+            out.as_file().sync_all()?;
+            out.persist(&path).map_err(|e| e.error)?;
+            crate::crypto::sync_directory(directory_of(&path))
+        };
+        write(&mut records).map_err(io(&path))?;
+        Ok(header)
+    }
+}
+
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Reads an export file, a record at a time.
+pub struct Reader {
+    path: PathBuf,
+    lines: BufReader<File>,
+    line: u64,
+    header: Header,
+    counts: Counts,
+}
+
+impl Reader {
+    /// Opens `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self, FileError> {
+        let file = File::open(path).map_err(io(path))?;
+        let mut reader = Self {
+            path: path.to_path_buf(),
+            lines: BufReader::new(file),
+            line: 0,
+            header: Header {
+                format: String::new(),
+                version: 0,
+                mailroom: String::new(),
+                source: String::new(),
+                exported_at: String::new(),
+                counts: Counts::new(),
+            },
+            counts: Counts::new(),
+        };
+        let Some(line) = reader.next_line()? else {
+            return Err(reader.bad("empty: not a mailroom export".into()));
+        };
+        let header: Header = serde_json::from_slice(&line)
+            .map_err(|e| reader.bad(format!("not a mailroom export header: {e}")))?;
+        if header.format != FORMAT {
+            return Err(reader.bad(format!("format {:?} is not {FORMAT:?}", header.format)));
+        }
+        if header.version > VERSION {
+            return Err(reader.bad(format!(
+                "format version {} was written by mailroom {}; this mailroom {} reads \
+                 version {VERSION} at most",
+                header.version,
+                header.mailroom,
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        reader.header = header;
+        Ok(reader)
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The next record; `None` at the end, once the records read are checked against the
+    /// header's counts (a file cut short is refused there).
+    pub fn next_record(&mut self) -> Result<Option<Portable>, FileError> {
+        let Some(line) = self.next_line()? else {
+            if self.counts != self.header.counts {
+                return Err(self.bad(format!(
+                    "the file ends with {} where its header announces {}: it is incomplete",
+                    describe(&self.counts),
+                    describe(&self.header.counts)
+                )));
+            }
+            return Ok(None);
+        };
+        let record: Portable =
+            serde_json::from_slice(&line).map_err(|e| self.bad(format!("not a record: {e}")))?;
+        let count = self.counts.entry(record.kind()).or_default();
+        *count += 1;
+        if *count > self.header.counts.get(&record.kind()).copied().unwrap_or(0) {
+            return Err(self.bad(format!(
+                "more {} records than the header announces",
+                record.kind().name()
+            )));
+        }
+        Ok(Some(record))
+    }
+
+    fn next_line(&mut self) -> Result<Option<Vec<u8>>, FileError> {
+        let mut line = Vec::new();
+        let read = (&mut self.lines)
+            .take(MAX_LINE + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(io(&self.path))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        if line.last() != Some(&b'\n') {
+            return Err(self.bad(if read as u64 > MAX_LINE {
+                format!("a line longer than {MAX_LINE} bytes")
+            } else {
+                "the last line is cut short: the file is incomplete".into()
+            }));
+        }
+        line.pop();
+        Ok(Some(line))
+    }
+
+    fn bad(&self, reason: String) -> FileError {
+        FileError::Format {
+            path: self.path.display().to_string(),
+            line: self.line,
+            reason,
+        }
+    }
+}
+
+/// `3 api_key, 1 settings, ...`.
+pub fn describe(counts: &Counts) -> String {
+    let parts: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(kind, n)| format!("{n} {}", kind.name()))
+        .collect();
+    if parts.is_empty() {
+        "no record".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The SHA-256 of the file at `path`, in hex: what names an import under way.
+pub fn digest(path: &Path) -> Result<String, FileError> {
+    let mut file = File::open(path).map_err(io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer).map_err(io(path))?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buffer[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Sealed;
+
+    #[test]
+    fn a_file_reads_back_and_a_file_cut_short_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.jsonl");
+        let mut writer = Writer::create(&path).unwrap();
+        assert!(!path.exists(), "nothing is in place before the end");
+        writer
+            .write(&Portable::KeyCheck(Sealed::from_stored("c2VhbGVk".into())))
+            .unwrap();
+        let header = writer
+            .finish("sled", "2026-12-01T00:00:00Z".into())
+            .unwrap();
+        assert_eq!(header.counts.values().sum::<u64>(), 1);
+        let mut reader = Reader::open(&path).unwrap();
+        assert_eq!(reader.header(), &header);
+        assert!(matches!(
+            reader.next_record().unwrap(),
+            Some(Portable::KeyCheck(_))
+        ));
+        assert!(reader.next_record().unwrap().is_none());
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header_only = text.lines().next().unwrap().to_string() + "\n";
+        std::fs::write(&path, header_only).unwrap();
+        let mut reader = Reader::open(&path).unwrap();
+        let err = reader.next_record().unwrap_err().to_string();
+        assert!(err.contains("incomplete"), "{err}");
+    }
+}
