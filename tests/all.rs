@@ -18,6 +18,7 @@ mod line_ends;
 mod metrics;
 mod notifier;
 mod oauth2;
+mod portability;
 mod process;
 mod readme;
 mod replicas;

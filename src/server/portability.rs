@@ -141,6 +141,7 @@ async fn import_into(
     store.remove_all().await?;
     let mut reader = Reader::open(from)?;
     let mut chunk: Vec<Portable> = Vec::with_capacity(CHUNK);
+    let mut written = 0;
     while let Some(record) = reader.next_record()? {
         let limit = if record.kind() == Kind::Message {
             MESSAGE_CHUNK
@@ -150,7 +151,9 @@ async fn import_into(
         chunk.push(record);
         if chunk.len() >= limit {
             store.restore(&chunk).await?;
+            written += chunk.len();
             chunk.clear();
+            tracing::info!(records = written, "records imported so far");
         }
     }
     store.restore(&chunk).await?;
