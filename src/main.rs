@@ -78,7 +78,9 @@ async fn serve() -> ExitCode {
                             describe(&header.counts)
                         );
                         println!(
-                            "It holds the store's secrets sealed under the master key, and                              digests of its keys and tokens: keep it as you keep the master key."
+                            "It holds the store's secrets sealed under the master key, and \
+                             the digests of its API keys and tokens: keep it as you keep the \
+                             master key."
                         );
                     }),
             );

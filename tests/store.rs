@@ -1368,12 +1368,13 @@ async fn export(store: &dyn Store) -> Vec<mailroom::snapshot::Portable> {
 /// Export and import on the backend's own layouts: a batch too large for one etcd
 /// transaction and its idempotency key (ids kept apart on etcd), a content of many parts
 /// (apart from its record on sled); a batch staged and never committed is left out.
-async fn an_export_holds_what_was_acknowledged_whole_and_restores_as_it_was(
-    store: Arc<dyn Store>,
-) {
+async fn an_export_holds_what_was_acknowledged_whole_and_restores_as_it_was(store: Arc<dyn Store>) {
     let key = master_key();
     store.set_import_mark(Some("digest")).await.unwrap();
-    assert!(!store.holds_records().await.unwrap(), "the mark is no record");
+    assert!(
+        !store.holds_records().await.unwrap(),
+        "the mark is no record"
+    );
     let committed = messages("kept", 1500, "acme");
     for page in committed.chunks(500) {
         store.stage_messages("kept", page).await.unwrap();
@@ -1415,7 +1416,10 @@ async fn an_export_holds_what_was_acknowledged_whole_and_restores_as_it_was(
 
     store.remove_all().await.unwrap();
     assert!(!store.holds_records().await.unwrap());
-    assert_eq!(store.import_mark().await.unwrap().as_deref(), Some("digest"));
+    assert_eq!(
+        store.import_mark().await.unwrap().as_deref(),
+        Some("digest")
+    );
     for chunk in exported.chunks(100) {
         store.restore(chunk).await.unwrap();
     }

@@ -15,8 +15,9 @@ use crate::snapshot::file::{self, Header, Reader, Writer};
 use crate::snapshot::{secrets, Counts, Kind, Portable};
 use crate::store::Store;
 
-/// Records written to the store at once, and message records (with their contents).
-const CHUNK: usize = 256;
+/// Records written to the store at once (one group commit on sled), and message records
+/// (with their contents, up to 1.5 MiB each).
+const CHUNK: usize = 1000;
 const MESSAGE_CHUNK: usize = 16;
 
 /// `mailroom export --out FILE`: every record of the store the flags name, written to

@@ -101,8 +101,8 @@ pub struct Keyed<T> {
 pub enum Portable {
     /// See [`Kind::KeyCheck`].
     KeyCheck(Sealed),
-    /// See [`Kind::Settings`].
-    Settings(SmtpSettings),
+    /// See [`Kind::Settings`] (boxed: the largest record by far).
+    Settings(Box<SmtpSettings>),
     /// See [`Kind::ApiKey`].
     ApiKey(ApiKey),
     /// See [`Kind::User`].

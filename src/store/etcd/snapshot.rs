@@ -186,7 +186,10 @@ impl Snapshot for EtcdStore {
             sink(Portable::KeyCheck(decode("key_check", kv.value())?))?;
         }
         if let Some(kv) = self.one_at(&meta(keyspace::SMTP_SETTINGS), at).await? {
-            sink(Portable::Settings(decode("smtp_settings", kv.value())?))?;
+            sink(Portable::Settings(Box::new(decode(
+                "smtp_settings",
+                kv.value(),
+            )?)))?;
         }
         self.family_at(keyspace::API_KEYS, at, |_, key| sink(Portable::ApiKey(key)))
             .await?;
@@ -293,7 +296,7 @@ impl Snapshot for EtcdStore {
                 Portable::Settings(settings) => {
                     add(
                         keyspace::meta(self, keyspace::SMTP_SETTINGS),
-                        encode(settings),
+                        encode(settings.as_ref()),
                     );
                 }
                 Portable::ApiKey(key) => {

@@ -79,7 +79,7 @@ impl Snapshot for SledStore {
             sink(Portable::KeyCheck(check))?;
         }
         if let Some(settings) = self.smtp_settings().await? {
-            sink(Portable::Settings(settings))?;
+            sink(Portable::Settings(Box::new(settings)))?;
         }
         Self::records(&self.keys, b"", |_, key| sink(Portable::ApiKey(key)))?;
         Self::records(&self.users, b"", |_, user| sink(Portable::User(user)))?;
@@ -141,7 +141,7 @@ impl Snapshot for SledStore {
                 }
                 Portable::Settings(settings) => {
                     self.meta
-                        .insert(SETTINGS_KEY, encode(settings))
+                        .insert(SETTINGS_KEY, encode(settings.as_ref()))
                         .map_err(unavailable)?;
                 }
                 Portable::ApiKey(key) => {
