@@ -236,9 +236,20 @@ struct Made {
 
 /// Gives the store of `server` a record of every kind: SMTP settings with a password and
 /// a client key, API keys, users, tokens (active and consumed) and their rate windows, a
-/// message queued with an idempotency key (and the quota tallies it counted), left
-/// `RETRYING` since its relay refuses connections, and the key check.
-async fn populate(server: &TestServer, pki: &Pki) -> Made {
+/// message sent, and another queued with an idempotency key (and the quota tallies they
+/// counted), left `RETRYING` since its relay refuses connections, and the key check.
+async fn populate(server: &TestServer, pki: &Arc<Pki>) -> Made {
+    let earlier = SmtpServer::with_auth(pki, "relay", PASSWORD);
+    server
+        .configure_secure_smtp(earlier.addr.port(), &pki.ca_pem)
+        .await;
+    let sent = server
+        .send_to(&["soc@example.com"], "Sent before the move", "body")
+        .await;
+    server
+        .wait_for_state(&sent[0], pb::MessageState::Sent)
+        .await;
+    drop(earlier);
     let client = rcgen::generate_simple_self_signed(vec!["mailroom.example.com".into()]).unwrap();
     let client_key = client.key_pair.serialize_pem();
     let client_certificate = client.cert.pem();
@@ -376,7 +387,7 @@ async fn round_trip(from: Place, to: Place, how: Move) {
         ("user", 2),
         ("token", 2),
         ("idempotency", 1),
-        ("message", 1),
+        ("message", 2),
     ] {
         assert_eq!(counts[kind], count, "{kind} in {counts}");
     }
@@ -416,7 +427,7 @@ async fn round_trip(from: Place, to: Place, how: Move) {
                 .concat(),
             )
             .await;
-            for (kind, count) in [("api_key", 2), ("user", 2), ("token", 2), ("message", 1)] {
+            for (kind, count) in [("api_key", 2), ("user", 2), ("token", 2), ("message", 2)] {
                 assert!(
                     printed
                         .lines()
@@ -477,7 +488,8 @@ async fn round_trip(from: Place, to: Place, how: Move) {
     assert!(duplicate.duplicate);
     assert_eq!(duplicate.message_ids, std::slice::from_ref(&made.message));
 
-    // The queued message is delivered once, once its relay answers.
+    // The queued message is delivered once, once its relay answers; the one sent before
+    // the move is not sent again.
     let relay = SmtpServer::with_auth(&pki, "relay", PASSWORD);
     // Without the client certificate: the test relay asks for none.
     target
@@ -603,7 +615,7 @@ mod on_etcd {
 async fn exported(dir: &Path) -> (Place, PathBuf) {
     let from = Place::sled(&dir.join("from"));
     let mut source = from.start().await;
-    populate(&source, &Pki::new()).await;
+    populate(&source, &Arc::new(Pki::new())).await;
     source.stop().await.unwrap();
     let file = dir.join("export.jsonl");
     succeed("export", export_args(&from, &file)).await;
