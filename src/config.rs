@@ -1,4 +1,5 @@
-//! The one configuration struct: every flag has a `MAILROOM_*` environment twin, and the
+//! The one configuration struct: every flag has a `MAILROOM_*` environment twin (but
+//! `--replace`, which empties a store, and is given on the command line alone), and the
 //! doc comments below are `mailroom --help`.
 
 use std::net::SocketAddr;
@@ -279,26 +280,26 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct ExportArgs {
     /// The file to write (replaced whole once complete; never left half-written).
-    #[arg(long)]
+    #[arg(long, env = "MAILROOM_EXPORT_OUT")]
     pub out: PathBuf,
     /// The store to read.
     #[command(flatten)]
-    pub store: RotateMasterKeyArgs,
+    pub store: StoreArgs,
 }
 
 /// `mailroom import`: the file to read, and the store to write.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct ImportArgs {
     /// The file `mailroom export` wrote.
-    #[arg(long)]
+    #[arg(long, env = "MAILROOM_IMPORT_FROM")]
     pub from: PathBuf,
     /// Remove whatever the store holds before importing (else a store holding anything is
-    /// refused).
+    /// refused). On the command line only: a variable left set must not empty a store.
     #[arg(long)]
     pub replace: bool,
     /// The store to write, and the master key that must open the file's secrets.
     #[command(flatten)]
-    pub store: RotateMasterKeyArgs,
+    pub store: StoreArgs,
 }
 
 /// `mailroom migrate`: the embedded store in `--data-dir` to the etcd cluster the
@@ -306,16 +307,16 @@ pub struct ImportArgs {
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct MigrateArgs {
     /// The store to move to: `etcd`.
-    #[arg(long, value_enum)]
+    #[arg(long, env = "MAILROOM_MIGRATE_TO_STORE", value_enum)]
     pub to_store: StoreKind,
     /// Remove whatever the etcd prefix holds first (else a prefix holding anything is
-    /// refused).
+    /// refused). On the command line only, as `import --replace`.
     #[arg(long)]
     pub replace: bool,
     /// Where the sled store is (`--data-dir`), where etcd is (`--etcd-*`), and the master
     /// key (`--master-key-file`, else `<data-dir>/master.key`). `--store` must be `sled`.
     #[command(flatten)]
-    pub store: RotateMasterKeyArgs,
+    pub store: StoreArgs,
 }
 
 with_state_flags! {
@@ -325,6 +326,10 @@ with_state_flags! {
 pub struct RotateMasterKeyArgs {}
 }
 
+/// The state flags alone (the store, the master key, the log format): what `export`,
+/// `import` and `migrate` take besides their own, read as `rotate-master-key` reads them.
+pub type StoreArgs = RotateMasterKeyArgs;
+
 impl Args {
     /// The server's arguments with the store `rotate-master-key` names: what it opens.
     pub fn for_rotation(&self, rotate: &RotateMasterKeyArgs) -> Args {
@@ -333,7 +338,7 @@ impl Args {
 
     /// The server's arguments with the store a maintenance command's flags name (the state
     /// flags of `rotate-master-key`, `export`, `import` and `migrate`).
-    pub fn with_store(&self, rotate: &RotateMasterKeyArgs) -> Args {
+    pub fn with_store(&self, rotate: &StoreArgs) -> Args {
         let RotateMasterKeyArgs {
             data_dir,
             store,
