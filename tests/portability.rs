@@ -596,6 +596,21 @@ mod on_etcd {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_import_into_etcd_killed_midway_then_run_again_ends_as_one_clean_run() {
+        let _watchdog = crate::support::watchdog();
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        killed_midway(
+            dir.path(),
+            Place::etcd(&dir.path().join("clean"), &etcd.endpoint, "/clean/"),
+            Place::etcd(&dir.path().join("cut"), &etcd.endpoint, "/cut/"),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn migrate_moves_the_embedded_store_to_etcd_in_one_step() {
         let _watchdog = crate::support::watchdog();
         let Some(etcd) = Etcd::start().await else {
@@ -735,14 +750,23 @@ fn with_many_users(file: &Path, extra: u64) -> PathBuf {
 async fn an_import_killed_midway_then_run_again_ends_as_one_clean_run() {
     let _watchdog = crate::support::watchdog();
     let dir = tempfile::tempdir().unwrap();
-    let (from, small) = exported(dir.path()).await;
+    killed_midway(
+        dir.path(),
+        Place::sled(&dir.path().join("clean")),
+        Place::sled(&dir.path().join("cut")),
+    )
+    .await;
+}
+
+/// Imports a large file into `clean`, and into `cut` killed (SIGKILL) once it wrote its
+/// first records, then again: both stores must end the same.
+async fn killed_midway(dir: &Path, clean: Place, cut: Place) {
+    let (from, small) = exported(dir).await;
     let file = with_many_users(&small, 20_000);
 
-    let clean = Place::sled(&dir.path().join("clean"));
     copy_keys(&from, &clean);
     succeed("import", import_args(&clean, &file)).await;
 
-    let cut = Place::sled(&dir.path().join("cut"));
     copy_keys(&from, &cut);
     let mut command = Command::new(env!("CARGO_BIN_EXE_mailroom"));
     hermetic(&mut command)
@@ -778,10 +802,7 @@ async fn an_import_killed_midway_then_run_again_ends_as_one_clean_run() {
     assert!(refused.contains("did not finish"), "{refused}");
 
     succeed("import", import_args(&cut, &file)).await;
-    let (once, twice) = (
-        dir.path().join("once.jsonl"),
-        dir.path().join("twice.jsonl"),
-    );
+    let (once, twice) = (dir.join("once.jsonl"), dir.join("twice.jsonl"));
     succeed("export", export_args(&clean, &once)).await;
     succeed("export", export_args(&cut, &twice)).await;
     let (counts_once, once) = records(&once);
