@@ -29,9 +29,7 @@ pub async fn export(args: &Args, out: &Path) -> anyhow::Result<Header> {
             args.data_dir.display()
         );
     }
-    let store = open_store(args)
-        .await
-        .context("mailroom export reads the embedded store with mailroom stopped: stop it first")?;
+    let store = open(args, "mailroom export reads").await?;
     let header = export_from(store.as_ref(), args.store, out).await?;
     close(store).await?;
     Ok(header)
@@ -66,9 +64,7 @@ pub async fn import(args: &Args, from: &Path, replace: bool) -> anyhow::Result<H
     if args.store == StoreKind::Sled {
         create_private_dir(&args.data_dir)?;
     }
-    let store = open_store(args)
-        .await
-        .context("mailroom import writes the store with mailroom stopped: stop it first")?;
+    let store = open(args, "mailroom import writes").await?;
     import_into(store.as_ref(), from, &digest, replace).await?;
     close(store).await?;
     tracing::info!(
@@ -77,6 +73,17 @@ pub async fn import(args: &Args, from: &Path, replace: bool) -> anyhow::Result<H
         "store imported"
     );
     Ok(header)
+}
+
+/// The store the flags name; the embedded one's directory must not be in use.
+async fn open(args: &Args, command: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let opened = open_store(args).await;
+    match args.store {
+        StoreKind::Sled => opened.with_context(|| {
+            format!("{command} the embedded store with mailroom stopped: stop it first")
+        }),
+        StoreKind::Etcd => opened,
+    }
 }
 
 /// The master key the flags name, which must exist: a key made now would open nothing.
