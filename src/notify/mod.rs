@@ -43,7 +43,7 @@ pub mod template;
 pub use email::{OutgoingEmail, SealError, MAX_MESSAGE_BYTES};
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
 pub use notices::NoticeKind;
-pub use port::{batch_gone, stage_and_commit, OutboxStore};
+pub use port::{batch_gone, BatchWriter, OutboxStore};
 use quota::PendingCounts;
 pub use quota::{OverQuota, Quotas, Tally};
 pub use render::MAX_HEADER_BYTES;

@@ -66,11 +66,7 @@ impl NotifyService {
             let mut next = current.clone();
             apply(&mut next)?;
             next.version += 1;
-            if self
-                .outbox
-                .swap_message(current.version, &next, true)
-                .await?
-            {
+            if self.outbox.replace_message(current.version, &next).await? {
                 return Ok(next);
             }
         }

@@ -229,7 +229,8 @@ impl Mailroom {
             usize::from(self.args.workers),
             self.metrics.clone(),
         )
-        .claim_margin(self.args.claim_margin);
+        .claim_margin(self.args.claim_margin)
+        .shared_store(!self.store.exclusive());
         jobs.essential(
             "delivery",
             delivery

@@ -21,6 +21,7 @@ use crate::directory::User;
 use crate::notify::{Idempotency, OutboxMessage};
 use crate::tokens::{RateWindow, Token};
 
+mod batch;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod keyspace;
@@ -31,7 +32,7 @@ pub(crate) use keyspace::{state_name, time_from_key, time_key};
 
 pub use crate::auth::ApiKeyStore;
 pub use crate::directory::{MembershipTokens, UserStore};
-pub use crate::notify::{batch_gone, OutboxStore};
+pub use crate::notify::{batch_gone, BatchWriter, OutboxStore};
 pub use crate::ports::{After, Backend, Changed, Result, StoreError};
 pub use crate::settings::SettingsStore;
 pub use crate::tokens::TokenStore;

@@ -9,6 +9,7 @@ use super::content::ends_content;
 use super::keys::*;
 use super::{unavailable, SledStore};
 use crate::notify::MessageState;
+use crate::store::batch::Staging;
 use crate::store::{decode, encode, state_name, Result};
 use crate::tokens::Token;
 
