@@ -126,10 +126,6 @@ impl SledStore {
             flusher_task: Some(flusher_task),
             commits,
         };
-        let migrated = store.migrate_tokens_by_id()?;
-        if migrated > 0 {
-            tracing::info!(migrated, "tokens moved to the by-digest layout");
-        }
         let repaired = store.repair_interrupted_swaps()?;
         if repaired > 0 {
             tracing::info!(
