@@ -30,7 +30,7 @@ use futures_util::FutureExt;
 use lettre::address::Envelope;
 use lettre::Address;
 use rand::Rng;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -38,7 +38,7 @@ use super::connection::{self, Failed, Login, Stage, Stages};
 use crate::clock::Clock;
 use crate::crypto;
 use crate::metrics::Metrics;
-use crate::notify::{Attempt, OutboxMessage, OutboxStore, CONTENT_PURPOSE};
+use crate::notify::{Attempt, MailQueued, OutboxMessage, OutboxStore, CONTENT_PURPOSE};
 use crate::settings::{human, SettingsService, SmtpSettings};
 
 /// Longest sleep of an idle dispatcher (a backstop against clock jumps).
@@ -62,7 +62,7 @@ pub struct Delivery {
     store: Arc<dyn OutboxStore>,
     settings: SettingsService,
     clock: Clock,
-    wake: Arc<Notify>,
+    wake: Arc<MailQueued>,
     workers: usize,
     metrics: Metrics,
     claim_margin: Duration,
@@ -79,7 +79,7 @@ impl Delivery {
         store: Arc<dyn OutboxStore>,
         settings: SettingsService,
         clock: Clock,
-        wake: Arc<Notify>,
+        wake: Arc<MailQueued>,
         workers: usize,
         metrics: Metrics,
     ) -> Self {
@@ -218,7 +218,7 @@ impl Delivery {
 
     async fn idle(&self, wait: Duration, stopping: &CancellationToken) {
         tokio::select! {
-            () = self.wake.notified() => {}
+            () = self.wake.announced() => {}
             () = tokio::time::sleep(wait) => {}
             () = stopping.cancelled() => {}
         }

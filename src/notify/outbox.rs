@@ -39,7 +39,7 @@ impl NotifyService {
         let message = self.change(id, scope, |m| m.requeue(now)).await?;
         self.pending.forget(&message.organisation);
         self.metrics.messages("queued", 1);
-        self.wake.notify_one();
+        self.wake.announce();
         Ok(message)
     }
 

@@ -246,7 +246,7 @@ impl NotifyService {
         let batch = crypto::random_id("batch_");
         self.outbox.enqueue(&batch).commit(&messages, None).await?;
         self.metrics.messages("queued", messages.len());
-        self.wake.notify_one();
+        self.wake.announce();
         Ok(())
     }
 
@@ -312,7 +312,7 @@ impl NotifyService {
             return self.replay(first).await;
         }
         self.metrics.messages("queued", queued.message_ids.len());
-        self.wake.notify_one();
+        self.wake.announce();
         Ok(queued)
     }
 }

@@ -381,7 +381,7 @@ mod testing {
             store,
             settings,
             clock,
-            std::sync::Arc::new(tokio::sync::Notify::new()),
+            std::sync::Arc::new(crate::notify::MailQueued::new()),
             crate::metrics::Metrics::new(),
         )
     }
