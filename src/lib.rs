@@ -42,27 +42,27 @@
 
 #![forbid(unsafe_code)]
 
-pub mod api;
+pub(crate) mod api;
 pub mod auth;
-pub mod cache;
+pub(crate) mod cache;
 pub mod catcher;
 pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod directory;
 #[cfg(feature = "etcd")]
-pub mod etcd_access;
-pub mod mail;
-pub mod metrics;
+pub(crate) mod etcd_access;
+pub(crate) mod mail;
+pub(crate) mod metrics;
 pub mod notify;
-pub mod ports;
+pub(crate) mod ports;
 pub mod proto;
-pub mod quota;
+pub(crate) mod quota;
 pub mod server;
 pub mod settings;
 pub mod snapshot;
 pub mod store;
 pub mod tokens;
-pub mod validation;
+pub(crate) mod validation;
 
 pub use server::run;

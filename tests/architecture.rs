@@ -160,3 +160,57 @@ fn the_store_imports_no_transport() {
         }
     }
 }
+
+/// docs/ARCHITECTURE.md's Layout names every file of `src/`: each top-level module by its
+/// path (`src/notify/`, `src/quota.rs`), each file within a folder by its name, so that the
+/// map a newcomer reads first matches the tree.
+#[test]
+fn the_layout_in_architecture_md_names_every_file() {
+    let _watchdog = crate::support::watchdog();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let layout = doc
+        .split("## Layout")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Layout section");
+    let words: BTreeSet<&str> = layout
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '/'))
+        .flat_map(|word| word.split('/'))
+        .map(|word| word.trim_end_matches('.'))
+        .collect();
+    let src = root.join("src");
+    let mut missing = Vec::new();
+    let mut files = vec![src.clone()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                files.push(entry.unwrap().path());
+            }
+            continue;
+        }
+        let relative = path
+            .strip_prefix(&src)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let named = match relative.split_once('/') {
+            None => layout.contains(&format!("src/{relative}")),
+            Some((top, _)) => {
+                let name = path.file_name().unwrap().to_str().unwrap();
+                let stem = name.trim_end_matches(".rs");
+                layout.contains(&format!("src/{top}/"))
+                    && (words.contains(name) || words.contains(stem))
+            }
+        };
+        if !named {
+            missing.push(relative);
+        }
+    }
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "docs/ARCHITECTURE.md's Layout does not name: {missing:?}"
+    );
+}

@@ -13,32 +13,61 @@ const PLATFORM: &str = "managePlatform";
 const USER: &str = "manageUser";
 const CONFIG: &str = "manageConfig";
 
-/// The permission of every RPC of the contract: [`rpcs`] checks this table against the
-/// contract's descriptor, so that an RPC added without its permission here fails.
-const PERMISSIONS: &[(&str, &str)] = &[
-    ("/mailroom.v1.SmtpAdmin/GetSmtpSettings", PLATFORM),
-    ("/mailroom.v1.SmtpAdmin/UpdateSmtpSettings", PLATFORM),
-    ("/mailroom.v1.SmtpAdmin/TestSmtpSettings", PLATFORM),
-    ("/mailroom.v1.Token/IssueToken", USER),
-    ("/mailroom.v1.Token/VerifyToken", USER),
-    ("/mailroom.v1.Token/ConsumeToken", USER),
-    ("/mailroom.v1.Token/RevokeTokens", USER),
-    ("/mailroom.v1.Token/ListTokens", USER),
-    ("/mailroom.v1.Notifier/SendToAddresses", CONFIG),
-    ("/mailroom.v1.Notifier/SendToUsers", CONFIG),
-    ("/mailroom.v1.Notifier/SendAccountNotice", USER),
-    ("/mailroom.v1.Notifier/GetMessage", CONFIG),
-    ("/mailroom.v1.Notifier/ListMessages", CONFIG),
-    ("/mailroom.v1.Notifier/RetryMessage", CONFIG),
-    ("/mailroom.v1.Notifier/CancelMessage", CONFIG),
-    ("/mailroom.v1.Directory/UpsertUser", USER),
-    ("/mailroom.v1.Directory/GetUser", USER),
-    ("/mailroom.v1.Directory/DeleteUser", USER),
-    ("/mailroom.v1.Directory/ListUsers", USER),
-    ("/mailroom.v1.ApiKeys/CreateApiKey", PLATFORM),
-    ("/mailroom.v1.ApiKeys/ListApiKeys", PLATFORM),
-    ("/mailroom.v1.ApiKeys/RevokeApiKey", PLATFORM),
-];
+/// The permission of every RPC as docs/API.md's "Permissions" table states it (the design's
+/// table): `(path, permission)`.
+fn permissions() -> Vec<(String, &'static str)> {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/API.md"),
+    )
+    .unwrap();
+    let rows = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| Service | RPCs | Permission |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'));
+    let mut table = Vec::new();
+    for row in rows {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        let [service, methods, permission] = cells[..] else {
+            panic!("a row of three cells: {row}");
+        };
+        let permission = [PLATFORM, USER, CONFIG]
+            .into_iter()
+            .find(|p| permission == format!("`{p}`"))
+            .unwrap_or_else(|| panic!("a permission: {row}"));
+        for method in methods.split(", ") {
+            table.push((
+                format!(
+                    "/mailroom.v1.{}/{}",
+                    service.trim_matches('`'),
+                    method.trim_matches('`')
+                ),
+                permission,
+            ));
+        }
+    }
+    table
+}
+
+/// The code's table (`mailroom::auth::permissions::REQUIRED`, which the gate and every
+/// handler check) is the documented one, row for row.
+#[test]
+fn the_code_s_permission_table_is_the_documented_one() {
+    let _watchdog = crate::support::watchdog();
+    let mut code: Vec<(String, &str)> = mailroom::auth::permissions::REQUIRED
+        .iter()
+        .map(|(service, method, permission)| {
+            (
+                format!("/mailroom.v1.{service}/{method}"),
+                permission.as_str(),
+            )
+        })
+        .collect();
+    let mut documented = permissions();
+    code.sort();
+    documented.sort();
+    assert_eq!(code, documented);
+}
 
 /// One RPC of the contract, with its permission.
 struct Rpc {
@@ -61,17 +90,21 @@ impl Rpc {
     }
 }
 
-/// Every RPC of the contract's descriptor, each with its permission from [`PERMISSIONS`].
+/// Every RPC of the contract's descriptor, each with its permission from [`permissions`].
 fn rpcs() -> Vec<Rpc> {
     let rpcs = contract::rpcs();
     contract::assert_table_covers(
-        "PERMISSIONS",
-        PERMISSIONS.iter().map(|(path, _)| path.to_string()),
+        "docs/API.md's Permissions table",
+        permissions().into_iter().map(|(path, _)| path),
         rpcs.iter().map(|rpc| rpc.path.clone()),
     );
     rpcs.into_iter()
         .map(|rpc| {
-            let (_, permission) = PERMISSIONS.iter().find(|(p, _)| *p == rpc.path).unwrap();
+            let permission = permissions()
+                .into_iter()
+                .find(|(p, _)| *p == rpc.path)
+                .unwrap()
+                .1;
             Rpc { rpc, permission }
         })
         .collect()

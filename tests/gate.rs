@@ -146,6 +146,32 @@ async fn a_call_without_a_key_is_refused_unread() {
     server.assert_serving().await;
 }
 
+/// A key without the method's permission is refused as soon as the headers are in too: a
+/// notification of 4 MiB with a manageUser key is never waited for.
+#[tokio::test]
+async fn a_key_without_the_permission_is_refused_unread() {
+    let _watchdog = support::watchdog();
+    let server = TestServer::start().await;
+    let key = server.create_key("acme", &["manageUser"]).await;
+    let (code, message) = support::within(
+        Duration::from_secs(10),
+        "an answer without the message",
+        call_stalled(
+            &server,
+            "/mailroom.v1.Notifier/SendToAddresses",
+            &key,
+            Stalled::new(4 << 20, 1024),
+        ),
+    )
+    .await;
+    assert_eq!(
+        tonic::Code::from(code),
+        tonic::Code::PermissionDenied,
+        "{message}"
+    );
+    assert!(message.contains("manageConfig"), "{message}");
+}
+
 /// A message longer than its service takes is refused from its length prefix, with a key:
 /// a token request of 1 MiB (the Token service takes 256 KiB), a user of 100 KiB.
 #[tokio::test]

@@ -913,10 +913,10 @@ async fn a_batch_never_queued_is_dropped_at_start() {
         }
         .seal(&key, std::time::SystemTime::now())
         .unwrap();
-        store
-            .stage_messages("batch_dead", std::slice::from_ref(&message))
-            .await
-            .unwrap();
+        // Written as part of a batch whose request died before committing it.
+        let mut writer = store.enqueue("batch_dead");
+        writer.write(std::slice::from_ref(&message)).await.unwrap();
+        drop(writer);
         store.flush().await.unwrap();
         assert!(
             store.message(&message.id).await.unwrap().is_some(),

@@ -364,7 +364,8 @@ async fn users_are_listed_by_organisation(store: Arc<dyn Store>) {
 
 async fn a_batch_is_invisible_until_committed(store: Arc<dyn Store>) {
     let batch = messages("b1", 10, "acme");
-    store.stage_messages("b1", &batch).await.unwrap();
+    let mut b1 = store.enqueue("b1");
+    b1.write(&batch).await.unwrap();
     assert!(store.due_messages(now(), 100).await.unwrap().is_empty());
     assert!(store
         .list_messages("acme", None, None, 100)
@@ -374,7 +375,7 @@ async fn a_batch_is_invisible_until_committed(store: Arc<dyn Store>) {
     assert_eq!(store.pending_messages().await.unwrap(), 0);
     assert!(store.next_due().await.unwrap().is_none());
 
-    assert!(store.commit_batch("b1", None).await.unwrap().is_none());
+    assert!(b1.commit(&[], None).await.unwrap().is_none());
     assert_eq!(
         ids(&store.due_messages(now(), 100).await.unwrap()),
         ids(&batch)
@@ -397,16 +398,13 @@ async fn a_batch_is_invisible_until_committed(store: Arc<dyn Store>) {
 async fn a_large_batch_commits_whole(store: Arc<dyn Store>) {
     // Beyond what one etcd transaction may hold: committed by marker, queued in chunks.
     let batch = messages("big", 1000, "acme");
+    let mut big = store.enqueue("big");
     for page in batch.chunks(300) {
-        store.stage_messages("big", page).await.unwrap();
+        big.write(page).await.unwrap();
     }
     assert_eq!(store.pending_messages().await.unwrap(), 0);
     let key = idempotency("big-key", &batch);
-    assert!(store
-        .commit_batch("big", Some(&key))
-        .await
-        .unwrap()
-        .is_none());
+    assert!(big.commit(&[], Some(&key)).await.unwrap().is_none());
     assert_eq!(store.pending_messages().await.unwrap(), 1000);
     let mut listed = Vec::new();
     let mut after: Option<String> = None;
@@ -433,16 +431,18 @@ async fn a_large_batch_commits_whole(store: Arc<dyn Store>) {
 
 async fn an_idempotency_key_keeps_its_first_batch(store: Arc<dyn Store>) {
     let first = messages("first", 3, "acme");
-    store.stage_messages("first", &first).await.unwrap();
-    assert!(store
-        .commit_batch("first", Some(&idempotency("k", &first)))
+    let mut writer = store.enqueue("first");
+    writer.write(&first).await.unwrap();
+    assert!(writer
+        .commit(&[], Some(&idempotency("k", &first)))
         .await
         .unwrap()
         .is_none());
     let second = messages("second", 3, "acme");
-    store.stage_messages("second", &second).await.unwrap();
-    let kept = store
-        .commit_batch("second", Some(&idempotency("k", &second)))
+    let mut writer = store.enqueue("second");
+    writer.write(&second).await.unwrap();
+    let kept = writer
+        .commit(&[], Some(&idempotency("k", &second)))
         .await
         .unwrap()
         .expect("the key's first use");
@@ -471,28 +471,25 @@ async fn an_idempotency_key_keeps_its_first_batch(store: Arc<dyn Store>) {
 async fn a_large_batch_s_idempotency_key_keeps_every_id(store: Arc<dyn Store>) {
     // More ids than one etcd record holds itself (100,000 are 3.3 MB, over etcd's request
     // limit): stored apart, and read back whole for the key's later uses.
-    let stage = |name: &'static str| {
+    let queue = |name: &'static str| {
         let store = store.clone();
         async move {
             let batch = messages(name, 1500, "acme");
+            let mut writer = store.enqueue(name);
             for page in batch.chunks(500) {
-                store.stage_messages(name, page).await.unwrap();
+                writer.write(page).await.unwrap();
             }
-            batch
+            let first = writer
+                .commit(&[], Some(&idempotency("many", &batch)))
+                .await
+                .unwrap();
+            (batch, first)
         }
     };
-    let first = stage("ids-1").await;
-    assert!(store
-        .commit_batch("ids-1", Some(&idempotency("many", &first)))
-        .await
-        .unwrap()
-        .is_none());
-    let second = stage("ids-2").await;
-    let kept = store
-        .commit_batch("ids-2", Some(&idempotency("many", &second)))
-        .await
-        .unwrap()
-        .expect("the key's first use");
+    let (first, none) = queue("ids-1").await;
+    assert!(none.is_none());
+    let (_, kept) = queue("ids-2").await;
+    let kept = kept.expect("the key's first use");
     assert_eq!(kept.queued.message_ids, ids(&first));
     let stored = store.idempotency("acme", "many").await.unwrap().unwrap();
     assert_eq!(stored.queued.message_ids, ids(&first));
@@ -508,7 +505,8 @@ async fn sweeps_walk_more_than_one_page(store: Arc<dyn Store>) {
         let queued = messages(&batch, 1, "acme");
         let key = idempotency(&format!("key-{n:03}"), &queued);
         assert!(store
-            .queue_messages(&batch, &queued, Some(&key))
+            .enqueue(&batch)
+            .commit(&queued, Some(&key))
             .await
             .unwrap()
             .is_none());
@@ -526,7 +524,8 @@ async fn messages_queued_in_one_write_keep_their_idempotency_key(store: Arc<dyn 
     let first = messages("q1", 2, "acme");
     let key = idempotency("once", &first);
     assert!(store
-        .queue_messages("q1", &first, Some(&key))
+        .enqueue("q1")
+        .commit(&first, Some(&key))
         .await
         .unwrap()
         .is_none());
@@ -536,7 +535,8 @@ async fn messages_queued_in_one_write_keep_their_idempotency_key(store: Arc<dyn 
     );
     let again = messages("q2", 2, "acme");
     let kept = store
-        .queue_messages("q2", &again, Some(&idempotency("once", &again)))
+        .enqueue("q2")
+        .commit(&again, Some(&idempotency("once", &again)))
         .await
         .unwrap()
         .expect("the key's first use");
@@ -548,7 +548,8 @@ async fn messages_queued_in_one_write_keep_their_idempotency_key(store: Arc<dyn 
     );
     let plain = messages("q3", 3, "other");
     assert!(store
-        .queue_messages("q3", &plain, None)
+        .enqueue("q3")
+        .commit(&plain, None)
         .await
         .unwrap()
         .is_none());
@@ -564,15 +565,17 @@ async fn messages_queued_in_one_write_keep_their_idempotency_key(store: Arc<dyn 
 
 async fn abandoned_staged_batches_are_dropped(store: Arc<dyn Store>) {
     let gone = messages("gone", 50, "acme");
-    store.stage_messages("gone", &gone).await.unwrap();
+    let mut gone_writer = store.enqueue("gone");
+    gone_writer.write(&gone).await.unwrap();
     let dropped = messages("dropped", 5, "acme");
-    store.stage_messages("dropped", &dropped).await.unwrap();
-    store.discard_batch("dropped").await.unwrap();
+    let mut dropped_writer = store.enqueue("dropped");
+    dropped_writer.write(&dropped).await.unwrap();
+    dropped_writer.abandon().await.unwrap();
     assert_eq!(store.all_messages(None, 1000).await.unwrap().len(), 50);
     assert_eq!(store.recover_batches(now() + NOW).await.unwrap(), 1);
     assert!(store.all_messages(None, 1000).await.unwrap().is_empty());
     // A writer that comes back after its batch was dropped queues nothing, and is told so.
-    let late = store.commit_batch("gone", None).await;
+    let late = gone_writer.commit(&[], None).await;
     assert!(matches!(late, Err(StoreError::Unavailable(_))), "{late:?}");
     assert_eq!(store.pending_messages().await.unwrap(), 0);
     assert!(store
@@ -588,21 +591,19 @@ async fn abandoned_staged_batches_are_dropped(store: Arc<dyn Store>) {
 async fn a_dropped_batch_is_never_acknowledged(store: Arc<dyn Store>) {
     for (batch, size) in [("slow", 3), ("slow-and-large", 1000)] {
         let staged = messages(batch, size, "acme");
-        for page in staged.chunks(300) {
-            store.stage_messages(batch, page).await.unwrap();
-        }
-        assert_eq!(store.recover_batches(now() + NOW).await.unwrap(), 1);
         let key = idempotency(batch, &staged);
-        let late = store.commit_batch(batch, Some(&key)).await;
-        assert!(
-            matches!(late, Err(StoreError::Unavailable(_))),
-            "{batch}: {late:?}"
-        );
-        let late = store.commit_batch(batch, None).await;
-        assert!(
-            matches!(late, Err(StoreError::Unavailable(_))),
-            "{batch}: {late:?}"
-        );
+        for key in [Some(&key), None] {
+            let mut writer = store.enqueue(batch);
+            for page in staged.chunks(300) {
+                writer.write(page).await.unwrap();
+            }
+            assert_eq!(store.recover_batches(now() + NOW).await.unwrap(), 1);
+            let late = writer.commit(&[], key).await;
+            assert!(
+                matches!(late, Err(StoreError::Unavailable(_))),
+                "{batch}: {late:?}"
+            );
+        }
         assert!(
             store.idempotency("acme", batch).await.unwrap().is_none(),
             "{batch}: the key names nothing queued"
@@ -612,9 +613,10 @@ async fn a_dropped_batch_is_never_acknowledged(store: Arc<dyn Store>) {
         // The retry, a new batch under the same key, queues.
         let retry = format!("{batch}-retry");
         let again = messages(&retry, 2, "acme");
-        store.stage_messages(&retry, &again).await.unwrap();
-        let first = store
-            .commit_batch(&retry, Some(&idempotency(batch, &again)))
+        let mut writer = store.enqueue(&retry);
+        writer.write(&again).await.unwrap();
+        let first = writer
+            .commit(&[], Some(&idempotency(batch, &again)))
             .await
             .unwrap();
         assert!(first.is_none(), "{batch}: {first:?}");
@@ -627,19 +629,20 @@ async fn a_dropped_batch_is_never_acknowledged(store: Arc<dyn Store>) {
 
 async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
     let batch = messages("swap", 2, "acme");
-    store.stage_messages("swap", &batch).await.unwrap();
-    store.commit_batch("swap", None).await.unwrap();
+    let mut writer = store.enqueue("swap");
+    writer.write(&batch).await.unwrap();
+    writer.commit(&[], None).await.unwrap();
     let mut claimed = batch[0].clone();
     claimed.claim("me", now(), Duration::from_secs(60));
     claimed.version = 2;
     assert!(
-        !store.swap_message(7, &claimed, false).await.unwrap(),
+        !store.claim_message(7, &claimed).await.unwrap(),
         "stale version"
     );
     let (racing, claim) = (store.clone(), claimed.clone());
     let won = race(10, 1, move |_, _| {
         let (store, claimed) = (racing.clone(), claim.clone());
-        async move { store.swap_message(1, &claimed, false).await.unwrap() }
+        async move { store.claim_message(1, &claimed).await.unwrap() }
     })
     .await
     .into_iter()
@@ -666,7 +669,7 @@ async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
         );
     }
     assert!(
-        !store.swap_message(1, &claimed, true).await.unwrap(),
+        !store.replace_message(1, &claimed).await.unwrap(),
         "swapped once"
     );
     assert_eq!(
@@ -684,7 +687,7 @@ async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
     sent.lease = None;
     sent.sent_time = Some(now());
     sent.version = 3;
-    assert!(store.swap_message(2, &sent, true).await.unwrap());
+    assert!(store.replace_message(2, &sent).await.unwrap());
     assert_eq!(store.pending_messages().await.unwrap(), 1);
     let listed = |state| {
         let store = store.clone();
@@ -706,13 +709,14 @@ async fn a_message_swap_moves_its_indexes(store: Arc<dyn Store>) {
 
 async fn a_removed_message_leaves_no_index_entry(store: Arc<dyn Store>) {
     let batch = messages("remove", 2, "acme");
-    store.stage_messages("remove", &batch).await.unwrap();
-    store.commit_batch("remove", None).await.unwrap();
+    let mut writer = store.enqueue("remove");
+    writer.write(&batch).await.unwrap();
+    writer.commit(&[], None).await.unwrap();
     let mut sent = batch[0].clone();
     sent.state = MessageState::Sent;
     sent.sent_time = Some(now());
     sent.version = 2;
-    assert!(store.swap_message(1, &sent, true).await.unwrap());
+    assert!(store.replace_message(1, &sent).await.unwrap());
     assert!(
         !store.remove_message(1, &sent.id).await.unwrap(),
         "stale version"
@@ -827,7 +831,7 @@ async fn a_token_is_consumed_once_under_concurrency(store: Arc<dyn Store>) {
 async fn a_message_is_claimed_once_under_concurrency(store: Arc<dyn Store>) {
     let (rounds, racers) = (300, 16);
     let batch = messages("claim", rounds, "acme");
-    store.queue_messages("claim", &batch, None).await.unwrap();
+    store.enqueue("claim").commit(&batch, None).await.unwrap();
     let (racing, queued) = (store.clone(), batch.clone());
     let outcomes = race(racers, rounds, move |round, n| {
         let (store, message) = (racing.clone(), queued[round].clone());
@@ -836,7 +840,7 @@ async fn a_message_is_claimed_once_under_concurrency(store: Arc<dyn Store>) {
             claimed.claim(&format!("worker{n}"), now(), Duration::from_secs(60));
             claimed.version += 1;
             store
-                .swap_message(message.version, &claimed, false)
+                .claim_message(message.version, &claimed)
                 .await
                 .unwrap()
         }
@@ -867,19 +871,18 @@ async fn an_idempotency_key_is_used_once_under_concurrency(store: Arc<dyn Store>
                 .collect()
         })
         .collect();
-    for (name, batch) in batches.iter().flat_map(|r| r.iter().skip(1).step_by(2)) {
-        store.stage_messages(name, batch).await.unwrap();
-    }
     let (racing, staged) = (store.clone(), batches.clone());
     let outcomes = race(racers, rounds, move |round, n| {
         let store = racing.clone();
         let (name, batch) = staged[round][n].clone();
         async move {
             let key = idempotency(&format!("key-{round}"), &batch);
+            let mut writer = store.enqueue(&name);
             let first = if n % 2 == 0 {
-                store.queue_messages(&name, &batch, Some(&key)).await
+                writer.commit(&batch, Some(&key)).await
             } else {
-                store.commit_batch(&name, Some(&key)).await
+                writer.write(&batch).await.unwrap();
+                writer.commit(&[], Some(&key)).await
             };
             (ids(&batch), first.unwrap())
         }
@@ -934,9 +937,10 @@ async fn ended_tokens_are_purged(store: Arc<dyn Store>) {
 
 async fn quota_counts_are_per_organisation(store: Arc<dyn Store>) {
     let acme = messages("a", 5, "acme");
-    store.queue_messages("a", &acme, None).await.unwrap();
+    store.enqueue("a").commit(&acme, None).await.unwrap();
     store
-        .queue_messages("b", &messages("b", 2, "beta"), None)
+        .enqueue("b")
+        .commit(&messages("b", 2, "beta"), None)
         .await
         .unwrap();
     assert_eq!(store.pending_of("acme", 100).await.unwrap(), 5);
@@ -946,7 +950,7 @@ async fn quota_counts_are_per_organisation(store: Arc<dyn Store>) {
     let mut sent = acme[0].clone();
     sent.state = MessageState::Sent;
     sent.version += 1;
-    assert!(store.swap_message(1, &sent, true).await.unwrap());
+    assert!(store.replace_message(1, &sent).await.unwrap());
     assert_eq!(store.pending_of("acme", 100).await.unwrap(), 4);
     // Tallies: concurrent adds never pass the limit, and each key is its own.
     let hour = Duration::from_secs(3600);
@@ -1030,12 +1034,13 @@ async fn the_key_check_is_kept(store: Arc<dyn Store>) {
 /// read with their sealed bodies, came to 1.4 GB. GetMessage and delivery still read it.
 async fn listed_messages_come_without_their_content(store: Arc<dyn Store>) {
     let batch = messages("bare", 3, "acme");
-    store.stage_messages("bare", &batch).await.unwrap();
-    store.commit_batch("bare", None).await.unwrap();
+    let mut writer = store.enqueue("bare");
+    writer.write(&batch).await.unwrap();
+    writer.commit(&[], None).await.unwrap();
     let mut claimed = batch[0].clone();
     claimed.claim("me", now(), Duration::from_secs(60));
     claimed.version = 2;
-    assert!(store.swap_message(1, &claimed, false).await.unwrap());
+    assert!(store.claim_message(1, &claimed).await.unwrap());
     for state in [
         None,
         Some(MessageState::Queued),
@@ -1072,10 +1077,11 @@ async fn messages_near_the_size_limit_are_listed_and_claimed(store: Arc<dyn Stor
             ..message(&key, &format!("large-{n:03}"), "acme")
         })
         .collect();
+    let mut writer = store.enqueue("large");
     for chunk in batch.chunks(4) {
-        store.stage_messages("large", chunk).await.unwrap();
+        writer.write(chunk).await.unwrap();
     }
-    store.commit_batch("large", None).await.unwrap();
+    writer.commit(&[], None).await.unwrap();
     let listed = store.list_messages("acme", None, None, 1000).await.unwrap();
     assert_eq!(ids(&listed), ids(&batch));
     let due = store.due_messages(now(), 16).await.unwrap();
@@ -1194,8 +1200,9 @@ mod etcd_recovery {
         for message in &mut staged {
             message.create_time = created;
         }
-        store.stage_messages(batch, &staged).await.unwrap();
-        let failed = store.commit_batch(batch, None).await;
+        let mut writer = store.enqueue(batch);
+        writer.write(&staged).await.unwrap();
+        let failed = writer.commit(&[], None).await;
         assert!(
             matches!(failed, Err(StoreError::Unavailable(_))),
             "{batch}: the fence stops the queuing: {failed:?}"
@@ -1209,7 +1216,7 @@ mod etcd_recovery {
         claimed.claim(owner, now(), Duration::from_secs(60));
         claimed.version += 1;
         store
-            .swap_message(message.version, &claimed, false)
+            .claim_message(message.version, &claimed)
             .await
             .unwrap()
     }
@@ -1236,7 +1243,7 @@ mod etcd_recovery {
         sent.finish(mailroom::notify::Attempt::Sent, now(), 0.5);
         sent.version += 1;
         assert!(store
-            .swap_message(sent.version - 1, &sent, true)
+            .replace_message(sent.version - 1, &sent)
             .await
             .unwrap());
 

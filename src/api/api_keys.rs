@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::Page;
 use super::status::invalid;
-use crate::auth::{Authenticator, Permission};
+use crate::auth::Authenticator;
 use crate::proto::v1 as pb;
 use crate::proto::v1::api_keys_server::ApiKeys;
 
@@ -27,10 +27,7 @@ impl ApiKeys for ApiKeysApi {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManagePlatform)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let request = request.into_inner();
         caller.act_for(&request.organisation)?;
         let new = self
@@ -48,9 +45,7 @@ impl ApiKeys for ApiKeysApi {
         &self,
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
-        self.auth
-            .authorize(&request, Permission::ManagePlatform)
-            .await?;
+        self.auth.authorize(&request).await?;
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token).map_err(|v| invalid(&v))?;
         let keys = self.auth.list(page.after.as_deref(), page.fetch()).await?;
@@ -65,10 +60,7 @@ impl ApiKeys for ApiKeysApi {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManagePlatform)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let key = self.auth.revoke(&caller, &request.into_inner().id).await?;
         tracing::info!(revoked_key_id = %key.id, "API key revoked");
         Ok(Response::new(key.into()))

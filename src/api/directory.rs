@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::Page;
 use super::status::invalid;
-use crate::auth::{Authenticator, Permission};
+use crate::auth::Authenticator;
 use crate::directory::{canonical_login, DirectoryService};
 use crate::proto::v1 as pb;
 use crate::proto::v1::directory_server::Directory;
@@ -34,10 +34,7 @@ impl Directory for DirectoryApi {
         &self,
         request: Request<pb::UpsertUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let user = request
             .into_inner()
             .user
@@ -50,10 +47,7 @@ impl Directory for DirectoryApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let user = self
             .directory
             .get(login(&request.get_ref().login)?, caller.scope())
@@ -65,10 +59,7 @@ impl Directory for DirectoryApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         self.directory
             .delete(login(&request.get_ref().login)?, caller.scope())
             .await?;
@@ -79,10 +70,7 @@ impl Directory for DirectoryApi {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let request = request.into_inner();
         let organisation = caller.act_for(&request.organisation)?;
         let page = Page::parse(request.page_size, &request.page_token).map_err(|v| invalid(&v))?;

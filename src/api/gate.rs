@@ -2,8 +2,9 @@
 //! what a caller makes the server hold is bounded before any of it is decoded:
 //!
 //! - **a key first**: a call without the secret of a live API key is answered
-//!   `UNAUTHENTICATED` unread (the service then checks the key's permission and
-//!   organisation as before). Health and reflection need none: their messages are small
+//!   `UNAUTHENTICATED` unread, and a key without the method's permission
+//!   ([`crate::auth::permissions`]) `PERMISSION_DENIED` unread (the service then checks the
+//!   key again, and its organisation). Health and reflection need none: their messages are small
 //!   ([`OPEN_LIMIT`]), and share a budget of their own ([`OPEN_BUDGET`]), with the same
 //!   time to arrive.
 //! - **a size per service** ([`request_limit`]): what the largest valid request of the
@@ -38,7 +39,7 @@ use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use crate::auth::{Authenticated, Authenticator};
+use crate::auth::{permissions, AuthError, Authenticated, Authenticator};
 use crate::metrics::Metrics;
 use crate::quota::Shares;
 
@@ -156,6 +157,16 @@ where
                     Ok(key) => key,
                     Err(e) => return Ok(Status::from(e).into_http()),
                 };
+                // Refused unread too: a key without the method's permission.
+                if let Some(needed) = permissions::required_by_path(&path) {
+                    if !key.permissions.contains(&needed) {
+                        let denied = AuthError::PermissionDenied(format!(
+                            "this key lacks the {needed} permission"
+                        ));
+                        return Ok(Status::from(denied).into_http());
+                    }
+                    request.extensions_mut().insert(permissions::Needed(needed));
+                }
                 let organisation = key.organisation.clone();
                 request.extensions_mut().insert(Authenticated(key));
                 let service = path[1..].split('/').next().unwrap_or_default();

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, Page};
 use super::status::invalid;
-use crate::auth::{Authenticator, Permission};
+use crate::auth::Authenticator;
 use crate::notify::template::BodyFormat;
 use crate::notify::{Notification, NotifyService, Queued};
 use crate::proto::v1 as pb;
@@ -75,10 +75,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::SendToAddressesRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageConfig)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
         let shared = Shared {
@@ -103,10 +100,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::SendToUsersRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageConfig)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
         let shared = Shared {
@@ -133,10 +127,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::SendAccountNoticeRequest>,
     ) -> Result<Response<pb::SendAccountNoticeResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?;
         let message_ids = self
@@ -156,10 +147,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageConfig)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let message = self
             .notify
             .get(message_id(&request.get_ref().id)?, caller.scope())
@@ -171,10 +159,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageConfig)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?;
         let mut v = Violations::new();
@@ -201,10 +186,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::RetryMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageConfig)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let message = self
             .notify
             .retry(message_id(&request.get_ref().id)?, caller.scope())
@@ -217,10 +199,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::CancelMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageConfig)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let message = self
             .notify
             .cancel(message_id(&request.get_ref().id)?, caller.scope())

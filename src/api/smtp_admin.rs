@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::status::invalid;
-use crate::auth::{Authenticator, Permission};
+use crate::auth::Authenticator;
 use crate::mail::probe;
 use crate::proto::v1 as pb;
 use crate::proto::v1::smtp_admin_server::SmtpAdmin;
@@ -30,9 +30,7 @@ impl SmtpAdmin for SmtpAdminApi {
         &self,
         request: Request<pb::GetSmtpSettingsRequest>,
     ) -> Result<Response<pb::SmtpSettings>, Status> {
-        self.auth
-            .authorize(&request, Permission::ManagePlatform)
-            .await?;
+        self.auth.authorize(&request).await?;
         let settings = self.settings.get().await?;
         Ok(Response::new(convert::settings(settings.as_deref())))
     }
@@ -41,10 +39,7 @@ impl SmtpAdmin for SmtpAdminApi {
         &self,
         request: Request<pb::UpdateSmtpSettingsRequest>,
     ) -> Result<Response<pb::SmtpSettings>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManagePlatform)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let request = request.into_inner();
         let settings = request
             .settings
@@ -62,9 +57,7 @@ impl SmtpAdmin for SmtpAdminApi {
         &self,
         request: Request<pb::TestSmtpSettingsRequest>,
     ) -> Result<Response<pb::TestSmtpSettingsResponse>, Status> {
-        self.auth
-            .authorize(&request, Permission::ManagePlatform)
-            .await?;
+        self.auth.authorize(&request).await?;
         let request = request.into_inner();
         let to = probe::recipient(&request.recipient)
             .map_err(|why| invalid(&violation("recipient", why)))?;

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, Page};
 use super::status::invalid;
-use crate::auth::{Authenticator, Permission};
+use crate::auth::Authenticator;
 use crate::proto::v1 as pb;
 use crate::proto::v1::token_server::Token;
 use crate::tokens::{IssueRequest, TokenService};
@@ -39,10 +39,7 @@ impl Token for TokenApi {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
         let issued = self
@@ -68,10 +65,7 @@ impl Token for TokenApi {
         &self,
         request: Request<pb::VerifyTokenRequest>,
     ) -> Result<Response<pb::TokenInfo>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let r = request.get_ref();
         let token = self
             .tokens
@@ -84,10 +78,7 @@ impl Token for TokenApi {
         &self,
         request: Request<pb::ConsumeTokenRequest>,
     ) -> Result<Response<pb::TokenInfo>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let r = request.get_ref();
         let token = self
             .tokens
@@ -100,10 +91,7 @@ impl Token for TokenApi {
         &self,
         request: Request<pb::RevokeTokensRequest>,
     ) -> Result<Response<pb::RevokeTokensResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let r = request.get_ref();
         let revoked = self
             .tokens
@@ -120,10 +108,7 @@ impl Token for TokenApi {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let caller = self
-            .auth
-            .authorize(&request, Permission::ManageUser)
-            .await?;
+        let caller = self.auth.authorize(&request).await?;
         let r = request.into_inner();
         let purpose = purpose_filter(r.purpose)?;
         let page = Page::parse(r.page_size, &r.page_token).map_err(|v| invalid(&v))?;

@@ -24,6 +24,7 @@ use crate::ports::{After, Backend, Result as StoreResult, StoreError};
 use crate::validation::Violations;
 
 mod keys;
+pub mod permissions;
 
 pub use keys::NewKey;
 
@@ -284,18 +285,22 @@ impl Authenticator {
             .ok_or(AuthError::Unauthenticated("unknown or revoked API key"))
     }
 
-    /// The caller of a request, who must hold `permission`. Records the key id and its
-    /// organisation on the RPC's span.
-    pub async fn authorize<T>(
-        &self,
-        request: &tonic::Request<T>,
-        permission: Permission,
-    ) -> Result<Caller, AuthError> {
+    /// The caller of a request, who must hold the permission its method needs
+    /// ([`permissions::REQUIRED`], found by the gate from the call's path and left on the
+    /// request as [`permissions::Needed`]). Records the key id and its organisation on the
+    /// RPC's span.
+    pub async fn authorize<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
         let key = match request.extensions().get::<Authenticated>() {
             Some(Authenticated(key)) => key.clone(),
             None => self.authenticate(request.metadata()).await?,
         };
         record_caller(&Span::current(), &key.id, &key.organisation);
+        let Some(&permissions::Needed(permission)) = request.extensions().get() else {
+            // Fails closed: a method missing from the table is a bug, not an open door.
+            return Err(AuthError::PermissionDenied(
+                "no permission is defined for this method".into(),
+            ));
+        };
         if !key.permissions.contains(&permission) {
             return Err(AuthError::PermissionDenied(format!(
                 "this key lacks the {permission} permission"

@@ -30,7 +30,7 @@ use futures_util::FutureExt;
 use lettre::address::Envelope;
 use lettre::Address;
 use rand::Rng;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -38,7 +38,7 @@ use super::connection::{self, Failed, Login, Stage, Stages};
 use crate::clock::Clock;
 use crate::crypto;
 use crate::metrics::Metrics;
-use crate::notify::{Attempt, OutboxMessage, OutboxStore, CONTENT_PURPOSE};
+use crate::notify::{Attempt, MailQueued, OutboxMessage, OutboxStore, CONTENT_PURPOSE};
 use crate::settings::{human, SettingsService, SmtpSettings};
 
 /// Longest sleep of an idle dispatcher (a backstop against clock jumps).
@@ -62,7 +62,7 @@ pub struct Delivery {
     store: Arc<dyn OutboxStore>,
     settings: SettingsService,
     clock: Clock,
-    wake: Arc<Notify>,
+    wake: Arc<MailQueued>,
     workers: usize,
     metrics: Metrics,
     claim_margin: Duration,
@@ -79,15 +79,10 @@ impl Delivery {
         store: Arc<dyn OutboxStore>,
         settings: SettingsService,
         clock: Clock,
-        wake: Arc<Notify>,
+        wake: Arc<MailQueued>,
         workers: usize,
         metrics: Metrics,
     ) -> Self {
-        let max_idle = if store.exclusive() {
-            MAX_IDLE
-        } else {
-            SHARED_IDLE
-        };
         let relay = Arc::new(RelayGate::new(metrics.clone()));
         Self {
             store,
@@ -97,7 +92,7 @@ impl Delivery {
             workers: workers.max(1),
             metrics,
             claim_margin: Duration::from_secs(60),
-            max_idle,
+            max_idle: MAX_IDLE,
             relay,
         }
     }
@@ -105,6 +100,14 @@ impl Delivery {
     /// How long a claim outlives the longest send (`--claim-margin`).
     pub fn claim_margin(mut self, margin: Duration) -> Self {
         self.claim_margin = margin;
+        self
+    }
+
+    /// Delivery from a store other processes write too (replicas on etcd): another replica
+    /// may queue mail, or die holding claims, without waking this one, so an idle
+    /// dispatcher looks again every [`SHARED_IDLE`].
+    pub fn shared_store(mut self, shared: bool) -> Self {
+        self.max_idle = if shared { SHARED_IDLE } else { MAX_IDLE };
         self
     }
 
@@ -203,11 +206,7 @@ impl Delivery {
         let lease = send_bound(settings) + self.claim_margin;
         claimed.claim(&crypto::random_id("lease_"), now, lease);
         claimed.version += 1;
-        match self
-            .store
-            .swap_message(message.version, &claimed, false)
-            .await
-        {
+        match self.store.claim_message(message.version, &claimed).await {
             Ok(true) => Some(claimed),
             Ok(false) => None,
             Err(e) => {
@@ -219,7 +218,7 @@ impl Delivery {
 
     async fn idle(&self, wait: Duration, stopping: &CancellationToken) {
         tokio::select! {
-            () = self.wake.notified() => {}
+            () = self.wake.announced() => {}
             () = tokio::time::sleep(wait) => {}
             () = stopping.cancelled() => {}
         }
@@ -477,11 +476,7 @@ impl Sender {
             lease.until = now + bound + self.claim_margin;
         }
         renewed.version += 1;
-        match self
-            .store
-            .swap_message(claimed.version, &renewed, false)
-            .await
-        {
+        match self.store.claim_message(claimed.version, &renewed).await {
             Ok(true) => {
                 *claimed = renewed;
                 true
@@ -524,7 +519,7 @@ impl Sender {
             let jitter = rand::thread_rng().gen::<f64>();
             next.finish(attempt.clone(), self.clock.now(), jitter);
             next.version += 1;
-            match self.store.swap_message(current.version, &next, false).await {
+            match self.store.settle_message(current.version, &next).await {
                 Ok(true) => {
                     let state = format!("{:?}", next.state).to_lowercase();
                     self.metrics.messages(&state, 1);

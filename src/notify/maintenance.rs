@@ -95,11 +95,7 @@ impl NotifyService {
                 let mut next = message.clone();
                 next.content = Some(key.seal_bytes(CONTENT_PURPOSE, &content));
                 next.version += 1;
-                if self
-                    .outbox
-                    .swap_message(message.version, &next, false)
-                    .await?
-                {
+                if self.outbox.settle_message(message.version, &next).await? {
                     count += 1;
                 }
             }

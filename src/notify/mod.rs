@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::crypto::CryptoError;
@@ -26,27 +26,29 @@ use crate::settings::{SettingsError, SettingsService};
 use crate::validation::Violations;
 use template::{BodyFormat, TemplateCache};
 
-pub mod email;
+pub(crate) mod email;
 mod maintenance;
-pub mod message;
+pub(crate) mod message;
 mod notices;
 mod outbox;
 mod port;
 mod quota;
 mod render;
-pub mod sandbox;
+pub(crate) mod sandbox;
 mod send;
+mod signal;
 mod spend;
 mod stage;
-pub mod template;
+pub(crate) mod template;
 
 pub use email::{OutgoingEmail, SealError, MAX_MESSAGE_BYTES};
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
 pub use notices::NoticeKind;
-pub use port::{batch_gone, stage_and_commit, OutboxStore};
+pub use port::{batch_gone, BatchWriter, OutboxStore};
 use quota::PendingCounts;
 pub use quota::{OverQuota, Quotas, Tally};
 pub use render::MAX_HEADER_BYTES;
+pub use signal::MailQueued;
 
 /// The purpose a message's content is sealed for.
 pub const CONTENT_PURPOSE: &str = "outbox.content";
@@ -170,7 +172,7 @@ pub struct NotifyService {
     pending: Arc<PendingCounts>,
     settings: SettingsService,
     clock: Clock,
-    wake: Arc<Notify>,
+    wake: Arc<MailQueued>,
     metrics: Metrics,
     /// Sends running at once, each on a thread ([`NotifyService::on_send_thread`]).
     send_threads: Arc<Semaphore>,
@@ -188,7 +190,7 @@ impl NotifyService {
         users: Arc<dyn UserStore>,
         settings: SettingsService,
         clock: Clock,
-        wake: Arc<Notify>,
+        wake: Arc<MailQueued>,
         metrics: Metrics,
     ) -> Self {
         Self {

@@ -39,7 +39,7 @@ impl NotifyService {
         let message = self.change(id, scope, |m| m.requeue(now)).await?;
         self.pending.forget(&message.organisation);
         self.metrics.messages("queued", 1);
-        self.wake.notify_one();
+        self.wake.announce();
         Ok(message)
     }
 
@@ -66,11 +66,7 @@ impl NotifyService {
             let mut next = current.clone();
             apply(&mut next)?;
             next.version += 1;
-            if self
-                .outbox
-                .swap_message(current.version, &next, true)
-                .await?
-            {
+            if self.outbox.replace_message(current.version, &next).await? {
                 return Ok(next);
             }
         }

@@ -1,8 +1,8 @@
 //! The outbox's port: what notifications and delivery need of a store, implemented by
-//! `store::sled` and `store::etcd`. A request's messages are staged as they are rendered,
-//! in bounded parts, and queued in one atomic, durable write ([`OutboxStore::commit_batch`],
-//! or [`OutboxStore::queue_messages`] for a batch that fits in one write); the quota's
-//! tallies and the idempotency keys are kept with the outbox, in the same writes.
+//! `store::sled` and `store::etcd`. A request's messages are handed to the store as they are
+//! rendered, in bounded parts, and queued in one atomic, durable write
+//! ([`OutboxStore::enqueue`], [`BatchWriter`]); the quota's tallies and the idempotency keys
+//! are kept with the outbox.
 
 use std::time::SystemTime;
 
@@ -15,35 +15,11 @@ use crate::ports::{After, Backend, Result, StoreError};
 /// is atomic; each write answers once durable unless it says otherwise.
 #[async_trait]
 pub trait OutboxStore: Backend {
-    /// Writes `messages` as part of batch `batch`, not yet queued: invisible to delivery and
-    /// to listing until [`OutboxStore::commit_batch`]. A large batch is staged in chunks (bounded
-    /// memory) and still queued in one atomic write.
-    async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()>;
-
-    /// Queues every message staged in `batch`, with `key` when given, in one atomic,
-    /// durable write. When `key` was used before, discards the batch instead and returns the
-    /// key's first use. A batch with nothing staged any more (dropped as abandoned while its
-    /// request was still running) is [`batch_gone`]: nothing may be acknowledged for it.
-    async fn commit_batch(
-        &self,
-        batch: &str,
-        key: Option<&Idempotency>,
-    ) -> Result<Option<Idempotency>>;
-
-    /// Queues `messages` (few enough to hold in memory) as batch `batch`, with `key` when
-    /// given: [`OutboxStore::stage_messages`] then [`OutboxStore::commit_batch`], in one write where
-    /// the backend can.
-    async fn queue_messages(
-        &self,
-        batch: &str,
-        messages: &[OutboxMessage],
-        key: Option<&Idempotency>,
-    ) -> Result<Option<Idempotency>> {
-        stage_and_commit(self, batch, messages, key).await
-    }
-
-    /// Forgets the messages staged in `batch` (a request that failed halfway).
-    async fn discard_batch(&self, batch: &str) -> Result<()>;
+    /// Starts writing batch `batch`: the messages of one request, queued together in one
+    /// atomic, durable write when [`BatchWriter::commit`] is called, and invisible to delivery
+    /// and to listing until then. How the store gets there (parts written ahead, a marker,
+    /// chunks finished after a crash) is its own business.
+    fn enqueue<'a>(&'a self, batch: &str) -> Box<dyn BatchWriter + 'a>;
 
     /// Settles the batches whose writer stopped halfway: forgets those staged before
     /// `before` and never committed, and finishes queuing committed ones (a store that
@@ -74,17 +50,22 @@ pub trait OutboxStore: Backend {
     async fn message(&self, id: &str) -> Result<Option<OutboxMessage>>;
 
     /// Replaces a message if its stored version is still `expected_version`, keeping the
-    /// due index in step with [`OutboxMessage::due_at`]. `Ok(false)` when it changed.
-    /// With `durable`, answers once the write is on disk. An [`exclusive`](crate::ports::Backend::exclusive)
-    /// store may hold a claim (a swap to `SENDING` from a pending state, not `durable`) in
-    /// memory only: every reader of the store sees it, and a crash forgets it, which leaves
-    /// the message due again at once.
-    async fn swap_message(
-        &self,
-        expected_version: u64,
-        message: &OutboxMessage,
-        durable: bool,
-    ) -> Result<bool>;
+    /// due index in step with [`OutboxMessage::due_at`]; answers once the write is durable.
+    /// `Ok(false)` when it changed or is gone. (An operator's retry or cancel.)
+    async fn replace_message(&self, expected_version: u64, message: &OutboxMessage)
+        -> Result<bool>;
+
+    /// [`OutboxStore::replace_message`] for a claim of a pending message, or a claim's
+    /// renewal (`message` is `SENDING`, with its lease): a store only this process opens may
+    /// hold it in memory only, where every reader of the store sees it and a crash forgets it,
+    /// leaving the message due again at once.
+    async fn claim_message(&self, expected_version: u64, message: &OutboxMessage) -> Result<bool>;
+
+    /// [`OutboxStore::replace_message`] for what needs no wait for the disk: the outcome of an
+    /// attempt (a crash before it is on disk sends the message again: at least once) or a
+    /// content re-sealed under a new key (followed by [`Backend::flush`]). Durable with the
+    /// store's next flush.
+    async fn settle_message(&self, expected_version: u64, message: &OutboxMessage) -> Result<bool>;
 
     /// Messages due at `now` (pending, or with an expired lease), earliest first.
     async fn due_messages(&self, now: SystemTime, limit: usize) -> Result<Vec<OutboxMessage>>;
@@ -121,7 +102,7 @@ pub trait OutboxStore: Backend {
     /// bodies came to 1.4 GB. sled keeps contents apart from records and reads none; etcd
     /// drops each as its record is decoded. [`OutboxStore::message`] and
     /// [`OutboxStore::due_messages`] read messages with their content: a listed message is never
-    /// the base of a [`OutboxStore::swap_message`].
+    /// the base of a replacement ([`OutboxStore::replace_message`] and its kin).
     async fn list_messages(
         &self,
         organisation: &str,
@@ -131,22 +112,34 @@ pub trait OutboxStore: Backend {
     ) -> Result<Vec<OutboxMessage>>;
 }
 
-/// What [`OutboxStore::commit_batch`] answers for a batch whose staged messages are gone:
+/// A batch being written ([`OutboxStore::enqueue`]). Dropped without
+/// [`BatchWriter::commit`] or [`BatchWriter::abandon`] (a request cancelled halfway), what it
+/// wrote stays invisible and is forgotten by [`OutboxStore::recover_batches`].
+#[async_trait]
+pub trait BatchWriter: Send + Sync {
+    /// Takes the next part of the batch (bounded by the caller, a few MiB): the store may
+    /// write it now, still invisible.
+    async fn write(&mut self, messages: &[OutboxMessage]) -> Result<()>;
+
+    /// Queues every message written and `last`, with `key` when given, in one atomic,
+    /// durable write (one write of the store when nothing was written before). When `key`
+    /// was used before, queues nothing and answers the key's first use. A batch whose
+    /// written parts are gone (dropped as abandoned while its request was still running) is
+    /// [`batch_gone`]: nothing may be acknowledged for it.
+    async fn commit(
+        self: Box<Self>,
+        last: &[OutboxMessage],
+        key: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>>;
+
+    /// Forgets what was written (a request that failed halfway).
+    async fn abandon(self: Box<Self>) -> Result<()>;
+}
+
+/// What [`BatchWriter::commit`] answers for a batch whose staged messages are gone:
 /// the request failed (`UNAVAILABLE`, retried with a new batch), never an acknowledgement.
 pub fn batch_gone(batch: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "batch {batch} was dropped before it was committed (staged too long ago)"
     ))
-}
-
-/// [`OutboxStore::stage_messages`] then [`OutboxStore::commit_batch`]: how any store
-/// queues a batch too large for one write.
-pub async fn stage_and_commit<S: OutboxStore + ?Sized>(
-    store: &S,
-    batch: &str,
-    messages: &[OutboxMessage],
-    key: Option<&Idempotency>,
-) -> Result<Option<Idempotency>> {
-    store.stage_messages(batch, messages).await?;
-    store.commit_batch(batch, key).await
 }

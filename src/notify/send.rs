@@ -120,7 +120,7 @@ impl NotifyService {
         // Every recipient sees the same data: all but `to` renders once.
         let data = Data::new(std::mem::take(&mut n.context));
         let mut stager =
-            Stager::new(self, &n.organisation, crypto::random_id("batch_")).messages_counted();
+            Stager::new(self, &n.organisation, &crypto::random_id("batch_")).messages_counted();
         let staged = async {
             let turn = self.render_turn(&n.organisation).await?;
             let parts = self.render_parts(&n, &settings, &templates, &data);
@@ -168,7 +168,7 @@ impl NotifyService {
         // Users are read a page at a time and each message staged as it is rendered, so
         // that memory stays bounded however large the organisation; all are queued at once
         // at the end.
-        let mut stager = Stager::new(self, &n.organisation, crypto::random_id("batch_"));
+        let mut stager = Stager::new(self, &n.organisation, &crypto::random_id("batch_"));
         // The context is made once; only `user` changes from one recipient to the next.
         let mut data = Data::new(std::mem::take(&mut n.context));
         let staged = async {
@@ -244,9 +244,9 @@ impl NotifyService {
     /// Queues messages [`NotifyService::charge`] counted, durably.
     pub async fn queue_charged(&self, messages: Vec<OutboxMessage>) -> Result<(), NotifyError> {
         let batch = crypto::random_id("batch_");
-        self.outbox.queue_messages(&batch, &messages, None).await?;
+        self.outbox.enqueue(&batch).commit(&messages, None).await?;
         self.metrics.messages("queued", messages.len());
-        self.wake.notify_one();
+        self.wake.announce();
         Ok(())
     }
 
@@ -312,7 +312,7 @@ impl NotifyService {
             return self.replay(first).await;
         }
         self.metrics.messages("queued", queued.message_ids.len());
-        self.wake.notify_one();
+        self.wake.announce();
         Ok(queued)
     }
 }

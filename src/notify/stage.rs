@@ -8,7 +8,7 @@
 
 use crate::validation::{self, Violations};
 
-use super::{Idempotency, NotifyError, NotifyService, OutboxMessage};
+use super::{BatchWriter, Idempotency, NotifyError, NotifyService, OutboxMessage};
 
 /// Most violations reported for one request (a bad template over 100,000 users is one
 /// mistake, not 100,000).
@@ -25,11 +25,10 @@ pub struct Stager<'a> {
     organisation: &'a str,
     /// Whether the request's messages were counted before (it knew how many it makes).
     messages_counted: bool,
-    batch: String,
+    batch: Box<dyn BatchWriter + 'a>,
     held: Vec<OutboxMessage>,
     held_bytes: usize,
     total_bytes: usize,
-    staged: bool,
     ids: Vec<String>,
     violations: Violations,
 }
@@ -37,16 +36,15 @@ pub struct Stager<'a> {
 impl<'a> Stager<'a> {
     /// An empty batch `batch` of `organisation`, in `notify`'s store and counted against
     /// its quotas.
-    pub fn new(notify: &'a NotifyService, organisation: &'a str, batch: String) -> Self {
+    pub fn new(notify: &'a NotifyService, organisation: &'a str, batch: &str) -> Self {
         Self {
             notify,
             organisation,
             messages_counted: false,
-            batch,
+            batch: notify.outbox.enqueue(batch),
             held: Vec::new(),
             held_bytes: 0,
             total_bytes: 0,
-            staged: false,
             ids: Vec::new(),
             violations: Violations::new(),
         }
@@ -100,7 +98,8 @@ impl<'a> Stager<'a> {
         }
     }
 
-    /// Adds a message; writes what is held as staged once it reaches [`STAGE_BYTES`].
+    /// Adds a message; writes what is held to the store (still invisible) once it reaches
+    /// [`STAGE_BYTES`].
     /// Refused (on `field`) past [`MAX_REQUEST_BYTES`] in all.
     pub async fn push(&mut self, message: OutboxMessage, field: &str) -> Result<(), NotifyError> {
         let size = message.content.as_ref().map_or(0, |c| c.stored_len());
@@ -117,19 +116,15 @@ impl<'a> Stager<'a> {
         if self.held_bytes >= STAGE_BYTES {
             // Refused: the caller abandons what was staged before.
             self.spend_held().await?;
-            self.notify
-                .outbox
-                .stage_messages(&self.batch, &self.held)
-                .await?;
+            self.batch.write(&self.held).await?;
             self.held.clear();
             self.held_bytes = 0;
-            self.staged = true;
         }
         Ok(())
     }
 
     /// Queues every message pushed, with `key` when given, in one atomic, durable write
-    /// (one write of the store when nothing was staged yet). The key's first use when it
+    /// (one write of the store when nothing was written yet). The key's first use when it
     /// was used before: then nothing is queued.
     pub async fn commit(
         self,
@@ -139,21 +134,11 @@ impl<'a> Stager<'a> {
             self.abandon().await?;
             return Err(e);
         }
-        let store = &self.notify.outbox;
-        let first = if self.staged {
-            store.stage_messages(&self.batch, &self.held).await?;
-            store.commit_batch(&self.batch, key).await?
-        } else {
-            store.queue_messages(&self.batch, &self.held, key).await?
-        };
-        Ok(first)
+        Ok(self.batch.commit(&self.held, key).await?)
     }
 
-    /// Forgets what was staged (a request that failed halfway).
+    /// Forgets what was written (a request that failed halfway).
     pub async fn abandon(self) -> Result<(), NotifyError> {
-        if self.staged {
-            self.notify.outbox.discard_batch(&self.batch).await?;
-        }
-        Ok(())
+        Ok(self.batch.abandon().await?)
     }
 }

@@ -107,7 +107,8 @@ impl TemplateCache {
     }
 
     /// The bytes kept now, as [`CompiledBytes`] weighs them.
-    pub fn weight(&self) -> u64 {
+    #[cfg(test)]
+    fn weight(&self) -> u64 {
         self.0.weight()
     }
 }
@@ -119,19 +120,6 @@ static BUILTIN: LazyLock<TemplateCache> = LazyLock::new(|| TemplateCache::new(10
 pub struct Templates {
     headers: Handlebars<'static>,
     body: Handlebars<'static>,
-}
-
-/// What a message's templates rendered to.
-#[derive(Clone, Debug)]
-pub struct Rendered {
-    /// Sender (empty: the settings' `from`).
-    pub from: String,
-    /// Recipient.
-    pub to: String,
-    /// Subject.
-    pub subject: String,
-    /// Body as rendered (HTML for [`BodyFormat::Html`]).
-    pub body: String,
 }
 
 impl Templates {

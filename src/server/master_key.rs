@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
 use super::store::open_store;
 use crate::config::Args;
 use crate::crypto::{MasterKey, KEY_CHECK_PURPOSE};
 use crate::metrics::Metrics;
-use crate::notify::NotifyService;
+use crate::notify::{MailQueued, NotifyService};
 use crate::settings::SettingsService;
 use crate::store::Store;
 
@@ -56,7 +54,7 @@ pub async fn rotate_master_key(args: &Args) -> anyhow::Result<usize> {
         store.clone(),
         settings.clone(),
         args.clock.clone(),
-        Arc::new(Notify::new()),
+        Arc::new(MailQueued::new()),
         Metrics::new(),
     );
     let mut resealed = usize::from(settings.reseal().await?);

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -37,7 +36,7 @@ use crate::crypto::MasterKey;
 use crate::directory::DirectoryService;
 use crate::mail::delivery::Delivery;
 use crate::metrics::{Metrics, RpcLayer};
-use crate::notify::{NotifyService, Quotas};
+use crate::notify::{MailQueued, NotifyService, Quotas};
 use crate::proto::v1::{
     api_keys_server::ApiKeysServer, directory_server::DirectoryServer,
     notifier_server::NotifierServer, smtp_admin_server::SmtpAdminServer, token_server::TokenServer,
@@ -86,7 +85,7 @@ pub struct Mailroom {
     directory: DirectoryService,
     notify: NotifyService,
     tokens: TokenService,
-    wake: Arc<Notify>,
+    wake: Arc<MailQueued>,
     sweep: Sweeper,
     sweeps: Asks,
     metrics: Metrics,
@@ -128,7 +127,7 @@ impl Mailroom {
                 .metrics(metrics.clone());
         let directory = DirectoryService::new(store.clone(), store.clone(), args.clock.clone())
             .with_org_limit(args.org_user_changes_per_hour);
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(MailQueued::new());
         let notify = NotifyService::new(
             store.clone(),
             store.clone(),
@@ -208,7 +207,7 @@ impl Mailroom {
 
     /// Wakes the delivery workers (as queuing mail does): tests that move a manual clock
     /// past a retry time use it to say "look again".
-    pub fn delivery_waker(&self) -> Arc<Notify> {
+    pub fn delivery_waker(&self) -> Arc<MailQueued> {
         self.wake.clone()
     }
 
@@ -235,7 +234,8 @@ impl Mailroom {
             usize::from(self.args.workers),
             self.metrics.clone(),
         )
-        .claim_margin(self.args.claim_margin);
+        .claim_margin(self.args.claim_margin)
+        .shared_store(!self.store.exclusive());
         jobs.essential(
             "delivery",
             delivery

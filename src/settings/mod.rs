@@ -30,8 +30,8 @@ use crate::validation::{self, Violations};
 
 mod auth;
 mod fields;
-pub mod guard;
-pub mod oauth2;
+pub(crate) mod guard;
+pub(crate) mod oauth2;
 mod port;
 
 pub use auth::{Auth, AuthDraft, Grant, Mechanism, OAuth2, OAuth2Draft, Provider};

@@ -54,7 +54,7 @@ pub struct TestServer {
     pub clock: Clock,
     /// Where `/metrics` is served, with `--metrics-listen`.
     pub metrics: Option<SocketAddr>,
-    waker: std::sync::Arc<tokio::sync::Notify>,
+    waker: std::sync::Arc<mailroom::notify::MailQueued>,
     sweeper: mailroom::server::Sweeper,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -167,7 +167,7 @@ impl TestServer {
     /// Moves the manual clock forward and wakes delivery to look at it.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
-        self.waker.notify_one();
+        self.waker.announce();
     }
 
     /// Runs the sweeper now and waits until it has swept (tokens, idempotency keys,

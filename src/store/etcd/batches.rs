@@ -13,18 +13,16 @@ use super::keys::*;
 use super::kv::*;
 use super::EtcdStore;
 use crate::notify::{Idempotency, OutboxMessage};
+use crate::store::batch::{stage_and_commit, Staging};
 use crate::store::keyspace::Encoding;
 use crate::store::{decode, encode, Result};
 
 /// Messages a batch may hold to be committed and queued in one transaction.
 pub(super) const ONE_TXN_BATCH: usize = 32;
 
-impl EtcdStore {
-    pub(super) async fn stage_messages(
-        &self,
-        batch: &str,
-        messages: &[OutboxMessage],
-    ) -> Result<()> {
+#[async_trait::async_trait]
+impl Staging for EtcdStore {
+    async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()> {
         let Some(first) = messages.first() else {
             return Ok(());
         };
@@ -44,7 +42,7 @@ impl EtcdStore {
         self.write_chunked(ops).await
     }
 
-    pub(super) async fn commit_batch(
+    async fn commit_batch(
         &self,
         batch: &str,
         idempotency: Option<&Idempotency>,
@@ -117,7 +115,7 @@ impl EtcdStore {
         Ok(None)
     }
 
-    pub(super) async fn queue_messages(
+    async fn queue_messages(
         &self,
         batch: &str,
         messages: &[OutboxMessage],
@@ -126,7 +124,7 @@ impl EtcdStore {
         let values: Vec<Vec<u8>> = messages.iter().map(encode).collect();
         let bytes: usize = values.iter().map(Vec::len).sum();
         if messages.len() * 4 + 1 > MAX_OPS || bytes > MAX_BYTES {
-            return crate::notify::stage_and_commit(self, batch, messages, idempotency).await;
+            return stage_and_commit(self, batch, messages, idempotency).await;
         }
         let mut ops = Vec::with_capacity(messages.len() * 4 + 1);
         for (message, value) in messages.iter().zip(values) {
@@ -154,7 +152,7 @@ impl EtcdStore {
         self.idempotency(&record.organisation, &record.key).await
     }
 
-    pub(super) async fn discard_batch(&self, batch: &str) -> Result<()> {
+    async fn discard_batch(&self, batch: &str) -> Result<()> {
         let staging = self.staging_key(batch);
         self.txn(Txn::new().and_then([TxnOp::delete(staging.as_str(), None)]))
             .await?;
@@ -178,7 +176,9 @@ impl EtcdStore {
             self.write_chunked(ops).await?;
         }
     }
+}
 
+impl EtcdStore {
     pub(super) async fn recover_batches(&self, before: SystemTime) -> Result<usize> {
         let started_before = |kv: &KeyValue| time_of_hex(kv.value()).is_none_or(|t| t < before);
         let mut recovered = 0;

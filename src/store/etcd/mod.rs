@@ -51,9 +51,10 @@ use tracing::Instrument;
 
 pub use security::{EtcdSecurity, EtcdTls, EtcdUser};
 
+use super::batch::StagedBatch;
 use super::{keyspace, After, Backend, Changed, OutboxStore, Result, Store, StoreError};
 use crate::crypto::Sealed;
-use crate::notify::{Idempotency, MessageState, OutboxMessage};
+use crate::notify::{BatchWriter, Idempotency, MessageState, OutboxMessage};
 use watch::watch_cached;
 
 mod accounts;
@@ -195,29 +196,8 @@ impl Store for EtcdStore {
 
 #[async_trait]
 impl OutboxStore for EtcdStore {
-    async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()> {
-        EtcdStore::stage_messages(self, batch, messages).await
-    }
-
-    async fn commit_batch(
-        &self,
-        batch: &str,
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Option<Idempotency>> {
-        EtcdStore::commit_batch(self, batch, idempotency).await
-    }
-
-    async fn queue_messages(
-        &self,
-        batch: &str,
-        messages: &[OutboxMessage],
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Option<Idempotency>> {
-        EtcdStore::queue_messages(self, batch, messages, idempotency).await
-    }
-
-    async fn discard_batch(&self, batch: &str) -> Result<()> {
-        EtcdStore::discard_batch(self, batch).await
+    fn enqueue<'a>(&'a self, batch: &str) -> Box<dyn BatchWriter + 'a> {
+        StagedBatch::boxed(self, batch)
     }
 
     async fn recover_batches(&self, before: SystemTime) -> Result<usize> {
@@ -244,13 +224,16 @@ impl OutboxStore for EtcdStore {
         EtcdStore::message(self, id).await
     }
 
-    async fn swap_message(
-        &self,
-        expected: u64,
-        message: &OutboxMessage,
-        durable: bool,
-    ) -> Result<bool> {
-        EtcdStore::swap_message(self, expected, message, durable).await
+    async fn replace_message(&self, expected: u64, message: &OutboxMessage) -> Result<bool> {
+        EtcdStore::swap_message(self, expected, message, true).await
+    }
+
+    async fn claim_message(&self, expected: u64, message: &OutboxMessage) -> Result<bool> {
+        EtcdStore::swap_message(self, expected, message, false).await
+    }
+
+    async fn settle_message(&self, expected: u64, message: &OutboxMessage) -> Result<bool> {
+        EtcdStore::swap_message(self, expected, message, false).await
     }
 
     async fn due_messages(&self, now: SystemTime, limit: usize) -> Result<Vec<OutboxMessage>> {

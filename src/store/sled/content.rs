@@ -149,6 +149,7 @@ mod tests {
 
     use super::*;
     use crate::notify::message::sample;
+    use crate::store::batch::Staging;
     use crate::store::decode;
 
     /// A message's content is kept apart from its record, in parts, and joined again when

@@ -34,9 +34,10 @@ pub use files::CommitCounts;
 use files::{Commits, SledFiles};
 use flusher::{group_commit, FlushRequest};
 
+use super::batch::StagedBatch;
 use super::{keyspace, After, Backend, OutboxStore, Result, Store, StoreError};
 use crate::crypto::Sealed;
-use crate::notify::{Idempotency, MessageState, OutboxMessage};
+use crate::notify::{BatchWriter, Idempotency, MessageState, OutboxMessage};
 
 mod accounts;
 mod claims;
@@ -127,10 +128,6 @@ impl SledStore {
             flusher_task: Some(flusher_task),
             commits,
         };
-        let migrated = store.migrate_tokens_by_id()?;
-        if migrated > 0 {
-            tracing::info!(migrated, "tokens moved to the by-digest layout");
-        }
         let repaired = store.repair_interrupted_swaps()?;
         if repaired > 0 {
             tracing::info!(
@@ -255,29 +252,8 @@ impl Store for SledStore {
 
 #[async_trait]
 impl OutboxStore for SledStore {
-    async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()> {
-        SledStore::stage_messages(self, batch, messages).await
-    }
-
-    async fn commit_batch(
-        &self,
-        batch: &str,
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Option<Idempotency>> {
-        SledStore::commit_batch(self, batch, idempotency).await
-    }
-
-    async fn queue_messages(
-        &self,
-        batch: &str,
-        messages: &[OutboxMessage],
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Option<Idempotency>> {
-        SledStore::queue_messages(self, batch, messages, idempotency).await
-    }
-
-    async fn discard_batch(&self, batch: &str) -> Result<()> {
-        SledStore::discard_batch(self, batch).await
+    fn enqueue<'a>(&'a self, batch: &str) -> Box<dyn BatchWriter + 'a> {
+        StagedBatch::boxed(self, batch)
     }
 
     async fn recover_batches(&self, before: SystemTime) -> Result<usize> {
@@ -304,13 +280,16 @@ impl OutboxStore for SledStore {
         SledStore::message(self, id).await
     }
 
-    async fn swap_message(
-        &self,
-        expected: u64,
-        message: &OutboxMessage,
-        durable: bool,
-    ) -> Result<bool> {
-        SledStore::swap_message(self, expected, message, durable).await
+    async fn replace_message(&self, expected: u64, message: &OutboxMessage) -> Result<bool> {
+        SledStore::swap_message(self, expected, message, true).await
+    }
+
+    async fn claim_message(&self, expected: u64, message: &OutboxMessage) -> Result<bool> {
+        SledStore::swap_message(self, expected, message, false).await
+    }
+
+    async fn settle_message(&self, expected: u64, message: &OutboxMessage) -> Result<bool> {
+        SledStore::swap_message(self, expected, message, false).await
     }
 
     async fn due_messages(&self, now: SystemTime, limit: usize) -> Result<Vec<OutboxMessage>> {
@@ -364,6 +343,7 @@ mod testing {
     use super::SledStore;
     use crate::notify::message::sample;
     use crate::notify::OutboxMessage;
+    use crate::store::batch::Staging;
     use crate::store::Store;
 
     /// A store in `dir` holding one queued message; the message; it as a sender claims it;
@@ -403,7 +383,7 @@ mod testing {
             store,
             settings,
             clock,
-            std::sync::Arc::new(tokio::sync::Notify::new()),
+            std::sync::Arc::new(crate::notify::MailQueued::new()),
             crate::metrics::Metrics::new(),
         )
     }

@@ -10,6 +10,7 @@ use super::content::*;
 use super::keys::*;
 use super::{unavailable, SledStore};
 use crate::notify::{Idempotency, MessageState, OutboxMessage};
+use crate::store::batch::{stage_and_commit, Staging};
 use crate::store::keyspace;
 use crate::store::{decode, encode, time_from_key, After, Result};
 
@@ -19,12 +20,9 @@ pub(super) const QUEUE_CHUNK: usize = 1000;
 /// Bytes of message records a page of the whole outbox holds at most (past its first).
 pub(super) const PAGE_BYTES: usize = 8 << 20;
 
-impl SledStore {
-    pub(super) async fn stage_messages(
-        &self,
-        batch: &str,
-        messages: &[OutboxMessage],
-    ) -> Result<()> {
+#[async_trait::async_trait]
+impl Staging for SledStore {
+    async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()> {
         let mut writes = sled::Batch::default();
         for message in messages {
             put_message(&mut writes, message);
@@ -33,7 +31,7 @@ impl SledStore {
         self.outbox.apply_batch(writes).map_err(unavailable)
     }
 
-    pub(super) async fn commit_batch(
+    async fn commit_batch(
         &self,
         batch: &str,
         idempotency: Option<&Idempotency>,
@@ -66,14 +64,14 @@ impl SledStore {
         Ok(None)
     }
 
-    pub(super) async fn queue_messages(
+    async fn queue_messages(
         &self,
         batch: &str,
         messages: &[OutboxMessage],
         idempotency: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>> {
         if messages.len() > QUEUE_CHUNK {
-            return crate::notify::stage_and_commit(self, batch, messages, idempotency).await;
+            return stage_and_commit(self, batch, messages, idempotency).await;
         }
         if let ([message], None) = (messages, idempotency) {
             // One message and no key: nothing to keep atomic with it, so plain writes under
@@ -117,7 +115,7 @@ impl SledStore {
     /// start to forget. Contents go first, with plain writes: a sled batch holds every page
     /// it replaces until it ends, and the parts of a batch near its size limit (256 MiB)
     /// in one took the process past 2 GiB.
-    pub(super) async fn discard_batch(&self, batch: &str) -> Result<()> {
+    async fn discard_batch(&self, batch: &str) -> Result<()> {
         let prefix = staged_key(batch, "");
         loop {
             let mut writes = sled::Batch::default();
@@ -136,7 +134,9 @@ impl SledStore {
             self.outbox.apply_batch(writes).map_err(unavailable)?;
         }
     }
+}
 
+impl SledStore {
     pub(super) async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
         let mut writes = sled::Batch::default();
         let mut count = 0;
@@ -385,9 +385,9 @@ impl SledStore {
         Ok(None)
     }
 
-    /// [`crate::notify::OutboxStore::swap_message`] but for the wait for durability: a claim (not `durable`, to
-    /// `SENDING` from a pending state) is held in memory, anything else replaces the record
-    /// and moves its index entries under an intent.
+    /// The replacement behind [`crate::notify::OutboxStore::replace_message`] and its kin: a
+    /// claim (not `durable`, to `SENDING` from a pending state) is held in memory, anything
+    /// else replaces the record and moves its index entries under an intent.
     pub(super) fn replace_message(
         &self,
         expected: u64,

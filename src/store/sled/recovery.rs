@@ -1,7 +1,6 @@
 //! What start repairs before anything reads the store, from index keys only (no message
 //! body is read): index entries a crash left halfway through a replacement, batches staged
-//! or committed but not wholly queued, claims a dead process left on disk, and tokens in
-//! the layout of earlier versions (by id), moved to the layout by digest.
+//! or committed but not wholly queued, and claims a dead process left on disk.
 
 use std::time::SystemTime;
 
@@ -9,12 +8,8 @@ use super::content::ends_content;
 use super::keys::*;
 use super::{unavailable, SledStore};
 use crate::notify::MessageState;
-use crate::store::{decode, encode, state_name, Result};
-use crate::tokens::Token;
-
-/// The token trees of earlier versions, by id: moved at open by `migrate_tokens_by_id`.
-pub(super) const TREES_BY_ID: [&str; 4] =
-    ["tokens", "token_digests", "login_tokens", "token_purge"];
+use crate::store::batch::Staging;
+use crate::store::{state_name, Result};
 
 impl SledStore {
     /// Batches carry no staging time on sled, whose staging is never shared: this is
@@ -89,45 +84,6 @@ impl SledStore {
         Ok(released)
     }
 
-    /// Moves tokens from the layout of earlier versions (by id, with a digest index) to
-    /// the one by digest: every write is idempotent and the old trees are dropped last,
-    /// so an interrupted move is done again at the next open. How many tokens it moved.
-    pub(super) fn migrate_tokens_by_id(&self) -> Result<usize> {
-        let names = self.db.tree_names();
-        if !TREES_BY_ID
-            .iter()
-            .any(|old| names.iter().any(|n| n == old.as_bytes()))
-        {
-            return Ok(0);
-        }
-        let old = self.db.open_tree("tokens").map_err(unavailable)?;
-        let mut lists: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        let mut moved = 0;
-        for entry in old.iter() {
-            let (id, bytes) = entry.map_err(unavailable)?;
-            let token: Token = decode(&String::from_utf8_lossy(&id), &bytes)?;
-            self.tokens
-                .insert(token.digest.as_bytes(), bytes)
-                .map_err(unavailable)?;
-            self.token_purge
-                .insert(purge_key(&token), &[])
-                .map_err(unavailable)?;
-            lists.entry(token.login).or_default().push(token.digest);
-            moved += 1;
-        }
-        for (login, digests) in lists {
-            self.login_tokens
-                .insert(login.as_bytes(), encode(&digests))
-                .map_err(unavailable)?;
-        }
-        self.db.flush().map_err(unavailable)?;
-        for name in TREES_BY_ID {
-            self.db.drop_tree(name).map_err(unavailable)?;
-        }
-        self.db.flush().map_err(unavailable)?;
-        Ok(moved)
-    }
-
     /// Puts the index entries of messages whose replacement (or single-message queuing) a
     /// crash interrupted in step with their records. Runs at open, before anything reads
     /// the outbox.
@@ -199,11 +155,10 @@ mod tests {
     use super::*;
     use crate::crypto::Sealed;
     use crate::notify::message::sample;
+    use crate::store::encode;
     use crate::store::sled::content::{content_parts, CONTENT_PART};
     use crate::store::sled::outbox::QUEUE_CHUNK;
     use crate::store::sled::testing::{notifier_over, one_queued};
-    use crate::store::{time_key, TokenStore};
-    use crate::tokens::sample as token_sample;
 
     /// A crash in the middle of replacing a message's record: the record is new, its
     /// index entries still the old ones. The next open moves them.
@@ -369,64 +324,5 @@ mod tests {
         assert_eq!(released.due_at(), Some(now), "due again at once");
         assert_eq!(store.pending_messages().await.unwrap(), 2000);
         assert!(store.message("a1").await.unwrap().is_none());
-    }
-
-    /// A store written by an earlier version: tokens by id, a digest index, the login's
-    /// list of ids, the purge index by id, all in JSON. Opening it moves them to the layout
-    /// by digest.
-    #[tokio::test]
-    async fn tokens_of_the_layout_by_id_are_moved_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let (first, second) = (
-            token_sample("tok_1", "d1", "alice", now),
-            token_sample("tok_2", "d2", "alice", now),
-        );
-        {
-            let db = sled::open(dir.path().join("sled")).unwrap();
-            let [tokens, digests, lists, purge] =
-                TREES_BY_ID.map(|name| db.open_tree(name).unwrap());
-            for t in [&first, &second] {
-                tokens
-                    .insert(t.id.as_bytes(), serde_json::to_vec(t).unwrap())
-                    .unwrap();
-                digests
-                    .insert(t.digest.as_bytes(), t.id.as_bytes())
-                    .unwrap();
-                let mut k = time_key(t.purge_time()).to_vec();
-                k.extend_from_slice(t.id.as_bytes());
-                purge.insert(k, &[]).unwrap();
-            }
-            lists
-                .insert("alice", serde_json::to_vec(&["tok_1", "tok_2"]).unwrap())
-                .unwrap();
-            db.flush().unwrap();
-        }
-
-        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
-        assert_eq!(store.token_by_digest("d2").await.unwrap(), Some(second));
-        let ids: Vec<String> = store
-            .tokens_of("alice")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
-        assert_eq!(ids, ["tok_1", "tok_2"]);
-        let names = store.db.tree_names();
-        for old in TREES_BY_ID {
-            assert!(!names.iter().any(|n| n == old.as_bytes()), "{old} dropped");
-        }
-        // Purged by digest in its time, from every tree.
-        let later = first.purge_time() + Duration::from_secs(1);
-        assert_eq!(store.purge_tokens(later, 10).await.unwrap(), 2);
-        assert!(store.tokens_of("alice").await.unwrap().is_empty());
-        assert!(store.login_tokens.is_empty());
-        store.close().await.unwrap();
-
-        // Opened again: nothing left to move.
-        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
-        assert_eq!(store.migrate_tokens_by_id().unwrap(), 0);
-        store.close().await.unwrap();
     }
 }

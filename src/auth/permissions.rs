@@ -1,0 +1,83 @@
+//! The permission every RPC needs, in one table: the gate refuses a key without it before
+//! the request is read and leaves it on the request ([`Needed`]), where
+//! [`super::Authenticator::authorize`] checks it again. docs/API.md's "Permissions" table (the design's) is
+//! checked against this one by a test (`tests/auth.rs`).
+
+use super::Permission;
+use Permission::{ManageConfig, ManagePlatform, ManageUser};
+
+/// `(service, method)` of the contract (`mailroom.v1`) and the permission it needs.
+pub const REQUIRED: &[(&str, &str, Permission)] = &[
+    ("SmtpAdmin", "GetSmtpSettings", ManagePlatform),
+    ("SmtpAdmin", "UpdateSmtpSettings", ManagePlatform),
+    ("SmtpAdmin", "TestSmtpSettings", ManagePlatform),
+    ("Token", "IssueToken", ManageUser),
+    ("Token", "VerifyToken", ManageUser),
+    ("Token", "ConsumeToken", ManageUser),
+    ("Token", "RevokeTokens", ManageUser),
+    ("Token", "ListTokens", ManageUser),
+    ("Notifier", "SendToAddresses", ManageConfig),
+    ("Notifier", "SendToUsers", ManageConfig),
+    ("Notifier", "SendAccountNotice", ManageUser),
+    ("Notifier", "GetMessage", ManageConfig),
+    ("Notifier", "ListMessages", ManageConfig),
+    ("Notifier", "RetryMessage", ManageConfig),
+    ("Notifier", "CancelMessage", ManageConfig),
+    ("Directory", "UpsertUser", ManageUser),
+    ("Directory", "GetUser", ManageUser),
+    ("Directory", "DeleteUser", ManageUser),
+    ("Directory", "ListUsers", ManageUser),
+    ("ApiKeys", "CreateApiKey", ManagePlatform),
+    ("ApiKeys", "ListApiKeys", ManagePlatform),
+    ("ApiKeys", "RevokeApiKey", ManagePlatform),
+];
+
+/// The permission a call's method needs, as the gate found it in [`REQUIRED`] by the call's
+/// path: left on the request for [`super::Authenticator::authorize`].
+#[derive(Clone, Copy, Debug)]
+pub struct Needed(pub Permission);
+
+/// The package every service of [`REQUIRED`] is in.
+const PACKAGE: &str = "mailroom.v1";
+
+/// The permission the method needs, by service (`mailroom.v1.Token`) and method
+/// (`IssueToken`); `None` for a method outside the contract.
+pub fn required(service: &str, method: &str) -> Option<Permission> {
+    let service = service.strip_prefix(PACKAGE)?.strip_prefix('.')?;
+    REQUIRED
+        .iter()
+        .find(|(s, m, _)| *s == service && *m == method)
+        .map(|(_, _, permission)| *permission)
+}
+
+/// The permission a call's HTTP/2 path (`/mailroom.v1.Token/IssueToken`) needs.
+pub fn required_by_path(path: &str) -> Option<Permission> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    required(service, method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_is_found_by_service_and_by_path() {
+        assert_eq!(
+            required("mailroom.v1.Token", "IssueToken"),
+            Some(ManageUser)
+        );
+        assert_eq!(
+            required_by_path("/mailroom.v1.ApiKeys/RevokeApiKey"),
+            Some(ManagePlatform)
+        );
+        for unknown in [
+            "/mailroom.v1.Token/MintToken",
+            "/other.v1.Token/IssueToken",
+            "/mailroom.v1Token/IssueToken",
+            "/mailroom.v1.Token",
+            "",
+        ] {
+            assert_eq!(required_by_path(unknown), None, "{unknown}");
+        }
+    }
+}
