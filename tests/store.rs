@@ -1383,23 +1383,23 @@ async fn an_export_holds_what_was_acknowledged_whole_and_restores_as_it_was(stor
         "the mark is no record"
     );
     let committed = messages("kept", 1500, "acme");
+    let mut writer = store.enqueue("kept");
     for page in committed.chunks(500) {
-        store.stage_messages("kept", page).await.unwrap();
+        writer.write(page).await.unwrap();
     }
-    store
-        .commit_batch("kept", Some(&idempotency("many", &committed)))
+    writer
+        .commit(&[], Some(&idempotency("many", &committed)))
         .await
         .unwrap();
     let mut large = message(&key, "large", "acme");
     large.content = Some(key.seal("content", &"x".repeat(20_000)));
     store
-        .queue_messages("one", std::slice::from_ref(&large), None)
+        .enqueue("one")
+        .commit(std::slice::from_ref(&large), None)
         .await
         .unwrap();
-    store
-        .stage_messages("open", &messages("open", 3, "acme"))
-        .await
-        .unwrap();
+    let mut open = store.enqueue("open");
+    open.write(&messages("open", 3, "acme")).await.unwrap();
     assert!(store.holds_records().await.unwrap());
 
     let exported = export(store.as_ref()).await;
