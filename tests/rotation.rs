@@ -235,6 +235,31 @@ async fn a_rotation_killed_midway_leaves_every_secret_readable_and_completes_whe
         .get_message(pb::GetMessageRequest { id: ids[0].clone() })
         .await
         .expect("the API key still works");
+    // Those due now (queued while the relay was refused) are delivered first: moving the
+    // clock an hour while one is being sent would end its claim and send it twice.
+    support::eventually(
+        Duration::from_secs(180),
+        "nothing queued or being sent",
+        async || {
+            let mut idle = true;
+            for state in [pb::MessageState::Queued, pb::MessageState::Sending] {
+                let listed = server
+                    .notifier(&key)
+                    .list_messages(pb::ListMessagesRequest {
+                        organisation: "acme".into(),
+                        state: state.into(),
+                        page_size: 1,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                idle &= listed.messages.is_empty();
+            }
+            idle
+        },
+    )
+    .await;
     // Messages refused by the relay before are due again.
     server.advance(Duration::from_secs(3600));
     let what = format!("{BACKLOG} messages delivered");
