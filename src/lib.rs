@@ -15,8 +15,8 @@
 //! - [`notify`]: EmailerToAddr and EmailerToUser, the outbox's messages and their states.
 //! - [`directory`]: the users notifications go to.
 //! - [`tokens`]: password-reset and invitation tokens and their emails.
-//! - [`mail`]: SMTP: the TLS policy, lettre connections from the settings, the staged test, the
-//!   templates, the delivery workers, and XOAUTH2's OAuth2 access tokens.
+//! - [`mail`]: SMTP: the TLS policy, lettre connections from the settings, the staged test,
+//!   and the delivery workers.
 //! - [`ports`]: what the domain and the store share: [`ports::StoreError`], paging, change
 //!   notices and [`ports::Backend`] (flush, health, watch epoch). Each domain module defines
 //!   the store trait it needs next to its records.

@@ -27,7 +27,7 @@ impl ApiKeys for ApiKeysApi {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let request = request.into_inner();
         caller.act_for(&request.organisation)?;
         let new = self
@@ -45,7 +45,7 @@ impl ApiKeys for ApiKeysApi {
         &self,
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
-        self.auth.authorize(&request).await?;
+        super::caller(&request)?;
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token).map_err(|v| invalid(&v))?;
         let keys = self.auth.list(page.after.as_deref(), page.fetch()).await?;
@@ -60,7 +60,7 @@ impl ApiKeys for ApiKeysApi {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let key = self.auth.revoke(&caller, &request.into_inner().id).await?;
         tracing::info!(revoked_key_id = %key.id, "API key revoked");
         Ok(Response::new(key.into()))

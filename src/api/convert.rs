@@ -322,7 +322,7 @@ mod notify {
 
     use super::{timestamp, timestamp_opt};
     use crate::directory::{User, UserDraft};
-    use crate::notify::template::BodyFormat;
+    use crate::notify::BodyFormat;
     use crate::notify::{MessageState, OutboxMessage};
     use crate::proto::v1 as pb;
 

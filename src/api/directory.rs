@@ -4,7 +4,6 @@ use tonic::{Request, Response, Status};
 
 use super::convert::Page;
 use super::status::invalid;
-use crate::auth::Authenticator;
 use crate::directory::{canonical_login, DirectoryService};
 use crate::proto::v1 as pb;
 use crate::proto::v1::directory_server::Directory;
@@ -12,14 +11,13 @@ use crate::validation::violation;
 
 /// The Directory service.
 pub struct DirectoryApi {
-    auth: Authenticator,
     directory: DirectoryService,
 }
 
 impl DirectoryApi {
     /// The service over `directory`.
-    pub fn new(auth: Authenticator, directory: DirectoryService) -> Self {
-        Self { auth, directory }
+    pub fn new(directory: DirectoryService) -> Self {
+        Self { directory }
     }
 }
 
@@ -34,7 +32,7 @@ impl Directory for DirectoryApi {
         &self,
         request: Request<pb::UpsertUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let user = request
             .into_inner()
             .user
@@ -47,7 +45,7 @@ impl Directory for DirectoryApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let user = self
             .directory
             .get(login(&request.get_ref().login)?, caller.scope())
@@ -59,7 +57,7 @@ impl Directory for DirectoryApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         self.directory
             .delete(login(&request.get_ref().login)?, caller.scope())
             .await?;
@@ -70,7 +68,7 @@ impl Directory for DirectoryApi {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let request = request.into_inner();
         let organisation = caller.act_for(&request.organisation)?;
         let page = Page::parse(request.page_size, &request.page_token).map_err(|v| invalid(&v))?;

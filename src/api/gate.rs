@@ -36,7 +36,6 @@ use http_body::Frame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tonic::body::Body;
-use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use crate::auth::{permissions, AuthError, Authenticated, Authenticator};
@@ -152,8 +151,11 @@ where
             let path = request.uri().path().to_string();
             let unary = path.starts_with(GATED);
             let (limit, budgets) = if unary {
-                let metadata = MetadataMap::from_headers(request.headers().clone());
-                let key = match layer.auth.authenticate(&metadata).await {
+                let key = match bearer(request.headers()) {
+                    Ok(secret) => layer.auth.authenticate(secret).await,
+                    Err(e) => Err(e),
+                };
+                let key = match key {
                     Ok(key) => key,
                     Err(e) => return Ok(Status::from(e).into_http()),
                 };
@@ -205,6 +207,26 @@ where
             answer
         })
     }
+}
+
+/// The API key's secret in a call's `authorization: Bearer <key>` header.
+fn bearer(headers: &http::HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get("authorization")
+        .ok_or(AuthError::Unauthenticated(
+            "missing `authorization: Bearer <API key>` metadata",
+        ))?
+        .to_str()
+        .map_err(|_| AuthError::Unauthenticated("malformed authorization metadata"))?;
+    let (scheme, secret) = value.split_once(' ').ok_or(AuthError::Unauthenticated(
+        "authorization must be `Bearer <API key>`",
+    ))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
+        return Err(AuthError::Unauthenticated(
+            "authorization must be `Bearer <API key>`",
+        ));
+    }
+    Ok(secret.trim())
 }
 
 /// What a call let in holds of the budgets, given back when it is answered (or dropped).

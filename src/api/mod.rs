@@ -10,3 +10,15 @@ pub mod notifier;
 pub mod smtp_admin;
 pub mod status;
 pub mod token;
+
+use crate::auth::{self, permissions::Needed, Authenticated, Caller};
+
+/// The caller of a request that passed the gate ([`gate`]: its key, and the permission its
+/// method needs): see [`auth::authorize`].
+pub(crate) fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+    let extensions = request.extensions();
+    Ok(auth::authorize(
+        extensions.get::<Authenticated>(),
+        extensions.get::<Needed>(),
+    )?)
+}

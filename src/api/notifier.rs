@@ -5,8 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, Page};
 use super::status::invalid;
-use crate::auth::Authenticator;
-use crate::notify::template::BodyFormat;
+use crate::notify::BodyFormat;
 use crate::notify::{Notification, NotifyService, Queued};
 use crate::proto::v1 as pb;
 use crate::proto::v1::notifier_server::Notifier;
@@ -14,14 +13,13 @@ use crate::validation::{violation, Violations};
 
 /// The Notifier service.
 pub struct NotifierApi {
-    auth: Authenticator,
     notify: NotifyService,
 }
 
 impl NotifierApi {
     /// The service over `notify`.
-    pub fn new(auth: Authenticator, notify: NotifyService) -> Self {
-        Self { auth, notify }
+    pub fn new(notify: NotifyService) -> Self {
+        Self { notify }
     }
 }
 
@@ -75,7 +73,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::SendToAddressesRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
         let shared = Shared {
@@ -100,7 +98,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::SendToUsersRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?.to_string();
         let shared = Shared {
@@ -127,7 +125,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::SendAccountNoticeRequest>,
     ) -> Result<Response<pb::SendAccountNoticeResponse>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?;
         let message_ids = self
@@ -147,7 +145,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let message = self
             .notify
             .get(message_id(&request.get_ref().id)?, caller.scope())
@@ -159,7 +157,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let r = request.into_inner();
         let organisation = caller.act_for(&r.organisation)?;
         let mut v = Violations::new();
@@ -186,7 +184,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::RetryMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let message = self
             .notify
             .retry(message_id(&request.get_ref().id)?, caller.scope())
@@ -199,7 +197,7 @@ impl Notifier for NotifierApi {
         &self,
         request: Request<pb::CancelMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let message = self
             .notify
             .cancel(message_id(&request.get_ref().id)?, caller.scope())

@@ -4,7 +4,6 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::status::invalid;
-use crate::auth::Authenticator;
 use crate::mail::probe;
 use crate::proto::v1 as pb;
 use crate::proto::v1::smtp_admin_server::SmtpAdmin;
@@ -13,14 +12,13 @@ use crate::validation::violation;
 
 /// The SmtpAdmin service.
 pub struct SmtpAdminApi {
-    auth: Authenticator,
     settings: SettingsService,
 }
 
 impl SmtpAdminApi {
     /// The service over `settings`.
-    pub fn new(auth: Authenticator, settings: SettingsService) -> Self {
-        Self { auth, settings }
+    pub fn new(settings: SettingsService) -> Self {
+        Self { settings }
     }
 }
 
@@ -30,7 +28,7 @@ impl SmtpAdmin for SmtpAdminApi {
         &self,
         request: Request<pb::GetSmtpSettingsRequest>,
     ) -> Result<Response<pb::SmtpSettings>, Status> {
-        self.auth.authorize(&request).await?;
+        super::caller(&request)?;
         let settings = self.settings.get().await?;
         Ok(Response::new(convert::settings(settings.as_deref())))
     }
@@ -39,7 +37,7 @@ impl SmtpAdmin for SmtpAdminApi {
         &self,
         request: Request<pb::UpdateSmtpSettingsRequest>,
     ) -> Result<Response<pb::SmtpSettings>, Status> {
-        let caller = self.auth.authorize(&request).await?;
+        let caller = super::caller(&request)?;
         let request = request.into_inner();
         let settings = request
             .settings
@@ -57,7 +55,7 @@ impl SmtpAdmin for SmtpAdminApi {
         &self,
         request: Request<pb::TestSmtpSettingsRequest>,
     ) -> Result<Response<pb::TestSmtpSettingsResponse>, Status> {
-        self.auth.authorize(&request).await?;
+        super::caller(&request)?;
         let request = request.into_inner();
         let to = probe::recipient(&request.recipient)
             .map_err(|why| invalid(&violation("recipient", why)))?;

@@ -14,7 +14,6 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tonic::metadata::MetadataMap;
 use tracing::Span;
 
 use crate::cache::Cache;
@@ -274,43 +273,13 @@ impl Authenticator {
         Ok(Some(key))
     }
 
-    /// The live key whose bearer secret `metadata` holds: the check made before a
-    /// request's message is read (`api::gate`), so that no caller without a key gets a
-    /// request of megabytes decoded. The gate leaves the key on the request
-    /// ([`Authenticated`]) for [`Authenticator::authorize`].
-    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<ApiKey>, AuthError> {
-        let secret = bearer(metadata)?;
+    /// The live key whose secret a caller presented: the check made before a request's
+    /// message is read (`api::gate`, which reads the secret from the `authorization`
+    /// header), so that no caller without a key gets a request of megabytes decoded.
+    pub async fn authenticate(&self, secret: &str) -> Result<Arc<ApiKey>, AuthError> {
         self.key(&crypto::digest(secret))
             .await?
             .ok_or(AuthError::Unauthenticated("unknown or revoked API key"))
-    }
-
-    /// The caller of a request, who must hold the permission its method needs
-    /// ([`permissions::REQUIRED`], found by the gate from the call's path and left on the
-    /// request as [`permissions::Needed`]). Records the key id and its organisation on the
-    /// RPC's span.
-    pub async fn authorize<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
-        let key = match request.extensions().get::<Authenticated>() {
-            Some(Authenticated(key)) => key.clone(),
-            None => self.authenticate(request.metadata()).await?,
-        };
-        record_caller(&Span::current(), &key.id, &key.organisation);
-        let Some(&permissions::Needed(permission)) = request.extensions().get() else {
-            // Fails closed: a method missing from the table is a bug, not an open door.
-            return Err(AuthError::PermissionDenied(
-                "no permission is defined for this method".into(),
-            ));
-        };
-        if !key.permissions.contains(&permission) {
-            return Err(AuthError::PermissionDenied(format!(
-                "this key lacks the {permission} permission"
-            )));
-        }
-        Ok(Caller {
-            key_id: key.id.clone(),
-            key_name: key.name.clone(),
-            organisation: key.organisation.clone(),
-        })
     }
 
     /// Forgets the keys held in memory: another replica changed them.
@@ -319,21 +288,33 @@ impl Authenticator {
     }
 }
 
-fn bearer(metadata: &MetadataMap) -> Result<&str, AuthError> {
-    let value = metadata
-        .get("authorization")
-        .ok_or(AuthError::Unauthenticated(
-            "missing `authorization: Bearer <API key>` metadata",
-        ))?
-        .to_str()
-        .map_err(|_| AuthError::Unauthenticated("malformed authorization metadata"))?;
-    let (scheme, secret) = value.split_once(' ').ok_or(AuthError::Unauthenticated(
-        "authorization must be `Bearer <API key>`",
-    ))?;
-    if !scheme.eq_ignore_ascii_case("bearer") || secret.trim().is_empty() {
+/// The caller of a request: its key (found by the gate, [`Authenticated`]), which must
+/// hold the permission its method needs ([`permissions::REQUIRED`], found by the gate from
+/// the call's path, [`permissions::Needed`]). Fails closed: a request without either did
+/// not pass the gate. Records the key id and its organisation on the RPC's span.
+pub fn authorize(
+    key: Option<&Authenticated>,
+    needed: Option<&permissions::Needed>,
+) -> Result<Caller, AuthError> {
+    let Some(Authenticated(key)) = key else {
         return Err(AuthError::Unauthenticated(
-            "authorization must be `Bearer <API key>`",
+            "missing `authorization: Bearer <API key>` metadata",
         ));
+    };
+    record_caller(&Span::current(), &key.id, &key.organisation);
+    let Some(&permissions::Needed(permission)) = needed else {
+        return Err(AuthError::PermissionDenied(
+            "no permission is defined for this method".into(),
+        ));
+    };
+    if !key.permissions.contains(&permission) {
+        return Err(AuthError::PermissionDenied(format!(
+            "this key lacks the {permission} permission"
+        )));
     }
-    Ok(secret.trim())
+    Ok(Caller {
+        key_id: key.id.clone(),
+        key_name: key.name.clone(),
+        organisation: key.organisation.clone(),
+    })
 }

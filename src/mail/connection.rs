@@ -47,7 +47,7 @@ use tokio::net::TcpStream;
 
 use super::tls::TlsPolicy;
 use crate::crypto::MasterKey;
-use crate::settings::oauth2::{AccessToken, TokenError, Tokens};
+use crate::settings::oauth2::{AccessToken, AccessTokenError, AccessTokens};
 use crate::settings::{AddressGuard, Mechanism as AuthMechanism, Security, SmtpSettings};
 
 /// The stages of an SMTP exchange.
@@ -459,8 +459,8 @@ pub struct Login<'a> {
 }
 
 impl<'a> Login<'a> {
-    /// Tokens from the process's cache (delivery), at `now`.
-    pub fn cached(tokens: &'a Tokens, now: SystemTime) -> Self {
+    /// AccessTokens from the process's cache (delivery), at `now`.
+    pub fn cached(tokens: &'a AccessTokens, now: SystemTime) -> Self {
         Self {
             token: TokenSource {
                 tokens,
@@ -471,7 +471,7 @@ impl<'a> Login<'a> {
     }
 
     /// A token fetched for this connection alone (`TestSmtpSettings`), at `now`.
-    pub fn fresh(tokens: &'a Tokens, now: SystemTime) -> Self {
+    pub fn fresh(tokens: &'a AccessTokens, now: SystemTime) -> Self {
         Self {
             token: TokenSource {
                 tokens,
@@ -484,7 +484,7 @@ impl<'a> Login<'a> {
 
 /// Where an XOAUTH2 login gets its access token.
 struct TokenSource<'a> {
-    tokens: &'a Tokens,
+    tokens: &'a AccessTokens,
     now: SystemTime,
     cached: bool,
 }
@@ -495,7 +495,7 @@ impl TokenSource<'_> {
         settings: &SmtpSettings,
         key: &MasterKey,
         guard: &AddressGuard,
-    ) -> Result<AccessToken, TokenError> {
+    ) -> Result<AccessToken, AccessTokenError> {
         if self.cached {
             self.tokens.get(settings, key, guard, self.now).await
         } else {
@@ -509,7 +509,7 @@ impl TokenSource<'_> {
         key: &MasterKey,
         guard: &AddressGuard,
         used: &AccessToken,
-    ) -> Result<AccessToken, TokenError> {
+    ) -> Result<AccessToken, AccessTokenError> {
         self.tokens
             .refresh(settings, key, guard, self.now, used)
             .await

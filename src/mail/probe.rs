@@ -17,7 +17,7 @@ use super::connection::{self, client_id, crlf_line_ends, Failed, Login, Stages};
 use crate::clock::rfc3339;
 use crate::crypto::MasterKey;
 use crate::notify::email::new_message_id;
-use crate::settings::oauth2::Tokens;
+use crate::settings::oauth2::AccessTokens;
 use crate::settings::{human, AddressGuard, Mechanism, Security, SmtpSettings};
 
 /// The outcome of one stage.
@@ -101,7 +101,7 @@ pub async fn run(
     settings: &SmtpSettings,
     key: &MasterKey,
     guard: &AddressGuard,
-    tokens: &Tokens,
+    tokens: &AccessTokens,
     to: &Address,
     now: SystemTime,
 ) -> Report {

@@ -2,9 +2,10 @@
 //! EmailerToUser ([`NotifyService::send_to_users`]), and the outbox they feed
 //! (get, list, retry, cancel).
 //!
-//! A send renders every message first, so that a broken template or a bad header refuses
-//! the whole request before anything is queued; then the batch is written durably in one
-//! atomic write (with its idempotency key) and only then answered. Delivery workers
+//! A send renders its messages and hands them to the store as they come, in bounded parts
+//! that stay invisible (`stage.rs`); a broken template or a bad header refuses the whole
+//! request and forgets what was written, so nothing of it is queued. Otherwise the batch is
+//! committed durably in one atomic write (with its idempotency key) and only then answered. Delivery workers
 //! (`mail::delivery`) take it from there. Nothing a caller passes can add a header or a
 //! recipient: every rendered header is refused if it holds CR or LF, and `from` and `to`
 //! must each be one mailbox.
@@ -24,7 +25,8 @@ use crate::ports::StoreError;
 use crate::quota::Shares;
 use crate::settings::{SettingsError, SettingsService};
 use crate::validation::Violations;
-use template::{BodyFormat, TemplateCache};
+pub use template::BodyFormat;
+use template::TemplateCache;
 
 pub(crate) mod email;
 mod maintenance;
@@ -41,12 +43,13 @@ mod spend;
 mod stage;
 pub(crate) mod template;
 
+use crate::quota::OverQuota;
 pub use email::{OutgoingEmail, SealError, MAX_MESSAGE_BYTES};
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
 pub use notices::NoticeKind;
 pub use port::{batch_gone, BatchWriter, OutboxStore};
 use quota::PendingCounts;
-pub use quota::{OverQuota, Quotas, Tally};
+pub use quota::Quotas;
 pub use render::MAX_HEADER_BYTES;
 pub use signal::MailQueued;
 

@@ -8,11 +8,11 @@
 //!   cancelled within 24 hours of being queued, so this bounds the bytes it can hold
 //!   pending, and the store's growth from it.
 //!
-//! The hour and the day are [`Tally`] records: 24 buckets of a sliding window.
+//! The hour and the day are [`Tally`](crate::quota::Tally) records: 24 buckets of a sliding window.
 
 use std::time::Duration;
 
-pub use crate::quota::{OverQuota, Tally};
+use crate::quota::OverQuota;
 
 /// The window of [`Quotas::messages_per_hour`].
 pub const HOUR: Duration = Duration::from_secs(3600);

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use super::quota::{self, OverQuota};
+use super::quota;
 use super::{NotifyError, NotifyService};
+use crate::quota::OverQuota;
 
 impl NotifyService {
     /// Counts `count` messages of `bytes` in all against `organisation`'s quotas, or says

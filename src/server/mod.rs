@@ -1,9 +1,10 @@
 //! Wiring: opens the store and the master key, creates the bootstrap key, and serves every
 //! service with health and reflection until the shutdown future resolves.
 //!
-//! Shutdown: health goes `NOT_SERVING` first (so balancers drain this replica), the
-//! listener stops accepting, in-flight RPCs finish within `--shutdown-grace`, and the store
-//! is flushed.
+//! A store an import left unfinished (its mark) is refused at open. Shutdown: health goes
+//! `NOT_SERVING` first (so balancers drain this replica), the listener stops accepting,
+//! in-flight RPCs finish within `--shutdown-grace`, every background job (`jobs/`: delivery
+//! among them) is drained within it, and the store is flushed.
 
 mod jobs;
 mod master_key;
@@ -351,19 +352,19 @@ impl Mailroom {
             .add_service(reflection_v1.max_decoding_message_size(OPEN_LIMIT))
             .add_service(reflection_v1alpha.max_decoding_message_size(OPEN_LIMIT))
             .add_service(
-                SmtpAdminServer::new(SmtpAdminApi::new(self.auth.clone(), self.settings.clone()))
+                SmtpAdminServer::new(SmtpAdminApi::new(self.settings.clone()))
                     .max_decoding_message_size(request_limit("mailroom.v1.SmtpAdmin")),
             )
             .add_service(
-                TokenServer::new(TokenApi::new(self.auth.clone(), self.tokens.clone()))
+                TokenServer::new(TokenApi::new(self.tokens.clone()))
                     .max_decoding_message_size(request_limit("mailroom.v1.Token")),
             )
             .add_service(
-                NotifierServer::new(NotifierApi::new(self.auth.clone(), self.notify.clone()))
+                NotifierServer::new(NotifierApi::new(self.notify.clone()))
                     .max_decoding_message_size(request_limit("mailroom.v1.Notifier")),
             )
             .add_service(
-                DirectoryServer::new(DirectoryApi::new(self.auth.clone(), self.directory.clone()))
+                DirectoryServer::new(DirectoryApi::new(self.directory.clone()))
                     .max_decoding_message_size(request_limit("mailroom.v1.Directory")),
             )
             .add_service(

@@ -438,7 +438,7 @@ pub struct SettingsService {
     clock: Clock,
     cache: Arc<Cache<(), Option<Arc<SmtpSettings>>>>,
     guard: AddressGuard,
-    tokens: Arc<oauth2::Tokens>,
+    tokens: Arc<oauth2::AccessTokens>,
 }
 
 impl SettingsService {
@@ -450,19 +450,19 @@ impl SettingsService {
             clock,
             cache: Arc::default(),
             guard: AddressGuard::default(),
-            tokens: Arc::new(oauth2::Tokens::new(Metrics::new())),
+            tokens: Arc::new(oauth2::AccessTokens::new(Metrics::new())),
         }
     }
 
     /// Counts the OAuth2 token fetches of XOAUTH2 logins in `metrics`.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.tokens = Arc::new(oauth2::Tokens::new(metrics));
+        self.tokens = Arc::new(oauth2::AccessTokens::new(metrics));
         self
     }
 
     /// The access tokens of XOAUTH2 logins, kept beside the guard: every connection made
     /// with these settings gets its token here.
-    pub fn oauth2_tokens(&self) -> &oauth2::Tokens {
+    pub fn oauth2_tokens(&self) -> &oauth2::AccessTokens {
         &self.tokens
     }
 

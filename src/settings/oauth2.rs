@@ -1,15 +1,15 @@
 //! The access token of an XOAUTH2 login: fetched from the settings' OAuth2 token endpoint
 //! with the client-credentials grant (RFC 6749 §4.4, the client secret) or the JWT-bearer
 //! grant (RFC 7523, an RS256 assertion signed with the private key), over HTTPS with the
-//! settings' CA certificates and timeout, and kept in [`Tokens`].
+//! settings' CA certificates and timeout, and kept in [`AccessTokens`].
 //!
-//! [`Tokens`] holds one token per settings revision and hands it to every connection until
+//! [`AccessTokens`] holds one token per settings revision and hands it to every connection until
 //! it is close to expiring (a quarter of its life, at most 5 minutes, before), then fetches
 //! the next one; connections that need a token at once wait for one fetch and share it (a
 //! failure too: waiting senders do not each try a dead endpoint in turn). A token the SMTP
-//! server refuses (`535`) may have been revoked early: [`Tokens::refresh`] fetches another
+//! server refuses (`535`) may have been revoked early: [`AccessTokens::refresh`] fetches another
 //! once, and a connection retries with it ([`crate::mail::connection`]). `TestSmtpSettings`
-//! fetches a fresh token every time ([`Tokens::fetch`]): it tests unsaved settings too.
+//! fetches a fresh token every time ([`AccessTokens::fetch`]): it tests unsaved settings too.
 //!
 //! The endpoint's host goes through the settings' private-address guard like the SMTP
 //! host, and the request goes only to the addresses it checked. The endpoint's
@@ -73,10 +73,10 @@ impl AccessToken {
 /// Why no token could be had: a message naming the field to fix, never a secret.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct TokenError(pub String);
+pub struct AccessTokenError(pub String);
 
 /// The tokens of this process's XOAUTH2 logins: one per settings revision, shared.
-pub struct Tokens {
+pub struct AccessTokens {
     slot: tokio::sync::Mutex<Slot>,
     serial: std::sync::atomic::AtomicU64,
     metrics: Metrics,
@@ -95,11 +95,11 @@ enum Slot {
     Failed {
         revision: u64,
         at: Instant,
-        error: TokenError,
+        error: AccessTokenError,
     },
 }
 
-impl Tokens {
+impl AccessTokens {
     /// No token yet; fetches counted in `metrics`.
     pub fn new(metrics: Metrics) -> Self {
         Self {
@@ -117,7 +117,7 @@ impl Tokens {
         key: &MasterKey,
         guard: &AddressGuard,
         now: SystemTime,
-    ) -> Result<AccessToken, TokenError> {
+    ) -> Result<AccessToken, AccessTokenError> {
         self.get_unless(settings, key, guard, now, None).await
     }
 
@@ -130,7 +130,7 @@ impl Tokens {
         guard: &AddressGuard,
         now: SystemTime,
         used: &AccessToken,
-    ) -> Result<AccessToken, TokenError> {
+    ) -> Result<AccessToken, AccessTokenError> {
         self.get_unless(settings, key, guard, now, Some(used.serial))
             .await
     }
@@ -142,7 +142,7 @@ impl Tokens {
         guard: &AddressGuard,
         now: SystemTime,
         refused: Option<u64>,
-    ) -> Result<AccessToken, TokenError> {
+    ) -> Result<AccessToken, AccessTokenError> {
         let asked = Instant::now();
         let mut slot = self.slot.lock().await;
         match &*slot {
@@ -194,9 +194,9 @@ impl Tokens {
         key: &MasterKey,
         guard: &AddressGuard,
         now: SystemTime,
-    ) -> Result<AccessToken, TokenError> {
+    ) -> Result<AccessToken, AccessTokenError> {
         let Some(oauth2) = settings.auth.oauth2.as_ref() else {
-            return Err(TokenError(
+            return Err(AccessTokenError(
                 "auth.oauth2 is not set: XOAUTH2 needs an OAuth2 client".into(),
             ));
         };
@@ -235,9 +235,9 @@ impl Tokens {
                 };
                 ("issued", Ok(token))
             }
-            Err(Failure::Refused(why)) => ("refused", Err(TokenError(why))),
-            Err(Failure::Unreachable(why)) => ("unreachable", Err(TokenError(why))),
-            Err(Failure::Invalid(why)) => ("invalid_answer", Err(TokenError(why))),
+            Err(Failure::Refused(why)) => ("refused", Err(AccessTokenError(why))),
+            Err(Failure::Unreachable(why)) => ("unreachable", Err(AccessTokenError(why))),
+            Err(Failure::Invalid(why)) => ("invalid_answer", Err(AccessTokenError(why))),
         };
         self.metrics.token_fetch(outcome);
         match &result {

@@ -1,8 +1,9 @@
 //! The export file: JSON lines. The first line is the [`Header`] (format, its version,
 //! the mailroom version that wrote it, the kind of store it came from, when, and how many
 //! records of each kind follow); then one [`Portable`] per line, `{"kind": ..., "record":
-//! ...}`, kind by kind. Self-describing (field names, not postcard's positions), so that a
-//! later version reads it as it reads JSON records stored by earlier ones.
+//! ...}`, kind by kind. Self-describing (field names, not postcard's positions): a record
+//! type's new field needs `#[serde(default)]` (or the file format's version bumped) for
+//! files written before it to import.
 //!
 //! [`Writer`] writes the records to a temporary file beside the destination while it
 //! counts them, then the header and the records to another, synced and renamed over the

@@ -7,11 +7,12 @@
 //! shared by replicas (the `etcd` feature). Both write the keys of one shared layout
 //! (`keyspace.rs`: every family of keys and the order of its parts, written once). Backends
 //! keep domain records in one encoding (`encode`, `decode`: a format byte, then postcard;
-//! JSON from earlier versions), each record's earlier layouts still read (`layouts.rs`);
-//! nothing backend-specific crosses the ports.
+//! see [`Record`] for how a layout changes); nothing backend-specific crosses the ports.
 //!
-//! Every write answers only once it is durable: a caller that got `Ok` never loses it to a
-//! crash of this process, nor of the machine (a power cut, a kernel panic).
+//! A write answers only once it is durable — a caller that got `Ok` never loses it to a
+//! crash of this process, nor of the machine (a power cut, a kernel panic) — unless its
+//! port method says otherwise (a claim, a settled outcome: `OutboxStore::claim_message`,
+//! `settle_message`).
 
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};

@@ -20,7 +20,7 @@
 //! - `windows.rs`: rate-limit windows and quota tallies;
 //! - `tokens.rs`: the [`TokenStore`](super::TokenStore);
 //! - `snapshot.rs`: export and import (the [`Snapshot`](crate::snapshot::Snapshot) port);
-//! - `recovery.rs`: crash repair, batches and claims left by a dead process, migration.
+//! - `recovery.rs`: crash repair, batches and claims left by a dead process.
 
 use std::path::Path;
 use std::time::SystemTime;
