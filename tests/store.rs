@@ -128,6 +128,7 @@ fn user(login: &str, organisations: &[&str]) -> User {
         email: format!("{login}@example.com"),
         organisations: organisations.iter().map(|o| o.to_string()).collect(),
         locked: false,
+        locale: String::new(),
         create_time: now(),
         update_time: now(),
     }

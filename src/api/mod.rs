@@ -9,4 +9,5 @@ pub mod gate;
 pub mod notifier;
 pub mod smtp_admin;
 pub mod status;
+pub mod templates;
 pub mod token;

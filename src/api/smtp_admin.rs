@@ -8,19 +8,27 @@ use crate::auth::{Authenticator, Permission};
 use crate::mail::probe;
 use crate::proto::v1 as pb;
 use crate::proto::v1::smtp_admin_server::SmtpAdmin;
+use crate::notify::EmailKind;
 use crate::settings::SettingsService;
+use crate::templates::{Scope, TemplateService};
 use crate::validation::violation;
 
 /// The SmtpAdmin service.
 pub struct SmtpAdminApi {
     auth: Authenticator,
     settings: SettingsService,
+    /// The test email's templates.
+    templates: TemplateService,
 }
 
 impl SmtpAdminApi {
-    /// The service over `settings`.
-    pub fn new(auth: Authenticator, settings: SettingsService) -> Self {
-        Self { auth, settings }
+    /// The service over `settings`, its test email from `templates`.
+    pub fn new(auth: Authenticator, settings: SettingsService, templates: TemplateService) -> Self {
+        Self {
+            auth,
+            settings,
+            templates,
+        }
     }
 }
 
@@ -62,15 +70,27 @@ impl SmtpAdmin for SmtpAdminApi {
         &self,
         request: Request<pb::TestSmtpSettingsRequest>,
     ) -> Result<Response<pb::TestSmtpSettingsResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .authorize(&request, Permission::ManagePlatform)
             .await?;
         let request = request.into_inner();
         let to = probe::recipient(&request.recipient)
             .map_err(|why| invalid(&violation("recipient", why)))?;
+        crate::locale::tag(&request.locale).map_err(|why| invalid(&violation("locale", why)))?;
         let settings = self
             .settings
             .candidate(request.settings.map(Into::into))
+            .await?;
+        let now = self.settings.now();
+        let email = self
+            .templates
+            .render(
+                &Scope::Organisation(caller.organisation.clone()),
+                EmailKind::SmtpTest,
+                &request.locale,
+                &probe::test_values(&settings, now),
+            )
             .await?;
         let report = probe::run(
             &settings,
@@ -78,7 +98,8 @@ impl SmtpAdmin for SmtpAdminApi {
             self.settings.address_guard(),
             self.settings.oauth2_tokens(),
             &to,
-            self.settings.now(),
+            &email,
+            now,
         )
         .await;
         tracing::info!(

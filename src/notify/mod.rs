@@ -26,12 +26,14 @@ use crate::settings::{SettingsError, SettingsService};
 use crate::validation::Violations;
 use template::{BodyFormat, TemplateCache};
 
+pub mod builtin;
 pub mod email;
 mod maintenance;
 pub mod message;
 mod notices;
 mod outbox;
 mod port;
+mod preview;
 mod quota;
 mod render;
 pub mod sandbox;
@@ -40,10 +42,15 @@ mod spend;
 mod stage;
 pub mod template;
 
+pub use builtin::{
+    BuiltinOnly, Chosen, EmailKind, EmailSource, EmailSources, EmailValue, EmailValues,
+    RenderedEmail,
+};
 pub use email::{OutgoingEmail, SealError, MAX_MESSAGE_BYTES};
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
 pub use notices::NoticeKind;
 pub use port::{batch_gone, stage_and_commit, OutboxStore};
+pub use preview::NotificationPreview;
 use quota::PendingCounts;
 pub use quota::{OverQuota, Quotas, Tally};
 pub use render::MAX_HEADER_BYTES;
@@ -178,6 +185,8 @@ pub struct NotifyService {
     send_shares: Arc<Shares>,
     /// Each organisation's turns to render.
     render_shares: Arc<Shares>,
+    /// The templates of the built-in emails (overrides, languages).
+    email_sources: Arc<dyn EmailSources>,
 }
 
 impl NotifyService {
@@ -208,6 +217,7 @@ impl NotifyService {
                     .map_or(1, |n| n.get() / 2)
                     .max(1),
             )),
+            email_sources: Arc::new(BuiltinOnly),
         }
     }
 

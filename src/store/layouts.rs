@@ -146,3 +146,44 @@ impl From<Tls1> for Tls {
         }
     }
 }
+
+/// Users, format by format:
+/// - 1 ([`super::POSTCARD`]): the first compact layout ([`User1`]);
+/// - 2: adds `locale` (empty when read from format 1).
+impl Record for crate::directory::User {
+    const FORMAT: u8 = 2;
+
+    fn earlier(format: u8, compact: &[u8]) -> Option<postcard::Result<Self>> {
+        match format {
+            POSTCARD => Some(postcard::from_bytes::<User1>(compact).map(Self::from)),
+            _ => None,
+        }
+    }
+}
+
+/// A user as format 1 stored it: before `locale`.
+#[derive(Deserialize)]
+pub(super) struct User1 {
+    login: String,
+    name: String,
+    email: String,
+    organisations: Vec<String>,
+    locked: bool,
+    create_time: SystemTime,
+    update_time: SystemTime,
+}
+
+impl From<User1> for crate::directory::User {
+    fn from(u: User1) -> Self {
+        Self {
+            login: u.login,
+            name: u.name,
+            email: u.email,
+            organisations: u.organisations,
+            locked: u.locked,
+            locale: String::new(),
+            create_time: u.create_time,
+            update_time: u.update_time,
+        }
+    }
+}

@@ -62,6 +62,7 @@ mod kv;
 mod outbox;
 mod security;
 mod settings;
+mod templates;
 mod tokens;
 mod watch;
 mod windows;

@@ -14,6 +14,7 @@
 //! - `keys.rs`: the trees and the keys of every record and index;
 //! - `flusher.rs` and `files.rs`: the group commit and the sync of sled's files;
 //! - `settings.rs` and `accounts.rs`: the SMTP settings and key check, API keys and users;
+//! - `templates.rs`: overrides of the built-in emails, organisations' locale settings;
 //! - `outbox.rs`: queuing batches, replacing messages and their index entries, reading them;
 //! - `content.rs`: a message's sealed content, apart from its record when large;
 //! - `claims.rs`: claims held in memory;
@@ -46,6 +47,7 @@ mod keys;
 mod outbox;
 mod recovery;
 mod settings;
+mod templates;
 mod tokens;
 mod windows;
 
