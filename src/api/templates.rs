@@ -97,7 +97,7 @@ impl Templates for TemplatesApi {
             .list(&scope)
             .await?
             .into_iter()
-            .map(|t| (format!("{:02}/{}", t.kind as usize, t.lang), t))
+            .map(|t| (format!("{:02}/{:02}", t.kind as usize, t.lang as usize), t))
             .filter(|(key, _)| page.after.as_ref().is_none_or(|after| key > after))
             .take(page.fetch())
             .collect();
