@@ -38,6 +38,14 @@ const PERMISSIONS: &[(&str, &str)] = &[
     ("/mailroom.v1.ApiKeys/CreateApiKey", PLATFORM),
     ("/mailroom.v1.ApiKeys/ListApiKeys", PLATFORM),
     ("/mailroom.v1.ApiKeys/RevokeApiKey", PLATFORM),
+    // managePlatform instead with `platform: true` (tests/templates.rs).
+    ("/mailroom.v1.Templates/ListEmailTemplates", CONFIG),
+    ("/mailroom.v1.Templates/GetEmailTemplate", CONFIG),
+    ("/mailroom.v1.Templates/UpdateEmailTemplate", CONFIG),
+    ("/mailroom.v1.Templates/ResetEmailTemplate", CONFIG),
+    ("/mailroom.v1.Templates/PreviewEmail", CONFIG),
+    ("/mailroom.v1.Templates/GetLocaleSettings", CONFIG),
+    ("/mailroom.v1.Templates/UpdateLocaleSettings", CONFIG),
 ];
 
 /// One RPC of the contract, with its permission.
