@@ -184,10 +184,7 @@ mod tests {
     #[test]
     fn every_language_has_every_word() {
         for lang in Lang::ALL {
-            let path = format!(
-                "{}/locales/{lang}/locale.json",
-                env!("CARGO_MANIFEST_DIR")
-            );
+            let path = format!("{}/locales/{lang}/locale.json", env!("CARGO_MANIFEST_DIR"));
             let source = std::fs::read_to_string(&path).unwrap();
             if let Err(e) = serde_json::from_str::<Words>(&source) {
                 panic!("{path}: {e}");
@@ -203,7 +200,9 @@ mod tests {
         let en = include_str!("../locales/en/locale.json");
         let mut value: serde_json::Value = serde_json::from_str(en).unwrap();
         value.as_object_mut().unwrap().remove("hour");
-        let err = serde_json::from_value::<Words>(value).err().expect("refused");
+        let err = serde_json::from_value::<Words>(value)
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("hour"), "{err}");
     }
 
@@ -249,6 +248,9 @@ mod tests {
         assert_eq!(Lang::En.date(t), "Tuesday 25 November 2025, 08:00 UTC");
         assert_eq!(Lang::Fr.date(t), "mardi 25 novembre 2025 à 08:00 UTC");
         assert_eq!(Lang::De.date(t), "Dienstag, 25. November 2025, 08:00 UTC");
-        assert_eq!(Lang::Es.date(t), "martes, 25 de noviembre de 2025, 08:00 UTC");
+        assert_eq!(
+            Lang::Es.date(t),
+            "martes, 25 de noviembre de 2025, 08:00 UTC"
+        );
     }
 }

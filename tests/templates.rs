@@ -13,6 +13,23 @@ use crate::support::{self, TestServer};
 
 const CHANGED: pb::AccountNoticeKind = pb::AccountNoticeKind::PasswordChanged;
 
+/// Runs `scenario` on a server over sled, then over etcd with the `etcd` feature.
+async fn on_every_store<F: std::future::Future<Output = ()>>(scenario: impl Fn(TestServer) -> F) {
+    scenario(TestServer::start().await).await;
+    #[cfg(feature = "etcd")]
+    {
+        let Some(etcd) = support::etcd::Etcd::start().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut args = mailroom::config::Args::with_data_dir(dir.path());
+        args.store = mailroom::config::StoreKind::Etcd;
+        args.etcd_endpoints = vec![etcd.endpoint.clone()];
+        args.clock = support::test_clock();
+        scenario(TestServer::start_with(args).await).await;
+    }
+}
+
 /// A Directory user with a locale.
 async fn add_user(server: &TestServer, login: &str, organisation: &str, locale: &str) {
     server
@@ -45,9 +62,7 @@ async fn notify(server: &TestServer, login: &str, organisation: &str) {
         .expect("send the notice")
         .into_inner()
         .message_ids;
-    server
-        .wait_for_state(&ids[0], pb::MessageState::Sent)
-        .await;
+    server.wait_for_state(&ids[0], pb::MessageState::Sent).await;
 }
 
 /// The one message the SMTP server received for `to`.
@@ -78,7 +93,11 @@ fn parts(message: &Received) -> (String, String, String) {
             _ => {}
         }
     }
-    (subject, text.replace("\r\n", "\n"), html.replace("\r\n", "\n"))
+    (
+        subject,
+        text.replace("\r\n", "\n"),
+        html.replace("\r\n", "\n"),
+    )
 }
 
 async fn set_default_locale(server: &TestServer, organisation: &str, locale: &str) {
@@ -121,7 +140,8 @@ async fn each_language_and_the_fallback_chain() {
         (Lang::Es, "Su contraseña ha cambiado"),
     ];
     for (login, organisation, locale, lang) in cases {
-        let (subject, text, html) = parts(&received(&smtp, &format!("{login}@{organisation}.example")));
+        let (subject, text, html) =
+            parts(&received(&smtp, &format!("{login}@{organisation}.example")));
         let expected = subjects.iter().find(|(l, _)| *l == lang).unwrap().1;
         assert_eq!(subject, expected, "{login} ({locale:?}) gets {lang}");
         let date = lang.date(server.clock.now());
@@ -132,7 +152,9 @@ async fn each_language_and_the_fallback_chain() {
     // The locale is canonical, and a tag that is not one is refused.
     let user = server
         .directory(&server.admin_key)
-        .get_user(pb::GetUserRequest { login: "frca".into() })
+        .get_user(pb::GetUserRequest {
+            login: "frca".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -201,145 +223,154 @@ fn get_request(organisation: &str, platform: bool) -> pb::GetEmailTemplateReques
 #[tokio::test]
 async fn overrides_take_precedence_and_reset_goes_back() {
     let _watchdog = crate::support::watchdog();
-    let server = TestServer::start().await;
-    let smtp = SmtpServer::start(Options::default());
-    server.configure_smtp(smtp.addr.port()).await;
-    let acme = server.create_key("acme", &["manageConfig"]).await;
-    let mut templates = server.templates(&acme);
-    let mut platform = server.templates(&server.admin_key);
+    on_every_store(|server| async move {
+        let smtp = SmtpServer::start(Options::default());
+        server.configure_smtp(smtp.addr.port()).await;
+        let acme = server.create_key("acme", &["manageConfig"]).await;
+        let mut templates = server.templates(&acme);
+        let mut platform = server.templates(&server.admin_key);
 
-    let builtin = templates
-        .get_email_template(get_request("", false))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(builtin.origin(), pb::TemplateOrigin::Builtin);
-    assert_eq!(builtin.subject, "Your password was changed");
-    assert_eq!(builtin.organisation, "acme");
-    assert!(builtin.etag.is_empty());
+        let builtin = templates
+            .get_email_template(get_request("", false))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(builtin.origin(), pb::TemplateOrigin::Builtin);
+        assert_eq!(builtin.subject, "Your password was changed");
+        assert_eq!(builtin.organisation, "acme");
+        assert!(builtin.etag.is_empty());
 
-    // An organisation's key cannot change the platform's.
-    let refused = templates
-        .update_email_template(override_of("", true, "en", "Platform {{login}}"))
-        .await
-        .expect_err("manageConfig is not managePlatform");
-    assert_eq!(refused.code(), Code::PermissionDenied);
+        // An organisation's key cannot change the platform's.
+        let refused = templates
+            .update_email_template(override_of("", true, "en", "Platform {{login}}"))
+            .await
+            .expect_err("manageConfig is not managePlatform");
+        assert_eq!(refused.code(), Code::PermissionDenied);
 
-    let saved = platform
-        .update_email_template(override_of("", true, "en", "Platform {{login}}"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(saved.origin(), pb::TemplateOrigin::Platform);
-    assert!(saved.platform && !saved.etag.is_empty());
-    let seen = templates
-        .get_email_template(get_request("", false))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(seen.origin(), pb::TemplateOrigin::Platform);
-    assert!(seen.etag.is_empty(), "acme has no override of its own");
+        let saved = platform
+            .update_email_template(override_of("", true, "en", "Platform {{login}}"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(saved.origin(), pb::TemplateOrigin::Platform);
+        assert!(saved.platform && !saved.etag.is_empty());
+        let seen = templates
+            .get_email_template(get_request("", false))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(seen.origin(), pb::TemplateOrigin::Platform);
+        assert!(seen.etag.is_empty(), "acme has no override of its own");
 
-    let own = templates
-        .update_email_template(override_of("", false, "en", "Acme {{login}}"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(own.origin(), pb::TemplateOrigin::Organisation);
-    assert_eq!(own.updated_by, "acme-manageConfig");
+        let own = templates
+            .update_email_template(override_of("", false, "en", "Acme {{login}}"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(own.origin(), pb::TemplateOrigin::Organisation);
+        assert_eq!(own.updated_by, "acme-manageConfig");
 
-    add_user(&server, "alice", "acme", "").await;
-    add_user(&server, "bob", "beta", "").await;
-    add_user(&server, "frank", "acme", "fr").await;
-    notify(&server, "alice", "acme").await;
-    notify(&server, "bob", "beta").await;
-    notify(&server, "frank", "acme").await;
-    assert_eq!(parts(&received(&smtp, "alice@acme.example")).0, "Acme alice");
-    let (subject, text, html) = parts(&received(&smtp, "bob@beta.example"));
-    assert_eq!(subject, "Platform bob", "beta gets the platform's");
-    assert!(text.starts_with("Changed: bob at "), "{text}");
-    assert_eq!(html, "<p>Changed: <b>bob</b></p>");
-    assert_eq!(
-        parts(&received(&smtp, "frank@acme.example")).0,
-        "Votre mot de passe a été modifié",
-        "an override is of one language: French is still the built-in"
-    );
+        add_user(&server, "alice", "acme", "").await;
+        add_user(&server, "bob", "beta", "").await;
+        add_user(&server, "frank", "acme", "fr").await;
+        notify(&server, "alice", "acme").await;
+        notify(&server, "bob", "beta").await;
+        notify(&server, "frank", "acme").await;
+        assert_eq!(
+            parts(&received(&smtp, "alice@acme.example")).0,
+            "Acme alice"
+        );
+        let (subject, text, html) = parts(&received(&smtp, "bob@beta.example"));
+        assert_eq!(subject, "Platform bob", "beta gets the platform's");
+        assert!(text.starts_with("Changed: bob at "), "{text}");
+        assert_eq!(html, "<p>Changed: <b>bob</b></p>");
+        assert_eq!(
+            parts(&received(&smtp, "frank@acme.example")).0,
+            "Votre mot de passe a été modifié",
+            "an override is of one language: French is still the built-in"
+        );
 
-    // A stale etag is refused and changes nothing.
-    let mut stale = override_of("", false, "en", "Stale {{login}}");
-    stale.etag = "123".into();
-    let status = templates.update_email_template(stale).await.unwrap_err();
-    assert_eq!(status.code(), Code::Aborted, "{status:?}");
-    let mut current = override_of("", false, "en", "Acme again {{login}}");
-    current.etag = own.etag.clone();
-    let again = templates
-        .update_email_template(current)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_ne!(again.etag, own.etag);
+        // A stale etag is refused and changes nothing.
+        let mut stale = override_of("", false, "en", "Stale {{login}}");
+        stale.etag = "123".into();
+        let status = templates.update_email_template(stale).await.unwrap_err();
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        let mut current = override_of("", false, "en", "Acme again {{login}}");
+        current.etag = own.etag.clone();
+        let again = templates
+            .update_email_template(current)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_ne!(again.etag, own.etag);
 
-    // Every kind in every language, paged.
-    let mut listed = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = templates
-            .list_email_templates(pb::ListEmailTemplatesRequest {
-                page_size: 5,
-                page_token: page_token.clone(),
+        // Every kind in every language, paged.
+        let mut listed = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = templates
+                .list_email_templates(pb::ListEmailTemplatesRequest {
+                    page_size: 5,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            listed.extend(page.templates);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert_eq!(listed.len(), 6 * 4);
+        let origins: Vec<_> = listed
+            .iter()
+            .filter(|t| t.origin() != pb::TemplateOrigin::Builtin)
+            .map(|t| (t.kind(), t.locale.as_str(), t.origin()))
+            .collect();
+        assert_eq!(
+            origins,
+            [(
+                pb::EmailKind::PasswordChanged,
+                "en",
+                pb::TemplateOrigin::Organisation
+            )]
+        );
+
+        // Reset: the platform's applies again, then the built-in.
+        let reset = templates
+            .reset_email_template(pb::ResetEmailTemplateRequest {
+                kind: pb::EmailKind::PasswordChanged.into(),
+                locale: "en".into(),
                 ..Default::default()
             })
             .await
             .unwrap()
             .into_inner();
-        listed.extend(page.templates);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    assert_eq!(listed.len(), 6 * 4);
-    let origins: Vec<_> = listed
-        .iter()
-        .filter(|t| t.origin() != pb::TemplateOrigin::Builtin)
-        .map(|t| (t.kind(), t.locale.as_str(), t.origin()))
-        .collect();
-    assert_eq!(
-        origins,
-        [(pb::EmailKind::PasswordChanged, "en", pb::TemplateOrigin::Organisation)]
-    );
-
-    // Reset: the platform's applies again, then the built-in.
-    let reset = templates
-        .reset_email_template(pb::ResetEmailTemplateRequest {
-            kind: pb::EmailKind::PasswordChanged.into(),
-            locale: "en".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(reset.origin(), pb::TemplateOrigin::Platform);
-    assert_eq!(reset.subject, "Platform {{login}}");
-    let reset = platform
-        .reset_email_template(pb::ResetEmailTemplateRequest {
-            platform: true,
-            kind: pb::EmailKind::PasswordChanged.into(),
-            locale: "en".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(reset.origin(), pb::TemplateOrigin::Builtin);
-    assert_eq!(reset.subject, builtin.subject);
-    assert_eq!(reset.html_body, builtin.html_body);
-    add_user(&server, "carol", "acme", "").await;
-    notify(&server, "carol", "acme").await;
-    assert_eq!(
-        parts(&received(&smtp, "carol@acme.example")).0,
-        "Your password was changed"
-    );
+        assert_eq!(reset.origin(), pb::TemplateOrigin::Platform);
+        assert_eq!(reset.subject, "Platform {{login}}");
+        let reset = platform
+            .reset_email_template(pb::ResetEmailTemplateRequest {
+                platform: true,
+                kind: pb::EmailKind::PasswordChanged.into(),
+                locale: "en".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reset.origin(), pb::TemplateOrigin::Builtin);
+        assert_eq!(reset.subject, builtin.subject);
+        assert_eq!(reset.html_body, builtin.html_body);
+        add_user(&server, "carol", "acme", "").await;
+        notify(&server, "carol", "acme").await;
+        assert_eq!(
+            parts(&received(&smtp, "carol@acme.example")).0,
+            "Your password was changed"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -350,14 +381,38 @@ async fn a_hostile_or_broken_override_is_refused_when_saved() {
     let nested = "{{#if a}}".repeat(9) + &"{{/if}}".repeat(9);
     let huge = "x".repeat(256 * 1024 + 1);
     let cases: Vec<(&str, Box<dyn Fn(&mut pb::UpdateEmailTemplateRequest)>)> = vec![
-        ("template.text_body", Box::new(|r| r.text_body = "{{> x}}".into())),
-        ("template.html_body", Box::new(|r| r.html_body = "{{#*inline \"x\"}}{{> x}}{{/inline}}".into())),
-        ("template.subject", Box::new(|r| r.subject = "{{log login}}".into())),
-        ("template.text_body", Box::new(move |r| r.text_body = nested.clone())),
-        ("template.text_body", Box::new(move |r| r.text_body = huge.clone())),
-        ("template.subject", Box::new(|r| r.subject = "line\nbreak".into())),
-        ("template.text_body", Box::new(|r| r.text_body = "{{dateFormat time \"QQ\"}}".into())),
-        ("template.text_body", Box::new(|r| r.text_body = String::new())),
+        (
+            "template.text_body",
+            Box::new(|r| r.text_body = "{{> x}}".into()),
+        ),
+        (
+            "template.html_body",
+            Box::new(|r| r.html_body = "{{#*inline \"x\"}}{{> x}}{{/inline}}".into()),
+        ),
+        (
+            "template.subject",
+            Box::new(|r| r.subject = "{{log login}}".into()),
+        ),
+        (
+            "template.text_body",
+            Box::new(move |r| r.text_body = nested.clone()),
+        ),
+        (
+            "template.text_body",
+            Box::new(move |r| r.text_body = huge.clone()),
+        ),
+        (
+            "template.subject",
+            Box::new(|r| r.subject = "line\nbreak".into()),
+        ),
+        (
+            "template.text_body",
+            Box::new(|r| r.text_body = "{{dateFormat time \"QQ\"}}".into()),
+        ),
+        (
+            "template.text_body",
+            Box::new(|r| r.text_body = String::new()),
+        ),
         ("locale", Box::new(|r| r.locale = "it".into())),
         ("kind", Box::new(|r| r.kind = 0)),
     ];
@@ -376,7 +431,11 @@ async fn a_hostile_or_broken_override_is_refused_when_saved() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(still.origin(), pb::TemplateOrigin::Builtin, "nothing was saved");
+    assert_eq!(
+        still.origin(),
+        pb::TemplateOrigin::Builtin,
+        "nothing was saved"
+    );
 }
 
 /// The headers of a raw message, unfolded, without `Date` and `Message-ID`, and with the
@@ -399,7 +458,9 @@ fn comparable_headers(data: &str) -> Vec<(String, String)> {
 fn without_volatile(headers: Vec<(String, String)>) -> Vec<(String, String)> {
     headers
         .into_iter()
-        .filter(|(name, _)| !name.eq_ignore_ascii_case("date") && !name.eq_ignore_ascii_case("message-id"))
+        .filter(|(name, _)| {
+            !name.eq_ignore_ascii_case("date") && !name.eq_ignore_ascii_case("message-id")
+        })
         .map(|(name, value)| {
             let value = match value.find("boundary=") {
                 Some(at) => value[..at].to_string(),
@@ -417,7 +478,9 @@ async fn a_preview_is_what_is_then_sent() {
     let smtp = SmtpServer::start(Options::default());
     server.configure_smtp(smtp.addr.port()).await;
     add_user(&server, "alice", "acme", "fr").await;
-    let acme = server.create_key("acme", &["manageConfig", "manageUser"]).await;
+    let acme = server
+        .create_key("acme", &["manageConfig", "manageUser"])
+        .await;
     let mut templates = server.templates(&acme);
     // With an override of acme's in German and acme's default locale German, a user in
     // French still gets French.
@@ -486,7 +549,9 @@ async fn a_preview_is_what_is_then_sent() {
         fields: [(
             "title".to_string(),
             prost_types::Value {
-                kind: Some(prost_types::value::Kind::StringValue("Case <42> & co".into())),
+                kind: Some(prost_types::value::Kind::StringValue(
+                    "Case <42> & co".into(),
+                )),
             },
         )]
         .into_iter()
@@ -526,7 +591,14 @@ async fn a_preview_is_what_is_then_sent() {
     let sent = received(&smtp, "soc@acme.example");
     let (subject, text, html) = parts(&sent);
     assert_eq!(subject, "New case: Case <42> & co");
-    assert_eq!((subject, text, html), (preview.subject.clone(), preview.text_body.clone(), preview.html_body.clone()));
+    assert_eq!(
+        (subject, text, html),
+        (
+            preview.subject.clone(),
+            preview.text_body.clone(),
+            preview.html_body.clone()
+        )
+    );
     let previewed = without_volatile(
         preview
             .headers
@@ -553,7 +625,11 @@ async fn a_preview_refuses_unknown_values_and_needs_no_smtp_settings() {
         .expect("samples, no SMTP settings")
         .into_inner();
     assert_eq!(preview.subject, "Restablezca su contraseña");
-    assert!(preview.text_body.contains("caduca en 10 minutos"), "{}", preview.text_body);
+    assert!(
+        preview.text_body.contains("caduca en 10 minutos"),
+        "{}",
+        preview.text_body
+    );
     assert!(preview.html_body.contains("mrr_SAMPLE"));
     let values = prost_types::Struct {
         fields: [(

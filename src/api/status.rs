@@ -177,7 +177,6 @@ impl From<crate::templates::TemplateError> for Status {
         match e {
             TemplateError::Invalid(v) => invalid(&v),
             TemplateError::Stale(_) => Status::aborted(e.to_string()),
-            TemplateError::Notify(e) => e.into(),
             TemplateError::Store(e) => e.into(),
         }
     }

@@ -76,8 +76,7 @@ impl TemplatesApi {
 /// The kind and language of a request naming one template.
 fn kind_and_lang(kind: i32, locale: &str) -> Result<(EmailKind, crate::locale::Lang), Status> {
     let mut v = Violations::new();
-    templates::kind_and_lang(email_kind(kind), locale, &mut v)
-        .ok_or_else(|| invalid(&v))
+    templates::kind_and_lang(email_kind(kind), locale, &mut v).ok_or_else(|| invalid(&v))
 }
 
 #[tonic::async_trait]
@@ -87,7 +86,11 @@ impl Templates for TemplatesApi {
         request: Request<pb::ListEmailTemplatesRequest>,
     ) -> Result<Response<pb::ListEmailTemplatesResponse>, Status> {
         let (_, scope) = self
-            .scope(&request, request.get_ref().platform, &request.get_ref().organisation)
+            .scope(
+                &request,
+                request.get_ref().platform,
+                &request.get_ref().organisation,
+            )
             .await?;
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token).map_err(|v| invalid(&v))?;
@@ -113,7 +116,11 @@ impl Templates for TemplatesApi {
         request: Request<pb::GetEmailTemplateRequest>,
     ) -> Result<Response<pb::EmailTemplate>, Status> {
         let (_, scope) = self
-            .scope(&request, request.get_ref().platform, &request.get_ref().organisation)
+            .scope(
+                &request,
+                request.get_ref().platform,
+                &request.get_ref().organisation,
+            )
             .await?;
         let (kind, lang) = kind_and_lang(request.get_ref().kind, &request.get_ref().locale)?;
         let template = self.templates.get(&scope, kind, lang).await?;
@@ -125,7 +132,11 @@ impl Templates for TemplatesApi {
         request: Request<pb::UpdateEmailTemplateRequest>,
     ) -> Result<Response<pb::EmailTemplate>, Status> {
         let (caller, scope) = self
-            .scope(&request, request.get_ref().platform, &request.get_ref().organisation)
+            .scope(
+                &request,
+                request.get_ref().platform,
+                &request.get_ref().organisation,
+            )
             .await?;
         let r = request.into_inner();
         let draft = TemplateDraft {
@@ -150,7 +161,11 @@ impl Templates for TemplatesApi {
         request: Request<pb::ResetEmailTemplateRequest>,
     ) -> Result<Response<pb::EmailTemplate>, Status> {
         let (_, scope) = self
-            .scope(&request, request.get_ref().platform, &request.get_ref().organisation)
+            .scope(
+                &request,
+                request.get_ref().platform,
+                &request.get_ref().organisation,
+            )
             .await?;
         let r = request.into_inner();
         let (kind, lang) = kind_and_lang(r.kind, &r.locale)?;
@@ -163,7 +178,11 @@ impl Templates for TemplatesApi {
         request: Request<pb::PreviewEmailRequest>,
     ) -> Result<Response<pb::PreviewEmailResponse>, Status> {
         let (_, scope) = self
-            .scope(&request, request.get_ref().platform, &request.get_ref().organisation)
+            .scope(
+                &request,
+                request.get_ref().platform,
+                &request.get_ref().organisation,
+            )
             .await?;
         let r = request.into_inner();
         let previewed = match (r.notification, email_kind(r.kind)) {

@@ -226,11 +226,7 @@ pub fn test_values(settings: &SmtpSettings, now: SystemTime) -> EmailValues {
             oauth2.grant().name(),
             oauth2.token_url()
         ),
-        (_, false) => format!(
-            "{} ({})",
-            settings.username,
-            settings.auth.mechanism.name()
-        ),
+        (_, false) => format!("{} ({})", settings.username, settings.auth.mechanism.name()),
     };
     [
         ("time", EmailValue::Time(now)),

@@ -338,7 +338,11 @@ static BUILTINS: LazyLock<Vec<EmailSource>> = LazyLock::new(|| {
 type Files = [&'static str; 5];
 
 /// One built-in email from its files.
-fn assemble(layout: &str, lang: Lang, [subject, text, html, text_footer, html_footer]: &Files) -> EmailSource {
+fn assemble(
+    layout: &str,
+    lang: Lang,
+    [subject, text, html, text_footer, html_footer]: &Files,
+) -> EmailSource {
     EmailSource {
         subject: subject.trim().to_string(),
         text: format!("{}\n-- \n{}", text.trim_end(), text_footer.trim_end()) + "\n",
@@ -432,7 +436,10 @@ mod tests {
             })
             .collect();
         let known: BTreeSet<String> = Lang::ALL.iter().map(|l| l.to_string()).collect();
-        assert_eq!(folders, known, "a folder of locales/ is not a language of Lang::ALL");
+        assert_eq!(
+            folders, known,
+            "a folder of locales/ is not a language of Lang::ALL"
+        );
         for lang in Lang::ALL {
             let these = files(lang.as_str());
             let missing: Vec<_> = english.difference(&these).collect();
@@ -451,7 +458,9 @@ mod tests {
             let allowed: BTreeSet<String> = kind.values().map(String::from).collect();
             for lang in Lang::ALL {
                 let source = kind.builtin(lang);
-                for ((field, template, _), (_, en, _)) in parts(source).into_iter().zip(parts(english)) {
+                for ((field, template, _), (_, en, _)) in
+                    parts(source).into_iter().zip(parts(english))
+                {
                     let names = named_values(template);
                     assert_eq!(
                         names,
@@ -465,7 +474,11 @@ mod tests {
                         kind.name(),
                         names.difference(&allowed).collect::<Vec<_>>()
                     );
-                    assert!(!template.trim().is_empty(), "{lang}/{}: {field} is empty", kind.name());
+                    assert!(
+                        !template.trim().is_empty(),
+                        "{lang}/{}: {field} is empty",
+                        kind.name()
+                    );
                 }
                 check_source(source, "").unwrap_or_else(|e| panic!("{lang}/{}: {e}", kind.name()));
                 assert!(
@@ -507,10 +520,30 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let expected = [
-            (Lang::En, "Reset your password", "valid for 10 minutes", "10 minutes"),
-            (Lang::Fr, "Réinitialisez votre mot de passe", "expire dans 10 minutes", "10 minutes"),
-            (Lang::De, "Setzen Sie Ihr Passwort zurück", "läuft in 10 Minuten ab", "10 Minuten"),
-            (Lang::Es, "Restablezca su contraseña", "caduca en 10 minutos", "10 minutos"),
+            (
+                Lang::En,
+                "Reset your password",
+                "valid for 10 minutes",
+                "10 minutes",
+            ),
+            (
+                Lang::Fr,
+                "Réinitialisez votre mot de passe",
+                "expire dans 10 minutes",
+                "10 minutes",
+            ),
+            (
+                Lang::De,
+                "Setzen Sie Ihr Passwort zurück",
+                "läuft in 10 Minuten ab",
+                "10 Minuten",
+            ),
+            (
+                Lang::Es,
+                "Restablezca su contraseña",
+                "caduca en 10 minutos",
+                "10 minutos",
+            ),
         ];
         for (lang, subject, validity, words) in expected {
             let chosen = Chosen {
@@ -522,7 +555,10 @@ mod tests {
             assert_eq!(email.subject, subject);
             assert!(email.text.contains(validity), "{lang}: {}", email.text);
             assert!(email.text.contains("https://x.example/r?t=1&u=2"));
-            assert!(email.text.contains("TheHive"), "the footer names the platform");
+            assert!(
+                email.text.contains("TheHive"),
+                "the footer names the platform"
+            );
             let html = email.html.unwrap();
             assert!(html.contains(words), "{lang}: {html}");
             assert!(html.contains("&amp;u"), "escaped in HTML: {html}");

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use lettre::message::Mailbox;
 use lettre::Address;
 
-use super::email::OutgoingEmail;
 use super::builtin::{EmailKind, EmailValue, EmailValues};
+use super::email::OutgoingEmail;
 use super::{NotifyError, NotifyService};
 use crate::validation::{self, Violations};
 

@@ -37,7 +37,10 @@ impl NotifyService {
     ) -> Result<NotificationPreview, NotifyError> {
         let mut v = check_notification(&n);
         if to.is_empty() {
-            v.add("to", "is required with notification: a recipient (a template)");
+            v.add(
+                "to",
+                "is required with notification: a recipient (a template)",
+            );
         }
         v.into_result(()).map_err(NotifyError::Invalid)?;
         let settings = self.configured().await?;

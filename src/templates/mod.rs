@@ -29,7 +29,7 @@ mod preview;
 
 pub use model::{LocaleSettings, Scope, TemplateOverride};
 pub use port::TemplateStore;
-pub use preview::{Preview, PreviewRequest, Previewed};
+pub use preview::{samples, Preview, PreviewRequest, Previewed};
 
 /// Longest subject template, in bytes.
 pub const MAX_SUBJECT_BYTES: usize = 1024;
@@ -88,9 +88,6 @@ pub enum TemplateError {
     /// The etag is not the current one.
     #[error("the {0} changed since it was read (etag mismatch): read it again")]
     Stale(&'static str),
-    /// Preview of an SMTP test or notification without SMTP settings... (unused).
-    #[error(transparent)]
-    Notify(#[from] crate::notify::NotifyError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -127,7 +124,10 @@ impl TemplateService {
         kind: EmailKind,
         lang: Lang,
     ) -> Result<EmailTemplate, TemplateError> {
-        let own = self.store.email_override(scope.key(), kind, lang.as_str()).await?;
+        let own = self
+            .store
+            .email_override(scope.key(), kind, lang.as_str())
+            .await?;
         let platform = match (&own, scope) {
             (None, Scope::Organisation(_)) => {
                 self.store.email_override("", kind, lang.as_str()).await?
@@ -175,7 +175,10 @@ impl TemplateService {
         let (kind, lang) = check_draft(&draft).map_err(TemplateError::Invalid)?;
         let now = self.clock.now();
         for _ in 0..SWAP_ATTEMPTS {
-            let stored = self.store.email_override(scope.key(), kind, lang.as_str()).await?;
+            let stored = self
+                .store
+                .email_override(scope.key(), kind, lang.as_str())
+                .await?;
             let current = stored.as_ref().map_or(0, |o| o.version);
             if !draft.etag.is_empty() && draft.etag != etag(current) {
                 return Err(TemplateError::Stale("template"));
@@ -211,7 +214,10 @@ impl TemplateService {
         etag_read: &str,
     ) -> Result<EmailTemplate, TemplateError> {
         for _ in 0..SWAP_ATTEMPTS {
-            let stored = self.store.email_override(scope.key(), kind, lang.as_str()).await?;
+            let stored = self
+                .store
+                .email_override(scope.key(), kind, lang.as_str())
+                .await?;
             let Some(stored) = stored else {
                 if !etag_read.is_empty() {
                     return Err(TemplateError::Stale("template"));
@@ -234,7 +240,10 @@ impl TemplateService {
     }
 
     /// `organisation`'s locale settings (defaults when never set).
-    pub async fn locale_settings(&self, organisation: &str) -> Result<LocaleSettings, TemplateError> {
+    pub async fn locale_settings(
+        &self,
+        organisation: &str,
+    ) -> Result<LocaleSettings, TemplateError> {
         Ok(self
             .store
             .locale_settings(organisation)
@@ -277,7 +286,10 @@ impl TemplateService {
                 return Ok(settings);
             }
         }
-        Err(StoreError::Unavailable("the locale settings are being changed by others; retry".into()).into())
+        Err(StoreError::Unavailable(
+            "the locale settings are being changed by others; retry".into(),
+        )
+        .into())
     }
 
     /// The template of `kind` for a recipient of `scope` whose own locale is `locale`, in
@@ -439,13 +451,20 @@ fn check_draft(draft: &TemplateDraft) -> Result<(EmailKind, Lang), Violations> {
         source: Arc::new(source.clone()),
         platform: "mailroom".into(),
     };
-    let values = preview::samples(kind, "acme", UNIX_EPOCH + std::time::Duration::from_secs(1_764_057_600));
+    let values = preview::samples(
+        kind,
+        "acme",
+        UNIX_EPOCH + std::time::Duration::from_secs(1_764_057_600),
+    );
     if let Err(e) = builtin::render(&sample, &values) {
         let mut renamed = Violations::new();
         for violation in e.iter() {
             renamed.add(
                 format!("template.{}", violation.field),
-                format!("does not render over sample values: {}", violation.description),
+                format!(
+                    "does not render over sample values: {}",
+                    violation.description
+                ),
             );
         }
         return Err(renamed);
@@ -460,7 +479,10 @@ fn body(template: &str, required: bool) -> Result<(), String> {
         return Err("is required".into());
     }
     if template.len() > MAX_BODY_BYTES {
-        return Err(format!("is {} bytes; at most {MAX_BODY_BYTES}", template.len()));
+        return Err(format!(
+            "is {} bytes; at most {MAX_BODY_BYTES}",
+            template.len()
+        ));
     }
     if template
         .chars()

@@ -40,6 +40,5 @@ pub trait TemplateStore: Send + Sync {
 
     /// Writes an organisation's locale settings if the stored version is still `expected`
     /// (0: none stored). `Ok(false)` when another write came first.
-    async fn swap_locale_settings(&self, expected: u64, settings: &LocaleSettings)
-        -> Result<bool>;
+    async fn swap_locale_settings(&self, expected: u64, settings: &LocaleSettings) -> Result<bool>;
 }

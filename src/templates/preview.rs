@@ -222,9 +222,7 @@ fn given(
                 .filter(|s| *s <= 366 * 86_400)
                 .map(|s| EmailValue::Length(Duration::from_secs(s)))
                 .ok_or_else(|| "must be a whole number of seconds, at most a year".to_string()),
-            (builtin::ValueType::Length, _) => {
-                Err("must be a whole number of seconds".to_string())
-            }
+            (builtin::ValueType::Length, _) => Err("must be a whole number of seconds".to_string()),
             (builtin::ValueType::Text, _) => Err("must be a string".to_string()),
         };
         if let Some(value) = v.check(&field, parsed) {

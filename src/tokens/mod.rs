@@ -21,7 +21,9 @@ use crate::crypto;
 use crate::directory::UserStore;
 use crate::directory::{canonical_login, member_of, NotInOrganisation, User};
 use crate::metrics::Metrics;
-use crate::notify::{EmailKind, EmailValue, EmailValues, NotifyError, NotifyService, OutgoingEmail};
+use crate::notify::{
+    EmailKind, EmailValue, EmailValues, NotifyError, NotifyService, OutgoingEmail,
+};
 use crate::ports::StoreError;
 use crate::quota::Hourly;
 use crate::settings::{
@@ -228,7 +230,14 @@ impl TokenService {
                 let values: EmailValues = [
                     (
                         "name",
-                        EmailValue::from(if name.is_empty() { &request.login } else { &name }.as_str()),
+                        EmailValue::from(
+                            if name.is_empty() {
+                                &request.login
+                            } else {
+                                &name
+                            }
+                            .as_str(),
+                        ),
                     ),
                     ("login", request.login.as_str().into()),
                     ("organisation", request.organisation.as_str().into()),

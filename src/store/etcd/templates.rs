@@ -82,9 +82,12 @@ impl TemplateStore for EtcdStore {
 
     async fn swap_locale_settings(&self, expected: u64, settings: &LocaleSettings) -> Result<bool> {
         let key = keyspace::locale_settings(self, &settings.organisation);
-        self.swap_versioned(&key, expected, Some(encode(settings)), |s: &LocaleSettings| {
-            s.version
-        })
+        self.swap_versioned(
+            &key,
+            expected,
+            Some(encode(settings)),
+            |s: &LocaleSettings| s.version,
+        )
         .await
     }
 }
