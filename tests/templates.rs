@@ -373,6 +373,9 @@ async fn overrides_take_precedence_and_reset_goes_back() {
     .await;
 }
 
+/// What breaks an override request.
+type Breaks = Box<dyn Fn(&mut pb::UpdateEmailTemplateRequest)>;
+
 #[tokio::test]
 async fn a_hostile_or_broken_override_is_refused_when_saved() {
     let _watchdog = crate::support::watchdog();
@@ -380,7 +383,7 @@ async fn a_hostile_or_broken_override_is_refused_when_saved() {
     let mut templates = server.templates(&server.admin_key);
     let nested = "{{#if a}}".repeat(9) + &"{{/if}}".repeat(9);
     let huge = "x".repeat(256 * 1024 + 1);
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::UpdateEmailTemplateRequest)>)> = vec![
+    let cases: Vec<(&str, Breaks)> = vec![
         (
             "template.text_body",
             Box::new(|r| r.text_body = "{{> x}}".into()),

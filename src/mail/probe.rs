@@ -116,7 +116,7 @@ pub async fn run(
     let login = Login::fresh(tokens, now);
     let outcome = tokio::time::timeout(
         timeout,
-        exchange(&mut run, settings, key, guard, &login, to, email, now),
+        exchange(&mut run, settings, key, guard, &login, (to, email), now),
     )
     .await;
     let message_id = match outcome {
@@ -164,8 +164,7 @@ async fn exchange(
     key: &MasterKey,
     guard: &AddressGuard,
     login: &Login<'_>,
-    to: &Address,
-    email: &RenderedEmail,
+    (to, email): (&Address, &RenderedEmail),
     now: SystemTime,
 ) -> Result<String, Failed> {
     let mut conn = connection::open(settings, key, guard, login, run)
