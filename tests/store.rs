@@ -9,11 +9,13 @@ use crate::support::race;
 use mailroom::auth::{ApiKey, Permission};
 use mailroom::crypto::MasterKey;
 use mailroom::directory::User;
+use mailroom::notify::{EmailKind, EmailSource};
 use mailroom::notify::{Idempotency, MessageState, OutboxMessage, Queued};
 use mailroom::settings::SmtpSettings;
 use mailroom::store::prelude::*;
 use mailroom::store::sled::SledStore;
 use mailroom::store::StoreError;
+use mailroom::templates::{LocaleSettings, TemplateOverride};
 use mailroom::tokens::{Purpose, Token, TokenState};
 use secrecy::ExposeSecret;
 
@@ -81,6 +83,7 @@ store_suite!(
     the_rate_limit_counts_a_window,
     quota_counts_are_per_organisation,
     the_key_check_is_kept,
+    email_templates_swap_only_from_the_version_read,
 );
 
 fn settings(revision: u64, host: &str) -> SmtpSettings {
@@ -1350,4 +1353,87 @@ mod etcd_recovery {
             .unwrap();
         assert_eq!(sending.len(), total);
     }
+}
+
+fn email_override(scope: &str, locale: &str, version: u64, subject: &str) -> TemplateOverride {
+    TemplateOverride {
+        scope: scope.into(),
+        kind: EmailKind::Invitation,
+        locale: locale.into(),
+        source: EmailSource {
+            subject: subject.into(),
+            text: "t".into(),
+            html: String::new(),
+        },
+        version,
+        update_time: now(),
+        updated_by: "k".into(),
+    }
+}
+
+/// Overrides and locale settings: written only over the version read, kept apart by scope
+/// (the platform's is the empty scope), listed per scope, removed.
+async fn email_templates_swap_only_from_the_version_read(store: Arc<dyn Store>) {
+    let kind = EmailKind::Invitation;
+    assert!(store
+        .email_override("acme", kind, "fr")
+        .await
+        .unwrap()
+        .is_none());
+    let first = email_override("acme", "fr", 5, "one");
+    assert!(store
+        .swap_email_override("acme", kind, "fr", 0, Some(&first))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .swap_email_override("acme", kind, "fr", 0, Some(&first))
+            .await
+            .unwrap(),
+        "not over a version it did not read"
+    );
+    let second = email_override("acme", "fr", 9, "two");
+    assert!(store
+        .swap_email_override("acme", kind, "fr", 5, Some(&second))
+        .await
+        .unwrap());
+    let platform = email_override("", "fr", 3, "platform");
+    assert!(store
+        .swap_email_override("", kind, "fr", 0, Some(&platform))
+        .await
+        .unwrap());
+    let other = email_override("acmex", "de", 4, "acmex");
+    assert!(store
+        .swap_email_override("acmex", kind, "de", 0, Some(&other))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.email_override("acme", kind, "fr").await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(store.email_overrides("acme").await.unwrap(), [second]);
+    assert_eq!(store.email_overrides("").await.unwrap(), [platform.clone()]);
+    assert!(!store
+        .swap_email_override("acme", kind, "fr", 5, None)
+        .await
+        .unwrap());
+    assert!(store
+        .swap_email_override("acme", kind, "fr", 9, None)
+        .await
+        .unwrap());
+    assert!(store.email_overrides("acme").await.unwrap().is_empty());
+    assert_eq!(store.email_overrides("").await.unwrap(), [platform]);
+
+    let settings = LocaleSettings {
+        organisation: "acme".into(),
+        default_locale: "de".into(),
+        version: 2,
+        update_time: now(),
+        updated_by: "k".into(),
+    };
+    assert!(store.locale_settings("acme").await.unwrap().is_none());
+    assert!(store.swap_locale_settings(0, &settings).await.unwrap());
+    assert!(!store.swap_locale_settings(0, &settings).await.unwrap());
+    assert_eq!(store.locale_settings("acme").await.unwrap(), Some(settings));
+    assert!(store.locale_settings("beta").await.unwrap().is_none());
 }
