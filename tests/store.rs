@@ -1411,7 +1411,22 @@ async fn email_templates_swap_only_from_the_version_read(store: Arc<dyn Store>) 
         store.email_override("acme", kind, "fr").await.unwrap(),
         Some(second.clone())
     );
-    assert_eq!(store.email_overrides("acme").await.unwrap(), [second]);
+    let mut reset = email_override("acme", "fr", 2, "another kind");
+    reset.kind = EmailKind::PasswordReset;
+    assert!(store
+        .swap_email_override("acme", EmailKind::PasswordReset, "fr", 0, Some(&reset))
+        .await
+        .unwrap());
+    let found = store.email_customisation("acme", kind).await.unwrap();
+    assert_eq!(
+        (found.locale, found.own, found.platform),
+        (None, vec![second.clone()], vec![platform.clone()]),
+        "the kind's alone, of acme (not acmex) and of the platform"
+    );
+    assert_eq!(
+        store.email_overrides("acme").await.unwrap(),
+        [second, reset]
+    );
     assert_eq!(store.email_overrides("").await.unwrap(), [platform.clone()]);
     assert!(!store
         .swap_email_override("acme", kind, "fr", 5, None)
@@ -1421,7 +1436,7 @@ async fn email_templates_swap_only_from_the_version_read(store: Arc<dyn Store>) 
         .swap_email_override("acme", kind, "fr", 9, None)
         .await
         .unwrap());
-    assert!(store.email_overrides("acme").await.unwrap().is_empty());
+    assert_eq!(store.email_overrides("acme").await.unwrap().len(), 1);
     assert_eq!(store.email_overrides("").await.unwrap(), [platform]);
 
     let settings = LocaleSettings {
@@ -1434,6 +1449,12 @@ async fn email_templates_swap_only_from_the_version_read(store: Arc<dyn Store>) 
     assert!(store.locale_settings("acme").await.unwrap().is_none());
     assert!(store.swap_locale_settings(0, &settings).await.unwrap());
     assert!(!store.swap_locale_settings(0, &settings).await.unwrap());
-    assert_eq!(store.locale_settings("acme").await.unwrap(), Some(settings));
+    assert_eq!(
+        store.locale_settings("acme").await.unwrap(),
+        Some(settings.clone())
+    );
     assert!(store.locale_settings("beta").await.unwrap().is_none());
+    let found = store.email_customisation("acme", kind).await.unwrap();
+    assert_eq!(found.locale, Some(settings));
+    assert!(found.own.is_empty());
 }

@@ -220,7 +220,7 @@ impl EmailSources for BuiltinOnly {
 }
 
 /// Compiled email templates, built-in and overrides, bounded in bytes.
-static COMPILED: LazyLock<TemplateCache> = LazyLock::new(|| TemplateCache::new(8 * 1024 * 1024));
+static COMPILED: LazyLock<TemplateCache> = LazyLock::new(|| TemplateCache::new(32 * 1024 * 1024));
 
 /// Checks an email's templates in the notifier's sandbox: one violation per broken part,
 /// named `<prefix>subject`, `<prefix>text_body`, `<prefix>html_body`.

@@ -272,8 +272,8 @@ pub(crate) fn quota_tally<E: Encoding>(e: &E, k: &str) -> E::Key {
     key(e, QUOTA_TALLIES, &[k])
 }
 
-/// The override of `kind` in `locale` for `scope`; with `kind` empty, the prefix of the
-/// scope's overrides.
+/// The override of `kind` in `locale` for `scope`; with `locale` empty, the prefix of the
+/// scope's overrides of `kind`; with `kind` empty too, of all the scope's overrides.
 pub(crate) fn email_template<E: Encoding>(e: &E, scope: &str, kind: &str, locale: &str) -> E::Key {
     if kind.is_empty() {
         key(e, EMAIL_TEMPLATES, &[scope, ""])

@@ -27,7 +27,7 @@ mod model;
 mod port;
 mod preview;
 
-pub use model::{LocaleSettings, Scope, TemplateOverride};
+pub use model::{Customisation, LocaleSettings, Scope, TemplateOverride};
 pub use port::TemplateStore;
 pub use preview::{samples, Preview, PreviewRequest, Previewed};
 
@@ -172,7 +172,14 @@ impl TemplateService {
         draft: TemplateDraft,
         by: &str,
     ) -> Result<EmailTemplate, TemplateError> {
-        let (kind, lang) = check_draft(&draft).map_err(TemplateError::Invalid)?;
+        // Off the runtime's workers: compiling a template of 256 KiB takes a moment.
+        let (draft, checked) = tokio::task::spawn_blocking(move || {
+            let checked = check_draft(&draft);
+            (draft, checked)
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable("shutting down".into()))?;
+        let (kind, lang) = checked.map_err(TemplateError::Invalid)?;
         let now = self.clock.now();
         for _ in 0..SWAP_ATTEMPTS {
             let stored = self
@@ -301,23 +308,12 @@ impl TemplateService {
         kind: EmailKind,
         locale: &str,
     ) -> Result<Chosen, StoreError> {
-        let organisation_locale = match scope {
-            Scope::Organisation(org) => self
-                .store
-                .locale_settings(org)
-                .await?
-                .map(|s| s.default_locale)
-                .unwrap_or_default(),
-            Scope::Platform => String::new(),
-        };
+        let found = self.store.email_customisation(scope.key(), kind).await?;
+        let organisation_locale = found.locale.map(|s| s.default_locale).unwrap_or_default();
         let lang = locale::choose(locale, &organisation_locale);
-        let mut source = None;
-        if let Scope::Organisation(org) = scope {
-            source = self.store.email_override(org, kind, lang.as_str()).await?;
-        }
-        if source.is_none() {
-            source = self.store.email_override("", kind, lang.as_str()).await?;
-        }
+        let of_lang =
+            |list: Vec<TemplateOverride>| list.into_iter().find(|o| o.locale == lang.as_str());
+        let source = of_lang(found.own).or_else(|| of_lang(found.platform));
         let source = source.map_or_else(|| kind.builtin(lang).clone(), |o| o.source);
         Ok(Chosen {
             lang,

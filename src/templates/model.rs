@@ -80,3 +80,15 @@ pub struct LocaleSettings {
     /// The name of the key that wrote it.
     pub updated_by: String,
 }
+
+/// What an email of one kind to a recipient of one organisation may use
+/// ([`super::TemplateStore::email_customisation`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Customisation {
+    /// The organisation's locale settings.
+    pub locale: Option<LocaleSettings>,
+    /// The organisation's overrides of the kind.
+    pub own: Vec<TemplateOverride>,
+    /// The platform's overrides of the kind.
+    pub platform: Vec<TemplateOverride>,
+}

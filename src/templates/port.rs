@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{LocaleSettings, TemplateOverride};
+use super::{Customisation, LocaleSettings, TemplateOverride};
 use crate::notify::EmailKind;
 use crate::ports::Result;
 
@@ -34,6 +34,15 @@ pub trait TemplateStore: Send + Sync {
         expected: u64,
         new: Option<&TemplateOverride>,
     ) -> Result<bool>;
+
+    /// What an email `kind` to a recipient of `organisation` (empty: the platform's view)
+    /// may use, read at once (sending an email reads it): the organisation's locale
+    /// settings, and its and the platform's overrides of `kind` in every language.
+    async fn email_customisation(
+        &self,
+        organisation: &str,
+        kind: EmailKind,
+    ) -> Result<Customisation>;
 
     /// An organisation's locale settings.
     async fn locale_settings(&self, organisation: &str) -> Result<Option<LocaleSettings>>;

@@ -2,15 +2,16 @@
 //! `locale_settings/`), each write a transaction guarded by the key's revision.
 
 use async_trait::async_trait;
-use etcd_client::{Txn, TxnOp};
+use etcd_client::{GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use serde::de::DeserializeOwned;
 
+use super::keys::prefix_end;
 use super::kv::*;
 use super::EtcdStore;
 use crate::notify::EmailKind;
 use crate::store::keyspace;
 use crate::store::{decode, encode, Record, Result};
-use crate::templates::{LocaleSettings, TemplateOverride, TemplateStore};
+use crate::templates::{Customisation, LocaleSettings, TemplateOverride, TemplateStore};
 
 impl EtcdStore {
     /// Writes `new` at `key` (deletes it with `None`) if the stored record's version is
@@ -58,6 +59,52 @@ impl TemplateStore for EtcdStore {
             .iter()
             .map(|kv| decode(&prefix, kv.value()))
             .collect()
+    }
+
+    async fn email_customisation(
+        &self,
+        organisation: &str,
+        kind: EmailKind,
+    ) -> Result<Customisation> {
+        // One round trip: an email's sending waits for it.
+        let locale_key = keyspace::locale_settings(self, organisation);
+        let own = keyspace::email_template(self, organisation, kind.name(), "");
+        let platform = keyspace::email_template(self, "", kind.name(), "");
+        let under = |prefix: &str| {
+            TxnOp::get(
+                prefix,
+                Some(GetOptions::new().with_range(prefix_end(prefix))),
+            )
+        };
+        let response = self
+            .txn(Txn::new().and_then([
+                TxnOp::get(locale_key.as_str(), None),
+                under(&own),
+                under(&platform),
+            ]))
+            .await?;
+        let mut found: Vec<Vec<KeyValue>> = response
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(mut get) => get.take_kvs(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let decode_all = |kvs: Vec<KeyValue>, key: &str| -> Result<Vec<TemplateOverride>> {
+            kvs.iter().map(|kv| decode(key, kv.value())).collect()
+        };
+        let platform = decode_all(found.pop().unwrap_or_default(), &platform)?;
+        let own = decode_all(found.pop().unwrap_or_default(), &own)?;
+        let locale = match (organisation, found.pop().unwrap_or_default().first()) {
+            ("", _) | (_, None) => None,
+            (_, Some(kv)) => Some(decode(&locale_key, kv.value())?),
+        };
+        Ok(Customisation {
+            locale,
+            own,
+            platform,
+        })
     }
 
     async fn swap_email_override(

@@ -73,6 +73,8 @@ pub struct SledStore {
     rate_limits: sled::Tree,
     /// Quota tallies by key (`crate::quota::Tally`).
     tallies: sled::Tree,
+    /// Email template overrides and locale settings (`templates.rs`).
+    templates: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
     locks: Vec<std::sync::Mutex<()>>,
     /// Numbers the intent keys of message replacements.
@@ -117,6 +119,7 @@ impl SledStore {
             token_purge: tree(keyspace::TOKEN_PURGE.tree)?,
             rate_limits: tree(keyspace::RATE_LIMITS.tree)?,
             tallies: tree(keyspace::QUOTA_TALLIES.tree)?,
+            templates: tree(keyspace::EMAIL_TEMPLATES.tree)?,
             enqueue_lock: tokio::sync::Mutex::new(()),
             locks: (0..LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
             swaps: std::sync::atomic::AtomicU64::new(0),

@@ -8,13 +8,18 @@ use super::{unavailable, SledStore};
 use crate::notify::EmailKind;
 use crate::store::keyspace;
 use crate::store::{decode, encode, Result};
-use crate::templates::{LocaleSettings, TemplateOverride, TemplateStore};
+use crate::templates::{Customisation, LocaleSettings, TemplateOverride, TemplateStore};
 
 impl SledStore {
-    fn templates(&self) -> Result<sled::Tree> {
-        self.db
-            .open_tree(keyspace::EMAIL_TEMPLATES.tree)
-            .map_err(unavailable)
+    /// The overrides whose keys start with `prefix`.
+    fn overrides_under(&self, prefix: &[u8]) -> Result<Vec<TemplateOverride>> {
+        self.templates
+            .scan_prefix(prefix)
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(unavailable)?;
+                decode("email_template", &bytes)
+            })
+            .collect()
     }
 
     /// Replaces the record at `key` by `new` (removes it with `None`) if the version
@@ -26,7 +31,7 @@ impl SledStore {
         new: Option<Vec<u8>>,
         version: impl Fn(&[u8]) -> Result<u64>,
     ) -> Result<bool> {
-        let tree = self.templates()?;
+        let tree = &self.templates;
         let stored = tree.get(key).map_err(unavailable)?;
         let current = stored.as_deref().map(&version).transpose()?.unwrap_or(0);
         if current != expected {
@@ -52,7 +57,7 @@ impl TemplateStore for SledStore {
         locale: &str,
     ) -> Result<Option<TemplateOverride>> {
         let key = keyspace::email_template(&Sled, scope, kind.name(), locale);
-        self.templates()?
+        self.templates
             .get(&key)
             .map_err(unavailable)?
             .map(|bytes| decode("email_template", &bytes))
@@ -60,14 +65,33 @@ impl TemplateStore for SledStore {
     }
 
     async fn email_overrides(&self, scope: &str) -> Result<Vec<TemplateOverride>> {
-        let prefix = keyspace::email_template(&Sled, scope, "", "");
-        self.templates()?
-            .scan_prefix(prefix)
-            .map(|entry| {
-                let (_, bytes) = entry.map_err(unavailable)?;
-                decode("email_template", &bytes)
-            })
-            .collect()
+        self.overrides_under(&keyspace::email_template(&Sled, scope, "", ""))
+    }
+
+    async fn email_customisation(
+        &self,
+        organisation: &str,
+        kind: EmailKind,
+    ) -> Result<Customisation> {
+        let locale = match organisation {
+            "" => None,
+            org => self.locale_settings(org).await?,
+        };
+        Ok(Customisation {
+            locale,
+            own: self.overrides_under(&keyspace::email_template(
+                &Sled,
+                organisation,
+                kind.name(),
+                "",
+            ))?,
+            platform: self.overrides_under(&keyspace::email_template(
+                &Sled,
+                "",
+                kind.name(),
+                "",
+            ))?,
+        })
     }
 
     async fn swap_email_override(
@@ -87,7 +111,7 @@ impl TemplateStore for SledStore {
 
     async fn locale_settings(&self, organisation: &str) -> Result<Option<LocaleSettings>> {
         let key = keyspace::locale_settings(&Sled, organisation);
-        self.templates()?
+        self.templates
             .get(&key)
             .map_err(unavailable)?
             .map(|bytes| decode("locale_settings", &bytes))
