@@ -149,6 +149,35 @@ async fn each_language_and_the_fallback_chain() {
         assert!(html.contains(&date), "{login}: {date} in the HTML");
         assert!(html.contains(&format!("<html lang=\"{lang}\">")), "{html}");
     }
+    // A default locale that is not a tag, or over a stale etag, is refused.
+    let mut templates = server.templates(&server.admin_key);
+    let status = templates
+        .update_locale_settings(pb::UpdateLocaleSettingsRequest {
+            organisation: "acme".into(),
+            default_locale: "de_AT!".into(),
+            etag: String::new(),
+        })
+        .await
+        .expect_err("not a tag");
+    assert_eq!(support::violated_fields(&status), ["default_locale"]);
+    let status = templates
+        .update_locale_settings(pb::UpdateLocaleSettingsRequest {
+            organisation: "acme".into(),
+            default_locale: "es".into(),
+            etag: "1".into(),
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(status.code(), Code::Aborted);
+    let settings = templates
+        .get_locale_settings(pb::GetLocaleSettingsRequest {
+            organisation: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(settings.default_locale, "de-AT");
+    assert!(!settings.etag.is_empty());
     // The locale is canonical, and a tag that is not one is refused.
     let user = server
         .directory(&server.admin_key)

@@ -1541,6 +1541,7 @@ fn max_token(login: &str) -> pb::IssueTokenRequest {
                 )
             })
             .collect(),
+        ..Default::default()
     }
 }
 
