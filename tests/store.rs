@@ -1427,7 +1427,10 @@ async fn email_templates_swap_only_from_the_version_read(store: Arc<dyn Store>) 
         store.email_overrides("acme").await.unwrap(),
         [second, reset]
     );
-    assert_eq!(store.email_overrides("").await.unwrap(), [platform.clone()]);
+    assert_eq!(
+        store.email_overrides("").await.unwrap(),
+        std::slice::from_ref(&platform)
+    );
     assert!(!store
         .swap_email_override("acme", kind, "fr", 5, None)
         .await
