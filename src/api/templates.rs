@@ -138,9 +138,16 @@ impl Templates for TemplatesApi {
                 &request.get_ref().organisation,
             )
             .await?;
+        let kind = email_kind(request.get_ref().kind);
+        if matches!(scope, Scope::Organisation(_)) && kind.is_some_and(EmailKind::carries_token) {
+            // Its template sees the token's secret: manageUser, which issues tokens, too.
+            self.auth
+                .authorize(&request, Permission::ManageUser)
+                .await?;
+        }
         let r = request.into_inner();
         let draft = TemplateDraft {
-            kind: email_kind(r.kind),
+            kind,
             locale: r.locale,
             source: crate::notify::EmailSource {
                 subject: r.subject,

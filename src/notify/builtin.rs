@@ -94,6 +94,13 @@ impl EmailKind {
         }
     }
 
+    /// Whether it carries a token's secret (in `link`): a template of it could send the
+    /// secret anywhere (a remote image's address), so that overriding it is for those who
+    /// may issue tokens anyway.
+    pub fn carries_token(self) -> bool {
+        matches!(self, EmailKind::PasswordReset | EmailKind::Invitation)
+    }
+
     /// Every value its templates receive.
     pub fn values(self) -> impl Iterator<Item = &'static str> {
         COMMON.into_iter().chain(self.own_values().iter().copied())
