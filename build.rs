@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/mailroom/v1/directory.proto",
         "proto/mailroom/v1/notifier.proto",
         "proto/mailroom/v1/smtp.proto",
+        "proto/mailroom/v1/templates.proto",
         "proto/mailroom/v1/token.proto",
     ];
     println!("cargo:rerun-if-changed=proto");

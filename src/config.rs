@@ -205,6 +205,11 @@ pub struct Args {
     #[arg(long, env = "MAILROOM_SEND_THREADS", default_value_t = crate::notify::SEND_THREADS, value_parser = clap::builder::ValueParser::new(clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096)))]
     pub send_threads: usize,
 
+    /// The platform's name in the built-in emails (their `platform` value: the layout's
+    /// header and footer, the invitation).
+    #[arg(long, env = "MAILROOM_PLATFORM_NAME", default_value = crate::notify::builtin::DEFAULT_PLATFORM_NAME, value_parser = platform_name)]
+    pub platform_name: String,
+
     /// How many tokens one login may be issued per purpose and hour.
     #[arg(long, env = "MAILROOM_TOKEN_ISSUE_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub token_issue_limit: u32,
@@ -447,6 +452,11 @@ pub enum LogFormat {
 }
 
 /// Parses `250ms`, `10s`, `5m`, or a bare number of seconds.
+/// A platform name: 1 to 100 characters, none a control character.
+fn platform_name(s: &str) -> Result<String, String> {
+    crate::validation::text(s, true, 100).map(|()| s.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s
         .find(|c: char| !c.is_ascii_digit())

@@ -13,7 +13,11 @@
 //! - [`api`]: one gRPC adapter per service (proto ⇄ domain, error ⇄ status); no logic.
 //! - [`settings`]: the SMTP settings, their rules and updates (domain: no tonic, no sled).
 //! - [`notify`]: EmailerToAddr and EmailerToUser, the outbox's messages and their states.
-//! - [`directory`]: the users notifications go to.
+//! - [`directory`]: the users notifications go to, each with a locale.
+//! - [`locale`]: BCP 47 tags, the languages of the built-in emails, the chain that picks
+//!   one for a recipient, dates and lengths of time in words.
+//! - [`templates`]: the built-in emails' overrides (per organisation and for the
+//!   platform), organisations' default locales, and previews.
 //! - [`tokens`]: password-reset and invitation tokens and their emails.
 //! - [`mail`]: SMTP: the TLS policy, lettre connections from the settings, the staged test,
 //!   and the delivery workers.
@@ -52,6 +56,7 @@ pub mod crypto;
 pub mod directory;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd_access;
+pub mod locale;
 pub(crate) mod mail;
 pub(crate) mod metrics;
 pub mod notify;
@@ -62,6 +67,7 @@ pub mod server;
 pub mod settings;
 pub mod snapshot;
 pub mod store;
+pub mod templates;
 pub mod tokens;
 pub(crate) mod validation;
 

@@ -28,6 +28,7 @@ mod server;
 mod smtp_settings;
 mod smtp_test;
 mod store;
+mod templates;
 mod tenancy;
 mod tls;
 mod tokens;

@@ -7,7 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The domain: records, their rules and the store ports they need.
-const DOMAIN: [&str; 5] = ["auth", "directory", "notify", "settings", "tokens"];
+const DOMAIN: [&str; 7] = [
+    "auth",
+    "directory",
+    "locale",
+    "notify",
+    "settings",
+    "templates",
+    "tokens",
+];
 
 /// Top-level module -> the top-level modules its files name.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {

@@ -144,6 +144,7 @@ async fn a_name_that_rebinds_to_loopback_leads_to_no_connection() {
         .test_smtp_settings(pb::TestSmtpSettingsRequest {
             settings: None,
             recipient: "soc@example.com".into(),
+            ..Default::default()
         })
         .await
         .expect("a refusal at CONNECT is a report, not an error")

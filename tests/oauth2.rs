@@ -115,6 +115,7 @@ impl Relay {
             .test_smtp_settings(pb::TestSmtpSettingsRequest {
                 settings,
                 recipient: "check@example.com".into(),
+                ..Default::default()
             })
             .await
             .expect("TestSmtpSettings")
@@ -959,6 +960,7 @@ async fn no_secret_assertion_or_token_reaches_a_response_the_log_or_the_store() 
             .test_smtp_settings(pb::TestSmtpSettingsRequest {
                 settings: None,
                 recipient: "check@example.com".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -1125,6 +1127,7 @@ async fn no_secret_reaches_the_log_on_a_failure_path() {
             .test_smtp_settings(pb::TestSmtpSettingsRequest {
                 settings: Some(settings),
                 recipient: "soc@example.com".into(),
+                ..Default::default()
             })
             .await
             .unwrap()

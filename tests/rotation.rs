@@ -67,6 +67,7 @@ async fn rotation_keeps_every_secret_readable_and_a_wrong_key_fails_clearly() {
         .test_smtp_settings(pb::TestSmtpSettingsRequest {
             settings: None,
             recipient: "soc@example.com".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -157,6 +158,7 @@ async fn stored_password_opens(server: &TestServer) {
         .test_smtp_settings(pb::TestSmtpSettingsRequest {
             settings: None,
             recipient: "soc@example.com".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

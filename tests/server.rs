@@ -14,12 +14,13 @@ use tonic_health::pb::HealthCheckRequest;
 /// How long a stream's next answer may take.
 const ANSWER: Duration = Duration::from_secs(10);
 
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     "mailroom.v1.SmtpAdmin",
     "mailroom.v1.Token",
     "mailroom.v1.Notifier",
     "mailroom.v1.Directory",
     "mailroom.v1.ApiKeys",
+    "mailroom.v1.Templates",
 ];
 
 #[tokio::test]

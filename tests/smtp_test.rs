@@ -52,6 +52,7 @@ async fn test(
         .test_smtp_settings(pb::TestSmtpSettingsRequest {
             settings,
             recipient: to.into(),
+            ..Default::default()
         })
         .await
         .expect("the test RPC itself succeeds")
@@ -451,6 +452,7 @@ async fn the_stored_password_never_goes_to_a_changed_server() {
         .test_smtp_settings(pb::TestSmtpSettingsRequest {
             settings: Some(moved),
             recipient: RECIPIENT.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -471,6 +473,7 @@ async fn bad_requests_name_their_field() {
         .test_smtp_settings(pb::TestSmtpSettingsRequest {
             settings: Some(settings(25, pb::ConnectionSecurity::None)),
             recipient: "not an address".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -481,6 +484,7 @@ async fn bad_requests_name_their_field() {
         .test_smtp_settings(pb::TestSmtpSettingsRequest {
             settings: Some(bad),
             recipient: RECIPIENT.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -489,6 +493,7 @@ async fn bad_requests_name_their_field() {
         .test_smtp_settings(pb::TestSmtpSettingsRequest {
             settings: None,
             recipient: RECIPIENT.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -568,6 +573,7 @@ async fn a_weakened_copy_of_the_stored_settings_never_gets_the_stored_password()
             .test_smtp_settings(pb::TestSmtpSettingsRequest {
                 settings: Some(candidate.clone()),
                 recipient: RECIPIENT.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -580,6 +586,7 @@ async fn a_weakened_copy_of_the_stored_settings_never_gets_the_stored_password()
             .test_smtp_settings(pb::TestSmtpSettingsRequest {
                 settings: Some(candidate),
                 recipient: RECIPIENT.into(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("{why}, password given: {e:?}"));

@@ -9,11 +9,13 @@ use crate::support::race;
 use mailroom::auth::{ApiKey, Permission};
 use mailroom::crypto::MasterKey;
 use mailroom::directory::User;
+use mailroom::notify::{EmailKind, EmailSource};
 use mailroom::notify::{Idempotency, MessageState, OutboxMessage, Queued};
 use mailroom::settings::SmtpSettings;
 use mailroom::store::prelude::*;
 use mailroom::store::sled::SledStore;
 use mailroom::store::StoreError;
+use mailroom::templates::{LocaleSettings, TemplateOverride};
 use mailroom::tokens::{Purpose, Token, TokenState};
 use secrecy::ExposeSecret;
 
@@ -82,6 +84,7 @@ store_suite!(
     quota_counts_are_per_organisation,
     the_key_check_is_kept,
     an_export_holds_what_was_acknowledged_whole_and_restores_as_it_was,
+    email_templates_swap_only_from_the_version_read,
 );
 
 fn settings(revision: u64, host: &str) -> SmtpSettings {
@@ -129,6 +132,7 @@ fn user(login: &str, organisations: &[&str]) -> User {
         email: format!("{login}@example.com"),
         organisations: organisations.iter().map(|o| o.to_string()).collect(),
         locked: false,
+        locale: String::new(),
         create_time: now(),
         update_time: now(),
     }
@@ -1446,4 +1450,111 @@ async fn an_export_holds_what_was_acknowledged_whole_and_restores_as_it_was(stor
     let read = store.message("large").await.unwrap().unwrap();
     assert_eq!(read.content, large.content);
     assert_eq!(store.pending_messages().await.unwrap(), 1501);
+}
+
+fn email_override(scope: &str, locale: &str, version: u64, subject: &str) -> TemplateOverride {
+    TemplateOverride {
+        scope: scope.into(),
+        kind: EmailKind::Invitation,
+        locale: locale.into(),
+        source: EmailSource {
+            subject: subject.into(),
+            text: "t".into(),
+            html: String::new(),
+        },
+        version,
+        update_time: now(),
+        updated_by: "k".into(),
+    }
+}
+
+/// Overrides and locale settings: written only over the version read, kept apart by scope
+/// (the platform's is the empty scope), listed per scope, removed.
+async fn email_templates_swap_only_from_the_version_read(store: Arc<dyn Store>) {
+    let kind = EmailKind::Invitation;
+    assert!(store
+        .email_override("acme", kind, "fr")
+        .await
+        .unwrap()
+        .is_none());
+    let first = email_override("acme", "fr", 5, "one");
+    assert!(store
+        .swap_email_override("acme", kind, "fr", 0, Some(&first))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .swap_email_override("acme", kind, "fr", 0, Some(&first))
+            .await
+            .unwrap(),
+        "not over a version it did not read"
+    );
+    let second = email_override("acme", "fr", 9, "two");
+    assert!(store
+        .swap_email_override("acme", kind, "fr", 5, Some(&second))
+        .await
+        .unwrap());
+    let platform = email_override("", "fr", 3, "platform");
+    assert!(store
+        .swap_email_override("", kind, "fr", 0, Some(&platform))
+        .await
+        .unwrap());
+    let other = email_override("acmex", "de", 4, "acmex");
+    assert!(store
+        .swap_email_override("acmex", kind, "de", 0, Some(&other))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.email_override("acme", kind, "fr").await.unwrap(),
+        Some(second.clone())
+    );
+    let mut reset = email_override("acme", "fr", 2, "another kind");
+    reset.kind = EmailKind::PasswordReset;
+    assert!(store
+        .swap_email_override("acme", EmailKind::PasswordReset, "fr", 0, Some(&reset))
+        .await
+        .unwrap());
+    let found = store.email_customisation("acme", kind).await.unwrap();
+    assert_eq!(
+        (found.locale, found.own, found.platform),
+        (None, vec![second.clone()], vec![platform.clone()]),
+        "the kind's alone, of acme (not acmex) and of the platform"
+    );
+    assert_eq!(
+        store.email_overrides("acme").await.unwrap(),
+        [second, reset]
+    );
+    assert_eq!(
+        store.email_overrides("").await.unwrap(),
+        std::slice::from_ref(&platform)
+    );
+    assert!(!store
+        .swap_email_override("acme", kind, "fr", 5, None)
+        .await
+        .unwrap());
+    assert!(store
+        .swap_email_override("acme", kind, "fr", 9, None)
+        .await
+        .unwrap());
+    assert_eq!(store.email_overrides("acme").await.unwrap().len(), 1);
+    assert_eq!(store.email_overrides("").await.unwrap(), [platform]);
+
+    let settings = LocaleSettings {
+        organisation: "acme".into(),
+        default_locale: "de".into(),
+        version: 2,
+        update_time: now(),
+        updated_by: "k".into(),
+    };
+    assert!(store.locale_settings("acme").await.unwrap().is_none());
+    assert!(store.swap_locale_settings(0, &settings).await.unwrap());
+    assert!(!store.swap_locale_settings(0, &settings).await.unwrap());
+    assert_eq!(
+        store.locale_settings("acme").await.unwrap(),
+        Some(settings.clone())
+    );
+    assert!(store.locale_settings("beta").await.unwrap().is_none());
+    let found = store.email_customisation("acme", kind).await.unwrap();
+    assert_eq!(found.locale, Some(settings));
+    assert!(found.own.is_empty());
 }

@@ -77,13 +77,16 @@ async fn on_every_store_with_acme_key<F: Future<Output = ()>>(
     }
 }
 
-/// What organisation beta holds: its users, bob's tokens, its messages and its API keys.
+/// What organisation beta holds: its users, bob's tokens, its messages, its API keys, its
+/// email templates and its locale settings.
 #[derive(Debug, PartialEq)]
 struct BetaState {
     users: Vec<pb::User>,
     tokens: Vec<pb::TokenInfo>,
     messages: Vec<pb::Message>,
     keys: Vec<pb::ApiKey>,
+    templates: Vec<pb::EmailTemplate>,
+    locale: pb::LocaleSettings,
 }
 
 async fn beta_state(server: &TestServer, beta: &str) -> BetaState {
@@ -121,12 +124,39 @@ async fn beta_state(server: &TestServer, beta: &str) -> BetaState {
         .into_iter()
         .filter(|k| k.organisation == "beta")
         .collect();
+    let templates = server
+        .templates(beta)
+        .list_email_templates(pb::ListEmailTemplatesRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("beta lists its templates")
+        .into_inner()
+        .templates;
+    let locale = server
+        .templates(beta)
+        .get_locale_settings(pb::GetLocaleSettingsRequest::default())
+        .await
+        .expect("beta reads its locale settings")
+        .into_inner();
     BetaState {
         users,
         tokens,
         messages,
         keys,
+        templates,
+        locale,
     }
+}
+
+/// A request of acme's for beta's email template (password changed, in English).
+fn beta_template() -> (String, i32, String) {
+    (
+        "beta".into(),
+        pb::EmailKind::PasswordChanged.into(),
+        "en".into(),
+    )
 }
 
 /// How acme's key is answered when its request names something of beta's.
@@ -447,6 +477,97 @@ fn rows() -> Vec<Row> {
                 id: b.key_id.clone(),
             })
         }),
+        row(
+            "/mailroom.v1.Templates/ListEmailTemplates",
+            "organisation",
+            OtherOrganisation,
+            |_| {
+                encoded(pb::ListEmailTemplatesRequest {
+                    organisation: "beta".into(),
+                    ..Default::default()
+                })
+            },
+        ),
+        row(
+            "/mailroom.v1.Templates/GetEmailTemplate",
+            "organisation",
+            OtherOrganisation,
+            |_| {
+                let (organisation, kind, locale) = beta_template();
+                encoded(pb::GetEmailTemplateRequest {
+                    organisation,
+                    kind,
+                    locale,
+                    platform: false,
+                })
+            },
+        ),
+        row(
+            "/mailroom.v1.Templates/UpdateEmailTemplate",
+            "organisation",
+            OtherOrganisation,
+            |_| {
+                let (organisation, kind, locale) = beta_template();
+                encoded(pb::UpdateEmailTemplateRequest {
+                    organisation,
+                    kind,
+                    locale,
+                    subject: "Phish {{login}}".into(),
+                    text_body: "Open https://attacker.example".into(),
+                    ..Default::default()
+                })
+            },
+        ),
+        row(
+            "/mailroom.v1.Templates/ResetEmailTemplate",
+            "organisation",
+            OtherOrganisation,
+            |_| {
+                let (organisation, kind, locale) = beta_template();
+                encoded(pb::ResetEmailTemplateRequest {
+                    organisation,
+                    kind,
+                    locale,
+                    ..Default::default()
+                })
+            },
+        ),
+        row(
+            "/mailroom.v1.Templates/PreviewEmail",
+            "organisation",
+            OtherOrganisation,
+            |_| {
+                let (organisation, kind, locale) = beta_template();
+                encoded(pb::PreviewEmailRequest {
+                    organisation,
+                    kind,
+                    locale,
+                    ..Default::default()
+                })
+            },
+        ),
+        row(
+            "/mailroom.v1.Templates/GetLocaleSettings",
+            "organisation",
+            OtherOrganisation,
+            |_| {
+                encoded(pb::GetLocaleSettingsRequest {
+                    organisation: "beta".into(),
+                })
+            },
+        ),
+        row(
+            "/mailroom.v1.Templates/UpdateLocaleSettings",
+            "organisation",
+            OtherOrganisation,
+            |_| {
+                encoded(pb::UpdateLocaleSettingsRequest {
+                    organisation: "beta".into(),
+                    default_locale: "es".into(),
+                    ..Default::default()
+                })
+            },
+        ),
     ]
 }
 
@@ -551,6 +672,28 @@ async fn every_rpc_refuses_another_organisations_ids_logins_and_organisation() {
             })
             .await
             .expect("beta sends with an idempotency key");
+        // beta's own template and default locale, which acme's requests must leave as
+        // they are.
+        let (_, kind, locale) = beta_template();
+        server
+            .templates(&beta_secret)
+            .update_email_template(pb::UpdateEmailTemplateRequest {
+                kind,
+                locale,
+                subject: "Beta: {{login}}".into(),
+                text_body: "Your password was changed.".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("beta overrides a template");
+        server
+            .templates(&beta_secret)
+            .update_locale_settings(pb::UpdateLocaleSettingsRequest {
+                default_locale: "de".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("beta sets its default locale");
         let beta = Beta {
             token,
             message: notice[0].clone(),
@@ -560,6 +703,15 @@ async fn every_rpc_refuses_another_organisations_ids_logins_and_organisation() {
         let before = beta_state(&server, &beta_secret).await;
         assert_eq!(before.users.len(), 1, "{before:?}");
         assert_eq!(before.messages.len(), 2, "{before:?}");
+        assert_eq!(before.locale.default_locale, "de");
+        assert_eq!(
+            before
+                .templates
+                .iter()
+                .filter(|t| t.origin() == pb::TemplateOrigin::Organisation)
+                .count(),
+            1
+        );
 
         for row in rows() {
             let mut keys = vec![("acme's key with every permission", &acme_all)];

@@ -208,6 +208,7 @@ async fn the_private_address_guard_refuses_before_connecting() {
             .test_smtp_settings(pb::TestSmtpSettingsRequest {
                 settings: Some(settings),
                 recipient: "soc@example.com".into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();

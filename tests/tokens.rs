@@ -414,7 +414,7 @@ async fn the_emails_carry_a_link_whose_token_consumes() {
     );
     let text = reset_mail.text();
     assert!(text.contains("Hello Alice Martin"), "{text}");
-    assert!(text.contains("valid for 10m"), "{text}");
+    assert!(text.contains("valid for 10 minutes"), "{text}");
     assert!(reset_mail.data.contains("text/html"));
     let url = link(&text, "https://thehive.example.com/login/resetPassword/");
     let token = url.rsplit('/').next().unwrap();
@@ -427,7 +427,7 @@ async fn the_emails_carry_a_link_whose_token_consumes() {
         Some("You are invited to join acme")
     );
     let text = invitation_mail.text();
-    assert!(text.contains("expires in 1d"), "{text}");
+    assert!(text.contains("expires in 1 day"), "{text}");
     let url = link(&text, "https://portal.example.com/invite?t=");
     let token = url
         .trim_start_matches("https://portal.example.com/invite?t=")

@@ -1541,6 +1541,7 @@ fn max_token(login: &str) -> pb::IssueTokenRequest {
                 )
             })
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -1662,6 +1663,7 @@ async fn worst_smtp(binary: &Path) -> anyhow::Result<Vec<WorstRow>> {
     let request = pb::TestSmtpSettingsRequest {
         settings: Some(worst_settings(port, &ca)),
         recipient: "soc@example.com".into(),
+        ..Default::default()
     };
     fits(&request)?;
     let mut smtp = fresh_server.0.smtp();

@@ -415,6 +415,7 @@ mod notify {
                 email: u.email,
                 organisations: u.organisations,
                 locked: u.locked,
+                locale: u.locale,
             }
         }
     }
@@ -427,6 +428,7 @@ mod notify {
                 email: u.email,
                 organisations: u.organisations,
                 locked: u.locked,
+                locale: u.locale,
                 create_time: Some(timestamp(u.create_time)),
                 update_time: Some(timestamp(u.update_time)),
             }

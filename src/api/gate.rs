@@ -56,11 +56,14 @@ const OPEN_BUDGET: usize = 4 * 1024 * 1024;
 /// The longest request message each service accepts, in bytes. Notifier templates and
 /// contexts, and SMTP settings with their CA certificates, take up to gRPC's usual 4 MiB;
 /// a token request holds at most 32 metadata entries of 64 + 1,024 characters (139 KiB in
-/// UTF-8's longest characters), a user at most 100 organisations of 100 characters.
+/// UTF-8's longest characters), a user at most 100 organisations of 100 characters, an
+/// email template override at most two bodies of 256 KiB.
 pub fn request_limit(service: &str) -> usize {
     match service {
         "mailroom.v1.Notifier" | "mailroom.v1.SmtpAdmin" => 4 * 1024 * 1024,
         "mailroom.v1.Token" => 256 * 1024,
+        // An override's three templates (1 KiB + 2 × 256 KiB) or a preview's values.
+        "mailroom.v1.Templates" => 1024 * 1024,
         _ => 64 * 1024,
     }
 }
@@ -161,13 +164,13 @@ where
                 };
                 // Refused unread too: a key without the method's permission.
                 if let Some(needed) = permissions::required_by_path(&path) {
-                    if !key.permissions.contains(&needed) {
+                    if !needed.met_by(&key.permissions) {
                         let denied = AuthError::PermissionDenied(format!(
                             "this key lacks the {needed} permission"
                         ));
                         return Ok(Status::from(denied).into_http());
                     }
-                    request.extensions_mut().insert(permissions::Needed(needed));
+                    request.extensions_mut().insert(needed);
                 }
                 let organisation = key.organisation.clone();
                 request.extensions_mut().insert(Authenticated(key));

@@ -9,9 +9,10 @@ pub mod gate;
 pub mod notifier;
 pub mod smtp_admin;
 pub mod status;
+pub mod templates;
 pub mod token;
 
-use crate::auth::{self, permissions::Needed, Authenticated, Caller};
+use crate::auth::{self, permissions::Needed, Authenticated, Caller, Permission};
 
 /// The caller of a request that passed the gate ([`gate`]: its key, and the permission its
 /// method needs): see [`auth::authorize`].
@@ -21,4 +22,12 @@ pub(crate) fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::St
         extensions.get::<Authenticated>(),
         extensions.get::<Needed>(),
     )?)
+}
+
+/// That the caller of `request` (see [`caller`]) also holds `permission`.
+pub(crate) fn require<T>(
+    request: &tonic::Request<T>,
+    permission: Permission,
+) -> Result<(), tonic::Status> {
+    Ok(auth::require(request.extensions().get(), permission)?)
 }

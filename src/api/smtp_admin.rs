@@ -5,20 +5,27 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::invalid;
 use crate::mail::probe;
+use crate::notify::EmailKind;
 use crate::proto::v1 as pb;
 use crate::proto::v1::smtp_admin_server::SmtpAdmin;
 use crate::settings::SettingsService;
+use crate::templates::{Scope, TemplateService};
 use crate::validation::violation;
 
 /// The SmtpAdmin service.
 pub struct SmtpAdminApi {
     settings: SettingsService,
+    /// The test email's templates.
+    templates: TemplateService,
 }
 
 impl SmtpAdminApi {
-    /// The service over `settings`.
-    pub fn new(settings: SettingsService) -> Self {
-        Self { settings }
+    /// The service over `settings`, its test email from `templates`.
+    pub fn new(settings: SettingsService, templates: TemplateService) -> Self {
+        Self {
+            settings,
+            templates,
+        }
     }
 }
 
@@ -55,13 +62,24 @@ impl SmtpAdmin for SmtpAdminApi {
         &self,
         request: Request<pb::TestSmtpSettingsRequest>,
     ) -> Result<Response<pb::TestSmtpSettingsResponse>, Status> {
-        super::caller(&request)?;
+        let caller = super::caller(&request)?;
         let request = request.into_inner();
         let to = probe::recipient(&request.recipient)
             .map_err(|why| invalid(&violation("recipient", why)))?;
+        crate::locale::tag(&request.locale).map_err(|why| invalid(&violation("locale", why)))?;
         let settings = self
             .settings
             .candidate(request.settings.map(Into::into))
+            .await?;
+        let now = self.settings.now();
+        let email = self
+            .templates
+            .render(
+                &Scope::Organisation(caller.organisation.clone()),
+                EmailKind::SmtpTest,
+                &request.locale,
+                &probe::test_values(&settings, now),
+            )
             .await?;
         let report = probe::run(
             &settings,
@@ -69,7 +87,8 @@ impl SmtpAdmin for SmtpAdminApi {
             self.settings.address_guard(),
             self.settings.oauth2_tokens(),
             &to,
-            self.settings.now(),
+            &email,
+            now,
         )
         .await;
         tracing::info!(

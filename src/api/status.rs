@@ -170,3 +170,14 @@ impl From<TokenError> for Status {
         }
     }
 }
+
+impl From<crate::templates::TemplateError> for Status {
+    fn from(e: crate::templates::TemplateError) -> Self {
+        use crate::templates::TemplateError;
+        match e {
+            TemplateError::Invalid(v) => invalid(&v),
+            TemplateError::Stale(_) => Status::aborted(e.to_string()),
+            TemplateError::Store(e) => e.into(),
+        }
+    }
+}

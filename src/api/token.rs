@@ -50,6 +50,7 @@ impl Token for TokenApi {
                 send_email: r.send_email,
                 link_template: r.link_template,
                 metadata: r.metadata.into_iter().collect(),
+                locale: r.locale,
             })
             .await?;
         Ok(Response::new(pb::IssueTokenResponse {

@@ -292,6 +292,8 @@ impl Authenticator {
 /// hold the permission its method needs ([`permissions::REQUIRED`], found by the gate from
 /// the call's path, [`permissions::Needed`]). Fails closed: a request without either did
 /// not pass the gate. Records the key id and its organisation on the RPC's span.
+/// [`require`] then checks a permission a call needs by what it asks (a Templates call's
+/// scope).
 pub fn authorize(
     key: Option<&Authenticated>,
     needed: Option<&permissions::Needed>,
@@ -302,14 +304,14 @@ pub fn authorize(
         ));
     };
     record_caller(&Span::current(), &key.id, &key.organisation);
-    let Some(&permissions::Needed(permission)) = needed else {
+    let Some(needed) = needed else {
         return Err(AuthError::PermissionDenied(
             "no permission is defined for this method".into(),
         ));
     };
-    if !key.permissions.contains(&permission) {
+    if !needed.met_by(&key.permissions) {
         return Err(AuthError::PermissionDenied(format!(
-            "this key lacks the {permission} permission"
+            "this key lacks the {needed} permission"
         )));
     }
     Ok(Caller {
@@ -317,4 +319,15 @@ pub fn authorize(
         key_name: key.name.clone(),
         organisation: key.organisation.clone(),
     })
+}
+
+/// Whether the key of an authorized call also holds `permission`: for a call whose needs
+/// depend on what it asks.
+pub fn require(key: Option<&Authenticated>, permission: Permission) -> Result<(), AuthError> {
+    match key {
+        Some(Authenticated(key)) if key.permissions.contains(&permission) => Ok(()),
+        _ => Err(AuthError::PermissionDenied(format!(
+            "this key lacks the {permission} permission"
+        ))),
+    }
 }

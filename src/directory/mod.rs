@@ -28,6 +28,10 @@ pub struct User {
     pub organisations: Vec<String>,
     /// Locked users get no notifications.
     pub locked: bool,
+    /// The user's locale, a BCP 47 tag in canonical case (`fr`, `fr-CA`); empty for the
+    /// organisation's default. Chooses the language of the built-in emails.
+    #[serde(default)]
+    pub locale: String,
     /// When created.
     pub create_time: SystemTime,
     /// When last changed.
@@ -72,6 +76,8 @@ pub struct UserDraft {
     pub organisations: Vec<String>,
     /// See [`User::locked`].
     pub locked: bool,
+    /// See [`User::locale`].
+    pub locale: String,
 }
 
 /// Errors of the directory.
@@ -232,6 +238,7 @@ impl DirectoryService {
                 }),
             );
         }
+        v.check("user.locale", crate::locale::tag(&draft.locale));
         if draft.organisations.is_empty() {
             v.add(
                 "user.organisations",
@@ -290,6 +297,7 @@ impl DirectoryService {
             email: draft.email,
             organisations,
             locked: draft.locked,
+            locale: crate::locale::tag(&draft.locale).unwrap_or_default(),
         };
         self.store.put_user(&user).await?;
         self.revoke_outside(&user.login, &user.organisations)
@@ -375,6 +383,7 @@ mod tests {
             email: String::new(),
             organisations: (0..count).map(|i| format!("org{i}")).collect(),
             locked: false,
+            locale: String::new(),
         };
         assert!(DirectoryService::check(&draft(MAX_ORGANISATIONS)).is_ok());
         let refused = DirectoryService::check(&draft(500_000)).expect_err("too many");

@@ -9,14 +9,14 @@ use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime};
 
 use lettre::address::Address;
-use lettre::message::{header::ContentType, Mailbox, Message};
+use lettre::message::Mailbox;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 
 pub use super::connection::Stage;
 use super::connection::{self, client_id, crlf_line_ends, Failed, Login, Stages};
-use crate::clock::rfc3339;
 use crate::crypto::MasterKey;
-use crate::notify::email::new_message_id;
+use crate::notify::email::{compose, new_message_id};
+use crate::notify::{EmailValue, EmailValues, RenderedEmail};
 use crate::settings::oauth2::AccessTokens;
 use crate::settings::{human, AddressGuard, Mechanism, Security, SmtpSettings};
 
@@ -94,8 +94,9 @@ impl Run {
     }
 }
 
-/// Sends one test email to `to` with `settings` (secrets opened with `key`, the host
-/// resolved and checked by `guard`) and reports every stage. Never fails: a failing server,
+/// Sends the test email `email` (rendered from [`test_values`]) to `to` with `settings`
+/// (secrets opened with `key`, the host resolved and checked by `guard`) and reports every
+/// stage. Never fails: a failing server,
 /// or a host the guard refuses at CONNECT, is a report with `success = false`.
 pub async fn run(
     settings: &SmtpSettings,
@@ -103,6 +104,7 @@ pub async fn run(
     guard: &AddressGuard,
     tokens: &AccessTokens,
     to: &Address,
+    email: &RenderedEmail,
     now: SystemTime,
 ) -> Report {
     let mut run = Run {
@@ -114,7 +116,7 @@ pub async fn run(
     let login = Login::fresh(tokens, now);
     let outcome = tokio::time::timeout(
         timeout,
-        exchange(&mut run, settings, key, guard, &login, to, now),
+        exchange(&mut run, settings, key, guard, &login, (to, email), now),
     )
     .await;
     let message_id = match outcome {
@@ -162,7 +164,7 @@ async fn exchange(
     key: &MasterKey,
     guard: &AddressGuard,
     login: &Login<'_>,
-    to: &Address,
+    (to, email): (&Address, &RenderedEmail),
     now: SystemTime,
 ) -> Result<String, Failed> {
     let mut conn = connection::open(settings, key, guard, login, run)
@@ -171,8 +173,16 @@ async fn exchange(
 
     let from = settings.from.mailbox();
     let message_id = new_message_id(from.email.domain());
-    let email = test_email(settings, from.clone(), to, &message_id, now)
-        .map_err(|e| run.fail(None, format!("building the test email: {e}")))?;
+    let email = compose(
+        from.clone(),
+        Mailbox::new(None, to.clone()),
+        &email.subject,
+        &email.text,
+        email.html.as_deref(),
+        &message_id,
+        now,
+    )
+    .map_err(|e| run.fail(None, format!("building the test email: {e}")))?;
 
     run.begin(Stage::MailFrom);
     let response = conn
@@ -191,7 +201,7 @@ async fn exchange(
     run.begin(Stage::Data);
     conn.command(Data).await.map_err(|e| run.smtp_fail(e))?;
     let response = conn
-        .message(&crlf_line_ends(&email.formatted()))
+        .message(&crlf_line_ends(&email))
         .await
         .map_err(|e| run.smtp_fail(e))?;
     run.reply(&response);
@@ -199,55 +209,34 @@ async fn exchange(
     Ok(message_id)
 }
 
-fn test_email(
-    settings: &SmtpSettings,
-    from: Mailbox,
-    to: &Address,
-    message_id: &str,
-    now: SystemTime,
-) -> Result<Message, lettre::error::Error> {
+/// The values of the test email (`EMAIL_KIND_SMTP_TEST`): what is tested, never a secret.
+pub fn test_values(settings: &SmtpSettings, now: SystemTime) -> EmailValues {
     let security = match settings.security {
         Security::None => "none",
         Security::StartTls => "STARTTLS (required)",
         Security::StartTlsOpportunistic => "STARTTLS (opportunistic)",
         Security::Ssl => "SSL (implicit TLS)",
     };
-    let helo = client_id(settings).to_string();
     let username = match (&settings.auth.oauth2, settings.username.is_empty()) {
-        (_, true) => "none (no authentication)".to_string(),
+        (_, true) => String::new(),
         (Some(oauth2), false) if settings.auth.mechanism == Mechanism::Xoauth2 => format!(
-            "{} (authenticated with XOAUTH2: {} at {})",
+            "{} (XOAUTH2: {} at {})",
             settings.username,
             oauth2.grant().name(),
             oauth2.token_url()
         ),
-        (_, false) => format!(
-            "{} (authenticated, mechanism {})",
-            settings.username,
-            settings.auth.mechanism.name()
-        ),
+        (_, false) => format!("{} ({})", settings.username, settings.auth.mechanism.name()),
     };
-    let body = format!(
-        "mailroom SMTP test: success\n\n\
-         This email was sent by mailroom to test the platform's SMTP settings. The server\n\
-         accepted it for delivery, so these settings work.\n\n\
-         Time:       {}\n\
-         Server:     {}:{}\n\
-         Security:   {security}\n\
-         HELO name:  {helo}\n\
-         Username:   {username}\n\
-         Sender:     {}\n",
-        rfc3339(now),
-        settings.host,
-        settings.port.get(),
-        settings.from.as_str(),
-    );
-    Message::builder()
-        .from(from)
-        .to(Mailbox::new(None, to.clone()))
-        .subject("mailroom SMTP test")
-        .message_id(Some(message_id.to_string()))
-        .date(now)
-        .header(ContentType::TEXT_PLAIN)
-        .body(body)
+    [
+        ("time", EmailValue::Time(now)),
+        ("host", settings.host.to_string().into()),
+        ("port", settings.port.get().to_string().into()),
+        ("security", security.into()),
+        ("helo", client_id(settings).to_string().into()),
+        ("username", username.into()),
+        ("sender", settings.from.as_str().into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }

@@ -28,12 +28,14 @@ use crate::validation::Violations;
 pub use template::BodyFormat;
 use template::TemplateCache;
 
+pub mod builtin;
 pub(crate) mod email;
 mod maintenance;
 pub(crate) mod message;
 mod notices;
 mod outbox;
 mod port;
+mod preview;
 mod quota;
 mod render;
 pub(crate) mod sandbox;
@@ -44,10 +46,15 @@ mod stage;
 pub(crate) mod template;
 
 use crate::quota::OverQuota;
+pub use builtin::{
+    BuiltinOnly, Chosen, EmailKind, EmailSource, EmailSources, EmailValue, EmailValues,
+    RenderedEmail,
+};
 pub use email::{OutgoingEmail, SealError, MAX_MESSAGE_BYTES};
 pub use message::{Attempt, MessageState, OutboxMessage, StateError};
 pub use notices::NoticeKind;
 pub use port::{batch_gone, BatchWriter, OutboxStore};
+pub use preview::NotificationPreview;
 use quota::PendingCounts;
 pub use quota::Quotas;
 pub use render::MAX_HEADER_BYTES;
@@ -183,6 +190,8 @@ pub struct NotifyService {
     send_shares: Arc<Shares>,
     /// Each organisation's turns to render.
     render_shares: Arc<Shares>,
+    /// The templates of the built-in emails (overrides, languages).
+    email_sources: Arc<dyn EmailSources>,
 }
 
 impl NotifyService {
@@ -213,6 +222,7 @@ impl NotifyService {
                     .map_or(1, |n| n.get() / 2)
                     .max(1),
             )),
+            email_sources: Arc::new(BuiltinOnly),
         }
     }
 

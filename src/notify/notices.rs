@@ -6,8 +6,8 @@ use std::str::FromStr;
 use lettre::message::Mailbox;
 use lettre::Address;
 
+use super::builtin::{EmailKind, EmailValue, EmailValues};
 use super::email::OutgoingEmail;
-use super::template::Builtin;
 use super::{NotifyError, NotifyService};
 use crate::validation::{self, Violations};
 
@@ -24,46 +24,14 @@ pub enum NoticeKind {
 
 impl NoticeKind {
     /// The built-in email of this notice.
-    pub fn email(self) -> &'static Builtin {
+    pub fn email(self) -> EmailKind {
         match self {
-            NoticeKind::PasswordChanged => &PASSWORD_CHANGED,
-            NoticeKind::PasswordReset => &PASSWORD_RESET,
-            NoticeKind::EmailChanged => &EMAIL_CHANGED,
+            NoticeKind::PasswordChanged => EmailKind::PasswordChanged,
+            NoticeKind::PasswordReset => EmailKind::PasswordResetNotice,
+            NoticeKind::EmailChanged => EmailKind::EmailChanged,
         }
     }
 }
-
-const PASSWORD_CHANGED: Builtin = Builtin {
-    subject: "Your password was changed",
-    text: "Hello {{name}},\n\n\
-           The password of your account {{login}} was changed on {{time}}.\n\
-           If you did not change it, contact your administrator at once.\n",
-    html: "<p>Hello {{name}},</p>\
-           <p>The password of your account <b>{{login}}</b> was changed on {{time}}.</p>\
-           <p>If you did not change it, contact your administrator at once.</p>",
-};
-
-const PASSWORD_RESET: Builtin = Builtin {
-    subject: "Your password was reset",
-    text: "Hello {{name}},\n\n\
-           The password of your account {{login}} was reset on {{time}}.\n\
-           If you did not ask for this, contact your administrator at once.\n",
-    html: "<p>Hello {{name}},</p>\
-           <p>The password of your account <b>{{login}}</b> was reset on {{time}}.</p>\
-           <p>If you did not ask for this, contact your administrator at once.</p>",
-};
-
-const EMAIL_CHANGED: Builtin = Builtin {
-    subject: "Your email address was changed",
-    text: "Hello {{name}},\n\n\
-           The email address of your account {{login}} was changed on {{time}}\n\
-           from {{previous}} to {{current}}.\n\
-           If you did not change it, contact your administrator at once.\n",
-    html: "<p>Hello {{name}},</p>\
-           <p>The email address of your account <b>{{login}}</b> was changed on {{time}} \
-           from {{previous}} to {{current}}.</p>\
-           <p>If you did not change it, contact your administrator at once.</p>",
-};
 
 impl NotifyService {
     /// TheHive's account-change email to a directory user of `organisation`; an email
@@ -108,14 +76,25 @@ impl NotifyService {
             .ok_or_else(|| NotifyError::NoUser(login.to_string()))?;
         let settings = self.configured().await?;
         let now = self.clock.now();
-        let data = serde_json::json!({
-            "name": if user.name.is_empty() { &user.login } else { &user.name },
-            "login": user.login,
-            "time": crate::clock::rfc3339(now),
-            "previous": previous_email,
-            "current": address.to_string(),
-        });
-        let rendered = kind.email().render(&data).map_err(NotifyError::Invalid)?;
+        let name = if user.name.is_empty() {
+            &user.login
+        } else {
+            &user.name
+        };
+        let values: EmailValues = [
+            ("name", EmailValue::from(name.as_str())),
+            ("login", user.login.as_str().into()),
+            ("organisation", organisation.into()),
+            ("time", EmailValue::Time(now)),
+            ("previous", previous_email.into()),
+            ("current", address.to_string().into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let rendered = self
+            .render_email(organisation, kind.email(), &user.locale, &values)
+            .await?;
         let mut recipients = vec![address];
         if kind == NoticeKind::EmailChanged {
             recipients.extend(previous.filter(|p| !recipients.contains(p)));
@@ -128,7 +107,7 @@ impl NotifyService {
                 to: Mailbox::new(None, to),
                 subject: &rendered.subject,
                 text: &rendered.text,
-                html: Some(&rendered.html),
+                html: rendered.html.as_deref(),
             };
             messages.push(
                 outgoing

@@ -18,10 +18,10 @@ use crate::validation::{self, Violations};
 
 /// What a notification's message holds besides its recipient, rendered.
 pub(super) struct Parts {
-    from: Mailbox,
-    subject: String,
-    text: String,
-    html: Option<String>,
+    pub(super) from: Mailbox,
+    pub(super) subject: String,
+    pub(super) text: String,
+    pub(super) html: Option<String>,
 }
 
 impl NotifyService {

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Locale, Utc};
@@ -112,9 +112,6 @@ impl TemplateCache {
         self.0.weight()
     }
 }
-
-/// The built-in emails' templates: the binary's own, a fixed few.
-static BUILTIN: LazyLock<TemplateCache> = LazyLock::new(|| TemplateCache::new(1024 * 1024));
 
 /// One request's templates, by field name, ready to render.
 pub struct Templates {
@@ -230,45 +227,6 @@ impl From<Value> for Data {
             context: Context::from(value),
             spent: AtomicU64::new(0),
         }
-    }
-}
-
-/// A built-in email (reset, invitation, account notices): Handlebars templates for the
-/// subject, the text body and the HTML body.
-pub struct Builtin {
-    /// Subject template.
-    pub subject: &'static str,
-    /// Text body template.
-    pub text: &'static str,
-    /// HTML body template (values escaped).
-    pub html: &'static str,
-}
-
-/// A rendered built-in email.
-pub struct RenderedBuiltin {
-    /// Subject.
-    pub subject: String,
-    /// Text body.
-    pub text: String,
-    /// HTML body.
-    pub html: String,
-}
-
-impl Builtin {
-    /// Renders the three parts over `data`.
-    pub fn render(&self, data: &Value) -> Result<RenderedBuiltin, Violations> {
-        let text = BUILTIN.compile(
-            &[("subject", self.subject), ("body", self.text)],
-            BodyFormat::Text,
-        )?;
-        let html = BUILTIN.compile(&[("body", self.html)], BodyFormat::Html)?;
-        let data = Data::from(data.clone());
-        let data = &data;
-        Ok(RenderedBuiltin {
-            subject: text.render("subject", data)?,
-            text: text.render("body", data)?,
-            html: html.render("body", data)?,
-        })
     }
 }
 

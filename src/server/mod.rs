@@ -30,6 +30,7 @@ use crate::api::directory::DirectoryApi;
 use crate::api::gate::{request_limit, GateLayer, OPEN_LIMIT};
 use crate::api::notifier::NotifierApi;
 use crate::api::smtp_admin::SmtpAdminApi;
+use crate::api::templates::TemplatesApi;
 use crate::api::token::TokenApi;
 use crate::auth::Authenticator;
 use crate::config::Args;
@@ -40,11 +41,13 @@ use crate::metrics::{Metrics, RpcLayer};
 use crate::notify::{MailQueued, NotifyService, Quotas};
 use crate::proto::v1::{
     api_keys_server::ApiKeysServer, directory_server::DirectoryServer,
-    notifier_server::NotifierServer, smtp_admin_server::SmtpAdminServer, token_server::TokenServer,
+    notifier_server::NotifierServer, smtp_admin_server::SmtpAdminServer,
+    templates_server::TemplatesServer, token_server::TokenServer,
 };
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::settings::SettingsService;
 use crate::store::Store;
+use crate::templates::TemplateService;
 use crate::tokens::TokenService;
 use jobs::cache_invalidation::follow_changes;
 use jobs::health::{monitor_store, set_health};
@@ -62,12 +65,13 @@ pub use portability::{export, import, migrate};
 pub use process::{init_tracing, shutdown_signal};
 
 /// The services whose health is reported, besides the server as a whole (`""`).
-pub const SERVICES: [&str; 5] = [
+pub const SERVICES: [&str; 6] = [
     <SmtpAdminServer<SmtpAdminApi> as NamedService>::NAME,
     <TokenServer<TokenApi> as NamedService>::NAME,
     <NotifierServer<NotifierApi> as NamedService>::NAME,
     <DirectoryServer<DirectoryApi> as NamedService>::NAME,
     <ApiKeysServer<ApiKeysApi> as NamedService>::NAME,
+    <TemplatesServer<TemplatesApi> as NamedService>::NAME,
 ];
 
 /// How often an idle HTTP/2 connection is pinged (and TCP's keepalive probes sent).
@@ -86,6 +90,7 @@ pub struct Mailroom {
     directory: DirectoryService,
     notify: NotifyService,
     tokens: TokenService,
+    templates: TemplateService,
     wake: Arc<MailQueued>,
     sweep: Sweeper,
     sweeps: Asks,
@@ -129,6 +134,8 @@ impl Mailroom {
         let directory = DirectoryService::new(store.clone(), store.clone(), args.clock.clone())
             .with_org_limit(args.org_user_changes_per_hour);
         let wake = Arc::new(MailQueued::new());
+        let templates =
+            TemplateService::new(store.clone(), args.clock.clone(), &args.platform_name);
         let notify = NotifyService::new(
             store.clone(),
             store.clone(),
@@ -142,7 +149,8 @@ impl Mailroom {
             pending_messages: args.org_pending_messages,
             messages_per_hour: args.org_messages_per_hour,
             bytes_per_day: args.org_bytes_per_day,
-        });
+        })
+        .with_email_sources(Arc::new(templates.clone()));
         let tokens = TokenService::new(
             store.clone(),
             store.clone(),
@@ -185,6 +193,7 @@ impl Mailroom {
             directory,
             notify,
             tokens,
+            templates,
             wake,
             sweep,
             sweeps,
@@ -352,8 +361,11 @@ impl Mailroom {
             .add_service(reflection_v1.max_decoding_message_size(OPEN_LIMIT))
             .add_service(reflection_v1alpha.max_decoding_message_size(OPEN_LIMIT))
             .add_service(
-                SmtpAdminServer::new(SmtpAdminApi::new(self.settings.clone()))
-                    .max_decoding_message_size(request_limit("mailroom.v1.SmtpAdmin")),
+                SmtpAdminServer::new(SmtpAdminApi::new(
+                    self.settings.clone(),
+                    self.templates.clone(),
+                ))
+                .max_decoding_message_size(request_limit("mailroom.v1.SmtpAdmin")),
             )
             .add_service(
                 TokenServer::new(TokenApi::new(self.tokens.clone()))
@@ -370,6 +382,14 @@ impl Mailroom {
             .add_service(
                 ApiKeysServer::new(ApiKeysApi::new(self.auth.clone()))
                     .max_decoding_message_size(request_limit("mailroom.v1.ApiKeys")),
+            )
+            .add_service(
+                TemplatesServer::new(TemplatesApi::new(
+                    self.templates.clone(),
+                    self.notify.clone(),
+                    self.settings.clone(),
+                ))
+                .max_decoding_message_size(request_limit("mailroom.v1.Templates")),
             )
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),

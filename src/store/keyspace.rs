@@ -113,6 +113,21 @@ pub(crate) const QUOTA_TALLIES: Family = Family {
     byte: None,
 };
 
+/// `<scope>\0<kind>\0<locale>` → an override of a built-in email
+/// (`templates::TemplateOverride`); the scope is its organisation, empty for the
+/// platform's (an organisation's name is never empty).
+pub(crate) const EMAIL_TEMPLATES: Family = Family {
+    etcd: "templates/",
+    tree: "templates",
+    byte: Some(b't'),
+};
+/// `<organisation>` → its locale settings (`templates::LocaleSettings`).
+pub(crate) const LOCALE_SETTINGS: Family = Family {
+    etcd: "locale_settings/",
+    tree: "templates",
+    byte: Some(b'l'),
+};
+
 const fn outbox(etcd: &'static str, byte: u8) -> Family {
     Family {
         etcd,
@@ -260,6 +275,21 @@ pub(crate) fn quota_tally<E: Encoding>(e: &E, k: &str) -> E::Key {
     key(e, QUOTA_TALLIES, &[k])
 }
 
+/// The override of `kind` in `locale` for `scope`; with `locale` empty, the prefix of the
+/// scope's overrides of `kind`; with `kind` empty too, of all the scope's overrides.
+pub(crate) fn email_template<E: Encoding>(e: &E, scope: &str, kind: &str, locale: &str) -> E::Key {
+    if kind.is_empty() {
+        key(e, EMAIL_TEMPLATES, &[scope, ""])
+    } else {
+        key(e, EMAIL_TEMPLATES, &[scope, kind, locale])
+    }
+}
+
+/// An organisation's locale settings.
+pub(crate) fn locale_settings<E: Encoding>(e: &E, organisation: &str) -> E::Key {
+    key(e, LOCALE_SETTINGS, &[organisation])
+}
+
 /// A message state's name in index keys.
 pub(crate) fn state_name(state: MessageState) -> &'static str {
     match state {
@@ -387,6 +417,24 @@ mod tests {
             member(&Etcd, "acme", "al"),
             b"\0acme\0al",
             "p/members/acme\0al",
+        );
+        both(
+            email_template(&Sled, "acme", "invitation", "fr"),
+            email_template(&Etcd, "acme", "invitation", "fr"),
+            b"tacme\0invitation\0fr",
+            "p/templates/acme\0invitation\0fr",
+        );
+        both(
+            email_template(&Sled, "", "", ""),
+            email_template(&Etcd, "", "", ""),
+            b"t\0",
+            "p/templates/\0",
+        );
+        both(
+            locale_settings(&Sled, "acme"),
+            locale_settings(&Etcd, "acme"),
+            b"lacme",
+            "p/locale_settings/acme",
         );
         both(
             message(&Sled, "m1"),

@@ -18,7 +18,6 @@ use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::auth::ApiKey;
-use crate::directory::User;
 use crate::notify::{Idempotency, OutboxMessage};
 use crate::tokens::{RateWindow, Token};
 
@@ -35,14 +34,15 @@ pub use crate::directory::{MembershipTokens, UserStore};
 pub use crate::notify::{batch_gone, BatchWriter, OutboxStore};
 pub use crate::ports::{After, Backend, Changed, Result, StoreError};
 pub use crate::settings::SettingsStore;
+pub use crate::templates::TemplateStore;
 pub use crate::tokens::TokenStore;
 
 /// Every port's trait, for code that calls a backend's methods directly (tests, tools):
 /// `use mailroom::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        ApiKeyStore, Backend, MembershipTokens, OutboxStore, SettingsStore, Store, TokenStore,
-        UserStore,
+        ApiKeyStore, Backend, MembershipTokens, OutboxStore, SettingsStore, Store, TemplateStore,
+        TokenStore, UserStore,
     };
     pub use crate::snapshot::Snapshot;
 }
@@ -59,6 +59,7 @@ pub trait Store:
     + MembershipTokens
     + TokenStore
     + OutboxStore
+    + TemplateStore
     + crate::snapshot::Snapshot
     + 'static
 {
@@ -103,13 +104,19 @@ impl Record for crate::quota::Tally {}
 impl Record for OutboxMessage {}
 impl Record for Idempotency {}
 impl Record for ApiKey {}
-impl Record for User {}
 impl Record for crate::crypto::Sealed {}
 /// Format 3: formats 1 and 2 (before `link_origins` and `sender_domains`, before `auth`)
 /// were written by development builds only, and are not read.
 impl Record for crate::settings::SmtpSettings {
     const FORMAT: u8 = 3;
 }
+/// Format 2: format 1 (before `locale`) was written by development builds only, and is not
+/// read.
+impl Record for crate::directory::User {
+    const FORMAT: u8 = 2;
+}
+impl Record for crate::templates::TemplateOverride {}
+impl Record for crate::templates::LocaleSettings {}
 /// Lists of strings: ids, digests, index keys.
 impl<S: AsRef<str> + Serialize> Record for [S] {}
 impl<S: AsRef<str> + Serialize> Record for Vec<S> {}
@@ -153,6 +160,7 @@ mod tests {
 
     use super::*;
     use crate::crypto::Sealed;
+    use crate::directory::User;
     use crate::settings::SmtpSettings;
     use crate::tokens::sample;
 
@@ -235,8 +243,16 @@ mod tests {
             "01056b65795f3103736f630461636d6502010280e2cfaa0605010463646364",
         );
         pinned::<User>(
-            r#"{"login":"alice","name":"Alice","email":"alice@example.com","organisations":["acme","beta"],"locked":true,"create_time":{"secs_since_epoch":1700000000,"nanos_since_epoch":5},"update_time":{"secs_since_epoch":1700003600,"nanos_since_epoch":0}}"#,
-            "0105616c69636505416c69636511616c696365406578616d706c652e636f6d020461636d6504626574610180e2cfaa060590fecfaa0600",
+            r#"{"login":"alice","name":"Alice","email":"alice@example.com","organisations":["acme","beta"],"locked":true,"locale":"fr","create_time":{"secs_since_epoch":1700000000,"nanos_since_epoch":5},"update_time":{"secs_since_epoch":1700003600,"nanos_since_epoch":0}}"#,
+            "0205616c69636505416c69636511616c696365406578616d706c652e636f6d020461636d6504626574610102667280e2cfaa060590fecfaa0600",
+        );
+        pinned::<crate::templates::TemplateOverride>(
+            r#"{"scope":"acme","kind":"Invitation","locale":"fr","source":{"subject":"s","text":"t","html":""},"version":7,"update_time":{"secs_since_epoch":1700000000,"nanos_since_epoch":5},"updated_by":"k"}"#,
+            "010461636d650102667201730174000780e2cfaa0605016b",
+        );
+        pinned::<crate::templates::LocaleSettings>(
+            r#"{"organisation":"acme","default_locale":"de-CH","version":7,"update_time":{"secs_since_epoch":1700000000,"nanos_since_epoch":5},"updated_by":"k"}"#,
+            "010461636d650564652d43480780e2cfaa0605016b",
         );
         pinned::<Sealed>(r#""c2VhbGVk""#, "0108633256686247566b");
     }

@@ -16,13 +16,14 @@ use lettre::Address;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use crate::clock::rfc3339;
 use crate::clock::Clock;
 use crate::crypto;
 use crate::directory::UserStore;
 use crate::directory::{canonical_login, member_of, NotInOrganisation, User};
 use crate::metrics::Metrics;
-use crate::notify::{NotifyError, NotifyService, OutgoingEmail};
+use crate::notify::{
+    EmailKind, EmailValue, EmailValues, NotifyError, NotifyService, OutgoingEmail,
+};
 use crate::ports::StoreError;
 use crate::quota::Hourly;
 use crate::settings::{
@@ -30,7 +31,6 @@ use crate::settings::{
 };
 use crate::validation::{self, Violations};
 
-mod emails;
 mod model;
 mod port;
 
@@ -61,6 +61,8 @@ pub struct IssueRequest {
     pub link_template: String,
     /// Caller-defined values.
     pub metadata: BTreeMap<String, String>,
+    /// The email's locale for a login the Directory does not hold (BCP 47; may be empty).
+    pub locale: String,
 }
 
 /// A new token.
@@ -170,7 +172,7 @@ impl TokenService {
         let (purpose, login, link) = check_issue(&request).map_err(TokenError::Invalid)?;
         request.login = login;
         let now = self.clock.now();
-        let (address, name) = self.address(&request).await?;
+        let (address, name, locale) = self.address(&request).await?;
         let settings = self.settings.get().await?;
         if request.send_email && settings.is_none() {
             return Err(NotifyError::NotConfigured.into());
@@ -221,26 +223,42 @@ impl TokenService {
         let email = match (&settings, link) {
             (Some(settings), Some(link)) => {
                 let link = Zeroizing::new(link.replace("{token}", secret.expose_secret()));
-                let data = serde_json::json!({
-                    "name": if name.is_empty() { &request.login } else { &name },
-                    "login": request.login,
-                    "organisation": request.organisation,
-                    "link": *link,
-                    "validity": human(lifetime),
-                    "expires": rfc3339(token.expire_time),
-                });
-                let builtin = match purpose {
-                    Purpose::PasswordReset => &emails::RESET,
-                    Purpose::Invitation => &emails::INVITATION,
+                let kind = match purpose {
+                    Purpose::PasswordReset => EmailKind::PasswordReset,
+                    Purpose::Invitation => EmailKind::Invitation,
                 };
-                let rendered = builtin.render(&data).map_err(TokenError::Invalid)?;
+                let values: EmailValues = [
+                    (
+                        "name",
+                        EmailValue::from(
+                            if name.is_empty() {
+                                &request.login
+                            } else {
+                                &name
+                            }
+                            .as_str(),
+                        ),
+                    ),
+                    ("login", request.login.as_str().into()),
+                    ("organisation", request.organisation.as_str().into()),
+                    ("link", link.as_str().into()),
+                    ("validity", EmailValue::Length(lifetime)),
+                    ("expires", EmailValue::Time(token.expire_time)),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                let rendered = self
+                    .notify
+                    .render_email(&request.organisation, kind, &locale, &values)
+                    .await?;
                 let outgoing = OutgoingEmail {
                     organisation: &request.organisation,
                     from: settings.from.mailbox(),
                     to: Mailbox::new((!name.is_empty()).then(|| name.clone()), address.clone()),
                     subject: &rendered.subject,
                     text: &rendered.text,
-                    html: Some(&rendered.html),
+                    html: rendered.html.as_deref(),
                 };
                 Some(
                     outgoing
@@ -275,9 +293,18 @@ impl TokenService {
     /// Where the token's email goes, and the name it greets: the request's address, else
     /// the Directory's. A login of another organisation's Directory is refused, whatever
     /// the request's address.
-    async fn address(&self, request: &IssueRequest) -> Result<(Address, String), TokenError> {
+    async fn address(
+        &self,
+        request: &IssueRequest,
+    ) -> Result<(Address, String, String), TokenError> {
         let user = self.member(&request.login, &request.organisation).await?;
         let name = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+        // The Directory user's own locale, else the one the request gives.
+        let locale = user
+            .as_ref()
+            .map(|u| u.locale.clone())
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| request.locale.clone());
         if !request.email.is_empty() {
             let address = Address::from_str(&request.email).map_err(|e| {
                 TokenError::Invalid(validation::violation(
@@ -300,10 +327,10 @@ impl TokenService {
                     )));
                 }
             }
-            return Ok((address, name));
+            return Ok((address, name, locale));
         }
         match user.as_ref().and_then(|u| u.address()) {
-            Some(address) => Ok((address, name)),
+            Some(address) => Ok((address, name, locale)),
             None => Err(TokenError::NoAddress(request.login.clone())),
         }
     }
@@ -518,6 +545,7 @@ fn check_issue(r: &IssueRequest) -> Result<(Purpose, String, Option<String>), Vi
             Address::from_str(&r.email).map_err(|e| format!("is not an email address ({e})")),
         );
     }
+    v.check("locale", crate::locale::tag(&r.locale));
     let link = if r.send_email {
         v.check("link_template", link_template(&r.link_template))
     } else {

@@ -187,6 +187,10 @@ impl TestServer {
         pb::notifier_client::NotifierClient::with_interceptor(self.channel(), Bearer::new(key))
     }
 
+    pub fn templates(&self, key: &str) -> TemplatesClient {
+        pb::templates_client::TemplatesClient::with_interceptor(self.channel(), Bearer::new(key))
+    }
+
     pub fn directory(&self, key: &str) -> DirectoryClient {
         pb::directory_client::DirectoryClient::with_interceptor(self.channel(), Bearer::new(key))
     }
@@ -343,6 +347,8 @@ pub type TokenClient = pb::token_client::TokenClient<InterceptedService<Channel,
 pub type NotifierClient = pb::notifier_client::NotifierClient<InterceptedService<Channel, Bearer>>;
 pub type DirectoryClient =
     pb::directory_client::DirectoryClient<InterceptedService<Channel, Bearer>>;
+pub type TemplatesClient =
+    pb::templates_client::TemplatesClient<InterceptedService<Channel, Bearer>>;
 pub type KeysClient = pb::api_keys_client::ApiKeysClient<InterceptedService<Channel, Bearer>>;
 
 /// The origins the helpers' SMTP settings let token emails link to.

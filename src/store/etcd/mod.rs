@@ -66,6 +66,7 @@ mod outbox;
 mod security;
 mod settings;
 mod snapshot;
+mod templates;
 mod tokens;
 mod watch;
 mod windows;

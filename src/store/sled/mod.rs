@@ -14,6 +14,7 @@
 //! - `keys.rs`: the trees and the keys of every record and index;
 //! - `flusher.rs` and `files.rs`: the group commit and the sync of sled's files;
 //! - `settings.rs` and `accounts.rs`: the SMTP settings and key check, API keys and users;
+//! - `templates.rs`: overrides of the built-in emails, organisations' locale settings;
 //! - `outbox.rs`: queuing batches, replacing messages and their index entries, reading them;
 //! - `content.rs`: a message's sealed content, apart from its record when large;
 //! - `claims.rs`: claims held in memory;
@@ -49,6 +50,7 @@ mod outbox;
 mod recovery;
 mod settings;
 mod snapshot;
+mod templates;
 mod tokens;
 mod windows;
 
@@ -74,6 +76,8 @@ pub struct SledStore {
     rate_limits: sled::Tree,
     /// Quota tallies by key (`crate::quota::Tally`).
     tallies: sled::Tree,
+    /// Email template overrides and locale settings (`templates.rs`).
+    templates: sled::Tree,
     enqueue_lock: tokio::sync::Mutex<()>,
     locks: Vec<std::sync::Mutex<()>>,
     /// Numbers the intent keys of message replacements.
@@ -118,6 +122,7 @@ impl SledStore {
             token_purge: tree(keyspace::TOKEN_PURGE.tree)?,
             rate_limits: tree(keyspace::RATE_LIMITS.tree)?,
             tallies: tree(keyspace::QUOTA_TALLIES.tree)?,
+            templates: tree(keyspace::EMAIL_TEMPLATES.tree)?,
             enqueue_lock: tokio::sync::Mutex::new(()),
             locks: (0..LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
             swaps: std::sync::atomic::AtomicU64::new(0),
