@@ -1057,7 +1057,7 @@ async fn no_secret_assertion_or_token_reaches_a_response_the_log_or_the_store() 
 
 /// Secrets on the failure paths, through the built binary logging everything (trace, JSON):
 /// a wrong SMTP password refused at AUTH, by TestSmtpSettings and by a delivery; a TLS
-/// client key that is not its certificate's, in a failed test; an OAuth2 client secret the
+/// client key that is not its certificate's, in a refused test; an OAuth2 client secret the
 /// token endpoint refuses. None of them reaches a log line.
 #[tokio::test]
 async fn no_secret_reaches_the_log_on_a_failure_path() {
@@ -1118,9 +1118,21 @@ async fn no_secret_reaches_the_log_on_a_failure_path() {
             ..microsoft(&endpoint.url)
         },
     );
+    // A client key not the certificate's is refused before any connection, naming it.
+    let refused = admin_smtp
+        .test_smtp_settings(pb::TestSmtpSettingsRequest {
+            settings: Some(with_client_key),
+            recipient: "soc@example.com".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        crate::support::violated_fields(&refused),
+        ["settings.tls.client_key_pem"],
+        "{refused:?}"
+    );
     for (what, settings) in [
         ("a wrong password", wrong_password.clone()),
-        ("a client key not the certificate's", with_client_key),
         ("a refused client secret", wrong_secret),
     ] {
         let report = admin_smtp

@@ -16,7 +16,7 @@ use std::time::Duration;
 use mailroom::config::{Args, StoreKind};
 use mailroom::proto::v1 as pb;
 use support::process::hermetic;
-use support::smtp::{refused_port, Pki, SmtpServer};
+use support::smtp::{held_listener, HeldPort, Options, Pki, SmtpServer};
 use support::{eventually, issue_request, test_clock, TestServer};
 use tonic::Code;
 
@@ -230,14 +230,17 @@ struct Made {
     message: String,
     /// A line of the client key of the SMTP settings.
     client_key_line: String,
+    /// The relay's port in the SMTP settings: refusing connections until a relay serves it.
+    relay: HeldPort,
     /// Secrets that must never be in an export in clear.
     secrets: Vec<String>,
 }
 
 /// Gives the store of `server` a record of every kind: SMTP settings with a password and
-/// a client key, API keys, users, tokens (active and consumed) and their rate windows, a
-/// message sent, and another queued with an idempotency key (and the quota tallies they
-/// counted), left `RETRYING` since its relay refuses connections, and the key check.
+/// a client certificate and key (of `pki`'s CA), API keys, users, tokens (active and
+/// consumed) and their rate windows, a message sent, and another queued with an idempotency
+/// key (and the quota tallies they counted), left `RETRYING` since its relay refuses
+/// connections (until [`Made::relay`] serves), and the key check.
 async fn populate(server: &TestServer, pki: &Arc<Pki>) -> Made {
     let earlier = SmtpServer::with_auth(pki, "relay", PASSWORD);
     server
@@ -250,16 +253,10 @@ async fn populate(server: &TestServer, pki: &Arc<Pki>) -> Made {
         .wait_for_state(&sent[0], pb::MessageState::Sent)
         .await;
     drop(earlier);
-    let client = rcgen::generate_simple_self_signed(vec!["mailroom.example.com".into()]).unwrap();
-    let client_key = client.key_pair.serialize_pem();
-    let client_certificate = client.cert.pem();
+    let client_key = pki.client_key_pem.clone();
+    let (port, relay) = held_listener();
     server
-        .save_smtp(smtp_settings(
-            refused_port(),
-            pki,
-            &client_certificate,
-            &client_key,
-        ))
+        .save_smtp(smtp_settings(port, pki, &pki.client_cert_pem, &client_key))
         .await;
     server
         .add_user("alice", "Alice", "alice@example.com", &["acme"])
@@ -322,6 +319,7 @@ async fn populate(server: &TestServer, pki: &Arc<Pki>) -> Made {
         key,
         message,
         client_key_line,
+        relay,
     }
 }
 
@@ -488,31 +486,15 @@ async fn round_trip(from: Place, to: Place, how: Move) {
     assert!(duplicate.duplicate);
     assert_eq!(duplicate.message_ids, std::slice::from_ref(&made.message));
 
-    // The queued message is delivered once, once its relay answers; the one sent before
-    // the move is not sent again.
-    let relay = SmtpServer::with_auth(&pki, "relay", PASSWORD);
-    // Without the client certificate: the test relay asks for none.
-    target
-        .smtp(&target.admin_key)
-        .update_smtp_settings(pb::UpdateSmtpSettingsRequest {
-            settings: Some(pb::SmtpSettings {
-                port: relay.addr.port().into(),
-                password: PASSWORD.into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: [
-                    "port",
-                    "password",
-                    "tls.client_certificate_pem",
-                    "tls.client_key_pem",
-                ]
-                .map(String::from)
-                .to_vec(),
-            }),
-        })
-        .await
-        .expect("point the settings at the relay");
+    // The queued message is delivered once, once its relay answers, with the settings as
+    // they moved: the password, and the client certificate and key the relay demands. The
+    // one sent before the move is not sent again.
+    let relay = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        credentials: Some(("relay".into(), PASSWORD.into())),
+        client_auth: true,
+        listener: Some(made.relay.clone()),
+    });
     target.advance(Duration::from_secs(3600));
     let delivered = target
         .wait_for_state(&made.message, pb::MessageState::Sent)
@@ -531,6 +513,19 @@ async fn round_trip(from: Place, to: Place, how: Move) {
         .filter_map(|m| m.header("Subject"))
         .collect();
     assert_eq!(subjects, ["Moved once"]);
+    let presented = {
+        use rustls::pki_types::pem::PemObject;
+        let pem = pki.client_cert_pem.as_bytes();
+        rustls::pki_types::CertificateDer::from_pem_slice(pem).unwrap()
+    };
+    let sessions = relay.seen().client_certificates;
+    assert!(
+        !sessions.is_empty()
+            && sessions
+                .iter()
+                .all(|c| c.as_deref() == Some(&presented[..])),
+        "every TLS session with the relay presented the client certificate"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -499,6 +499,88 @@ async fn settings_survive_a_restart() {
     );
 }
 
+/// A client certificate and key that TLS cannot use together are refused when saved, naming
+/// the field at fault: a key that is not the certificate's (given with it, or stored and
+/// kept while the certificate changes), a certificate that is PEM but not X.509.
+#[tokio::test]
+async fn a_client_certificate_tls_cannot_use_is_refused_naming_its_field() {
+    let _watchdog = crate::support::watchdog();
+    let server = TestServer::start().await;
+    let mut smtp = server.smtp(&server.admin_key);
+    let client = rcgen::generate_simple_self_signed(vec!["mailroom.example.com".into()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["mailroom.example.com".into()]).unwrap();
+    let with_pair = |certificate: String, key: String| {
+        let mut settings = valid();
+        settings.tls = Some(pb::TlsSettings {
+            client_certificate_pem: certificate,
+            client_key_pem: key,
+            ..Default::default()
+        });
+        settings
+    };
+    let not_x509 = "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n";
+    let cases = [
+        (
+            with_pair(client.cert.pem(), other.key_pair.serialize_pem()),
+            "settings.tls.client_key_pem",
+            "is not the private key of the first certificate",
+        ),
+        (
+            with_pair(not_x509.into(), client.key_pair.serialize_pem()),
+            "settings.tls.client_certificate_pem",
+            "certificate 1 of 1 is not an X.509 certificate",
+        ),
+        (
+            with_pair(
+                format!("{}{not_x509}", client.cert.pem()),
+                client.key_pair.serialize_pem(),
+            ),
+            "settings.tls.client_certificate_pem",
+            "certificate 2 of 2 is not an X.509 certificate",
+        ),
+    ];
+    for (settings, field, why) in cases {
+        let status = smtp
+            .update_smtp_settings(update(settings, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(violated_fields(&status), [field], "{status:?}");
+        assert!(description(&status, field).contains(why), "{status:?}");
+    }
+
+    // Stored with its own key; the certificate alone replaced by another's: the stored key
+    // is not the new certificate's.
+    let saved = smtp
+        .update_smtp_settings(update(
+            with_pair(client.cert.pem(), client.key_pair.serialize_pem()),
+            &[],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut change = valid();
+    change.tls = Some(pb::TlsSettings {
+        client_certificate_pem: other.cert.pem(),
+        ..Default::default()
+    });
+    let status = smtp
+        .update_smtp_settings(update(change, &["tls.client_certificate_pem"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&status),
+        ["settings.tls.client_key_pem"],
+        "{status:?}"
+    );
+    let unchanged = smtp
+        .get_smtp_settings(pb::GetSmtpSettingsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unchanged, saved, "nothing saved");
+}
+
 /// The `BadRequest` description of `field` in an `INVALID_ARGUMENT` status.
 fn description(status: &tonic::Status, field: &str) -> String {
     use tonic_types::StatusExt;

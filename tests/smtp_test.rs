@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroom::proto::v1 as pb;
-use support::smtp::{refused_port, silent_server, tls_terminator, Options, Pki, SmtpServer};
+use support::smtp::{
+    mtls_terminator, refused_port, silent_server, tls_terminator, Options, Pki, SmtpServer,
+};
 use support::{violated_fields, TestServer};
 
 const PASSWORD: &str = "smtp-test-password-1234";
@@ -200,6 +202,104 @@ async fn implicit_tls_with_a_custom_ca() {
         "{:?}",
         report.steps[1]
     );
+}
+
+/// `s` with the client certificate `pki`'s CA issued, and its key.
+fn with_client_certificate(mut s: pb::SmtpSettings, pki: &Pki) -> pb::SmtpSettings {
+    let tls = s.tls.get_or_insert_with(Default::default);
+    tls.client_certificate_pem = pki.client_cert_pem.clone();
+    tls.client_key_pem = pki.client_key_pem.clone();
+    s
+}
+
+/// The DER of the certificate `pem`.
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// Saves `settings`, then sends a message through them: its state once sent.
+async fn deliver(server: &TestServer, mut settings: pb::SmtpSettings) -> pb::Message {
+    settings.link_origins = support::link_origins();
+    server.save_smtp(settings).await;
+    let sent = server
+        .send_to(&[RECIPIENT], "Over mTLS", "Case 42 was opened.")
+        .await;
+    server
+        .wait_for_state(&sent[0], pb::MessageState::Sent)
+        .await
+}
+
+/// A relay that demands a client certificate of its CA over STARTTLS (mTLS): without one
+/// the TLS stage fails and nothing is sent; with `tls.client_certificate_pem` and
+/// `tls.client_key_pem` (rcgen's ECDSA P-256 key, PKCS#8) the staged test and a queued
+/// message both get through, and the relay saw that certificate.
+#[tokio::test]
+async fn starttls_presents_the_client_certificate_to_a_relay_that_demands_one() {
+    let _watchdog = crate::support::watchdog();
+    let server = TestServer::start().await;
+    let pki = Arc::new(Pki::new());
+    let relay = SmtpServer::start(Options {
+        starttls: Some(pki.clone()),
+        client_auth: true,
+        ..Default::default()
+    });
+    let without = with_ca(
+        settings(relay.addr.port(), pb::ConnectionSecurity::Starttls),
+        &pki,
+    );
+    let report = test(&server, Some(without.clone()), RECIPIENT).await;
+    assert!(!report.success, "{report:#?}");
+    assert_eq!(
+        (last(&report).stage(), last(&report).ok),
+        (pb::TestStage::Tls, false),
+        "{report:#?}"
+    );
+    assert!(relay.seen().mail_from.is_empty());
+
+    let given = with_client_certificate(without, &pki);
+    let report = test(&server, Some(given.clone()), RECIPIENT).await;
+    assert_delivered(&relay, &report);
+    let presented = der(&pki.client_cert_pem);
+    assert_eq!(
+        relay.seen().client_certificates.last(),
+        Some(&Some(presented.clone()))
+    );
+
+    let message = deliver(&server, given).await;
+    assert!(message.last_error.is_empty(), "{message:?}");
+    let seen = relay.seen();
+    assert_eq!(seen.messages.len(), 2);
+    assert_eq!(
+        seen.messages[1].header("Subject").as_deref(),
+        Some("Over mTLS")
+    );
+    assert_eq!(seen.client_certificates.last(), Some(&Some(presented)));
+}
+
+/// [`starttls_presents_the_client_certificate_to_a_relay_that_demands_one`] over implicit
+/// TLS: a terminator that demands the certificate before the relay behind it hears a word.
+#[tokio::test]
+async fn implicit_tls_presents_the_client_certificate_to_a_relay_that_demands_one() {
+    let _watchdog = crate::support::watchdog();
+    let server = TestServer::start().await;
+    let pki = Pki::new();
+    let relay = SmtpServer::start(Options::default());
+    let smtps = mtls_terminator(&pki, relay.addr).await;
+    let without = with_ca(settings(smtps.port(), pb::ConnectionSecurity::Ssl), &pki);
+    let report = test(&server, Some(without.clone()), RECIPIENT).await;
+    assert!(!report.success, "{report:#?}");
+    assert!(relay.seen().helo.is_empty(), "the relay heard nothing");
+
+    let given = with_client_certificate(without, &pki);
+    let report = test(&server, Some(given.clone()), RECIPIENT).await;
+    assert_delivered(&relay, &report);
+
+    let message = deliver(&server, given).await;
+    assert!(message.last_error.is_empty(), "{message:?}");
+    assert_eq!(relay.seen().messages.len(), 2);
 }
 
 #[tokio::test]

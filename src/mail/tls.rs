@@ -1,8 +1,10 @@
 //! TLS toward the SMTP server, from the settings: the web PKI roots plus the settings' CA
 //! certificates, the name to verify, the client certificate, and the explicit opt-out of
 //! verification. One policy, in the two forms the code needs: lettre's `TlsParameters`
-//! (STARTTLS, and the pooled transport) and a rustls `ClientConfig` (the staged test's
-//! implicit TLS, which opens the TLS stream itself).
+//! (STARTTLS, which lettre starts) and a rustls `ClientConfig` (implicit TLS, whose stream
+//! the connection opens itself). The client certificate is checked when the policy is made
+//! ([`ClientIdentity`]): a certificate or key that cannot be used fails the TLS stage naming
+//! its field.
 
 use std::sync::Arc;
 
@@ -10,12 +12,13 @@ use lettre::transport::smtp::client::{Certificate, Identity, TlsParameters};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::MailError;
 use crate::crypto::MasterKey;
+use crate::settings::identity::ClientIdentity;
 use crate::settings::SmtpSettings;
 
 /// How to secure a connection to the SMTP server.
@@ -23,11 +26,13 @@ pub struct TlsPolicy {
     server_name: String,
     ca_certificates: Vec<CertificateDer<'static>>,
     accept_invalid_certificates: bool,
-    client: Option<ClientIdentity>,
+    client: Option<Client>,
 }
 
-struct ClientIdentity {
-    certificate_pem: String,
+/// The client certificate, checked when the policy is made.
+struct Client {
+    identity: ClientIdentity,
+    /// The key as given, for lettre, which takes it as PEM.
     key_pem: SecretString,
 }
 
@@ -38,12 +43,12 @@ impl TlsPolicy {
             CertificateDer::pem_slice_iter(settings.tls.ca_certificates_pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| MailError::Tls(format!("CA certificates: {e}")))?;
+        let certificate_pem = &settings.tls.client_certificate_pem;
         let client = match settings.client_key_pem(key)? {
-            Some(key_pem) if !settings.tls.client_certificate_pem.is_empty() => {
-                Some(ClientIdentity {
-                    certificate_pem: settings.tls.client_certificate_pem.clone(),
-                    key_pem,
-                })
+            Some(key_pem) if !certificate_pem.is_empty() => {
+                let identity = ClientIdentity::parse(certificate_pem, key_pem.expose_secret())
+                    .map_err(|(field, why)| MailError::Tls(format!("{}: {why}", field.name())))?;
+                Some(Client { identity, key_pem })
             }
             _ => None,
         };
@@ -74,11 +79,17 @@ impl TlsPolicy {
             builder = builder.add_root_certificate(cert);
         }
         if let Some(client) = &self.client {
+            // With the rustls backend, lettre's `Identity::from_pem` does not decode its
+            // first argument: it presents those bytes as the DER of the one certificate it
+            // sends. Given the PEM text, rustls refused it as `invalid peer certificate:
+            // BadEncoding` (its own client certificate, not the server's) before any
+            // handshake. So the DER of the client's own certificate: lettre presents that
+            // one only, no intermediates (implicit TLS, through `rustls`, sends the chain).
             let identity = Identity::from_pem(
-                client.certificate_pem.as_bytes(),
+                client.identity.chain[0].as_ref(),
                 client.key_pem.expose_secret().as_bytes(),
             )
-            .map_err(tls_error)?;
+            .map_err(|e| MailError::Tls(format!("tls.client_key_pem: {e}")))?;
             builder = builder.identify_with(identity);
         }
         builder.build_rustls().map_err(tls_error)
@@ -103,16 +114,16 @@ impl TlsPolicy {
             builder.with_root_certificates(roots)
         };
         let config = match &self.client {
-            Some(client) => {
-                let chain = CertificateDer::pem_slice_iter(client.certificate_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(tls_error)?;
-                let key = PrivateKeyDer::from_pem_slice(client.key_pem.expose_secret().as_bytes())
-                    .map_err(tls_error)?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(tls_error)?
-            }
+            Some(client) => builder
+                .with_client_auth_cert(
+                    client.identity.chain.clone(),
+                    client.identity.key.clone_key(),
+                )
+                .map_err(|e| {
+                    MailError::Tls(format!(
+                        "tls.client_certificate_pem and tls.client_key_pem: {e}"
+                    ))
+                })?,
             None => builder.with_no_client_auth(),
         };
         let name = ServerName::try_from(self.server_name.clone())

@@ -27,10 +27,12 @@ use crate::crypto::{CryptoError, MasterKey, Sealed};
 use crate::metrics::Metrics;
 use crate::ports::StoreError;
 use crate::validation::{self, Violations};
+use identity::ClientIdentity;
 
 mod auth;
 mod fields;
 pub(crate) mod guard;
+pub mod identity;
 pub(crate) mod oauth2;
 mod port;
 
@@ -827,17 +829,38 @@ fn merge(
             Host::try_from(server_name.clone()),
         );
     }
-    if !client_cert.is_empty() {
-        v.check(
+    let certificate_read = client_cert.is_empty()
+        || v.check(
             "settings.tls.client_certificate_pem",
             fields::certificates_pem(&client_cert),
-        );
-    }
-    if let SecretChange::Set(k) = &client_key {
-        v.check(
-            "settings.tls.client_key_pem",
-            fields::private_key_pem(k.expose_secret()),
-        );
+        )
+        .is_some();
+    let key_read = match &client_key {
+        SecretChange::Set(k) => v
+            .check(
+                "settings.tls.client_key_pem",
+                fields::private_key_pem(k.expose_secret()),
+            )
+            .is_some(),
+        _ => true,
+    };
+    // The certificate and its key as TLS will use them, whenever either is new: each
+    // certificate X.509, a key TLS signs with, and the certificate's own.
+    let certificate_changed =
+        ct.map(|t| t.client_certificate_pem.as_str()) != Some(client_cert.as_str());
+    let pair_key = match &client_key {
+        SecretChange::Set(k) => Some(k.clone()),
+        SecretChange::Keep if certificate_changed => {
+            current.and_then(|c| c.client_key_pem(key).ok().flatten())
+        }
+        _ => None,
+    };
+    if let (false, true, true, Some(k)) =
+        (client_cert.is_empty(), certificate_read, key_read, pair_key)
+    {
+        if let Err((field, why)) = ClientIdentity::parse(&client_cert, k.expose_secret()) {
+            v.add(format!("settings.{}", field.name()), why);
+        }
     }
     let key_stored = ct.is_some_and(|t| t.client_key.is_some());
     let has_key = match &client_key {

@@ -1,7 +1,8 @@
 //! A real SMTP server in the test process: mailin's SMTP state machine (STARTTLS and AUTH
 //! when asked) on a thread per connection, stopped when its test drops it; a tokio-rustls
 //! terminator in front for implicit TLS, and a silent server that accepts connections and
-//! never answers. Certificates come from a test CA made by rcgen.
+//! never answers. Certificates come from a test CA made by rcgen; with `client_auth` the
+//! server demands a client certificate of that CA (mTLS, rustls' `WebPkiClientVerifier`).
 //!
 //! Not mailin-embedded's `Server`, whose `serve()` never returns: its accept loop has no way
 //! out and its pool of threads lives to the end of the test process. The loop here is the
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use mailin::{response, Action, AuthMechanism, Handler, Response, Session, SessionBuilder};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
 /// What the server saw.
 #[derive(Clone, Debug, Default)]
@@ -28,6 +29,8 @@ pub struct Seen {
     pub auth: Vec<(String, String)>,
     /// Every accepted message.
     pub messages: Vec<Received>,
+    /// The client certificate of every TLS session (DER), if the client presented one.
+    pub client_certificates: Vec<Option<Vec<u8>>>,
 }
 
 /// A message the server accepted.
@@ -73,11 +76,15 @@ impl Received {
     }
 }
 
-/// A test CA and a server certificate it signed for `localhost` and 127.0.0.1.
+/// A test CA, a server certificate it signed for `localhost` and 127.0.0.1, and a client
+/// certificate it signed for `mailroom.example.com` (ECDSA P-256 keys, PKCS#8, as rcgen
+/// makes them).
 pub struct Pki {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
 
 impl Pki {
@@ -94,10 +101,17 @@ impl Pki {
             .unwrap()
             .signed_by(&leaf_key, &ca, &ca_key)
             .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params =
+            CertificateParams::new(vec!["mailroom.example.com".to_string()]).unwrap();
+        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
         Self {
             ca_pem: ca.pem(),
             cert_pem: leaf.pem(),
             key_pem: leaf_key.serialize_pem(),
+            client_cert_pem: client.pem(),
+            client_key_pem: client_key.serialize_pem(),
         }
     }
 }
@@ -107,6 +121,9 @@ impl Pki {
 pub struct Options {
     /// Offer STARTTLS with these certificates.
     pub starttls: Option<Arc<Pki>>,
+    /// With STARTTLS, demand a client certificate issued by the PKI's CA: a client without
+    /// one (or with another) fails the handshake.
+    pub client_auth: bool,
     /// Require AUTH (after STARTTLS) with this user and password.
     pub credentials: Option<(String, String)>,
     /// Serve on this port, bound earlier and refusing connections until now
@@ -233,7 +250,7 @@ impl SmtpServer {
         let tls = options
             .starttls
             .as_ref()
-            .map(|pki| Arc::new(server_config(pki)));
+            .map(|pki| Arc::new(server_config(pki, options.client_auth)));
         if tls.is_some() {
             sessions.enable_start_tls();
         }
@@ -320,6 +337,7 @@ fn converse(
     tls: Option<Arc<rustls::ServerConfig>>,
     handler: Recorder,
 ) -> std::io::Result<()> {
+    let seen = handler.seen.clone();
     let mut session = sessions.build(stream.peer_addr()?.ip(), handler);
     let mut plain = BufReader::new(stream);
     plain.get_mut().write_all(&session.greeting().buffer()?)?;
@@ -330,7 +348,11 @@ fn converse(
         return Ok(());
     };
     let connection = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
-    let mut secure = BufReader::new(rustls::StreamOwned::new(connection, plain.into_inner()));
+    let mut tls = rustls::StreamOwned::new(connection, plain.into_inner());
+    tls.conn.complete_io(&mut tls.sock)?;
+    let presented = tls.conn.peer_certificates().map(|chain| chain[0].to_vec());
+    seen.lock().unwrap().client_certificates.push(presented);
+    let mut secure = BufReader::new(tls);
     session.tls_active();
     exchange(&mut session, &mut secure)?;
     Ok(())
@@ -360,24 +382,45 @@ fn exchange<S: Read + Write>(
     }
 }
 
-/// A rustls server configuration with `pki`'s certificate.
-fn server_config(pki: &Pki) -> rustls::ServerConfig {
+/// A rustls server configuration with `pki`'s certificate, demanding a client certificate
+/// of `pki`'s CA with `client_auth`.
+fn server_config(pki: &Pki, client_auth: bool) -> rustls::ServerConfig {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     let chain = vec![CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
-    rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap()
+    let builder = rustls::ServerConfig::builder();
+    let builder = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    builder.with_single_cert(chain, key).unwrap()
 }
 
 /// Implicit TLS (SMTPS) in front of a plain server: accepts TLS with `pki`'s certificate on
 /// 127.0.0.1:0 and relays the plaintext to `backend`.
 pub async fn tls_terminator(pki: &Pki, backend: SocketAddr) -> SocketAddr {
+    terminator(pki, false, backend).await
+}
+
+/// A [`tls_terminator`] that demands a client certificate issued by `pki`'s CA: a client
+/// without one (or with another) fails the handshake and never reaches `backend`.
+pub async fn mtls_terminator(pki: &Pki, backend: SocketAddr) -> SocketAddr {
+    terminator(pki, true, backend).await
+}
+
+async fn terminator(pki: &Pki, client_auth: bool, backend: SocketAddr) -> SocketAddr {
     install_crypto_provider();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(pki)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(pki, client_auth)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
