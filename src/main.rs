@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mailroom::config::{Args, Command};
-use mailroom::snapshot::{Counts, Kind};
+use mailroom::server::{exported, imported, migrated};
 
 /// mimalloc: under many requests in flight, glibc's malloc spent a quarter of the CPU of
 /// `IssueToken` in its arena locks; mimalloc's per-thread heaps raised durable-RPC
@@ -71,18 +71,7 @@ async fn serve() -> ExitCode {
                 "export",
                 mailroom::server::export(&args, &export.out)
                     .await
-                    .map(|header| {
-                        println!(
-                            "mailroom export: wrote {} ({})",
-                            export.out.display(),
-                            describe(&header.counts)
-                        );
-                        println!(
-                            "It holds the store's secrets sealed under the master key, and \
-                             the digests of its API keys and tokens: keep it as you keep the \
-                             master key."
-                        );
-                    }),
+                    .map(|header| println!("{}", exported(&export.out, &header))),
             );
         }
         Some(Command::Import(import)) => {
@@ -92,13 +81,7 @@ async fn serve() -> ExitCode {
                 "import",
                 mailroom::server::import(&args, &import.from, import.replace)
                     .await
-                    .map(|header| {
-                        println!(
-                            "mailroom import: read {} ({})",
-                            import.from.display(),
-                            describe(&header.counts)
-                        );
-                    }),
+                    .map(|header| println!("{}", imported(&import.from, &header))),
             );
         }
         Some(Command::Migrate(migrate)) => {
@@ -108,7 +91,7 @@ async fn serve() -> ExitCode {
                 "migrate",
                 mailroom::server::migrate(&args, migrate.to_store, migrate.replace)
                     .await
-                    .map(|counts| print_migrated(&args, &counts)),
+                    .map(|counts| println!("{}", migrated(&args, &counts))),
             );
         }
         None => mailroom::server::init_tracing(args.log_format),
@@ -138,35 +121,6 @@ fn finish(command: &str, outcome: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// What `migrate` moved, per kind, and what to do next.
-fn print_migrated(args: &Args, counts: &Counts) {
-    println!(
-        "mailroom migrate: moved the embedded store in {} to etcd at {} (prefix {}):",
-        args.data_dir.display(),
-        args.etcd_endpoints.join(","),
-        args.etcd_prefix
-    );
-    for kind in Kind::ALL {
-        println!(
-            "  {:<12} {}",
-            kind.name(),
-            counts.get(&kind).copied().unwrap_or(0)
-        );
-    }
-    println!(
-        "Next: start the replicas with --store etcd, the same --etcd-* flags, and the same \
-         master key ({}: copy it to each replica, --master-key-file); the API keys' secrets \
-         (admin.key too) and pending tokens keep working. Keep {} stopped: it no longer \
-         holds the current state.",
-        args.master_key_path().display(),
-        args.data_dir.display()
-    );
-}
-
-fn describe(counts: &Counts) -> String {
-    mailroom::snapshot::file::describe(counts)
 }
 
 #[cfg(test)]

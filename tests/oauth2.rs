@@ -1123,6 +1123,7 @@ async fn no_secret_reaches_the_log_on_a_failure_path() {
         .test_smtp_settings(pb::TestSmtpSettingsRequest {
             settings: Some(with_client_key),
             recipient: "soc@example.com".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -149,6 +149,9 @@ struct Shown {
     users: Vec<pb::User>,
     tokens: Vec<pb::TokenInfo>,
     messages: Vec<pb::Message>,
+    /// acme's override of the password-changed email in French, and the platform's.
+    templates: Vec<pb::EmailTemplate>,
+    locale: pb::LocaleSettings,
 }
 
 async fn shown(server: &TestServer) -> Shown {
@@ -208,12 +211,38 @@ async fn shown(server: &TestServer) -> Shown {
         .unwrap()
         .into_inner()
         .messages;
+    let mut templates = Vec::new();
+    for (organisation, platform) in [("acme", false), ("", true)] {
+        templates.push(
+            server
+                .templates(admin)
+                .get_email_template(pb::GetEmailTemplateRequest {
+                    organisation: organisation.into(),
+                    platform,
+                    kind: pb::EmailKind::PasswordChanged.into(),
+                    locale: "fr".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let locale = server
+        .templates(admin)
+        .get_locale_settings(pb::GetLocaleSettingsRequest {
+            organisation: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     Shown {
         settings,
         keys,
         users,
         tokens,
         messages,
+        templates,
+        locale,
     }
 }
 
@@ -302,6 +331,35 @@ async fn populate(server: &TestServer, pki: &Arc<Pki>) -> Made {
         .unwrap()
         .into_inner();
     let message = sent.message_ids[0].clone();
+    // An override of a built-in email for acme and one for the platform, and acme's
+    // default locale.
+    for (organisation, platform, subject) in
+        [("acme", false, "acme: {{login}}"), ("", true, "{{login}}")]
+    {
+        server
+            .templates(&server.admin_key)
+            .update_email_template(pb::UpdateEmailTemplateRequest {
+                organisation: organisation.into(),
+                platform,
+                kind: pb::EmailKind::PasswordChanged.into(),
+                locale: "fr".into(),
+                subject: subject.into(),
+                text_body: "Mot de passe changé : {{login}}.\n".into(),
+                html_body: "<p>Mot de passe changé : <b>{{login}}</b></p>".into(),
+                etag: String::new(),
+            })
+            .await
+            .expect("an override");
+    }
+    server
+        .templates(&server.admin_key)
+        .update_locale_settings(pb::UpdateLocaleSettingsRequest {
+            organisation: "acme".into(),
+            default_locale: "fr".into(),
+            etag: String::new(),
+        })
+        .await
+        .expect("acme's default locale");
     server
         .wait_for_state(&message, pb::MessageState::Retrying)
         .await;
@@ -383,6 +441,8 @@ async fn round_trip(from: Place, to: Place, how: Move) {
         ("settings", 1),
         ("api_key", 2),
         ("user", 2),
+        ("email_template", 2),
+        ("locale_settings", 1),
         ("token", 2),
         ("idempotency", 1),
         ("message", 2),

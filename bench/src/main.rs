@@ -121,6 +121,10 @@ impl Server {
                 "1000000000",
                 "--org-bytes-per-day",
                 "1000000000000",
+                "--org-tokens-per-hour",
+                "1000000000",
+                "--org-user-changes-per-hour",
+                "1000000000",
             ])
             .arg("--data-dir")
             .arg(data_dir)

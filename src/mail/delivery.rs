@@ -71,7 +71,7 @@ pub struct Delivery {
 }
 
 /// A claimed message and the settings to send it with.
-type Job = (OutboxMessage, Arc<SmtpSettings>);
+type Claimed = (OutboxMessage, Arc<SmtpSettings>);
 
 impl Delivery {
     /// Workers sending at most `workers` messages at once, woken by `wake`.
@@ -114,7 +114,7 @@ impl Delivery {
     /// Delivers until `stopping` is cancelled, then lets the senders finish what they hold
     /// (at most `grace`).
     pub async fn run(self, stopping: CancellationToken, grace: Duration) {
-        let (jobs, queue) = job_queue(self.workers);
+        let (to_senders, queue) = claim_queue(self.workers);
         let mut senders = tokio::task::JoinSet::new();
         for n in 0..self.workers {
             let sender = Sender {
@@ -133,8 +133,8 @@ impl Delivery {
             );
         }
         drop(queue);
-        self.dispatch(&jobs, &stopping).await;
-        drop(jobs);
+        self.dispatch(&to_senders, &stopping).await;
+        drop(to_senders);
         let all = async { while senders.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all).await.is_err() {
             // Dropping the set stops them.
@@ -144,7 +144,7 @@ impl Delivery {
         }
     }
 
-    async fn dispatch(&self, jobs: &mpsc::Sender<Job>, stopping: &CancellationToken) {
+    async fn dispatch(&self, to_senders: &mpsc::Sender<Claimed>, stopping: &CancellationToken) {
         while !stopping.is_cancelled() {
             let settings = match self.settings.get().await {
                 Ok(Some(settings)) => settings,
@@ -181,7 +181,7 @@ impl Delivery {
             }
             for message in due {
                 let slot = tokio::select! {
-                    slot = jobs.reserve() => slot,
+                    slot = to_senders.reserve() => slot,
                     () = stopping.cancelled() => return,
                 };
                 let Ok(slot) = slot else { return };
@@ -225,15 +225,15 @@ impl Delivery {
     }
 }
 
-/// A bounded queue of jobs that several senders take from. By hand (a receiver behind a
+/// A bounded queue of claimed messages that several senders take from. By hand (a receiver behind a
 /// mutex) rather than a multi-consumer channel crate: dispatch reserves a place in the
 /// queue (`mpsc::Sender::reserve`) before it claims a message, so that a message is claimed
 /// only once a sender is free to take it; async-channel and flume offer no reservation.
-fn job_queue(
+fn claim_queue(
     capacity: usize,
 ) -> (
-    mpsc::Sender<Job>,
-    Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    mpsc::Sender<Claimed>,
+    Arc<tokio::sync::Mutex<mpsc::Receiver<Claimed>>>,
 ) {
     let (tx, rx) = mpsc::channel(capacity);
     (tx, Arc::new(tokio::sync::Mutex::new(rx)))
@@ -265,7 +265,7 @@ async fn quit(mut open: Open, within: Duration) {
     let _ = tokio::time::timeout(within, open.smtp.connection.quit()).await;
 }
 
-/// One sender: takes jobs, keeps a connection.
+/// One sender: takes claimed messages, keeps a connection.
 struct Sender {
     store: Arc<dyn OutboxStore>,
     settings: SettingsService,
@@ -286,7 +286,7 @@ enum Outcome {
 }
 
 impl Sender {
-    async fn run(mut self, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    async fn run(mut self, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Claimed>>>) {
         loop {
             let job = queue.lock().await.recv().await;
             let Some((mut message, settings)) = job else {

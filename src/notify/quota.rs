@@ -73,13 +73,19 @@ pub struct PendingCounts(
 );
 
 impl PendingCounts {
-    /// The count of `organisation` if fresh.
-    pub fn fresh(&self, organisation: &str) -> Option<u64> {
-        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        counts
-            .get(organisation)
-            .filter(|(at, _)| at.elapsed() < PENDING_FRESH)
-            .map(|(_, count)| *count)
+    /// The count of `organisation` to check a request against: the kept one while fresh.
+    /// `None` tells the caller to count: when none is kept, or to the first caller once the
+    /// kept one is stale, while the callers after it go on with the kept count until that
+    /// count is kept: a burst of requests walks the index once a second, not once each (64
+    /// requests in flight all walking a backlog had cost 1.3 ms of CPU a send).
+    pub fn current(&self, organisation: &str) -> Option<u64> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, count) = counts.get_mut(organisation)?;
+        if at.elapsed() >= PENDING_FRESH {
+            *at = std::time::Instant::now();
+            return None;
+        }
+        Some(*count)
     }
 
     /// Keeps `count` for `organisation`, counted at `at`.
@@ -115,21 +121,26 @@ mod tests {
     #[test]
     fn a_kept_pending_count_grows_with_what_is_queued_and_is_forgotten_on_change() {
         let counts = PendingCounts::default();
-        assert_eq!(counts.fresh("acme"), None);
+        assert_eq!(counts.current("acme"), None);
         counts.keep("acme", std::time::Instant::now(), 5);
         counts.add("acme", 2);
         counts.add("beta", 2);
-        assert_eq!(counts.fresh("acme"), Some(7));
+        assert_eq!(counts.current("acme"), Some(7));
         assert_eq!(
-            counts.fresh("beta"),
+            counts.current("beta"),
             None,
             "only a counted organisation grows"
         );
         counts.forget("acme");
-        assert_eq!(counts.fresh("acme"), None);
+        assert_eq!(counts.current("acme"), None);
         let stale = std::time::Instant::now() - PENDING_FRESH;
         counts.keep("acme", stale, 5);
-        assert_eq!(counts.fresh("acme"), None, "counted again after a second");
+        assert_eq!(counts.current("acme"), None, "counted again after a second");
+        assert_eq!(
+            counts.current("acme"),
+            Some(5),
+            "by the first caller only: the others go on with the kept count meanwhile"
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl NotifyService {
         organisation: &str,
         count: u64,
     ) -> Result<(), NotifyError> {
-        let pending = match self.pending.fresh(organisation) {
+        let pending = match self.pending.current(organisation) {
             Some(pending) => pending,
             None => {
                 let at = std::time::Instant::now();

@@ -61,7 +61,7 @@ use tls::tls_config;
 
 pub use jobs::sweeper::Sweeper;
 pub use master_key::rotate_master_key;
-pub use portability::{export, import, migrate};
+pub use portability::{export, exported, import, imported, migrate, migrated};
 pub use process::{init_tracing, shutdown_signal};
 
 /// The services whose health is reported, besides the server as a whole (`""`).

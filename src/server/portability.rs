@@ -214,3 +214,45 @@ async fn close(store: Arc<dyn Store>) -> anyhow::Result<()> {
     drop(store);
     Ok(())
 }
+
+/// What `mailroom export` says once it wrote `out`.
+pub fn exported(out: &Path, header: &Header) -> String {
+    format!(
+        "mailroom export: wrote {} ({})\nIt holds the store's secrets sealed under the master \
+         key, and the digests of its API keys and tokens: keep it as you keep the master key.",
+        out.display(),
+        file::describe(&header.counts)
+    )
+}
+
+/// What `mailroom import` says once it read `from` into the store.
+pub fn imported(from: &Path, header: &Header) -> String {
+    format!(
+        "mailroom import: read {} ({})",
+        from.display(),
+        file::describe(&header.counts)
+    )
+}
+
+/// What `mailroom migrate` says it moved, per kind, and what to do next.
+pub fn migrated(args: &Args, counts: &Counts) -> String {
+    let mut report = format!(
+        "mailroom migrate: moved the embedded store in {} to etcd at {} (prefix {}):\n",
+        args.data_dir.display(),
+        args.etcd_endpoints.join(","),
+        args.etcd_prefix
+    );
+    for kind in Kind::ALL {
+        let count = counts.get(&kind).copied().unwrap_or(0);
+        report.push_str(&format!("  {:<15} {count}\n", kind.name()));
+    }
+    report.push_str(&format!(
+        "Next: start the replicas with --store etcd, the same --etcd-* flags, and the same \
+         master key ({}: copy it to each replica, --master-key-file); the API keys' secrets \
+         (admin.key too) and pending tokens keep working. Keep {} stopped: it no longer \
+         holds the current state.",
+        args.master_key_path().display(),
+        args.data_dir.display()
+    ));
+    report
+}

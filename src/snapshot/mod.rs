@@ -27,6 +27,7 @@ use crate::notify::{Idempotency, OutboxMessage};
 use crate::ports::{Result, StoreError};
 use crate::quota::Tally;
 use crate::settings::SmtpSettings;
+use crate::templates::{LocaleSettings, TemplateOverride};
 use crate::tokens::{RateWindow, Token};
 
 pub mod file;
@@ -44,6 +45,10 @@ pub enum Kind {
     ApiKey,
     /// Users of the Directory.
     User,
+    /// Overrides of the built-in emails (an organisation's, the platform's).
+    EmailTemplate,
+    /// Organisations' default locales.
+    LocaleSettings,
     /// Password-reset and invitation tokens: their secrets as SHA-256 digests.
     Token,
     /// The issue-rate windows of token rate limits.
@@ -58,11 +63,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order of the file.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::KeyCheck,
         Kind::Settings,
         Kind::ApiKey,
         Kind::User,
+        Kind::EmailTemplate,
+        Kind::LocaleSettings,
         Kind::Token,
         Kind::RateWindow,
         Kind::QuotaTally,
@@ -77,6 +84,8 @@ impl Kind {
             Kind::Settings => "settings",
             Kind::ApiKey => "api_key",
             Kind::User => "user",
+            Kind::EmailTemplate => "email_template",
+            Kind::LocaleSettings => "locale_settings",
             Kind::Token => "token",
             Kind::RateWindow => "rate_window",
             Kind::QuotaTally => "quota_tally",
@@ -107,6 +116,10 @@ pub enum Portable {
     ApiKey(ApiKey),
     /// See [`Kind::User`].
     User(User),
+    /// See [`Kind::EmailTemplate`].
+    EmailTemplate(TemplateOverride),
+    /// See [`Kind::LocaleSettings`].
+    LocaleSettings(LocaleSettings),
     /// See [`Kind::Token`].
     Token(Token),
     /// See [`Kind::RateWindow`].
@@ -127,6 +140,8 @@ impl Portable {
             Portable::Settings(_) => Kind::Settings,
             Portable::ApiKey(_) => Kind::ApiKey,
             Portable::User(_) => Kind::User,
+            Portable::EmailTemplate(_) => Kind::EmailTemplate,
+            Portable::LocaleSettings(_) => Kind::LocaleSettings,
             Portable::Token(_) => Kind::Token,
             Portable::RateWindow(_) => Kind::RateWindow,
             Portable::QuotaTally(_) => Kind::QuotaTally,

@@ -40,6 +40,8 @@ pub fn unopened(record: &Portable, key: &MasterKey) -> Option<String> {
         }),
         Portable::ApiKey(_)
         | Portable::User(_)
+        | Portable::EmailTemplate(_)
+        | Portable::LocaleSettings(_)
         | Portable::Token(_)
         | Portable::RateWindow(_)
         | Portable::QuotaTally(_)

@@ -195,6 +195,14 @@ impl Snapshot for EtcdStore {
             .await?;
         self.family_at(keyspace::USERS, at, |_, user| sink(Portable::User(user)))
             .await?;
+        self.family_at(keyspace::EMAIL_TEMPLATES, at, |_, o| {
+            sink(Portable::EmailTemplate(o))
+        })
+        .await?;
+        self.family_at(keyspace::LOCALE_SETTINGS, at, |_, settings| {
+            sink(Portable::LocaleSettings(settings))
+        })
+        .await?;
         // Tokens through each login's list, in the order they were issued.
         let mut after: Option<Vec<u8>> = None;
         let lists = self.begin(keyspace::LOGIN_TOKENS);
@@ -314,6 +322,14 @@ impl Snapshot for EtcdStore {
                     add(keyspace::user(self, &user.login), encode(user));
                 }
                 Portable::Token(token) => self.restore_token(token).await?,
+                Portable::EmailTemplate(o) => add(
+                    keyspace::email_template(self, &o.scope, o.kind.name(), &o.locale),
+                    encode(o),
+                ),
+                Portable::LocaleSettings(settings) => add(
+                    keyspace::locale_settings(self, &settings.organisation),
+                    encode(settings),
+                ),
                 Portable::RateWindow(window) => {
                     add(
                         keyspace::rate_limit(self, &window.key),

@@ -20,7 +20,7 @@ const IMPORT_MARK: &[u8] = IMPORTING.as_bytes();
 
 impl SledStore {
     /// Every tree of the store.
-    fn trees(&self) -> [&sled::Tree; 11] {
+    fn trees(&self) -> [&sled::Tree; 12] {
         [
             &self.meta,
             &self.keys,
@@ -33,6 +33,7 @@ impl SledStore {
             &self.token_purge,
             &self.rate_limits,
             &self.tallies,
+            &self.templates,
         ]
     }
 
@@ -83,6 +84,15 @@ impl Snapshot for SledStore {
         }
         Self::records(&self.keys, b"", |_, key| sink(Portable::ApiKey(key)))?;
         Self::records(&self.users, b"", |_, user| sink(Portable::User(user)))?;
+        let overrides = keyspace::email_template(&Sled, "", "", "");
+        let overrides = &overrides[..1];
+        Self::records(&self.templates, overrides, |_, o| {
+            sink(Portable::EmailTemplate(o))
+        })?;
+        let locales = keyspace::locale_settings(&Sled, "");
+        Self::records(&self.templates, &locales[..1], |_, settings| {
+            sink(Portable::LocaleSettings(settings))
+        })?;
         Self::records(&self.login_tokens, b"", |_, digests: Vec<String>| {
             for digest in digests {
                 if let Some(token) = self.token(&digest)? {
@@ -166,6 +176,18 @@ impl Snapshot for SledStore {
                         .map_err(unavailable)?;
                 }
                 Portable::Token(token) => self.restore_token(token)?,
+                Portable::EmailTemplate(o) => {
+                    let key = keyspace::email_template(&Sled, &o.scope, o.kind.name(), &o.locale);
+                    self.templates.insert(key, encode(o)).map_err(unavailable)?;
+                }
+                Portable::LocaleSettings(settings) => {
+                    self.templates
+                        .insert(
+                            keyspace::locale_settings(&Sled, &settings.organisation),
+                            encode(settings),
+                        )
+                        .map_err(unavailable)?;
+                }
                 Portable::RateWindow(window) => {
                     self.rate_limits
                         .insert(window.key.as_bytes(), encode(&window.value))
