@@ -9,26 +9,9 @@ use mailroom::proto::v1 as pb;
 use tonic::Code;
 
 use crate::support::smtp::{Options, Received, SmtpServer};
-use crate::support::{self, TestServer};
+use crate::support::{self, on_every_store, TestServer};
 
 const CHANGED: pb::AccountNoticeKind = pb::AccountNoticeKind::PasswordChanged;
-
-/// Runs `scenario` on a server over sled, then over etcd with the `etcd` feature.
-async fn on_every_store<F: std::future::Future<Output = ()>>(scenario: impl Fn(TestServer) -> F) {
-    scenario(TestServer::start().await).await;
-    #[cfg(feature = "etcd")]
-    {
-        let Some(etcd) = support::etcd::Etcd::start().await else {
-            return;
-        };
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let mut args = mailroom::config::Args::with_data_dir(dir.path());
-        args.store = mailroom::config::StoreKind::Etcd;
-        args.etcd_endpoints = vec![etcd.endpoint.clone()];
-        args.clock = support::test_clock();
-        scenario(TestServer::start_with(args).await).await;
-    }
-}
 
 /// A Directory user with a locale.
 async fn add_user(server: &TestServer, login: &str, organisation: &str, locale: &str) {
@@ -250,7 +233,7 @@ fn get_request(organisation: &str, platform: bool) -> pb::GetEmailTemplateReques
 }
 
 #[tokio::test]
-async fn overrides_take_precedence_and_reset_goes_back() {
+async fn overrides_take_precedence_and_reset_goes_back_on_sled_and_etcd() {
     let _watchdog = crate::support::watchdog();
     on_every_store(|server| async move {
         let smtp = SmtpServer::start(Options::default());

@@ -11,26 +11,9 @@ use mailroom::proto::v1 as pb;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::support::{self, contract, TestServer};
+use crate::support::{self, contract, on_every_store, TestServer};
 
 const RESET: pb::TokenPurpose = pb::TokenPurpose::PasswordReset;
-
-/// Runs `scenario` on a server over sled, then over etcd with the `etcd` feature.
-async fn on_every_store<F: Future<Output = ()>>(scenario: impl Fn(TestServer) -> F) {
-    scenario(TestServer::start().await).await;
-    #[cfg(feature = "etcd")]
-    {
-        let Some(etcd) = support::etcd::Etcd::start().await else {
-            return;
-        };
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let mut args = mailroom::config::Args::with_data_dir(dir.path());
-        args.store = mailroom::config::StoreKind::Etcd;
-        args.etcd_endpoints = vec![etcd.endpoint.clone()];
-        args.clock = support::test_clock();
-        scenario(TestServer::start_with(args).await).await;
-    }
-}
 
 /// Refused for the organisation: PERMISSION_DENIED, with `reason` when given.
 #[track_caller]

@@ -421,3 +421,23 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// Runs `scenario` on a server over sled, then over etcd with the `etcd` feature (when an
+/// etcd binary is found).
+pub async fn on_every_store<F: std::future::Future<Output = ()>>(
+    scenario: impl Fn(TestServer) -> F,
+) {
+    scenario(TestServer::start().await).await;
+    #[cfg(feature = "etcd")]
+    {
+        let Some(etcd) = etcd::Etcd::start().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut args = mailroom::config::Args::with_data_dir(dir.path());
+        args.store = mailroom::config::StoreKind::Etcd;
+        args.etcd_endpoints = vec![etcd.endpoint.clone()];
+        args.clock = test_clock();
+        scenario(TestServer::start_with(args).await).await;
+    }
+}
