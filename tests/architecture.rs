@@ -229,4 +229,29 @@ fn the_layout_in_architecture_md_names_every_file() {
         missing.is_empty(),
         "docs/ARCHITECTURE.md's Layout does not name: {missing:?}"
     );
+    // The README's short one names every entry at the top of src/.
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let short = readme
+        .split("## Layout")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Layout section in the README");
+    let mut unnamed: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if entry.path().is_dir() {
+                format!("{name}/")
+            } else {
+                name
+            }
+        })
+        .filter(|name| !short.contains(name.as_str()))
+        .collect();
+    unnamed.sort();
+    assert!(
+        unnamed.is_empty(),
+        "README.md's Layout does not name: {unnamed:?}"
+    );
 }
