@@ -73,7 +73,14 @@ impl Lang {
     /// 2025 à 08:00 UTC`).
     pub fn date(self, time: SystemTime) -> String {
         let words = self.words();
-        let time: DateTime<Utc> = time.into();
+        // Within chrono's range (`From<SystemTime>` panics past year 262,143): a time past
+        // it reads as the last one.
+        let time = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .and_then(|since| i64::try_from(since.as_secs()).ok())
+            .and_then(|secs| DateTime::<Utc>::from_timestamp(secs, 0))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let locale = chrono::Locale::try_from(words.chrono_locale.as_str()).unwrap_or_default();
         time.format_localized(&words.date, locale).to_string()
     }
@@ -252,5 +259,15 @@ mod tests {
             Lang::Es.date(t),
             "martes, 25 de noviembre de 2025, 08:00 UTC"
         );
+    }
+
+    /// chrono's `From<SystemTime>` panics past the year 262,143: a time a caller gives
+    /// (a preview's values) must not end its request.
+    #[test]
+    fn a_date_past_chrono_s_range_does_not_panic() {
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(8_210_298_412_800);
+        for lang in [Lang::En, Lang::Fr, Lang::De, Lang::Es] {
+            assert!(!lang.date(far).is_empty());
+        }
     }
 }

@@ -855,11 +855,23 @@ async fn killed_midway(dir: &Path, clean: Place, cut: Place) {
     })
     .await;
     assert!(refused.contains("did not finish"), "{refused}");
+    // So does an export: a backup of a half-imported store would look whole.
+    let (once, twice) = (dir.join("once.jsonl"), dir.join("twice.jsonl"));
+    let refused = fail("export", export_args(&cut, &twice)).await;
+    assert!(refused.contains("did not finish"), "{refused}");
+    assert!(!twice.exists(), "nothing written");
 
     succeed("import", import_args(&cut, &file)).await;
-    let (once, twice) = (dir.join("once.jsonl"), dir.join("twice.jsonl"));
     succeed("export", export_args(&clean, &once)).await;
     succeed("export", export_args(&cut, &twice)).await;
+    // An export never replaces a file (`--out` naming master.key would lose the key).
+    let before = std::fs::read(&once).unwrap();
+    let refused = fail("export", export_args(&clean, &once)).await;
+    assert!(refused.contains("already exists"), "{refused}");
+    assert!(
+        std::fs::read(&once).unwrap() == before,
+        "the file is as it was"
+    );
     let (counts_once, once) = records(&once);
     let (counts_twice, twice) = records(&twice);
     assert_eq!(counts_once["user"], 20_002);

@@ -335,6 +335,16 @@ async fn overrides_take_precedence_and_reset_goes_back_on_sled_and_etcd() {
             .update_email_template(reset_email)
             .await
             .expect("manageConfig and manageUser");
+        // Nor can a key that could not write it take it away.
+        let status = templates
+            .reset_email_template(pb::ResetEmailTemplateRequest {
+                kind: pb::EmailKind::PasswordReset.into(),
+                locale: "en".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("manageConfig alone");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
         // Every kind in every language, paged.
         let mut listed = Vec::new();
@@ -457,6 +467,24 @@ async fn a_hostile_or_broken_override_is_refused_when_saved() {
         ),
         ("locale", Box::new(|r| r.locale = "it".into())),
         ("kind", Box::new(|r| r.kind = 0)),
+        // A subject is stored and listed in clear: a reset's or an invitation's must not
+        // show the link, which carries the token.
+        (
+            "template.subject",
+            Box::new(|r| {
+                r.kind = pb::EmailKind::PasswordReset.into();
+                r.subject = "Reset via {{link}}".into();
+                r.text_body = "{{link}}".into();
+            }),
+        ),
+        (
+            "template.subject",
+            Box::new(|r| {
+                r.kind = pb::EmailKind::Invitation.into();
+                r.subject = "{{#with link}}{{this}}{{/with}}".into();
+                r.text_body = "{{link}}".into();
+            }),
+        ),
     ];
     for (field, break_it) in &cases {
         let mut request = override_of("", false, "en", "Changed {{login}}");
@@ -692,6 +720,26 @@ async fn a_preview_refuses_unknown_values_and_needs_no_smtp_settings() {
         .await
         .expect_err("unknown value");
     assert_eq!(support::violated_fields(&status), ["values.lnik"]);
+    // A time past the year 9999 (chrono panicked on one past 262,143).
+    let far = prost_types::Struct {
+        fields: [(
+            "time".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(8.2102984128e15)),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let status = templates
+        .preview_email(pb::PreviewEmailRequest {
+            kind: pb::EmailKind::PasswordChanged.into(),
+            values: Some(far),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a time past the year 9999");
+    assert_eq!(support::violated_fields(&status), ["values.time"]);
     let status = templates
         .preview_email(pb::PreviewEmailRequest::default())
         .await

@@ -164,6 +164,13 @@ impl Templates for TemplatesApi {
                 &request.get_ref().organisation,
             )
             .await?;
+        if matches!(scope, Scope::Organisation(_))
+            && email_kind(request.get_ref().kind).is_some_and(EmailKind::carries_token)
+        {
+            // As its update: manageUser too, so that a key that could not write the
+            // override cannot take it away either.
+            super::require(&request, Permission::ManageUser)?;
+        }
         let r = request.into_inner();
         let (kind, lang) = kind_and_lang(r.kind, &r.locale)?;
         let template = self.templates.reset(&scope, kind, lang, &r.etag).await?;

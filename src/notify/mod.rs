@@ -30,6 +30,7 @@ use template::TemplateCache;
 
 pub mod builtin;
 pub(crate) mod email;
+mod helpers;
 mod maintenance;
 pub(crate) mod message;
 mod notices;
@@ -44,6 +45,7 @@ mod signal;
 mod spend;
 mod stage;
 pub(crate) mod template;
+mod text;
 
 use crate::quota::OverQuota;
 pub use builtin::{

@@ -10,7 +10,8 @@ use lettre::Address;
 use serde_json::Value;
 
 use super::email::OutgoingEmail;
-use super::template::{html_to_text, BodyFormat, Data, Templates};
+use super::template::{BodyFormat, Data, Templates};
+use super::text::html_to_text;
 use super::{Notification, NotifyError, NotifyService, OutboxMessage};
 use crate::directory::User;
 use crate::settings::SmtpSettings;

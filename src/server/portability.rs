@@ -19,6 +19,9 @@ use crate::store::Store;
 /// (with their contents, up to 1.5 MiB each).
 const CHUNK: usize = 1000;
 const MESSAGE_CHUNK: usize = 16;
+/// Bytes of records (as the file holds them) written to the store at once, at least one
+/// record.
+const CHUNK_BYTES: usize = 8 << 20;
 
 /// `mailroom export --out FILE`: every record of the store the flags name, written to
 /// `out` (in place only once whole). The embedded store must not be in use.
@@ -30,6 +33,11 @@ pub async fn export(args: &Args, out: &Path) -> anyhow::Result<Header> {
         );
     }
     let store = open(args, "mailroom export reads").await?;
+    // A store an import left halfway is not a backup of anything: its counts would match
+    // what it holds, and the file would import cleanly, partial.
+    if let Some(mark) = store.import_mark().await? {
+        return Err(crate::snapshot::interrupted(&mark).into());
+    }
     let header = export_from(store.as_ref(), args.store, out).await?;
     close(store).await?;
     Ok(header)
@@ -149,6 +157,7 @@ async fn import_into(
     store.remove_all().await?;
     let mut reader = Reader::open(from)?;
     let mut chunk: Vec<Portable> = Vec::with_capacity(CHUNK);
+    let mut chunk_bytes = 0;
     let mut written = 0;
     while let Some(record) = reader.next_record()? {
         let limit = if record.kind() == Kind::Message {
@@ -157,10 +166,14 @@ async fn import_into(
             CHUNK
         };
         chunk.push(record);
-        if chunk.len() >= limit {
+        chunk_bytes += reader.last_bytes();
+        // Bounded in bytes too: a crafted file of a thousand records of megabytes each
+        // held gigabytes.
+        if chunk.len() >= limit || chunk_bytes >= CHUNK_BYTES {
             store.restore(&chunk).await?;
             written += chunk.len();
             chunk.clear();
+            chunk_bytes = 0;
             tracing::info!(records = written, "records imported so far");
         }
     }
@@ -193,6 +206,10 @@ pub async fn migrate(args: &Args, to: StoreKind, replace: bool) -> anyhow::Resul
         _ => false,
     };
     if !resumable {
+        // A file an earlier run left before its import began: exported again.
+        if file.is_file() {
+            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+        }
         export(args, &file).await?;
     }
     let (header, digest) = check_file(&file, &key)?;

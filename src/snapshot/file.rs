@@ -85,6 +85,13 @@ pub struct Writer {
 impl Writer {
     /// Starts the file `path` (nothing is there until [`Writer::finish`]).
     pub fn create(path: &Path) -> Result<Self, FileError> {
+        // Never over a file: `--out` naming master.key (or an earlier backup) would lose it.
+        if path.exists() {
+            return Err(io(path)(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "already exists: an export never replaces a file (name a new one)",
+            )));
+        }
         let records = tempfile::NamedTempFile::new_in(directory_of(path)).map_err(io(path))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -127,7 +134,7 @@ impl Writer {
             std::io::copy(records, &mut out)?;
             let out = out.into_inner().map_err(|e| e.into_error())?;
             out.as_file().sync_all()?;
-            out.persist(&path).map_err(|e| e.error)?;
+            out.persist_noclobber(&path).map_err(|e| e.error)?;
             crate::crypto::sync_directory(directory_of(&path))
         };
         write(&mut records).map_err(io(&path))?;
@@ -149,6 +156,8 @@ pub struct Reader {
     line: u64,
     header: Header,
     counts: Counts,
+    /// The length of the last line read.
+    last_bytes: usize,
 }
 
 impl Reader {
@@ -159,6 +168,7 @@ impl Reader {
             path: path.to_path_buf(),
             lines: BufReader::new(file),
             line: 0,
+            last_bytes: 0,
             header: Header {
                 format: String::new(),
                 version: 0,
@@ -239,7 +249,13 @@ impl Reader {
             }));
         }
         line.pop();
+        self.last_bytes = line.len();
         Ok(Some(line))
+    }
+
+    /// The length of the last record read, as the file holds it.
+    pub fn last_bytes(&self) -> usize {
+        self.last_bytes
     }
 
     fn bad(&self, reason: String) -> FileError {

@@ -452,7 +452,23 @@ fn check_draft(draft: &TemplateDraft) -> Result<(EmailKind, Lang), Violations> {
         "acme",
         UNIX_EPOCH + std::time::Duration::from_secs(1_764_057_600),
     );
-    if let Err(e) = builtin::render(&sample, &values) {
+    let rendered = builtin::render(&sample, &values);
+    if let Ok(rendered) = &rendered {
+        // A message's subject is stored and listed in clear (ListMessages, manageConfig, and
+        // the export): the link (the token) stays in the bodies, which are sealed.
+        if kind.carries_token()
+            && ["mrr_SAMPLE", "mri_SAMPLE"]
+                .iter()
+                .any(|t| rendered.subject.contains(t))
+        {
+            return Err(validation::violation(
+                "template.subject",
+                "must not show the link: a message's subject is stored and listed in clear, \
+                 and the link carries the token",
+            ));
+        }
+    }
+    if let Err(e) = rendered {
         let mut renamed = Violations::new();
         for violation in e.iter() {
             renamed.add(

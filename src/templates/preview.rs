@@ -249,8 +249,13 @@ fn time(value: &Value) -> Result<SystemTime, String> {
         }
         _ => None,
     };
+    // Up to the year 9999, as RFC 3339 can write it.
+    const LAST: u64 = 253_402_300_799_999;
     millis
         .and_then(|ms| u64::try_from(ms).ok())
+        .filter(|ms| *ms <= LAST)
         .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .ok_or_else(|| "must be an RFC 3339 time or epoch milliseconds".to_string())
+        .ok_or_else(|| {
+            "must be an RFC 3339 time or epoch milliseconds up to the year 9999".to_string()
+        })
 }
