@@ -725,6 +725,41 @@ async fn import_with_another_master_key_is_refused_before_writing() {
     assert!(!to.data_dir.join("sled").exists());
 }
 
+/// Whoever can write a backup but holds no master key cannot make it import an API key of
+/// their own: the header's seal vouches for the records as exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_changed_afterwards_is_refused_before_writing() {
+    let _watchdog = crate::support::watchdog();
+    let dir = tempfile::tempdir().unwrap();
+    let (from, file) = exported(dir.path()).await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut header: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    let key_line = lines
+        .iter()
+        .position(|l| l.contains("\"kind\":\"api_key\""))
+        .unwrap();
+    let mut forged: serde_json::Value = serde_json::from_str(&lines[key_line]).unwrap();
+    forged["record"]["id"] = "key_forged".into();
+    forged["record"]["organisation"] = "admin".into();
+    forged["record"]["secret_digest"] = mailroom::crypto::digest("mrk_forged").into();
+    lines.insert(key_line + 1, forged.to_string());
+    let keys = header["counts"]["api_key"].as_u64().unwrap();
+    header["counts"]["api_key"] = (keys + 1).into();
+    lines[0] = header.to_string();
+    let changed = dir.path().join("changed.jsonl");
+    std::fs::write(&changed, lines.join("\n") + "\n").unwrap();
+
+    let to = Place::sled(&dir.path().join("to"));
+    copy_keys(&from, &to);
+    let error = fail("import", import_args(&to, &changed)).await;
+    assert!(error.contains("changed after it was exported"), "{error}");
+    assert!(error.contains("Nothing was written"), "{error}");
+    assert!(!to.data_dir.join("sled").exists(), "the store was opened");
+    // The file as exported imports.
+    succeed("import", import_args(&to, &file)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_into_a_store_holding_records_is_refused_unless_replacing() {
     let _watchdog = crate::support::watchdog();
@@ -771,7 +806,7 @@ async fn import_into_a_store_holding_records_is_refused_unless_replacing() {
 }
 
 /// `file` with `extra` more copies of its first user record, each another login.
-fn with_many_users(file: &Path, extra: u64) -> PathBuf {
+fn with_many_users(file: &Path, extra: u64, master_key: &Path) -> PathBuf {
     let text = std::fs::read_to_string(file).unwrap();
     let mut lines = text.lines();
     let mut header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
@@ -783,20 +818,29 @@ fn with_many_users(file: &Path, extra: u64) -> PathBuf {
         .clone();
     let users = header["counts"]["user"].as_u64().unwrap();
     header["counts"]["user"] = (users + extra).into();
-    let big = file.with_file_name("big.jsonl");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
     use std::io::Write;
-    writeln!(out, "{header}").unwrap();
+    let mut lines = Vec::new();
     for record in &records {
-        writeln!(out, "{record}").unwrap();
+        writeln!(lines, "{record}").unwrap();
         if record == &user {
             for n in 0..extra {
                 let mut copy = user.clone();
                 copy["record"]["login"] = format!("user{n:06}@example.com").into();
-                writeln!(out, "{copy}").unwrap();
+                writeln!(lines, "{copy}").unwrap();
             }
         }
     }
+    // Sealed again over the records, as an export under that key would.
+    use sha2::Digest;
+    let key = mailroom::crypto::MasterKey::load_or_create(master_key).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(&lines));
+    header["integrity"] =
+        serde_json::to_value(key.seal(mailroom::snapshot::file::INTEGRITY_PURPOSE, &digest))
+            .unwrap();
+    let big = file.with_file_name("big.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+    writeln!(out, "{header}").unwrap();
+    out.write_all(&lines).unwrap();
     out.into_inner().unwrap().sync_all().unwrap();
     big
 }
@@ -817,7 +861,7 @@ async fn an_import_killed_midway_then_run_again_ends_as_one_clean_run() {
 /// first records, then again: both stores must end the same.
 async fn killed_midway(dir: &Path, clean: Place, cut: Place) {
     let (from, small) = exported(dir).await;
-    let file = with_many_users(&small, 20_000);
+    let file = with_many_users(&small, 20_000, &from.data_dir.join("master.key"));
 
     copy_keys(&from, &clean);
     succeed("import", import_args(&clean, &file)).await;

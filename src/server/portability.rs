@@ -32,18 +32,24 @@ pub async fn export(args: &Args, out: &Path) -> anyhow::Result<Header> {
             args.data_dir.display()
         );
     }
+    let key = master_key_of(args)?;
     let store = open(args, "mailroom export reads").await?;
     // A store an import left halfway is not a backup of anything: its counts would match
     // what it holds, and the file would import cleanly, partial.
     if let Some(mark) = store.import_mark().await? {
         return Err(crate::snapshot::interrupted(&mark).into());
     }
-    let header = export_from(store.as_ref(), args.store, out).await?;
+    let header = export_from(store.as_ref(), args.store, out, &key).await?;
     close(store).await?;
     Ok(header)
 }
 
-async fn export_from(store: &dyn Store, kind: StoreKind, out: &Path) -> anyhow::Result<Header> {
+async fn export_from(
+    store: &dyn Store,
+    kind: StoreKind,
+    out: &Path,
+    key: &MasterKey,
+) -> anyhow::Result<Header> {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut writer = Writer::create(out)?;
     store
@@ -54,7 +60,7 @@ async fn export_from(store: &dyn Store, kind: StoreKind, out: &Path) -> anyhow::
         })
         .await
         .context("reading the store")?;
-    let header = writer.finish(store_name(kind), started)?;
+    let header = writer.finish(store_name(kind), started, key)?;
     tracing::info!(
         file = %out.display(),
         records = %file::describe(&header.counts),
@@ -121,6 +127,13 @@ fn check_file(path: &Path, key: &MasterKey) -> anyhow::Result<(Header, String)> 
                 path.display()
             );
         }
+    }
+    if !reader.intact(key) {
+        anyhow::bail!(
+            "{} was changed after it was exported, or exported under another master key: \
+             its records are not those its header's seal vouches for. Nothing was written",
+            path.display()
+        );
     }
     let header = reader.header().clone();
     Ok((header, file::digest(path)?))

@@ -43,7 +43,14 @@ pub struct Header {
     pub exported_at: String,
     /// How many records of each kind follow.
     pub counts: Counts,
+    /// The SHA-256 digest of the records (every line after this one), sealed with the
+    /// master key ([`INTEGRITY_PURPOSE`]): a file changed after it was exported (an API key
+    /// added, a token's owner swapped) does not import, whoever can write the file.
+    pub integrity: Option<crate::crypto::Sealed>,
 }
+
+/// The purpose [`Header::integrity`] is sealed for.
+pub const INTEGRITY_PURPOSE: &str = "export.records";
 
 /// A failure to write or read the file.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +87,8 @@ pub struct Writer {
     path: PathBuf,
     records: BufWriter<tempfile::NamedTempFile>,
     counts: Counts,
+    /// Over the records as written.
+    digest: Sha256,
 }
 
 impl Writer {
@@ -97,22 +106,32 @@ impl Writer {
             path: path.to_path_buf(),
             records: BufWriter::new(records),
             counts: BTreeMap::new(),
+            digest: Sha256::new(),
         })
     }
 
     /// Adds a record.
     pub fn write(&mut self, record: &Portable) -> Result<(), FileError> {
-        serde_json::to_writer(&mut self.records, record)
+        let mut line = serde_json::to_vec(record)
             .map_err(std::io::Error::from)
-            .and_then(|()| self.records.write_all(b"\n"))
             .map_err(io(&self.path))?;
+        line.push(b'\n');
+        self.digest.update(&line);
+        self.records.write_all(&line).map_err(io(&self.path))?;
         *self.counts.entry(record.kind()).or_default() += 1;
         Ok(())
     }
 
-    /// Writes the header, then the records, and puts the file in place, durably.
-    pub fn finish(self, source: &str, exported_at: String) -> Result<Header, FileError> {
+    /// Writes the header (the records' digest sealed with `key`), then the records, and
+    /// puts the file in place, durably.
+    pub fn finish(
+        self,
+        source: &str,
+        exported_at: String,
+        key: &crate::crypto::MasterKey,
+    ) -> Result<Header, FileError> {
         let path = self.path.clone();
+        let integrity = key.seal(INTEGRITY_PURPOSE, &hex::encode(self.digest.finalize()));
         let header = Header {
             format: FORMAT.into(),
             version: VERSION,
@@ -120,6 +139,7 @@ impl Writer {
             source: source.into(),
             exported_at,
             counts: self.counts,
+            integrity: Some(integrity),
         };
         let mut records = self
             .records
@@ -158,6 +178,8 @@ pub struct Reader {
     counts: Counts,
     /// The length of the last line read.
     last_bytes: usize,
+    /// Over the records read, as [`Writer`] made it.
+    digest: Sha256,
 }
 
 impl Reader {
@@ -176,8 +198,10 @@ impl Reader {
                 source: String::new(),
                 exported_at: String::new(),
                 counts: Counts::new(),
+                integrity: None,
             },
             counts: Counts::new(),
+            digest: Sha256::new(),
         };
         let Some(line) = reader.next_line()? else {
             return Err(reader.bad("empty: not a mailroom export".into()));
@@ -205,6 +229,18 @@ impl Reader {
         &self.header
     }
 
+    /// Whether the records read (all of them, once [`Reader::next_record`] answered
+    /// `None`) are those the header's digest was sealed over, with `key`: false for a file
+    /// changed after its export, or exported under another master key.
+    pub fn intact(&self, key: &crate::crypto::MasterKey) -> bool {
+        let Some(sealed) = &self.header.integrity else {
+            return false;
+        };
+        let digest = hex::encode(self.digest.clone().finalize());
+        key.open(INTEGRITY_PURPOSE, sealed)
+            .is_ok_and(|expected| secrecy::ExposeSecret::expose_secret(&expected) == digest)
+    }
+
     /// The next record; `None` at the end, once the records read are checked against the
     /// header's counts (a file cut short is refused there).
     pub fn next_record(&mut self) -> Result<Option<Portable>, FileError> {
@@ -218,6 +254,8 @@ impl Reader {
             }
             return Ok(None);
         };
+        self.digest.update(&line);
+        self.digest.update(b"\n");
         let record: Portable =
             serde_json::from_slice(&line).map_err(|e| self.bad(format!("not a record: {e}")))?;
         let count = self.counts.entry(record.kind()).or_default();
@@ -309,8 +347,9 @@ mod tests {
         writer
             .write(&Portable::KeyCheck(Sealed::from_stored("c2VhbGVk".into())))
             .unwrap();
+        let key = crate::crypto::MasterKey::load_or_create(&dir.path().join("master.key")).unwrap();
         let header = writer
-            .finish("sled", "2026-12-01T00:00:00Z".into())
+            .finish("sled", "2026-12-01T00:00:00Z".into(), &key)
             .unwrap();
         assert_eq!(header.counts.values().sum::<u64>(), 1);
         let mut reader = Reader::open(&path).unwrap();
@@ -320,6 +359,19 @@ mod tests {
             Some(Portable::KeyCheck(_))
         ));
         assert!(reader.next_record().unwrap().is_none());
+        assert!(reader.intact(&key));
+        let other =
+            crate::crypto::MasterKey::load_or_create(&dir.path().join("other.key")).unwrap();
+        assert!(!reader.intact(&other), "another key does not vouch for it");
+
+        // A record changed after the export: read, but not intact.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let changed = text.replace("c2VhbGVk", "c2VhbGVl");
+        std::fs::write(&path, &changed).unwrap();
+        let mut reader = Reader::open(&path).unwrap();
+        while reader.next_record().unwrap().is_some() {}
+        assert!(!reader.intact(&key), "a changed record is noticed");
+        std::fs::write(&path, &text).unwrap();
 
         let text = std::fs::read_to_string(&path).unwrap();
         let header_only = text.lines().next().unwrap().to_string() + "\n";
