@@ -467,6 +467,10 @@ async fn a_hostile_or_broken_override_is_refused_when_saved() {
         ),
         ("locale", Box::new(|r| r.locale = "it".into())),
         ("kind", Box::new(|r| r.kind = 0)),
+        (
+            "template.html_body",
+            Box::new(|r| r.html_body = "<p>{{{login}}}</p>".into()),
+        ),
         // A subject is stored and listed in clear: a reset's or an invitation's must not
         // show the link, which carries the token.
         (

@@ -436,6 +436,13 @@ fn check_draft(draft: &TemplateDraft) -> Result<(EmailKind, Lang), Violations> {
     }
     if let Err(why) = body(&source.html, false) {
         v.add("template.html_body", why);
+    } else if source.html.contains("{{{") || source.html.contains("{{&") {
+        // A name or an address would go into the HTML unescaped: markup of the caller's
+        // choosing in an email the platform signs.
+        v.add(
+            "template.html_body",
+            "values are escaped in HTML: `{{{value}}}` and `{{&value}}` are not allowed",
+        );
     }
     if !v.is_empty() {
         return Err(v);
