@@ -70,6 +70,7 @@ store_suite!(
     sweeps_walk_more_than_one_page,
     messages_queued_in_one_write_keep_their_idempotency_key,
     abandoned_staged_batches_are_dropped,
+    a_batch_staged_since_the_cutoff_is_kept,
     a_dropped_batch_is_never_acknowledged,
     a_message_swap_moves_its_indexes,
     listed_messages_come_without_their_content,
@@ -587,6 +588,24 @@ async fn abandoned_staged_batches_are_dropped(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Recovery takes only batches staged before its cutoff: one a live request is still
+/// writing (its first message made at the cutoff) stays, and commits whole.
+async fn a_batch_staged_since_the_cutoff_is_kept(store: Arc<dyn Store>) {
+    let live = messages("live", 40, "acme");
+    let mut writer = store.enqueue("live");
+    writer.write(&live[..20]).await.unwrap();
+    assert_eq!(store.recover_batches(now()).await.unwrap(), 0);
+    writer.write(&live[20..]).await.unwrap();
+    assert!(writer.commit(&[], None).await.unwrap().is_none());
+    assert_eq!(store.pending_messages().await.unwrap(), 40);
+    assert_eq!(
+        store.recover_batches(now() + NOW).await.unwrap(),
+        0,
+        "a committed batch is not left for recovery"
+    );
+    assert_eq!(store.pending_messages().await.unwrap(), 40);
 }
 
 /// A request slower than the stale-staging sweep comes back to a batch that is gone: the

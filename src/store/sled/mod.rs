@@ -85,6 +85,10 @@ pub struct SledStore {
     /// The messages this process has claimed, as claimed: held in memory only (see
     /// `swap_message`), over their pending records.
     claims: std::sync::Mutex<std::collections::HashMap<String, OutboxMessage>>,
+    /// The batches this process is staging, with the creation time of their first message
+    /// (what etcd stores beside a staged batch): a staged batch on disk that is not here
+    /// was left by a process that is gone (`recovery.rs`).
+    staging: std::sync::Mutex<std::collections::HashMap<String, SystemTime>>,
     /// Message records read (with their sealed content) since open.
     records_read: std::sync::atomic::AtomicU64,
     flusher: mpsc::UnboundedSender<FlushRequest>,
@@ -127,6 +131,7 @@ impl SledStore {
             locks: (0..LOCKS).map(|_| std::sync::Mutex::new(())).collect(),
             swaps: std::sync::atomic::AtomicU64::new(0),
             claims: std::sync::Mutex::new(std::collections::HashMap::new()),
+            staging: std::sync::Mutex::new(std::collections::HashMap::new()),
             records_read: std::sync::atomic::AtomicU64::new(0),
             db,
             flusher,

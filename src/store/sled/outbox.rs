@@ -23,6 +23,10 @@ pub(super) const PAGE_BYTES: usize = 8 << 20;
 #[async_trait::async_trait]
 impl Staging for SledStore {
     async fn stage_messages(&self, batch: &str, messages: &[OutboxMessage]) -> Result<()> {
+        let Some(first) = messages.first() else {
+            return Ok(());
+        };
+        self.staging_started(batch, first.create_time);
         let mut writes = sled::Batch::default();
         for message in messages {
             put_message(&mut writes, message);
@@ -36,32 +40,11 @@ impl Staging for SledStore {
         batch: &str,
         idempotency: Option<&Idempotency>,
     ) -> Result<Option<Idempotency>> {
-        let (chunk, staged) = self.queue_chunk(batch)?;
-        if staged == 0 {
-            // Discarded (or never staged): an empty write would succeed, and the request
-            // acknowledge mail that does not exist.
-            return Err(crate::notify::batch_gone(batch));
-        }
-        // Too large to queue in one write without holding every replaced page at once:
-        // commit a marker, then queue chunk by chunk (finished at the next start after a
-        // crash).
-        let (commit, queue_after) = if staged == QUEUE_CHUNK {
-            let mut marker = sled::Batch::default();
-            marker.insert(commit_marker(batch), &[]);
-            (marker, Some(chunk))
-        } else {
-            (chunk, None)
-        };
-        if let Some(first) = self.write_once(commit, idempotency).await? {
-            self.discard_batch(batch).await?;
-            return Ok(Some(first));
-        }
-        if let Some(first_chunk) = queue_after {
-            self.outbox.apply_batch(first_chunk).map_err(unavailable)?;
-            self.queue_committed(batch)?;
-        }
-        self.durable().await?;
-        Ok(None)
+        let committed = self.commit_staged(batch, idempotency).await;
+        // Whatever came of it, the batch is no longer being staged: what a failed commit
+        // left on disk is abandoned, and recovered as such.
+        self.staging_ended(batch);
+        committed
     }
 
     async fn queue_messages(
@@ -116,6 +99,7 @@ impl Staging for SledStore {
     /// it replaces until it ends, and the parts of a batch near its size limit (256 MiB)
     /// in one took the process past 2 GiB.
     async fn discard_batch(&self, batch: &str) -> Result<()> {
+        self.staging_ended(batch);
         let prefix = staged_key(batch, "");
         loop {
             let mut writes = sled::Batch::default();
@@ -137,6 +121,40 @@ impl Staging for SledStore {
 }
 
 impl SledStore {
+    /// Queues what is staged in `batch` ([`Staging::commit_batch`]).
+    async fn commit_staged(
+        &self,
+        batch: &str,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Option<Idempotency>> {
+        let (chunk, staged) = self.queue_chunk(batch)?;
+        if staged == 0 {
+            // Discarded (or never staged): an empty write would succeed, and the request
+            // acknowledge mail that does not exist.
+            return Err(crate::notify::batch_gone(batch));
+        }
+        // Too large to queue in one write without holding every replaced page at once:
+        // commit a marker, then queue chunk by chunk (finished at the next start after a
+        // crash).
+        let (commit, queue_after) = if staged == QUEUE_CHUNK {
+            let mut marker = sled::Batch::default();
+            marker.insert(commit_marker(batch), &[]);
+            (marker, Some(chunk))
+        } else {
+            (chunk, None)
+        };
+        if let Some(first) = self.write_once(commit, idempotency).await? {
+            self.discard_batch(batch).await?;
+            return Ok(Some(first));
+        }
+        if let Some(first_chunk) = queue_after {
+            self.outbox.apply_batch(first_chunk).map_err(unavailable)?;
+            self.queue_committed(batch)?;
+        }
+        self.durable().await?;
+        Ok(None)
+    }
+
     pub(super) async fn purge_idempotency(&self, before: SystemTime) -> Result<usize> {
         let mut writes = sled::Batch::default();
         let mut count = 0;

@@ -12,16 +12,40 @@ use crate::store::batch::Staging;
 use crate::store::{state_name, Result};
 
 impl SledStore {
-    /// Batches carry no staging time on sled, whose staging is never shared: this is
-    /// called at start, when every staged batch belongs to a dead process. Committed ones
-    /// are queued, the others dropped.
-    pub(super) async fn recover_batches(&self, _before: SystemTime) -> Result<usize> {
+    /// Settles the batches staged before `before`, or by a process that is gone: committed
+    /// ones are queued, the others dropped. A batch this process is staging carries the
+    /// creation time of its first message, in memory ([`SledStore::staging_started`]);
+    /// one on disk without it was left by a process that died, since sled lets one
+    /// process at a time open the store.
+    pub(super) async fn recover_batches(&self, before: SystemTime) -> Result<usize> {
+        self.settle_batches(Some(before)).await
+    }
+
+    /// Settles every batch staged or committed halfway, this process's included: for an
+    /// export, which runs in a process that stages nothing (sled locks its directory).
+    pub(super) async fn settle_every_batch(&self) -> Result<usize> {
+        self.settle_batches(None).await
+    }
+
+    /// Settles the batches staged before `before` (with none, every batch), or by a
+    /// process that is gone. How many.
+    async fn settle_batches(&self, before: Option<SystemTime>) -> Result<usize> {
+        let abandoned = |batch: &str| {
+            let staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+            match (before, staging.get(batch)) {
+                (Some(before), Some(started)) => *started < before,
+                _ => true,
+            }
+        };
         let mut batches = std::collections::BTreeSet::new();
         for entry in self.outbox.scan_prefix([STAGED]).keys() {
             let staged = entry.map_err(unavailable)?;
             let rest = &staged[1..];
             if let Some(split) = rest.iter().position(|b| *b == 0) {
-                batches.insert(String::from_utf8_lossy(&rest[..split]).into_owned());
+                let batch = String::from_utf8_lossy(&rest[..split]);
+                if !batches.contains(batch.as_ref()) && abandoned(&batch) {
+                    batches.insert(batch.into_owned());
+                }
             }
         }
         for batch in &batches {
@@ -36,13 +60,27 @@ impl SledStore {
             }
         }
         // Markers of batches queued whole just before a crash.
-        for marker in self.outbox.scan_prefix([COMMITTED]).keys() {
-            self.outbox
-                .remove(marker.map_err(unavailable)?)
-                .map_err(unavailable)?;
+        let prefix = [COMMITTED];
+        for marker in self.outbox.scan_prefix(prefix).keys() {
+            let marker = marker.map_err(unavailable)?;
+            if abandoned(&String::from_utf8_lossy(&marker[prefix.len()..])) {
+                self.outbox.remove(marker).map_err(unavailable)?;
+            }
         }
         self.durable().await?;
         Ok(batches.len())
+    }
+
+    /// Notes that this process stages `batch`, whose first message was made at `created`.
+    pub(super) fn staging_started(&self, batch: &str, created: SystemTime) {
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        staging.entry(batch.to_owned()).or_insert(created);
+    }
+
+    /// Notes that `batch` is committed or discarded: no longer being staged.
+    pub(super) fn staging_ended(&self, batch: &str) {
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        staging.remove(batch);
     }
 
     /// A first claim is held in memory, gone with the process; the claims on disk are those
@@ -266,7 +304,9 @@ mod tests {
         assert_eq!(queued, QUEUE_CHUNK);
         store.outbox.apply_batch(chunk).unwrap();
         assert_eq!(store.pending_messages().await.unwrap(), QUEUE_CHUNK);
+        store.close().await.unwrap();
 
+        let store = SledStore::open(dir.path(), 16 << 20).unwrap();
         assert_eq!(store.recover_batches(now).await.unwrap(), 2);
         assert_eq!(store.pending_messages().await.unwrap(), 2500);
         assert_eq!(store.all_messages(None, 5000).await.unwrap().len(), 2500);

@@ -75,7 +75,7 @@ impl Snapshot for SledStore {
     /// The store is this process's alone (sled locks its directory), so what it reads is
     /// one moment's. Batches a crash left halfway are settled first, as a start would.
     async fn export(&self, sink: &mut Sink<'_>) -> Result<()> {
-        self.recover_batches(std::time::SystemTime::now()).await?;
+        self.settle_every_batch().await?;
         if let Some(check) = self.key_check().await? {
             sink(Portable::KeyCheck(check))?;
         }
