@@ -284,7 +284,8 @@ pub enum Command {
 /// `mailroom export`: the store to read, and the file to write.
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct ExportArgs {
-    /// The file to write (replaced whole once complete; never left half-written).
+    /// The file to write: a new one (an existing file is never replaced), in place only
+    /// once complete (never left half-written).
     #[arg(long, env = "MAILROOM_EXPORT_OUT")]
     pub out: PathBuf,
     /// The store to read.

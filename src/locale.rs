@@ -74,13 +74,20 @@ impl Lang {
     pub fn date(self, time: SystemTime) -> String {
         let words = self.words();
         // Within chrono's range (`From<SystemTime>` panics past year 262,143): a time past
-        // it reads as the last one.
-        let time = time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()
-            .and_then(|since| i64::try_from(since.as_secs()).ok())
+        // it reads as the last one, a time before it as the first.
+        let (secs, last) = match time.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(since) => (
+                i64::try_from(since.as_secs()).ok(),
+                DateTime::<Utc>::MAX_UTC,
+            ),
+            Err(before) => (
+                i64::try_from(before.duration().as_secs()).ok().map(|s| -s),
+                DateTime::<Utc>::MIN_UTC,
+            ),
+        };
+        let time = secs
             .and_then(|secs| DateTime::<Utc>::from_timestamp(secs, 0))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            .unwrap_or(last);
         let locale = chrono::Locale::try_from(words.chrono_locale.as_str()).unwrap_or_default();
         time.format_localized(&words.date, locale).to_string()
     }
@@ -269,5 +276,15 @@ mod tests {
         for lang in [Lang::En, Lang::Fr, Lang::De, Lang::Es] {
             assert!(!lang.date(far).is_empty());
         }
+    }
+
+    /// A time before 1970 reads as itself, not as the last time chrono knows.
+    #[test]
+    fn a_date_before_1970_reads_as_itself() {
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(
+            Lang::En.date(before),
+            "Wednesday 31 December 1969, 23:59 UTC"
+        );
     }
 }

@@ -489,6 +489,39 @@ async fn a_hostile_or_broken_override_is_refused_when_saved() {
                 r.text_body = "{{link}}".into();
             }),
         ),
+        // Found by a hostile review: the link behind a branch the sample values do not
+        // take; unescaped values spelt otherwise; a subject far past a header's length;
+        // an organisation whose name holds a NUL (its store key read as the platform's).
+        (
+            "template.subject",
+            Box::new(|r| {
+                r.kind = pb::EmailKind::PasswordReset.into();
+                r.subject =
+                    "Reset {{#if (eq login \"ana.example@example.com\")}}{{else}}{{link}}{{/if}}"
+                        .into();
+                r.text_body = "{{link}}".into();
+            }),
+        ),
+        (
+            "template.html_body",
+            Box::new(|r| r.html_body = "<p>{{~{login}}}</p>".into()),
+        ),
+        (
+            "template.html_body",
+            Box::new(|r| r.html_body = "<p>{{ {login} }}</p>".into()),
+        ),
+        (
+            "template.html_body",
+            Box::new(|r| r.html_body = "<p>{{#if login}}{{~& login}}{{/if}}</p>".into()),
+        ),
+        (
+            "template.subject",
+            Box::new(|r| r.subject = "{{login}}".repeat(40)),
+        ),
+        (
+            "organisation",
+            Box::new(|r| r.organisation = "\u{0}password_reset".into()),
+        ),
     ];
     for (field, break_it) in &cases {
         let mut request = override_of("", false, "en", "Changed {{login}}");
@@ -509,6 +542,64 @@ async fn a_hostile_or_broken_override_is_refused_when_saved() {
         still.origin(),
         pb::TemplateOrigin::Builtin,
         "nothing was saved"
+    );
+}
+
+/// A reset's subject is rendered without the link, whatever its template says: one that
+/// walks every value is saved (nothing in it names the link), and the email it sends shows
+/// the token in its body only, never in the subject that ListMessages shows.
+#[tokio::test]
+async fn a_token_email_s_subject_never_shows_the_link() {
+    let _watchdog = crate::support::watchdog();
+    let server = TestServer::start().await;
+    let smtp = SmtpServer::start(Options::default());
+    server.configure_smtp(smtp.addr.port()).await;
+    add_user(&server, "alice", "acme", "en").await;
+    let mut request = override_of("acme", false, "en", "Reset{{#each this}} {{this}}{{/each}}");
+    request.kind = pb::EmailKind::PasswordReset.into();
+    request.text_body = "Reset here: {{link}}\n".into();
+    server
+        .templates(&server.admin_key)
+        .update_email_template(request)
+        .await
+        .expect("a subject that names no link is saved");
+    let mut reset = support::issue_request("alice", pb::TokenPurpose::PasswordReset);
+    reset.email = String::new();
+    reset.send_email = true;
+    reset.link_template = "https://portal.example.com/reset?t={token}".into();
+    let issued = server
+        .tokens(&server.admin_key)
+        .issue_token(reset)
+        .await
+        .expect("reset")
+        .into_inner();
+    server
+        .wait_for_state(&issued.message_id, pb::MessageState::Sent)
+        .await;
+    let (subject, text, _) = parts(&received(&smtp, "alice@acme.example"));
+    assert!(subject.starts_with("Reset "), "{subject}");
+    assert!(
+        subject.contains("alice"),
+        "the other values are there: {subject}"
+    );
+    assert!(!subject.contains(&issued.token), "{subject}");
+    assert!(!subject.contains("portal.example.com"), "{subject}");
+    assert!(
+        text.contains(&issued.token),
+        "the link is in the body: {text}"
+    );
+    let listed = server
+        .notifier(&server.admin_key)
+        .get_message(pb::GetMessageRequest {
+            id: issued.message_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !listed.subject.contains(&issued.token),
+        "{}",
+        listed.subject
     );
 }
 

@@ -33,7 +33,10 @@ impl Authenticator {
     ) -> Result<NewKey, AuthError> {
         let mut v = Violations::new();
         v.check("name", validation::text(name, true, 100));
-        v.check("organisation", validation::text(organisation, true, 100));
+        v.check(
+            "organisation",
+            validation::text(organisation, true, super::ORGANISATION_MAX),
+        );
         let mut granted = Vec::new();
         if permissions.is_empty() {
             v.add("permissions", "at least one permission is required");

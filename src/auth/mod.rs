@@ -29,6 +29,8 @@ pub use keys::NewKey;
 
 /// The organisation whose keys may act for every organisation.
 pub const ADMIN_ORGANISATION: &str = "admin";
+/// The longest organisation name, in characters.
+pub const ORGANISATION_MAX: usize = 100;
 /// The name of the key created on first start.
 pub const BOOTSTRAP_KEY_NAME: &str = "bootstrap-admin";
 /// The file, in the data directory, that receives the bootstrap key's secret.
@@ -194,6 +196,10 @@ impl Caller {
             )));
         }
         if target != self.organisation {
+            // Only an admin key gets here: the name is checked as a key's organisation is
+            // when created (a NUL in it would make a store key that reads as another's).
+            crate::validation::text(target, true, ORGANISATION_MAX)
+                .map_err(|e| AuthError::Invalid(crate::validation::violation("organisation", e)))?;
             // The key's own organisation is on the span already (`authorize`); the JSON log
             // format re-encodes every field of a span at each record.
             Span::current().record("organisation", target);

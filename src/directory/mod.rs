@@ -257,7 +257,7 @@ impl DirectoryService {
         for (i, o) in draft.organisations.iter().enumerate() {
             v.check(
                 &format!("user.organisations[{i}]"),
-                validation::text(o, true, 100),
+                validation::text(o, true, crate::auth::ORGANISATION_MAX),
             );
         }
         v.into_result(())

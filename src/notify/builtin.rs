@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::template::{BodyFormat, Data, TemplateCache};
-use super::{NotifyError, NotifyService};
+use super::{NotifyError, NotifyService, MAX_HEADER_BYTES};
 use crate::locale::{self, Lang};
 use crate::ports::StoreError;
 use crate::validation::Violations;
@@ -266,9 +266,18 @@ pub fn render(chosen: &Chosen, values: &EmailValues) -> Result<RenderedEmail, Vi
     }
     data.insert("platform".into(), Value::String(chosen.platform.clone()));
     data.insert("locale".into(), Value::String(chosen.lang.to_string()));
-    let data = Data::new(data);
+    // The subject never sees the link, whatever its template says: a message's subject is
+    // stored and listed in clear, and the link carries the token.
+    let mut without_link = data.clone();
+    without_link.remove("link");
+    let (data, without_link) = (Data::new(data), Data::new(without_link));
     let mut rendered = Vec::with_capacity(3);
     for (field, template, format) in parts(&chosen.source) {
+        let data = if field == "subject" {
+            &without_link
+        } else {
+            &data
+        };
         if template.is_empty() {
             rendered.push(String::new());
             continue;
@@ -277,7 +286,7 @@ pub fn render(chosen: &Chosen, values: &EmailValues) -> Result<RenderedEmail, Vi
             .compile(&[("body", template)], format)
             .map_err(|e| renamed(&e, field))?;
         let out = compiled
-            .render("body", &data)
+            .render("body", data)
             .map_err(|e| renamed(&e, field))?;
         rendered.push(out);
     }
@@ -287,10 +296,23 @@ pub fn render(chosen: &Chosen, values: &EmailValues) -> Result<RenderedEmail, Vi
     // A subject is one line: a template's line ends (a file's last) are not part of it.
     let subject = subject.split(['\r', '\n']).collect::<Vec<_>>().join(" ");
     Ok(RenderedEmail {
-        subject: subject.trim().to_string(),
+        subject: fitted(subject.trim()),
         text,
         html,
     })
+}
+
+/// `subject` within a header's [`MAX_HEADER_BYTES`]: cut, with an ellipsis, where a
+/// Directory name longer than the template's author foresaw would pass it.
+fn fitted(subject: &str) -> String {
+    if subject.len() <= MAX_HEADER_BYTES {
+        return subject.to_string();
+    }
+    let mut end = MAX_HEADER_BYTES - '…'.len_utf8();
+    while !subject.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &subject[..end])
 }
 
 /// `violations` with every field named `field`.
@@ -322,7 +344,18 @@ impl NotifyService {
             .email_sources
             .email_source(organisation, kind, locale)
             .await?;
-        render(&chosen, values).map_err(NotifyError::Invalid)
+        // An override compiles and renders for as long as a notification's template may.
+        let (threads, owner, values) = (
+            self.threads.clone(),
+            organisation.to_string(),
+            values.clone(),
+        );
+        self.threads
+            .run(organisation, async move {
+                let _turn = threads.turn(&owner).await?;
+                render(&chosen, &values).map_err(NotifyError::Invalid)
+            })
+            .await?
     }
 }
 

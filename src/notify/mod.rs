@@ -15,14 +15,12 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::crypto::CryptoError;
 use crate::directory::UserStore;
 use crate::metrics::Metrics;
 use crate::ports::StoreError;
-use crate::quota::Shares;
 use crate::settings::{SettingsError, SettingsService};
 use crate::validation::Violations;
 pub use template::BodyFormat;
@@ -46,6 +44,7 @@ mod spend;
 mod stage;
 pub(crate) mod template;
 mod text;
+mod threads;
 
 use crate::quota::OverQuota;
 pub use builtin::{
@@ -61,6 +60,7 @@ use quota::PendingCounts;
 pub use quota::Quotas;
 pub use render::MAX_HEADER_BYTES;
 pub use signal::MailQueued;
+pub use threads::RenderThreads;
 
 /// The purpose a message's content is sealed for.
 pub const CONTENT_PURPOSE: &str = "outbox.content";
@@ -186,12 +186,8 @@ pub struct NotifyService {
     clock: Clock,
     wake: Arc<MailQueued>,
     metrics: Metrics,
-    /// Sends running at once, each on a thread ([`NotifyService::on_send_thread`]).
-    send_threads: Arc<Semaphore>,
-    /// Each organisation's share of them.
-    send_shares: Arc<Shares>,
-    /// Each organisation's turns to render.
-    render_shares: Arc<Shares>,
+    /// Where sends and built-in emails render.
+    threads: RenderThreads,
     /// The templates of the built-in emails (overrides, languages).
     email_sources: Arc<dyn EmailSources>,
 }
@@ -216,23 +212,16 @@ impl NotifyService {
             settings,
             clock,
             wake,
+            threads: RenderThreads::new(SEND_THREADS, metrics.clone()),
             metrics,
-            send_threads: Arc::new(Semaphore::new(SEND_THREADS)),
-            send_shares: Arc::new(Shares::new(SEND_THREADS / 4)),
-            render_shares: Arc::new(Shares::new(
-                std::thread::available_parallelism()
-                    .map_or(1, |n| n.get() / 2)
-                    .max(1),
-            )),
             email_sources: Arc::new(BuiltinOnly),
         }
     }
 
-    /// The same notifier, running at most `threads` sends at once (see
-    /// [`NotifyService::on_send_thread`]), one organisation's at most a quarter of them.
-    pub fn with_send_threads(mut self, threads: usize) -> Self {
-        self.send_threads = Arc::new(Semaphore::new(threads.max(1)));
-        self.send_shares = Arc::new(Shares::new((threads / 4).max(1)));
+    /// The same notifier, rendering on `threads` (shared with the previews and the
+    /// overrides' checks: [`crate::templates::TemplateService::with_render_threads`]).
+    pub fn with_render_threads(mut self, threads: RenderThreads) -> Self {
+        self.threads = threads;
         self
     }
 

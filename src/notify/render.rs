@@ -118,7 +118,10 @@ impl NotifyService {
 
 pub(super) fn check_notification(n: &Notification) -> Violations {
     let mut v = Violations::new();
-    v.check("organisation", validation::text(&n.organisation, true, 100));
+    v.check(
+        "organisation",
+        validation::text(&n.organisation, true, crate::auth::ORGANISATION_MAX),
+    );
     if n.subject.is_empty() {
         v.add("subject", "is required");
     }

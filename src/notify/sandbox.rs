@@ -81,6 +81,19 @@ pub fn parse(source: &str) -> Result<Template, String> {
     Ok(template)
 }
 
+/// Whether `template` prints a value unescaped anywhere (`{{{value}}}`, `{{&value}}`, with
+/// whitespace control or spaces), its blocks included: parsed, not matched as text.
+pub fn prints_unescaped(template: &Template) -> bool {
+    template.elements.iter().any(|element| match element {
+        TemplateElement::HtmlExpression(_) => true,
+        TemplateElement::HelperBlock(h) => [&h.template, &h.inverse]
+            .into_iter()
+            .flatten()
+            .any(prints_unescaped),
+        _ => false,
+    })
+}
+
 fn check_elements(elements: &[TemplateElement], depth: usize) -> Result<(), String> {
     for element in elements {
         match element {

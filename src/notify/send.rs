@@ -17,8 +17,6 @@ use super::{
     USER_PAGE,
 };
 use crate::crypto;
-use crate::metrics::Metrics;
-use crate::ports::StoreError;
 use crate::settings::SmtpSettings;
 use crate::validation;
 
@@ -44,46 +42,13 @@ impl NotifyService {
             .await
     }
 
-    /// Runs a send of `organisation` on a thread of its own (tokio's blocking pool), at
-    /// most [`SEND_THREADS`] at once (`--send-threads`) and a quarter of them of one
-    /// organisation: rendering is synchronous and a caller's template may render for
-    /// seconds, which on one of the runtime's few workers would stall every other request,
-    /// delivery and the health service meanwhile; and one organisation's slow sends must
-    /// leave the others threads to run on. The send's store calls still go through the
-    /// runtime's drivers. Once started, a send runs to its end even if its caller goes
-    /// away, as a staged batch is then queued or forgotten whole.
+    /// Runs a send of `organisation` on a render thread ([`RenderThreads::run`](super::RenderThreads::run)).
     pub(super) async fn on_send_thread<T: Send + 'static>(
         &self,
         organisation: &str,
         send: impl Future<Output = Result<T, NotifyError>> + Send + 'static,
     ) -> Result<T, NotifyError> {
-        let share = self.send_shares.of(organisation);
-        let closed = |_| NotifyError::Store(StoreError::Unavailable("shutting down".into()));
-        let waiting = Counted::new(&self.metrics, "waiting");
-        let own = share.acquire_owned().await.map_err(closed)?;
-        let slot = self
-            .send_threads
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(closed)?;
-        drop(waiting);
-        let running = Counted::new(&self.metrics, "running");
-        let runtime = tokio::runtime::Handle::current();
-        let sent = tokio::task::spawn_blocking(move || {
-            let _slots = (own, slot, running);
-            runtime.block_on(send)
-        })
-        .await;
-        match sent {
-            Ok(result) => result,
-            Err(e) => match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(_) => Err(NotifyError::Store(StoreError::Unavailable(
-                    "the send was cancelled: shutting down".into(),
-                ))),
-            },
-        }
+        self.threads.run(organisation, send).await?
     }
 
     pub(super) async fn queue_to_addresses(
@@ -209,16 +174,10 @@ impl NotifyService {
         self.finish(&n, stager, staged).await
     }
 
-    /// A turn of `organisation` to render: one organisation renders on at most half the
-    /// cores at once (one on two), however many of its sends run, so that its costly
-    /// templates leave the others CPU as well as threads. Taken for each message's
-    /// rendering and sealing, not while it is written.
+    /// A turn of `organisation` to render ([`RenderThreads::turn`](super::RenderThreads::turn)): taken for each
+    /// message's rendering and sealing, not while it is written.
     async fn render_turn(&self, organisation: &str) -> Result<OwnedSemaphorePermit, NotifyError> {
-        self.render_shares
-            .of(organisation)
-            .acquire_owned()
-            .await
-            .map_err(|_| NotifyError::Store(StoreError::Unavailable("shutting down".into())))
+        Ok(self.threads.turn(organisation).await?)
     }
 
     /// Queues messages built elsewhere (account notices), durably, within the quotas.
@@ -314,27 +273,5 @@ impl NotifyService {
         self.metrics.messages("queued", queued.message_ids.len());
         self.wake.announce();
         Ok(queued)
-    }
-}
-
-/// A send counted in the `sends` gauge under a state until dropped.
-struct Counted {
-    metrics: Metrics,
-    state: &'static str,
-}
-
-impl Counted {
-    pub(super) fn new(metrics: &Metrics, state: &'static str) -> Self {
-        metrics.sends(state, 1);
-        Self {
-            metrics: metrics.clone(),
-            state,
-        }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.metrics.sends(self.state, -1);
     }
 }

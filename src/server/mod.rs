@@ -38,7 +38,7 @@ use crate::crypto::MasterKey;
 use crate::directory::DirectoryService;
 use crate::mail::delivery::Delivery;
 use crate::metrics::{Metrics, RpcLayer};
-use crate::notify::{MailQueued, NotifyService, Quotas};
+use crate::notify::{MailQueued, NotifyService, Quotas, RenderThreads};
 use crate::proto::v1::{
     api_keys_server::ApiKeysServer, directory_server::DirectoryServer,
     notifier_server::NotifierServer, smtp_admin_server::SmtpAdminServer,
@@ -134,8 +134,11 @@ impl Mailroom {
         let directory = DirectoryService::new(store.clone(), store.clone(), args.clock.clone())
             .with_org_limit(args.org_user_changes_per_hour);
         let wake = Arc::new(MailQueued::new());
+        // One pool of threads renders sends, built-in emails and previews.
+        let threads = RenderThreads::new(args.send_threads, metrics.clone());
         let templates =
-            TemplateService::new(store.clone(), args.clock.clone(), &args.platform_name);
+            TemplateService::new(store.clone(), args.clock.clone(), &args.platform_name)
+                .with_render_threads(threads.clone());
         let notify = NotifyService::new(
             store.clone(),
             store.clone(),
@@ -144,7 +147,7 @@ impl Mailroom {
             wake.clone(),
             metrics.clone(),
         )
-        .with_send_threads(args.send_threads)
+        .with_render_threads(threads)
         .with_quotas(Quotas {
             pending_messages: args.org_pending_messages,
             messages_per_hour: args.org_messages_per_hour,

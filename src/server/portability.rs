@@ -2,6 +2,7 @@
 //! records into an empty store, and the embedded store into etcd in one step (see
 //! [`crate::snapshot`] for what moves and how an import survives being cut short).
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -74,12 +75,13 @@ async fn export_from(
 /// file. Run again after a crash, it finishes what the first run began.
 pub async fn import(args: &Args, from: &Path, replace: bool) -> anyhow::Result<Header> {
     let key = master_key_of(args)?;
-    let (header, digest) = check_file(from, &key)?;
+    let checked = check_file(from, &key)?;
+    let header = checked.header.clone();
     if args.store == StoreKind::Sled {
         create_private_dir(&args.data_dir)?;
     }
     let store = open(args, "mailroom import writes").await?;
-    import_into(store.as_ref(), from, &digest, replace).await?;
+    import_into(store.as_ref(), from, checked, &key, replace).await?;
     close(store).await?;
     tracing::info!(
         file = %from.display(),
@@ -114,9 +116,18 @@ fn master_key_of(args: &Args) -> anyhow::Result<MasterKey> {
     Ok(MasterKey::load_or_create(&path)?)
 }
 
+/// An export file checked whole, to be imported through the same handle.
+struct Checked {
+    file: File,
+    header: Header,
+    /// The SHA-256 of the whole file: what names the import under way.
+    digest: String,
+}
+
 /// Reads the whole file before anything is written: every record must decode, the counts
-/// match the header, and `key` open every sealed value. Its header and digest.
-fn check_file(path: &Path, key: &MasterKey) -> anyhow::Result<(Header, String)> {
+/// match the header, `key` open every sealed value, and the records be those the header's
+/// seal vouches for.
+fn check_file(path: &Path, key: &MasterKey) -> anyhow::Result<Checked> {
     let mut reader = Reader::open(path)?;
     while let Some(record) = reader.next_record()? {
         if let Some(what) = secrets::unopened(&record, key) {
@@ -136,16 +147,26 @@ fn check_file(path: &Path, key: &MasterKey) -> anyhow::Result<(Header, String)> 
         );
     }
     let header = reader.header().clone();
-    Ok((header, file::digest(path)?))
+    let mut file = reader.into_file();
+    let digest = file::digest(&mut file, path)?;
+    Ok(Checked {
+        file,
+        header,
+        digest,
+    })
 }
 
-/// Writes the file's records into `store`, under the import's mark.
+/// Writes the file's records into `store`, under the import's mark, which is cleared only
+/// once the records written are found to be those the header's seal vouches for: a file
+/// changed in place while it was imported leaves the store marked, which no server opens.
 async fn import_into(
     store: &dyn Store,
     from: &Path,
-    digest: &str,
+    checked: Checked,
+    key: &MasterKey,
     replace: bool,
 ) -> anyhow::Result<()> {
+    let digest = checked.digest.as_str();
     match store.import_mark().await? {
         Some(mark) if mark == digest => {
             tracing::info!("finishing an import of this file that did not finish");
@@ -168,7 +189,7 @@ async fn import_into(
     store.set_import_mark(Some(digest)).await?;
     // Whatever a first run of this file, or the store before --replace, left: gone.
     store.remove_all().await?;
-    let mut reader = Reader::open(from)?;
+    let mut reader = Reader::over(checked.file, from)?;
     let mut chunk: Vec<Portable> = Vec::with_capacity(CHUNK);
     let mut chunk_bytes = 0;
     let mut written = 0;
@@ -192,6 +213,14 @@ async fn import_into(
     }
     store.restore(&chunk).await?;
     store.flush().await?;
+    if !reader.intact(key) {
+        anyhow::bail!(
+            "{} changed while it was imported: the records written are not those its header's \
+             seal vouches for. The store stays marked as importing, and no server opens it: \
+             import again, from a file no one else can write, with --replace",
+            from.display()
+        );
+    }
     store.set_import_mark(None).await?;
     Ok(())
 }
@@ -215,7 +244,11 @@ pub async fn migrate(args: &Args, to: StoreKind, replace: bool) -> anyhow::Resul
     };
     let etcd = open_store(&target).await?;
     let resumable = match (etcd.import_mark().await?, file.is_file()) {
-        (Some(mark), true) => file::digest(&file)? == mark,
+        (Some(mark), true) => {
+            let mut opened =
+                File::open(&file).with_context(|| format!("reading {}", file.display()))?;
+            file::digest(&mut opened, &file)? == mark
+        }
         _ => false,
     };
     if !resumable {
@@ -225,8 +258,9 @@ pub async fn migrate(args: &Args, to: StoreKind, replace: bool) -> anyhow::Resul
         }
         export(args, &file).await?;
     }
-    let (header, digest) = check_file(&file, &key)?;
-    import_into(etcd.as_ref(), &file, &digest, replace).await?;
+    let checked = check_file(&file, &key)?;
+    let header = checked.header.clone();
+    import_into(etcd.as_ref(), &file, checked, &key, replace).await?;
     std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
     Ok(header.counts)
 }
@@ -285,4 +319,84 @@ pub fn migrated(args: &Args, counts: &Counts) -> String {
         args.data_dir.display()
     ));
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, SeekFrom, Write};
+
+    use super::*;
+    use crate::directory::{User, UserStore};
+    use crate::snapshot::Snapshot;
+    use crate::store::sled::SledStore;
+
+    fn user(login: &str) -> Portable {
+        Portable::User(User {
+            login: login.into(),
+            name: "Ana".into(),
+            email: String::new(),
+            organisations: vec!["acme".into()],
+            locked: false,
+            locale: String::new(),
+            create_time: std::time::UNIX_EPOCH,
+            update_time: std::time::UNIX_EPOCH,
+        })
+    }
+
+    /// An export of one user, `ana1`, under `key`.
+    fn exported(path: &Path, key: &MasterKey) {
+        let mut writer = Writer::create(path).unwrap();
+        writer.write(&user("ana1")).unwrap();
+        writer
+            .finish("sled", "2026-12-01T00:00:00Z".into(), key)
+            .unwrap();
+    }
+
+    /// What the review did: a file checked whole, then swapped for another (by rename) or
+    /// changed in place before its records were read again to be written. The swapped
+    /// file is never read (one handle); a change in place leaves the store marked.
+    #[tokio::test]
+    async fn a_file_changed_after_its_check_is_not_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::load_or_create(&dir.path().join("master.key")).unwrap();
+        let path = dir.path().join("export.jsonl");
+        let other = dir.path().join("other.jsonl");
+
+        exported(&path, &key);
+        let checked = check_file(&path, &key).unwrap();
+        std::fs::write(&other, "not an export\n").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let store = SledStore::open(&dir.path().join("a"), 16 << 20).unwrap();
+        import_into(&store, &path, checked, &key, false)
+            .await
+            .unwrap();
+        assert!(
+            store.user("ana1").await.unwrap().is_some(),
+            "the file checked"
+        );
+        assert_eq!(store.import_mark().await.unwrap(), None);
+
+        exported(&path.with_extension("2"), &key);
+        let path = path.with_extension("2");
+        let checked = check_file(&path, &key).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let at = text.find("ana1").unwrap();
+        let mut same = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        same.seek(SeekFrom::Start(at as u64)).unwrap();
+        same.write_all(b"eve1").unwrap();
+        drop(same);
+        let store = SledStore::open(&dir.path().join("b"), 16 << 20).unwrap();
+        let refused = import_into(&store, &path, checked, &key, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("changed while it was imported"),
+            "{refused}"
+        );
+        assert!(
+            store.import_mark().await.unwrap().is_some(),
+            "the store stays marked: no server opens it"
+        );
+    }
 }

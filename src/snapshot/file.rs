@@ -56,12 +56,12 @@ pub const INTEGRITY_PURPOSE: &str = "export.records";
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The file could not be written or read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (said in this error's text, not as its source: it would be said twice).
+        error: std::io::Error,
     },
     /// The file is not an export this version reads.
     #[error("{path}, line {line}: {reason}")]
@@ -76,9 +76,9 @@ pub enum FileError {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> FileError + '_ {
-    move |source| FileError::Io {
+    move |error| FileError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 
@@ -185,7 +185,12 @@ pub struct Reader {
 impl Reader {
     /// Opens `path` and reads its header.
     pub fn open(path: &Path) -> Result<Self, FileError> {
-        let file = File::open(path).map_err(io(path))?;
+        Self::over(File::open(path).map_err(io(path))?, path)
+    }
+
+    /// Reads `file` (opened from `path`) from its start: its header first.
+    pub fn over(mut file: File, path: &Path) -> Result<Self, FileError> {
+        file.rewind().map_err(io(path))?;
         let mut reader = Self {
             path: path.to_path_buf(),
             lines: BufReader::new(file),
@@ -227,6 +232,12 @@ impl Reader {
     /// The header.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The file read, to be read again through the same handle: a file put in its path's
+    /// place meanwhile is not read.
+    pub fn into_file(self) -> File {
+        self.lines.into_inner()
     }
 
     /// Whether the records read (all of them, once [`Reader::next_record`] answered
@@ -319,9 +330,10 @@ pub fn describe(counts: &Counts) -> String {
     }
 }
 
-/// The SHA-256 of the file at `path`, in hex: what names an import under way.
-pub fn digest(path: &Path) -> Result<String, FileError> {
-    let mut file = File::open(path).map_err(io(path))?;
+/// The SHA-256 of `file` (opened from `path`), in hex, read from its start: what names an
+/// import under way.
+pub fn digest(file: &mut File, path: &Path) -> Result<String, FileError> {
+    file.rewind().map_err(io(path))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 16];
     loop {

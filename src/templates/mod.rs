@@ -17,8 +17,11 @@ use async_trait::async_trait;
 
 use crate::clock::Clock;
 use crate::locale::{self, Lang};
+use crate::metrics::Metrics;
+use crate::notify::sandbox;
 use crate::notify::{
-    builtin, Chosen, EmailKind, EmailSource, EmailSources, EmailValues, RenderedEmail,
+    builtin, Chosen, EmailKind, EmailSource, EmailSources, EmailValues, RenderThreads,
+    RenderedEmail, SEND_THREADS,
 };
 use crate::ports::StoreError;
 use crate::validation::{self, Violations};
@@ -33,6 +36,9 @@ pub use preview::{samples, Preview, PreviewRequest, Previewed};
 
 /// Longest subject template, in bytes.
 pub const MAX_SUBJECT_BYTES: usize = 1024;
+/// Most bytes a subject renders to over the sample values when saved: the values sent may
+/// be longer (a subject past a header's 998 bytes is cut when sent).
+pub const MAX_SAMPLE_SUBJECT_BYTES: usize = 256;
 /// Longest text or HTML body template, in bytes.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Tries of a write that lost a race before giving up.
@@ -100,6 +106,8 @@ pub struct TemplateService {
     clock: Clock,
     /// The platform's name in emails (value `platform`).
     platform: Arc<str>,
+    /// Where overrides are checked and previews rendered: the notifier's threads.
+    threads: RenderThreads,
 }
 
 impl TemplateService {
@@ -109,7 +117,15 @@ impl TemplateService {
             store,
             clock,
             platform: platform.into(),
+            threads: RenderThreads::new(SEND_THREADS, Metrics::default()),
         }
+    }
+
+    /// The same service, checking and previewing on `threads` (the notifier's: see
+    /// [`crate::notify::NotifyService::with_render_threads`]).
+    pub fn with_render_threads(mut self, threads: RenderThreads) -> Self {
+        self.threads = threads;
+        self
     }
 
     /// The platform's name in emails.
@@ -144,9 +160,9 @@ impl TemplateService {
             Scope::Organisation(_) => self.store.email_overrides("").await?,
             Scope::Platform => Vec::new(),
         };
-        let find = |list: &[TemplateOverride], kind, lang: Lang| {
+        let find = |list: &[TemplateOverride], owner: &str, kind, lang: Lang| {
             list.iter()
-                .find(|o| o.kind == kind && o.locale == lang.as_str())
+                .find(|o| o.scope == owner && o.kind == kind && o.locale == lang.as_str())
                 .cloned()
         };
         let mut all = Vec::new();
@@ -156,8 +172,8 @@ impl TemplateService {
                     scope,
                     kind,
                     lang,
-                    find(&own, kind, lang),
-                    find(&platform, kind, lang),
+                    find(&own, scope.key(), kind, lang),
+                    find(&platform, "", kind, lang),
                 ));
             }
         }
@@ -173,12 +189,15 @@ impl TemplateService {
         by: &str,
     ) -> Result<EmailTemplate, TemplateError> {
         // Off the runtime's workers: compiling a template of 256 KiB takes a moment.
-        let (draft, checked) = tokio::task::spawn_blocking(move || {
-            let checked = check_draft(&draft);
-            (draft, checked)
-        })
-        .await
-        .map_err(|_| StoreError::Unavailable("shutting down".into()))?;
+        let (threads, owner) = (self.threads.clone(), scope.key().to_string());
+        let (draft, checked) = self
+            .threads
+            .run(scope.key(), async move {
+                let _turn = threads.turn(&owner).await?;
+                let checked = check_draft(&draft);
+                Ok::<_, StoreError>((draft, checked))
+            })
+            .await??;
         let (kind, lang) = checked.map_err(TemplateError::Invalid)?;
         let now = self.clock.now();
         for _ in 0..SWAP_ATTEMPTS {
@@ -311,9 +330,12 @@ impl TemplateService {
         let found = self.store.email_customisation(scope.key(), kind).await?;
         let organisation_locale = found.locale.map(|s| s.default_locale).unwrap_or_default();
         let lang = locale::choose(locale, &organisation_locale);
-        let of_lang =
-            |list: Vec<TemplateOverride>| list.into_iter().find(|o| o.locale == lang.as_str());
-        let source = of_lang(found.own).or_else(|| of_lang(found.platform));
+        // Exactly this scope's and kind's: what a prefix read found is checked, not trusted.
+        let of_lang = |list: Vec<TemplateOverride>, scope: &str| {
+            list.into_iter()
+                .find(|o| o.scope == scope && o.kind == kind && o.locale == lang.as_str())
+        };
+        let source = of_lang(found.own, scope.key()).or_else(|| of_lang(found.platform, ""));
         let source = source.map_or_else(|| kind.builtin(lang).clone(), |o| o.source);
         Ok(Chosen {
             lang,
@@ -436,12 +458,23 @@ fn check_draft(draft: &TemplateDraft) -> Result<(EmailKind, Lang), Violations> {
     }
     if let Err(why) = body(&source.html, false) {
         v.add("template.html_body", why);
-    } else if source.html.contains("{{{") || source.html.contains("{{&") {
+    } else if sandbox::parse(&source.html).is_ok_and(|t| sandbox::prints_unescaped(&t)) {
         // A name or an address would go into the HTML unescaped: markup of the caller's
-        // choosing in an email the platform signs.
+        // choosing in an email the platform signs. (A template that does not parse is
+        // reported below.)
         v.add(
             "template.html_body",
             "values are escaped in HTML: `{{{value}}}` and `{{&value}}` are not allowed",
+        );
+    }
+    if draft.kind.is_some_and(EmailKind::carries_token) && mentions(&source.subject, "link") {
+        // A message's subject is stored and listed in clear (ListMessages, manageConfig,
+        // and the export): the link (the token) stays in the bodies, which are sealed. The
+        // subject is rendered without it whatever it says; this says so when saved.
+        v.add(
+            "template.subject",
+            "must not show the link: a message's subject is stored and listed in clear, \
+             and the link carries the token",
         );
     }
     if !v.is_empty() {
@@ -461,17 +494,14 @@ fn check_draft(draft: &TemplateDraft) -> Result<(EmailKind, Lang), Violations> {
     );
     let rendered = builtin::render(&sample, &values);
     if let Ok(rendered) = &rendered {
-        // A message's subject is stored and listed in clear (ListMessages, manageConfig, and
-        // the export): the link (the token) stays in the bodies, which are sealed.
-        if kind.carries_token()
-            && ["mrr_SAMPLE", "mri_SAMPLE"]
-                .iter()
-                .any(|t| rendered.subject.contains(t))
-        {
+        if rendered.subject.len() > MAX_SAMPLE_SUBJECT_BYTES {
             return Err(validation::violation(
                 "template.subject",
-                "must not show the link: a message's subject is stored and listed in clear, \
-                 and the link carries the token",
+                format!(
+                    "renders to {} bytes over the sample values; at most \
+                     {MAX_SAMPLE_SUBJECT_BYTES}, so that longer names still fit a subject",
+                    rendered.subject.len()
+                ),
             ));
         }
     }
@@ -489,6 +519,17 @@ fn check_draft(draft: &TemplateDraft) -> Result<(EmailKind, Lang), Violations> {
         return Err(renamed);
     }
     Ok((kind, lang))
+}
+
+/// Whether an expression (`{{…}}`) of `template` names `value`: `{{value}}`,
+/// `{{#with value}}`, `{{this.value}}`, `{{[value]}}`, `{{../value}}`…
+fn mentions(template: &str, value: &str) -> bool {
+    template.split("{{").skip(1).any(|rest| {
+        let expression = rest.split("}}").next().unwrap_or_default();
+        expression
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+            .any(|word| word == value)
+    })
 }
 
 /// Checks a body template: at most [`MAX_BODY_BYTES`], no control characters but line

@@ -140,14 +140,22 @@ impl TemplateService {
         };
         v.into_result(()).map_err(TemplateError::Invalid)?;
         let chosen = self.choose(scope, kind, &request.locale).await?;
-        let email = builtin::render(&chosen, &values).map_err(TemplateError::Invalid)?;
+        let (threads, owner) = (self.threads.clone(), scope.key().to_string());
+        let lang = chosen.lang;
+        let email = self
+            .threads
+            .run(scope.key(), async move {
+                let _turn = threads.turn(&owner).await?;
+                builtin::render(&chosen, &values).map_err(TemplateError::Invalid)
+            })
+            .await??;
         let preview = Preview {
             from: from.unwrap_or_else(|| Mailbox::from_str(PREVIEW_FROM).expect("a mailbox")),
             to,
             now,
         };
         preview
-            .compose(Some(chosen.lang), email.subject, email.text, email.html)
+            .compose(Some(lang), email.subject, email.text, email.html)
             .map_err(TemplateError::Invalid)
     }
 }
@@ -243,9 +251,14 @@ fn time(value: &Value) -> Result<SystemTime, String> {
     let millis = match value {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => {
+            // From 1970, as epoch milliseconds can say.
             return chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
                 .map(SystemTime::from)
-                .map_err(|_| "must be an RFC 3339 time (2026-01-31T08:00:00Z)".to_string())
+                .filter(|t| *t >= SystemTime::UNIX_EPOCH)
+                .ok_or_else(|| {
+                    "must be an RFC 3339 time from 1970 on (2026-01-31T08:00:00Z)".to_string()
+                });
         }
         _ => None,
     };

@@ -538,7 +538,10 @@ fn check_issue(r: &IssueRequest) -> Result<(Purpose, String, Option<String>), Vi
         );
     }
     let login = v.check("login", canonical_login(&r.login));
-    v.check("organisation", validation::text(&r.organisation, true, 100));
+    v.check(
+        "organisation",
+        validation::text(&r.organisation, true, crate::auth::ORGANISATION_MAX),
+    );
     if !r.email.is_empty() {
         v.check(
             "email",
