@@ -1577,3 +1577,49 @@ async fn email_templates_swap_only_from_the_version_read(store: Arc<dyn Store>) 
     assert_eq!(found.locale, Some(settings));
     assert!(found.own.is_empty());
 }
+
+/// One import at a time on an etcd prefix: two imports run at once (a hostile review) each
+/// wrote into the other's store and cleared the mark at its end, leaving a store that was
+/// neither file, served as if whole. The first holds the prefix (a leased key that
+/// removing the store's records leaves in place); a second is refused until it is let go.
+#[cfg(feature = "etcd")]
+mod etcd_import_lock {
+    use super::*;
+    use crate::support::etcd::Etcd;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_import_holds_its_etcd_prefix_alone() {
+        let _watchdog = crate::support::watchdog();
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let first = etcd.store("/import-lock/").await.expect("connect to etcd");
+        let second = etcd.store("/import-lock/").await.expect("connect to etcd");
+        let held = first
+            .lock_import()
+            .await
+            .expect("the first import holds it");
+        first.set_import_mark(Some("first")).await.unwrap();
+        first.remove_all().await.unwrap();
+        assert!(
+            !first.holds_records().await.unwrap(),
+            "the mark and the hold are no records"
+        );
+        let refused = second
+            .lock_import()
+            .await
+            .err()
+            .expect("a second is refused");
+        assert!(
+            matches!(&refused, StoreError::Unavailable(why) if why.contains("another import")),
+            "{refused:?}"
+        );
+        held.release().await;
+        second
+            .lock_import()
+            .await
+            .expect("once the first lets go, another may import")
+            .release()
+            .await;
+    }
+}

@@ -54,9 +54,9 @@ handlebars_helper!(severity_label: |level: i64| severity(level));
 /// `yyyy-MM-dd HH:mm:ss`); the locale `en` (default), `fr` or a `ll_CC` name. UTC.
 pub(super) fn date_format(
     h: &Helper<'_>,
-    _: &Handlebars<'_>,
+    registry: &Handlebars<'_>,
     _: &Context,
-    _: &mut RenderContext<'_, '_>,
+    rc: &mut RenderContext<'_, '_>,
     out: &mut dyn Output,
 ) -> HelperResult {
     let value = h
@@ -88,7 +88,13 @@ pub(super) fn date_format(
         return Ok(());
     }
     let formatted = format_date(value, pattern, locale).map_err(RenderErrorReason::Other)?;
-    out.write(&formatted)?;
+    // Escaped as a value is (in HTML): a pattern's literal text is the caller's, and a
+    // value that is no date may be printed whole.
+    if rc.is_disable_escape() {
+        out.write(&formatted)?;
+    } else {
+        out.write(&registry.get_escape_fn()(&formatted))?;
+    }
     Ok(())
 }
 

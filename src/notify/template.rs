@@ -285,6 +285,21 @@ mod tests {
         }
     }
 
+    /// dateFormat's output is escaped in HTML as a value is: its pattern's literal text is
+    /// the caller's (a Directory name passed as the pattern printed markup, hostile review).
+    #[test]
+    fn date_format_is_escaped_in_html() {
+        let data = json!({"name": "'<img src=x onerror=alert(1)>'"});
+        let html = render(
+            "<p>{{dateFormat 0 name}}</p>",
+            data.clone(),
+            BodyFormat::Html,
+        );
+        assert_eq!(html, "<p>&lt;img src&#x3D;x onerror&#x3D;alert(1)&gt;</p>");
+        let text = render("{{dateFormat 0 name}}", data, BodyFormat::Text);
+        assert_eq!(text, "<img src=x onerror=alert(1)>");
+    }
+
     #[test]
     fn helpers_as_thehive_has_them() {
         let data =

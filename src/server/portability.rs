@@ -167,6 +167,9 @@ async fn import_into(
     replace: bool,
 ) -> anyhow::Result<()> {
     let digest = checked.digest.as_str();
+    // One import at a time: two on one etcd prefix interleaved their writes, each clearing
+    // the mark at its end over a store that was neither file.
+    let lock = store.lock_import().await?;
     match store.import_mark().await? {
         Some(mark) if mark == digest => {
             tracing::info!("finishing an import of this file that did not finish");
@@ -222,6 +225,7 @@ async fn import_into(
         );
     }
     store.set_import_mark(None).await?;
+    lock.release().await;
     Ok(())
 }
 

@@ -178,11 +178,65 @@ pub trait Snapshot: Send + Sync {
     /// it returns.
     async fn restore(&self, records: &[Portable]) -> Result<()>;
 
+    /// Holds the store for one import until released (or dropped: then within seconds):
+    /// another import meanwhile is refused, so that two never interleave their writes. A
+    /// store only one process can open (sled locks its directory) needs nothing more.
+    async fn lock_import(&self) -> Result<ImportLock> {
+        Ok(ImportLock::none())
+    }
+
     /// The mark of an import under way (what it imports), if any.
     async fn import_mark(&self) -> Result<Option<String>>;
 
     /// Sets (`Some`) or clears (`None`) the mark of an import under way. Durable.
     async fn set_import_mark(&self, mark: Option<&str>) -> Result<()>;
+}
+
+/// An import's hold on its store ([`Snapshot::lock_import`]).
+pub struct ImportLock {
+    /// What keeps the hold alive; stopped when dropped.
+    keeping: Option<tokio::task::JoinHandle<()>>,
+    /// What lets it go at once.
+    release: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl ImportLock {
+    /// No hold: the store is this process's alone.
+    pub fn none() -> Self {
+        Self {
+            keeping: None,
+            release: None,
+        }
+    }
+
+    /// A hold that `keeping` keeps alive and `release` lets go.
+    pub fn held(
+        keeping: tokio::task::JoinHandle<()>,
+        release: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        Self {
+            keeping: Some(keeping),
+            release: Some(Box::pin(release)),
+        }
+    }
+
+    /// Lets the store go at once.
+    pub async fn release(mut self) {
+        if let Some(keeping) = self.keeping.take() {
+            keeping.abort();
+        }
+        if let Some(release) = self.release.take() {
+            release.await;
+        }
+    }
+}
+
+impl Drop for ImportLock {
+    fn drop(&mut self) {
+        if let Some(keeping) = &self.keeping {
+            keeping.abort();
+        }
+    }
 }
 
 /// A store marked by an import that did not finish: what the server says at start.

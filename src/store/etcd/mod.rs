@@ -82,6 +82,8 @@ const RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// The etcd store.
 pub struct EtcdStore {
     kv: KvClient,
+    /// Leases: an import's hold on the prefix (`snapshot.rs`).
+    leases: etcd_client::LeaseClient,
     prefix: String,
     changes: broadcast::Sender<Changed>,
     /// [`Backend::watch_epoch`]: 0 while the watch is not established.
@@ -125,6 +127,7 @@ impl EtcdStore {
         );
         let store = Self {
             kv: client.kv_client().max_decoding_message_size(RESPONSE_BYTES),
+            leases: client.lease_client(),
             prefix: store_prefix,
             changes,
             epoch,

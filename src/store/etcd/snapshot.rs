@@ -6,14 +6,17 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
-use etcd_client::{DeleteOptions, GetOptions, KeyValue, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+};
 
 use super::idempotency::{apart, IDS_INLINE};
 use super::keys::prefix_end;
 use super::kv::*;
 use super::{unavailable, EtcdStore};
 use crate::notify::Idempotency;
-use crate::snapshot::{Keyed, Portable, Sink, Snapshot};
+use crate::ports::StoreError;
+use crate::snapshot::{ImportLock, Keyed, Portable, Sink, Snapshot};
 use crate::store::keyspace::{self, etcd_only, Encoding, Family};
 use crate::store::{decode, encode, Result};
 use crate::tokens::Token;
@@ -21,10 +24,19 @@ use crate::tokens::Token;
 /// Entries read at once; message records (up to 1.5 MiB each) fewer at a time.
 const PAGE: i64 = 64;
 const MESSAGE_PAGE: i64 = 16;
+/// How long an import's hold on a prefix outlives its process (its lease, kept alive while
+/// it runs).
+const IMPORT_HOLD_SECONDS: i64 = 6;
 
 impl EtcdStore {
     fn import_mark_key(&self) -> String {
         keyspace::meta(self, keyspace::IMPORTING)
+    }
+
+    /// The key an import holds while it writes, under the mark's name: neither removed by
+    /// [`Snapshot::remove_all`] nor a record.
+    fn import_lock_key(&self) -> String {
+        format!("{}/held", self.import_mark_key())
     }
 
     /// The store's current revision.
@@ -262,26 +274,29 @@ impl Snapshot for EtcdStore {
         let options = GetOptions::new()
             .with_range(prefix_end(&self.prefix))
             .with_keys_only()
-            .with_limit(2);
+            .with_limit(3);
         let response = self
             .kv
             .clone()
             .get(self.prefix.as_str(), Some(options))
             .await
             .map_err(unavailable)?;
-        Ok(response.kvs().iter().any(|kv| kv.key() != mark.as_bytes()))
+        Ok(response
+            .kvs()
+            .iter()
+            .any(|kv| !kv.key().starts_with(mark.as_bytes())))
     }
 
     async fn remove_all(&self) -> Result<()> {
+        // All but the mark and the import's hold (keys under the mark's name).
         let mark = self.import_mark_key();
-        let after_mark = format!("{mark}\0");
         let txn = Txn::new().and_then([
             TxnOp::delete(
                 self.prefix.as_str(),
                 Some(DeleteOptions::new().with_range(mark.as_str())),
             ),
             TxnOp::delete(
-                after_mark,
+                prefix_end(&mark),
                 Some(DeleteOptions::new().with_range(prefix_end(&self.prefix))),
             ),
         ]);
@@ -373,6 +388,66 @@ impl Snapshot for EtcdStore {
             add(keyspace::meta(self, keyspace::BOOTSTRAPPED), b"1".to_vec());
         }
         self.write_chunked(ops).await
+    }
+
+    /// A key under a lease of [`IMPORT_HOLD_SECONDS`], created only if absent and kept
+    /// alive while the import runs: a second import waits as long as a stopped import's
+    /// hold takes to lapse (a rerun after a crash), then is refused while it exists.
+    async fn lock_import(&self) -> Result<ImportLock> {
+        let key = self.import_lock_key();
+        let mut leases = self.leases.clone();
+        let lease = leases
+            .grant(IMPORT_HOLD_SECONDS, None)
+            .await
+            .map_err(unavailable)?
+            .id();
+        let take = || {
+            Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    Vec::new(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+        };
+        let waited_at_most = std::time::Instant::now()
+            + std::time::Duration::from_secs(IMPORT_HOLD_SECONDS as u64 + 2);
+        let mut said = false;
+        while !self.txn(take()).await?.succeeded() {
+            if std::time::Instant::now() > waited_at_most {
+                let _ = leases.revoke(lease).await;
+                return Err(StoreError::Unavailable(
+                    "another import is writing into this etcd prefix: run this one once it \
+                     has ended"
+                        .into(),
+                ));
+            }
+            if !said {
+                tracing::info!(
+                    "another import holds this etcd prefix: waiting for it to end, or for \
+                     the hold of a stopped one to lapse"
+                );
+                said = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        let (mut keeper, mut answers) = leases.keep_alive(lease).await.map_err(unavailable)?;
+        let keeping = tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(IMPORT_HOLD_SECONDS as u64 / 3);
+            loop {
+                tokio::time::sleep(every).await;
+                if keeper.keep_alive().await.is_err() {
+                    return;
+                }
+                match answers.message().await {
+                    Ok(Some(answer)) if answer.ttl() > 0 => {}
+                    _ => return,
+                }
+            }
+        });
+        Ok(ImportLock::held(keeping, async move {
+            let _ = leases.revoke(lease).await;
+        }))
     }
 
     async fn import_mark(&self) -> Result<Option<String>> {
