@@ -345,17 +345,11 @@ impl NotifyService {
             .email_source(organisation, kind, locale)
             .await?;
         // An override compiles and renders for as long as a notification's template may.
-        let (threads, owner, values) = (
-            self.threads.clone(),
-            organisation.to_string(),
-            values.clone(),
-        );
+        let values = values.clone();
         self.threads
-            .run(organisation, async move {
-                let _turn = threads.turn(&owner).await?;
-                render(&chosen, &values).map_err(NotifyError::Invalid)
-            })
+            .render(organisation, move || render(&chosen, &values))
             .await?
+            .map_err(NotifyError::Invalid)
     }
 }
 

@@ -77,6 +77,21 @@ impl RenderThreads {
         }
     }
 
+    /// Runs the synchronous `render` of `organisation` on a thread, in one of its turns:
+    /// one rendering (a built-in email, a preview, an override's check).
+    pub async fn render<T: Send + 'static>(
+        &self,
+        organisation: &str,
+        render: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (threads, owner) = (self.clone(), organisation.to_string());
+        self.run(organisation, async move {
+            let _turn = threads.turn(&owner).await?;
+            Ok(render())
+        })
+        .await?
+    }
+
     /// A turn of `organisation` to render: taken for each rendering, not while a message
     /// is written.
     pub async fn turn(&self, organisation: &str) -> Result<OwnedSemaphorePermit, StoreError> {

@@ -189,15 +189,13 @@ impl TemplateService {
         by: &str,
     ) -> Result<EmailTemplate, TemplateError> {
         // Off the runtime's workers: compiling a template of 256 KiB takes a moment.
-        let (threads, owner) = (self.threads.clone(), scope.key().to_string());
         let (draft, checked) = self
             .threads
-            .run(scope.key(), async move {
-                let _turn = threads.turn(&owner).await?;
+            .render(scope.key(), move || {
                 let checked = check_draft(&draft);
-                Ok::<_, StoreError>((draft, checked))
+                (draft, checked)
             })
-            .await??;
+            .await?;
         let (kind, lang) = checked.map_err(TemplateError::Invalid)?;
         let now = self.clock.now();
         for _ in 0..SWAP_ATTEMPTS {

@@ -140,15 +140,12 @@ impl TemplateService {
         };
         v.into_result(()).map_err(TemplateError::Invalid)?;
         let chosen = self.choose(scope, kind, &request.locale).await?;
-        let (threads, owner) = (self.threads.clone(), scope.key().to_string());
         let lang = chosen.lang;
         let email = self
             .threads
-            .run(scope.key(), async move {
-                let _turn = threads.turn(&owner).await?;
-                builtin::render(&chosen, &values).map_err(TemplateError::Invalid)
-            })
-            .await??;
+            .render(scope.key(), move || builtin::render(&chosen, &values))
+            .await?
+            .map_err(TemplateError::Invalid)?;
         let preview = Preview {
             from: from.unwrap_or_else(|| Mailbox::from_str(PREVIEW_FROM).expect("a mailbox")),
             to,
