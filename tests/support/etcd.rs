@@ -123,19 +123,41 @@ impl Etcd {
         let dir = tempfile::tempdir().expect("temporary directory");
         let scheme = if tls { "https" } else { "http" };
         let mut etcd = Self {
-            endpoint: format!("{scheme}://127.0.0.1:{}", free_port()),
-            peer: format!("http://127.0.0.1:{}", free_port()),
+            endpoint: String::new(),
+            peer: String::new(),
             pki: tls.then(|| EtcdPki::create(dir.path())),
             dir,
             child: None,
             user: None,
         };
-        etcd.resume().await;
+        // A port free when picked may be taken before etcd binds it (by any test binding
+        // port 0 meanwhile): then again on others.
+        for attempt in 1.. {
+            etcd.endpoint = format!("{scheme}://127.0.0.1:{}", free_port());
+            etcd.peer = format!("http://127.0.0.1:{}", free_port());
+            match etcd.launch().await {
+                Ok(()) => break,
+                Err(exited)
+                    if attempt < 5 && etcd.log_tail(5).contains("address already in use") =>
+                {
+                    eprintln!("{exited}; again on other ports");
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
         Some(etcd)
     }
 
     /// Starts etcd again on the same data and ports, and waits until it answers.
     pub async fn resume(&mut self) {
+        if let Err(exited) = self.launch().await {
+            panic!("{exited}");
+        }
+    }
+
+    /// Starts etcd on its data and ports and waits until it answers; why not, if it exits
+    /// first (a port taken meanwhile, say: the end of its log is printed as the test fails).
+    async fn launch(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "etcd is already running");
         let mut command = Command::new("etcd");
         if let Some(pki) = &self.pki {
@@ -164,15 +186,24 @@ impl Etcd {
             .expect("start etcd");
         super::watch_child(child.id());
         self.child = Some(child);
+        let mut exited = None;
         super::eventually(Duration::from_secs(30), "etcd answering", async || {
-            // Say so at once if etcd gave up (a port taken meanwhile, say): the end of its
-            // log is printed as the test fails.
             if let Ok(Some(status)) = self.child.as_mut().expect("started").try_wait() {
-                panic!("etcd exited ({status}) on {}", self.endpoint);
+                exited = Some(status);
+                return true;
             }
             self.store("/probe/").await.is_ok()
         })
         .await;
+        match exited {
+            None => Ok(()),
+            Some(status) => {
+                if let Some(child) = self.child.take() {
+                    super::forget_child(child.id());
+                }
+                Err(format!("etcd exited ({status}) on {}", self.endpoint))
+            }
+        }
     }
 
     /// Kills etcd (its data stays for [`Etcd::resume`]).
