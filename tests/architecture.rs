@@ -229,6 +229,26 @@ fn the_layout_in_architecture_md_names_every_file() {
         missing.is_empty(),
         "docs/ARCHITECTURE.md's Layout does not name: {missing:?}"
     );
+    // And names no file that is not there.
+    let mut names = BTreeSet::new();
+    let mut files = vec![src.clone()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                files.push(entry.unwrap().path());
+            }
+        } else {
+            names.insert(path.file_name().unwrap().to_str().unwrap().to_string());
+        }
+    }
+    let ghosts: Vec<&&str> = words
+        .iter()
+        .filter(|w| w.ends_with(".rs") && !names.contains(**w) && !root.join(w).exists())
+        .collect();
+    assert!(
+        ghosts.is_empty(),
+        "docs/ARCHITECTURE.md's Layout names files src/ does not hold: {ghosts:?}"
+    );
     // The README's short one names every entry at the top of src/.
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let short = readme

@@ -679,6 +679,50 @@ mod on_etcd {
         )
         .await;
     }
+
+    /// A refused migrate leaves no copy of the store behind, and a refused import lets the
+    /// prefix go at once (the next import found it held, and waited for the hold to lapse).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_migrate_or_import_into_etcd_leaves_nothing_behind() {
+        let _watchdog = crate::support::watchdog();
+        let Some(etcd) = Etcd::start().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (from, file) = exported(dir.path()).await;
+        let to = Place::etcd(&dir.path().join("from"), &etcd.endpoint, "/refused/");
+        succeed("import", import_args(&to, &file)).await;
+        let migrate = [
+            from.flags(),
+            vec![
+                "--to-store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoint.clone(),
+                "--etcd-prefix".into(),
+                "/refused/".into(),
+            ],
+        ]
+        .concat();
+        let error = fail("migrate", migrate).await;
+        assert!(error.contains("already holds records"), "{error}");
+        assert!(
+            !from.data_dir.join("migration.jsonl").exists(),
+            "a copy of the whole store was left in the data directory"
+        );
+        let again = mailroom(
+            &[
+                vec!["import".into()],
+                import_args(&to, &file),
+                vec!["--replace".into()],
+            ]
+            .concat(),
+        )
+        .await;
+        let said = String::from_utf8_lossy(&again.stderr);
+        assert!(again.status.success(), "{said}");
+        assert!(!said.contains("another import holds"), "{said}");
+    }
 }
 
 /// A store with a few records, stopped, and its export.

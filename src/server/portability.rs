@@ -33,7 +33,10 @@ pub async fn export(args: &Args, out: &Path) -> anyhow::Result<Header> {
             args.data_dir.display()
         );
     }
-    let key = master_key_of(args)?;
+    let key = master_key_of(
+        args,
+        "the store exported (its secrets stay sealed under it, and it seals the file)",
+    )?;
     let store = open(args, "mailroom export reads").await?;
     // A store an import left halfway is not a backup of anything: its counts would match
     // what it holds, and the file would import cleanly, partial.
@@ -74,7 +77,7 @@ async fn export_from(
 /// must hold nothing (unless `replace`), once the master key opens every secret in the
 /// file. Run again after a crash, it finishes what the first run began.
 pub async fn import(args: &Args, from: &Path, replace: bool) -> anyhow::Result<Header> {
-    let key = master_key_of(args)?;
+    let key = master_key_of(args, "the store the file was exported from")?;
     let checked = check_file(from, &key)?;
     let header = checked.header.clone();
     if args.store == StoreKind::Sled {
@@ -103,13 +106,13 @@ async fn open(args: &Args, command: &str) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// The master key the flags name, which must exist: a key made now would open nothing.
-fn master_key_of(args: &Args) -> anyhow::Result<MasterKey> {
+/// `whose`: what it must be the key of, for the error.
+fn master_key_of(args: &Args, whose: &str) -> anyhow::Result<MasterKey> {
     let path = args.master_key_path();
     if !path.exists() {
         anyhow::bail!(
-            "no master key at {}: the file's secrets are sealed under the master key of the \
-             store it was exported from; copy that key file here (or name it with \
-             --master-key-file)",
+            "no master key at {}: it must be the master key of {whose}; copy that key file \
+             here (or name it with --master-key-file)",
             path.display()
         );
     }
@@ -166,10 +169,23 @@ async fn import_into(
     key: &MasterKey,
     replace: bool,
 ) -> anyhow::Result<()> {
-    let digest = checked.digest.as_str();
     // One import at a time: two on one etcd prefix interleaved their writes, each clearing
-    // the mark at its end over a store that was neither file.
+    // the mark at its end over a store that was neither file. Let go however it ends.
     let lock = store.lock_import().await?;
+    let imported = import_held(store, from, checked, key, replace).await;
+    lock.release().await;
+    imported
+}
+
+/// [`import_into`], the store held.
+async fn import_held(
+    store: &dyn Store,
+    from: &Path,
+    checked: Checked,
+    key: &MasterKey,
+    replace: bool,
+) -> anyhow::Result<()> {
+    let digest = checked.digest.as_str();
     match store.import_mark().await? {
         Some(mark) if mark == digest => {
             tracing::info!("finishing an import of this file that did not finish");
@@ -225,14 +241,14 @@ async fn import_into(
         );
     }
     store.set_import_mark(None).await?;
-    lock.release().await;
     Ok(())
 }
 
 /// `mailroom migrate --to-store etcd`: the embedded store in `--data-dir` exported, then
 /// imported into the etcd cluster the `--etcd-*` flags name, through a file in the data
-/// directory (`migration.jsonl`, removed at the end). Run again after a crash, it finishes
-/// the import from that file. What moved, per kind.
+/// directory (`migration.jsonl`, mode 0600, removed at the end, or when the import is
+/// refused). Run again after a crash, it finishes the import from that file. What moved,
+/// per kind.
 pub async fn migrate(args: &Args, to: StoreKind, replace: bool) -> anyhow::Result<Counts> {
     if args.store != StoreKind::Sled || to != StoreKind::Etcd {
         anyhow::bail!(
@@ -240,7 +256,7 @@ pub async fn migrate(args: &Args, to: StoreKind, replace: bool) -> anyhow::Resul
              (--to-store etcd)"
         );
     }
-    let key = master_key_of(args)?;
+    let key = master_key_of(args, "the embedded store")?;
     let file = args.data_dir.join("migration.jsonl");
     let target = Args {
         store: StoreKind::Etcd,
@@ -263,9 +279,15 @@ pub async fn migrate(args: &Args, to: StoreKind, replace: bool) -> anyhow::Resul
         export(args, &file).await?;
     }
     let checked = check_file(&file, &key)?;
-    let header = checked.header.clone();
-    import_into(etcd.as_ref(), &file, checked, &key, replace).await?;
-    std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+    let (header, digest) = (checked.header.clone(), checked.digest.clone());
+    let imported = import_into(etcd.as_ref(), &file, checked, &key, replace).await;
+    // The file is a copy of the whole store: kept only while an import of it is under way
+    // (a rerun finishes that one from it), never left by a refusal.
+    let under_way = imported.is_err() && etcd.import_mark().await.ok().flatten() == Some(digest);
+    if !under_way {
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+    }
+    imported?;
     Ok(header.counts)
 }
 

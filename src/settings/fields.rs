@@ -235,6 +235,18 @@ impl TryFrom<String> for LinkOrigin {
                  or fragment, {EXAMPLE}"
             ));
         }
+        if let Some(url::Host::Domain(name)) = url.host() {
+            // An origin is matched whole: `*.example.com` would be kept as written and match
+            // nothing, as would a host with a final dot, which links do not carry.
+            let label =
+                |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if !name.split('.').all(label) {
+                return Err(format!(
+                    "must name one host (letters, digits, hyphens; no pattern such as *, no \
+                     final dot): origins are matched whole, {EXAMPLE}"
+                ));
+            }
+        }
         Ok(Self(url.origin().ascii_serialization()))
     }
 }
@@ -377,9 +389,16 @@ mod tests {
             "https://thehive.example.com/#x",
             "https://user@thehive.example.com",
             "https://thehive .example.com",
+            "https://*.example.com",
+            "HTTPS://TheHive.Example.COM.",
         ] {
             assert!(origin(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            origin("https://bücher.example").unwrap().as_str(),
+            "https://xn--bcher-kva.example",
+            "a name in Unicode is kept as links compare it, in punycode"
+        );
         let origins = [origin("https://thehive.example.com").unwrap()];
         for ok in [
             "https://thehive.example.com/reset/{token}",

@@ -312,12 +312,18 @@ fn range(ip: IpAddr) -> Option<String> {
 
 /// The IPv4 address that an IPv6 address stands for, and the form: IPv4-mapped
 /// (`::ffff:0:0/96`, RFC 4291 2.5.5.2: a dual-stack socket connects to the IPv4 host),
+/// IPv4-translated (`::ffff:0:0:0/96`, RFC 2765: SIIT translates it to the IPv4 host),
 /// NAT64 (`64:ff9b::/96`, RFC 6052) and 6to4 (`2002::/16`, RFC 3056).
 fn embedded_v4(ip: Ipv6Addr) -> Option<(&'static str, Ipv4Addr)> {
     let [first, second, ..] = ip.segments();
     let o = ip.octets();
     if let Some(inner) = ip.to_ipv4_mapped() {
         Some(("an IPv4-mapped address (RFC 4291 2.5.5.2)", inner))
+    } else if ip.segments()[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        Some((
+            "an IPv4-translated address (RFC 2765)",
+            Ipv4Addr::new(o[12], o[13], o[14], o[15]),
+        ))
     } else if (first, second) == (0x64, 0xff9b) && ip.segments()[2..6] == [0; 4] {
         Some((
             "a NAT64 address (RFC 6052)",
@@ -384,6 +390,7 @@ mod tests {
             "::127.0.0.1",
             "::8.8.8.8",
             "::ffff:127.0.0.1",
+            "::ffff:0:7f00:1",
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::127.0.0.1",

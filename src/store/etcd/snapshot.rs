@@ -396,26 +396,28 @@ impl Snapshot for EtcdStore {
     async fn lock_import(&self) -> Result<ImportLock> {
         let key = self.import_lock_key();
         let mut leases = self.leases.clone();
-        let lease = leases
-            .grant(IMPORT_HOLD_SECONDS, None)
-            .await
-            .map_err(unavailable)?
-            .id();
-        let take = || {
-            Txn::new()
+        let waited_at_most = std::time::Instant::now()
+            + std::time::Duration::from_secs(IMPORT_HOLD_SECONDS as u64 + 2);
+        let mut said = false;
+        let lease = loop {
+            // A lease a try: one granted before a wait would lapse during it.
+            let lease = leases
+                .grant(IMPORT_HOLD_SECONDS, None)
+                .await
+                .map_err(unavailable)?
+                .id();
+            let take = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
                     key.as_str(),
                     Vec::new(),
                     Some(PutOptions::new().with_lease(lease)),
-                )])
-        };
-        let waited_at_most = std::time::Instant::now()
-            + std::time::Duration::from_secs(IMPORT_HOLD_SECONDS as u64 + 2);
-        let mut said = false;
-        while !self.txn(take()).await?.succeeded() {
+                )]);
+            if self.txn(take).await?.succeeded() {
+                break lease;
+            }
+            let _ = leases.revoke(lease).await;
             if std::time::Instant::now() > waited_at_most {
-                let _ = leases.revoke(lease).await;
                 return Err(StoreError::Unavailable(
                     "another import is writing into this etcd prefix: run this one once it \
                      has ended"
@@ -430,7 +432,7 @@ impl Snapshot for EtcdStore {
                 said = true;
             }
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
+        };
         let (mut keeper, mut answers) = leases.keep_alive(lease).await.map_err(unavailable)?;
         let keeping = tokio::spawn(async move {
             let every = std::time::Duration::from_secs(IMPORT_HOLD_SECONDS as u64 / 3);
