@@ -307,6 +307,24 @@ async fn a_master_key_open_to_others_stops_the_start() {
     TestServer::start_with(args).await.stop().await.unwrap();
 }
 
+/// A store started once has its secrets sealed under its key: started without that key
+/// file, it stops with what to do, and leaves no new key behind (it made one, then found it
+/// opened nothing).
+#[tokio::test]
+async fn a_store_without_its_master_key_stops_the_start_and_makes_none() {
+    let _watchdog = crate::support::watchdog();
+    let dir = tempfile::tempdir().unwrap();
+    TestServer::start_in(dir.path()).await.stop().await.unwrap();
+    let key = dir.path().join("master.key");
+    let kept = dir.path().join("master.key.kept");
+    std::fs::rename(&key, &kept).unwrap();
+    let error = refusal(Args::with_data_dir(dir.path())).await;
+    assert!(error.contains("--master-key-file"), "{error}");
+    assert!(!key.exists(), "a new master key was left behind");
+    std::fs::rename(&kept, &key).unwrap();
+    TestServer::start_in(dir.path()).await.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_admin_key_open_to_others_stops_the_start() {
     let _watchdog = crate::support::watchdog();

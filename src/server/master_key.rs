@@ -11,13 +11,27 @@ use crate::notify::{MailQueued, NotifyService};
 use crate::settings::SettingsService;
 use crate::store::Store;
 
+/// The master key of `store`, proved to open its secrets: the key file, made now only for a
+/// store that never sealed anything. For a store that did, a new key would open none of its
+/// secrets and be left behind as a stray key file: the start stops before making one.
+pub(super) async fn master_key_for(store: &dyn Store, args: &Args) -> anyhow::Result<MasterKey> {
+    let path = args.master_key_path();
+    if !path.exists() && store.key_check().await?.is_some() {
+        anyhow::bail!(
+            "no master key at {}, and this store's secrets are sealed under one: copy the key \
+             file the store was started with here, or name it with --master-key-file (a new \
+             key would open none of them)",
+            path.display()
+        );
+    }
+    let key = MasterKey::load_or_create(&path)?;
+    check_master_key(store, &key, args).await?;
+    Ok(key)
+}
+
 /// Proves that `key` opens this store's secrets (sealing the proof on a new store): a
 /// wrong or lost key stops the start with a clear error instead of failing later.
-pub(super) async fn check_master_key(
-    store: &dyn Store,
-    key: &MasterKey,
-    args: &Args,
-) -> anyhow::Result<()> {
+async fn check_master_key(store: &dyn Store, key: &MasterKey, args: &Args) -> anyhow::Result<()> {
     match store.key_check().await? {
         Some(sealed) => {
             if key.open(KEY_CHECK_PURPOSE, &sealed).is_err() {
@@ -43,8 +57,7 @@ pub(super) async fn check_master_key(
 pub async fn rotate_master_key(args: &Args) -> anyhow::Result<usize> {
     let path = args.master_key_path();
     let store = open_store(args).await?;
-    let old = MasterKey::load_or_create(&path)?;
-    check_master_key(store.as_ref(), &old, args).await?;
+    let old = master_key_for(store.as_ref(), args).await?;
     // The old keys stay in the file until every value is re-sealed: a crash midway leaves
     // a keyring that still opens everything.
     let keyring = Arc::new(old.rotated(&path)?);

@@ -34,7 +34,6 @@ use crate::api::templates::TemplatesApi;
 use crate::api::token::TokenApi;
 use crate::auth::Authenticator;
 use crate::config::Args;
-use crate::crypto::MasterKey;
 use crate::directory::DirectoryService;
 use crate::mail::delivery::Delivery;
 use crate::metrics::{Metrics, RpcLayer};
@@ -54,7 +53,7 @@ use jobs::health::{monitor_store, set_health};
 use jobs::recovery::recover_batches;
 use jobs::sweeper::{sweep, Asks};
 use jobs::Jobs;
-use master_key::check_master_key;
+use master_key::master_key_for;
 use store::{create_private_dir, open_store};
 #[cfg(feature = "tls")]
 use tls::tls_config;
@@ -111,13 +110,12 @@ impl Mailroom {
                 "this mailroom was built without the `tls` feature: --tls-cert is unavailable"
             );
         }
-        let master_key = MasterKey::load_or_create(&args.master_key_path())?;
         let store = open_store(&args).await?;
         // Before anything is written: a store an import is writing is not the server's yet.
         if let Some(mark) = store.import_mark().await? {
             return Err(crate::snapshot::interrupted(&mark).into());
         }
-        check_master_key(store.as_ref(), &master_key, &args).await?;
+        let master_key = master_key_for(store.as_ref(), &args).await?;
         let auth = Authenticator::new(store.clone(), args.clock.clone());
         if let Some(file) = auth.bootstrap(&args.data_dir).await? {
             tracing::info!(
