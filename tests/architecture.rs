@@ -4,7 +4,7 @@
 //! (`store`) nor the gRPC layer (`api`), and the store imports no transport.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The domain: records, their rules and the store ports they need.
 const DOMAIN: [&str; 7] = [
@@ -17,18 +17,27 @@ const DOMAIN: [&str; 7] = [
     "tokens",
 ];
 
+/// Every file under each of `roots` (a root that is a file: itself; one not there: none).
+fn files_under(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut left = roots.to_vec();
+    while let Some(path) = left.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                left.push(entry.unwrap().path());
+            }
+        } else if path.exists() {
+            found.push(path);
+        }
+    }
+    found
+}
+
 /// Top-level module -> the top-level modules its files name.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut graph = BTreeMap::new();
-    let mut files = vec![src.clone()];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                files.push(entry.unwrap().path());
-            }
-            continue;
-        }
+    for path in files_under(std::slice::from_ref(&src)) {
         if path.extension() != Some("rs".as_ref()) {
             continue;
         }
@@ -162,13 +171,8 @@ fn the_store_imports_no_transport() {
 /// The files of `src/<module>` (a folder or one file) that name tonic in code.
 fn assert_no_tonic(module: &str) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = vec![src.join(module), src.join(format!("{module}.rs"))];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                files.push(entry.unwrap().path());
-            }
-        } else if path.extension() == Some("rs".as_ref()) && path.exists() {
+    for path in files_under(&[src.join(module), src.join(format!("{module}.rs"))]) {
+        if path.extension() == Some("rs".as_ref()) {
             let text = std::fs::read_to_string(&path).unwrap();
             let names_tonic = code(&text)
                 .any(|line| line.contains("tonic::") || line.trim_start().starts_with("use tonic"));
@@ -197,14 +201,8 @@ fn the_layout_in_architecture_md_names_every_file() {
         .collect();
     let src = root.join("src");
     let mut missing = Vec::new();
-    let mut files = vec![src.clone()];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                files.push(entry.unwrap().path());
-            }
-            continue;
-        }
+    let files = files_under(std::slice::from_ref(&src));
+    for path in &files {
         let relative = path
             .strip_prefix(&src)
             .unwrap()
@@ -230,17 +228,10 @@ fn the_layout_in_architecture_md_names_every_file() {
         "docs/ARCHITECTURE.md's Layout does not name: {missing:?}"
     );
     // And names no file that is not there.
-    let mut names = BTreeSet::new();
-    let mut files = vec![src.clone()];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                files.push(entry.unwrap().path());
-            }
-        } else {
-            names.insert(path.file_name().unwrap().to_str().unwrap().to_string());
-        }
-    }
+    let names: BTreeSet<&str> = files
+        .iter()
+        .map(|path| path.file_name().unwrap().to_str().unwrap())
+        .collect();
     let ghosts: Vec<&&str> = words
         .iter()
         .filter(|w| w.ends_with(".rs") && !names.contains(**w) && !root.join(w).exists())
