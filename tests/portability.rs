@@ -130,6 +130,23 @@ fn import_args(to: &Place, file: &Path) -> Vec<String> {
     .concat()
 }
 
+/// `mailroom migrate`'s arguments: the embedded store of `from` into the etcd of `to`.
+fn migrate_args(from: &Place, to: &Place) -> Vec<String> {
+    let (endpoint, prefix) = to.etcd.clone().expect("migrate goes to etcd");
+    [
+        from.flags(),
+        vec![
+            "--to-store".into(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            endpoint,
+            "--etcd-prefix".into(),
+            prefix,
+        ],
+    ]
+    .concat()
+}
+
 /// Gives `to` the master key and bootstrap key file of `from`, as an operator copies them.
 fn copy_keys(from: &Place, to: &Place) {
     if from.data_dir == to.data_dir {
@@ -468,23 +485,7 @@ async fn round_trip(from: Place, to: Place, how: Move) {
             succeed("import", import_args(&to, &file)).await;
         }
         Move::Migrate => {
-            let (endpoint, prefix) = to.etcd.clone().unwrap();
-            let printed = succeed(
-                "migrate",
-                [
-                    from.flags(),
-                    vec![
-                        "--to-store".into(),
-                        "etcd".into(),
-                        "--etcd-endpoints".into(),
-                        endpoint,
-                        "--etcd-prefix".into(),
-                        prefix,
-                    ],
-                ]
-                .concat(),
-            )
-            .await;
+            let printed = succeed("migrate", migrate_args(&from, &to)).await;
             for (kind, count) in [("api_key", 2), ("user", 2), ("token", 2), ("message", 2)] {
                 assert!(
                     printed
@@ -692,19 +693,7 @@ mod on_etcd {
         let (from, file) = exported(dir.path()).await;
         let to = Place::etcd(&dir.path().join("from"), &etcd.endpoint, "/refused/");
         succeed("import", import_args(&to, &file)).await;
-        let migrate = [
-            from.flags(),
-            vec![
-                "--to-store".into(),
-                "etcd".into(),
-                "--etcd-endpoints".into(),
-                etcd.endpoint.clone(),
-                "--etcd-prefix".into(),
-                "/refused/".into(),
-            ],
-        ]
-        .concat();
-        let error = fail("migrate", migrate).await;
+        let error = fail("migrate", migrate_args(&from, &to)).await;
         assert!(error.contains("already holds records"), "{error}");
         assert!(
             !from.data_dir.join("migration.jsonl").exists(),

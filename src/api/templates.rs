@@ -65,6 +65,21 @@ impl TemplatesApi {
     }
 }
 
+/// What writing or resetting an organisation's override of `kind` needs beyond its scope's
+/// permission: for the emails whose link carries a token, manageUser too (which issues
+/// tokens): the template sees the token's secret, and a key that could not write the
+/// override must not take it away either.
+fn require_for_kind<T>(
+    request: &Request<T>,
+    scope: &Scope,
+    kind: Option<EmailKind>,
+) -> Result<(), Status> {
+    if matches!(scope, Scope::Organisation(_)) && kind.is_some_and(EmailKind::carries_token) {
+        super::require(request, Permission::ManageUser)?;
+    }
+    Ok(())
+}
+
 /// The kind and language of a request naming one template.
 fn kind_and_lang(kind: i32, locale: &str) -> Result<(EmailKind, crate::locale::Lang), Status> {
     let mut v = Violations::new();
@@ -131,10 +146,7 @@ impl Templates for TemplatesApi {
             )
             .await?;
         let kind = email_kind(request.get_ref().kind);
-        if matches!(scope, Scope::Organisation(_)) && kind.is_some_and(EmailKind::carries_token) {
-            // Its template sees the token's secret: manageUser, which issues tokens, too.
-            super::require(&request, Permission::ManageUser)?;
-        }
+        require_for_kind(&request, &scope, kind)?;
         let r = request.into_inner();
         let draft = TemplateDraft {
             kind,
@@ -164,13 +176,7 @@ impl Templates for TemplatesApi {
                 &request.get_ref().organisation,
             )
             .await?;
-        if matches!(scope, Scope::Organisation(_))
-            && email_kind(request.get_ref().kind).is_some_and(EmailKind::carries_token)
-        {
-            // As its update: manageUser too, so that a key that could not write the
-            // override cannot take it away either.
-            super::require(&request, Permission::ManageUser)?;
-        }
+        require_for_kind(&request, &scope, email_kind(request.get_ref().kind))?;
         let r = request.into_inner();
         let (kind, lang) = kind_and_lang(r.kind, &r.locale)?;
         let template = self.templates.reset(&scope, kind, lang, &r.etag).await?;

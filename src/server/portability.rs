@@ -149,13 +149,10 @@ fn check_file(path: &Path, key: &MasterKey) -> anyhow::Result<Checked> {
             path.display()
         );
     }
-    let header = reader.header().clone();
-    let mut file = reader.into_file();
-    let digest = file::digest(&mut file, path)?;
     Ok(Checked {
-        file,
-        header,
-        digest,
+        header: reader.header().clone(),
+        digest: reader.file_digest(),
+        file: reader.into_file(),
     })
 }
 

@@ -180,6 +180,8 @@ pub struct Reader {
     last_bytes: usize,
     /// Over the records read, as [`Writer`] made it.
     digest: Sha256,
+    /// Over every byte read, the header's line too ([`Reader::file_digest`]).
+    whole: Sha256,
 }
 
 impl Reader {
@@ -207,6 +209,7 @@ impl Reader {
             },
             counts: Counts::new(),
             digest: Sha256::new(),
+            whole: Sha256::new(),
         };
         let Some(line) = reader.next_line()? else {
             return Err(reader.bad("empty: not a mailroom export".into()));
@@ -232,6 +235,12 @@ impl Reader {
     /// The header.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The SHA-256 of the file, in hex, once read to its end ([`digest`]'s, without a
+    /// second read).
+    pub fn file_digest(&self) -> String {
+        hex::encode(self.whole.clone().finalize())
     }
 
     /// The file read, to be read again through the same handle: a file put in its path's
@@ -297,6 +306,7 @@ impl Reader {
                 "the last line is cut short: the file is incomplete".into()
             }));
         }
+        self.whole.update(&line);
         line.pop();
         self.last_bytes = line.len();
         Ok(Some(line))
@@ -372,6 +382,12 @@ mod tests {
         ));
         assert!(reader.next_record().unwrap().is_none());
         assert!(reader.intact(&key));
+        let mut again = File::open(&path).unwrap();
+        assert_eq!(
+            reader.file_digest(),
+            digest(&mut again, &path).unwrap(),
+            "the digest taken while reading is the file's"
+        );
         let other =
             crate::crypto::MasterKey::load_or_create(&dir.path().join("other.key")).unwrap();
         assert!(!reader.intact(&other), "another key does not vouch for it");

@@ -169,17 +169,7 @@ impl EtcdStore {
             .await?
             .map(|(ids, _)| ids)
             .unwrap_or_default();
-        let mut ops = vec![
-            put(self.token_key(&token.id), encode(token)),
-            put(
-                self.token_digest_key(&token.digest),
-                token.id.clone().into_bytes(),
-            ),
-            put(
-                keyspace::token_purge(self, token.purge_time(), &token.id),
-                Vec::new(),
-            ),
-        ];
+        let mut ops = self.token_puts(token);
         if !ids.contains(&token.id) {
             ids.push(token.id.clone());
             ops.push(put(list, encode(&ids)));

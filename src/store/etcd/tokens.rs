@@ -14,6 +14,22 @@ use crate::store::{decode, encode, Result, TokenStore};
 use crate::tokens::{Purpose, RateWindow, Token};
 
 impl EtcdStore {
+    /// The writes that store `token`: its record, its digest's entry and its purge entry
+    /// (its login's list of ids apart: the caller joins it).
+    pub(super) fn token_puts(&self, token: &Token) -> Vec<TxnOp> {
+        vec![
+            put(self.token_key(&token.id), encode(token)),
+            put(
+                self.token_digest_key(&token.digest),
+                token.id.clone().into_bytes(),
+            ),
+            put(
+                keyspace::token_purge(self, token.purge_time(), &token.id),
+                Vec::new(),
+            ),
+        ]
+    }
+
     /// The login's token ids and tokens, with the revisions read.
     pub(super) async fn login_tokens(
         &self,
@@ -82,18 +98,9 @@ impl TokenStore for EtcdStore {
             |t| t.purpose == token.purpose && t.organisation == token.organisation,
             |mut ids| {
                 ids.push(token.id.clone());
-                vec![
-                    put(self.token_key(&token.id), encode(token)),
-                    put(
-                        self.token_digest_key(&token.digest),
-                        token.id.clone().into_bytes(),
-                    ),
-                    put(
-                        keyspace::token_purge(self, token.purge_time(), &token.id),
-                        Vec::new(),
-                    ),
-                    put(list.as_str(), encode(&ids)),
-                ]
+                let mut ops = self.token_puts(token);
+                ops.push(put(list.as_str(), encode(&ids)));
+                ops
             },
         )
         .await
